@@ -1,0 +1,359 @@
+"""The api schema, called as a psql user would: through the service role."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from db.apply import DEFAULT_SERVICE_ROLE, apply
+
+
+def sqlstate_of(connection: psycopg.Connection, query: str, params: Any = None) -> str | None:
+    with pytest.raises(psycopg.Error) as raised:
+        connection.execute(query, params)
+    return raised.value.sqlstate
+
+
+def scalar(connection: psycopg.Connection, query: str, params: Any = None) -> Any:
+    """The single value a query returns."""
+    row = connection.execute(query, params).fetchone()
+    assert row is not None, query
+    return row[0]
+
+
+def create_user(service: psycopg.Connection, name: str = "alice") -> tuple[int, str]:
+    row = service.execute("SELECT id, token FROM api.user_create(%s)", [name]).fetchone()
+    assert row is not None
+    return row[0], str(row[1])
+
+
+def store_record(service: psycopg.Connection, user_id: int, token: str, chunks: list[bytes]) -> uuid.UUID:
+    with service.transaction():
+        record_id: uuid.UUID = scalar(service, "SELECT api.record_begin(%s, %s, %s)", [user_id, token, "song.wav"])
+        for chunk in chunks:
+            service.execute("SELECT api.record_append(%s, %s)", [record_id, chunk])
+        service.execute("SELECT * FROM api.record_finish(%s, 12.5, 192000, 44100, 2)", [record_id])
+    return record_id
+
+
+def large_object_count(owner: psycopg.Connection) -> int:
+    return int(scalar(owner, "SELECT count(*) FROM pg_largeobject_metadata"))
+
+
+def record_count(owner: psycopg.Connection) -> int:
+    return int(scalar(owner, "SELECT count(*) FROM app.records"))
+
+
+# --- users and tokens ---------------------------------------------------------
+
+
+def test_user_create_returns_the_token_once_and_stores_only_its_digest(
+    service: psycopg.Connection, owner: psycopg.Connection
+) -> None:
+    row = service.execute("SELECT * FROM api.user_create('alice')").fetchone()
+    assert row is not None
+    user_id, username, token = row
+    assert username == "alice"
+    assert isinstance(token, uuid.UUID)
+    assert token.version == 4
+
+    stored = owner.execute("SELECT * FROM app.users WHERE id = %s", [user_id]).fetchone()
+    assert stored is not None
+    assert str(token) not in repr(stored)
+    digest = scalar(owner, "SELECT token_sha256 FROM app.users WHERE id = %s", [user_id])
+    assert bytes(digest) == hashlib.sha256(str(token).encode()).digest()
+
+    # No api function ever gives the token back.
+    rows = service.execute("SELECT * FROM api.user_check(%s, %s)", [user_id, str(token)]).fetchall()
+    assert rows == [(user_id, "alice")]
+
+
+def test_tokens_are_random_per_user(service: psycopg.Connection) -> None:
+    tokens = {create_user(service, f"user{n}")[1] for n in range(20)}
+    assert len(tokens) == 20
+
+
+def test_username_is_trimmed(service: psycopg.Connection) -> None:
+    row = service.execute("SELECT username FROM api.user_create(%s)", ["  bob \t"]).fetchone()
+    assert row == ("bob",)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [None, "", "   ", "x" * 65, "bad\nname", "tab\tinside", "nul\x01byte", "\x7f"],
+    ids=["null", "empty", "blank", "65-chars", "newline", "tab", "control", "delete"],
+)
+def test_invalid_usernames_are_refused_with_pt400(service: psycopg.Connection, name: str | None) -> None:
+    assert sqlstate_of(service, "SELECT * FROM api.user_create(%s)", [name]) == "PT400"
+
+
+def test_longest_and_unicode_usernames_are_accepted(service: psycopg.Connection) -> None:
+    assert service.execute("SELECT username FROM api.user_create(%s)", ["x" * 64]).fetchone() == ("x" * 64,)
+    assert service.execute("SELECT username FROM api.user_create(%s)", ["Zoë 李"]).fetchone() == ("Zoë 李",)
+
+
+def test_username_taken_in_another_case_is_a_conflict(service: psycopg.Connection) -> None:
+    create_user(service, "Alice")
+    assert sqlstate_of(service, "SELECT * FROM api.user_create(%s)", ["aLICE"]) == "PT409"
+    assert sqlstate_of(service, "SELECT * FROM api.user_create(%s)", [" alice "]) == "PT409"
+
+
+def test_token_is_accepted_in_any_uuid_spelling(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    for spelling in (token.upper(), token.replace("-", ""), "{" + token + "}"):
+        assert service.execute("SELECT id FROM api.user_check(%s, %s)", [user_id, spelling]).fetchone() == (user_id,)
+
+
+def test_wrong_token_unknown_user_and_garbage_raise_the_same_error(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    other_id, _ = create_user(service, "bob")
+    attempts = [
+        (user_id, str(uuid.uuid4())),  # wrong token
+        (999_999, token),  # unknown user
+        (other_id, token),  # someone else's token
+        (user_id, "not-a-uuid"),
+        (user_id, "' OR 1=1 --"),
+        (user_id, ""),
+        (user_id, None),
+        (None, token),
+    ]
+    errors = set()
+    for attempt_user, attempt_token in attempts:
+        with pytest.raises(psycopg.Error) as raised:
+            service.execute("SELECT * FROM api.user_check(%s, %s)", [attempt_user, attempt_token])
+        errors.add((raised.value.sqlstate, raised.value.diag.message_primary))
+    assert errors == {("PT401", "Unknown user or wrong token.")}
+
+
+# --- records ------------------------------------------------------------------
+
+
+def test_record_written_in_chunks_reads_back_identical_whole_and_by_ranges(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    payload = os.urandom(700_000)
+    chunks = [payload[i : i + 262_144] for i in range(0, len(payload), 262_144)]
+    record_id = store_record(service, user_id, token, chunks)
+
+    info = service.execute(
+        "SELECT filename, size, sha256 FROM api.record_open(%s, %s)", [record_id, user_id]
+    ).fetchone()
+    assert info is not None
+    assert info[0] == "song.mp3"
+    assert info[1] == len(payload)
+    assert bytes(info[2]) == hashlib.sha256(payload).digest()
+
+    def read(start: int, count: int) -> bytes:
+        return bytes(scalar(service, "SELECT api.record_read(%s, %s, %s, %s)", [record_id, user_id, start, count]))
+
+    assert b"".join(read(start, 100_000) for start in range(0, len(payload), 100_000)) == payload
+    for start, count in [(0, 1), (1, 7), (262_143, 2), (699_999, 1), (123_456, 300_000), (699_000, 5_000)]:
+        assert read(start, count) == payload[start : start + count]
+    assert read(len(payload), 10) == b""
+
+
+def test_record_read_refuses_absurd_ranges(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    record_id = store_record(service, user_id, token, [b"abc"])
+    for start, count in [(-1, 1), (0, -1), (0, 8_388_609), (None, 1)]:
+        query = "SELECT api.record_read(%s, %s, %s, %s)"
+        assert sqlstate_of(service, query, [record_id, user_id, start, count]) == "PT400"
+
+
+def test_rolled_back_upload_leaves_no_record_and_no_large_object(
+    service: psycopg.Connection, owner: psycopg.Connection
+) -> None:
+    user_id, token = create_user(service)
+    objects_before = large_object_count(owner)
+    service.autocommit = False
+    record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+    service.execute("SELECT api.record_append(%s, %s)", [record_id, os.urandom(100_000)])
+    assert large_object_count(owner) == objects_before  # not visible outside the transaction
+    service.rollback()
+    assert record_count(owner) == 0
+    assert large_object_count(owner) == objects_before
+
+
+def test_commit_without_finish_fails_and_leaves_nothing(service: psycopg.Connection, owner: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    objects_before = large_object_count(owner)
+    service.autocommit = False
+    record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+    service.execute("SELECT api.record_append(%s, 'partial')", [record_id])
+    with pytest.raises(psycopg.errors.IntegrityConstraintViolation):
+        service.commit()
+    assert record_count(owner) == 0
+    assert large_object_count(owner) == objects_before
+
+
+def test_begin_in_autocommit_cannot_leave_a_half_record(service: psycopg.Connection, owner: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    assert sqlstate_of(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token]) == "23000"
+    assert record_count(owner) == 0
+
+
+def test_record_begin_needs_valid_credentials(service: psycopg.Connection) -> None:
+    user_id, _ = create_user(service)
+    query = "SELECT api.record_begin(%s, %s, 'a.wav')"
+    assert sqlstate_of(service, query, [user_id, str(uuid.uuid4())]) == "PT401"
+
+
+def test_finishing_an_empty_upload_is_no_audio(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    with service.transaction():
+        record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+        query = "SELECT * FROM api.record_finish(%s, 1.0, 192000, 44100, 2)"
+        assert sqlstate_of(service, query, [record_id]) == "PT422"
+        raise psycopg.Rollback()
+
+
+def test_finished_records_cannot_be_written_again(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    record_id = store_record(service, user_id, token, [b"original"])
+    assert sqlstate_of(service, "SELECT api.record_append(%s, 'evil')", [record_id]) == "PT404"
+    assert sqlstate_of(service, "SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [record_id]) == "PT404"
+    assert service.execute("SELECT api.record_read(%s, %s, 0, 100)", [record_id, user_id]).fetchone() == (b"original",)
+
+
+def test_file_names_are_reduced_to_safe_base_names(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    cases = {
+        "../../etc/passwd.wav": ("passwd.wav", "passwd.mp3"),
+        "C:\\Users\\me\\take 1.WAV": ("take 1.WAV", "take 1.mp3"),
+        "bad\nname.wav": ("badname.wav", "badname.mp3"),
+        "": ("recording.wav", "recording.mp3"),
+        "dir/": ("recording.wav", "recording.mp3"),
+        "noextension": ("noextension", "noextension.mp3"),
+        ".wav": (".wav", ".wav.mp3"),
+        "é" * 300 + ".wav": ("é" * 255, "é" * 255 + ".mp3"),
+    }
+    for given, expected in cases.items():
+        with service.transaction():
+            record_id = scalar(service, "SELECT api.record_begin(%s, %s, %s)", [user_id, token, given])
+            service.execute("SELECT api.record_append(%s, 'x')", [record_id])
+            row = service.execute(
+                "SELECT original_filename, filename FROM api.record_finish(%s, 1, 1, 1, 1)", [record_id]
+            ).fetchone()
+        assert row == expected, given
+
+
+def test_records_list_is_the_users_own_newest_first(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    other_id, other_token = create_user(service, "bob")
+    first = store_record(service, user_id, token, [b"1"])
+    second = store_record(service, user_id, token, [b"2"])
+    store_record(service, other_id, other_token, [b"3"])
+    rows = service.execute("SELECT id, user_id FROM api.records_list(%s, %s)", [user_id, token]).fetchall()
+    assert rows == [(second, user_id), (first, user_id)]
+    assert sqlstate_of(service, "SELECT * FROM api.records_list(%s, %s)", [user_id, other_token]) == "PT401"
+
+
+def test_delete_unlinks_the_large_object(service: psycopg.Connection, owner: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    objects_before = large_object_count(owner)
+    record_id = store_record(service, user_id, token, [os.urandom(1000)])
+    assert large_object_count(owner) == objects_before + 1
+    service.execute("SELECT api.record_delete(%s, %s, %s)", [user_id, token, record_id])
+    assert record_count(owner) == 0
+    assert large_object_count(owner) == objects_before
+    assert sqlstate_of(service, "SELECT * FROM api.record_open(%s, %s)", [record_id, user_id]) == "PT404"
+
+
+def test_deleting_rows_by_hand_also_unlinks_their_objects(
+    service: psycopg.Connection, owner: psycopg.Connection
+) -> None:
+    """An admin in pgAdmin deleting a user must not orphan the MP3s."""
+    user_id, token = create_user(service)
+    objects_before = large_object_count(owner)
+    store_record(service, user_id, token, [b"a"])
+    store_record(service, user_id, token, [b"b"])
+    owner.execute("DELETE FROM app.users WHERE id = %s", [user_id])
+    assert large_object_count(owner) == objects_before
+    assert record_count(owner) == 0
+
+
+def test_another_users_record_is_indistinguishable_from_a_missing_one(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    other_id, other_token = create_user(service, "mallory")
+    record_id = store_record(service, user_id, token, [b"secret"])
+    missing = uuid.uuid4()
+
+    def error_of(query: str, params: list[Any]) -> tuple[str | None, str | None]:
+        with pytest.raises(psycopg.Error) as raised:
+            service.execute(query, params)
+        return raised.value.sqlstate, raised.value.diag.message_primary
+
+    for target in (record_id, missing):
+        assert error_of("SELECT * FROM api.record_open(%s, %s)", [target, other_id]) == ("PT404", "No such record.")
+        assert error_of("SELECT api.record_read(%s, %s, 0, 10)", [target, other_id]) == ("PT404", "No such record.")
+        assert error_of("SELECT api.record_delete(%s, %s, %s)", [other_id, other_token, target]) == (
+            "PT404",
+            "No such record.",
+        )
+    # And the owner still has it.
+    assert service.execute("SELECT api.record_read(%s, %s, 0, 10)", [record_id, user_id]).fetchone() == (b"secret",)
+
+
+# --- privileges ---------------------------------------------------------------
+
+
+def test_service_role_cannot_touch_tables_or_large_objects(
+    service: psycopg.Connection, owner: psycopg.Connection
+) -> None:
+    user_id, token = create_user(service)
+    record_id = store_record(service, user_id, token, [b"mp3 bytes"])
+    object_id = scalar(owner, "SELECT lo_oid FROM app.records WHERE id = %s", [record_id])
+
+    denied = "42501"
+    assert sqlstate_of(service, "SELECT * FROM app.users") == denied
+    assert sqlstate_of(service, "SELECT * FROM app.records") == denied
+    assert sqlstate_of(service, "SELECT * FROM app.record_info") == denied
+    assert sqlstate_of(service, "DELETE FROM app.records") == denied
+    assert sqlstate_of(service, "SELECT lo_get(%s)", [object_id]) == denied
+    assert sqlstate_of(service, "SELECT lo_put(%s, 0, 'evil')", [object_id]) == denied
+    assert sqlstate_of(service, "SELECT lo_unlink(%s)", [object_id]) == denied
+    assert sqlstate_of(service, "SELECT * FROM _yoyo_migration") == denied
+
+
+def test_api_functions_are_not_executable_by_public(owner: psycopg.Connection) -> None:
+    owner.execute("CREATE ROLE stranger LOGIN")
+    info = owner.info
+    with psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user="stranger") as stranger:
+        assert sqlstate_of(stranger, "SELECT * FROM api.user_create('eve')") == "42501"
+
+
+def test_every_api_function_is_security_definer_with_a_fixed_search_path(owner: psycopg.Connection) -> None:
+    rows = owner.execute(
+        """
+        SELECT p.proname, p.prosecdef, p.proconfig, obj_description(p.oid, 'pg_proc')
+        FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'api'
+        """
+    ).fetchall()
+    assert len(rows) == 9
+    for name, definer, config, comment in rows:
+        assert definer, name
+        assert config == ["search_path=pg_catalog, pg_temp"], name
+        assert comment, name
+
+
+# --- the apply command ----------------------------------------------------------
+
+
+def test_apply_is_repeatable_and_drops_functions_that_no_longer_have_a_file(
+    owner: psycopg.Connection, service: psycopg.Connection
+) -> None:
+    user_id, token = create_user(service)
+    owner.execute("CREATE FUNCTION api.renamed_long_ago() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    info = owner.info
+    apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
+    apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
+    assert owner.execute("SELECT to_regprocedure('api.renamed_long_ago()')").fetchone() == (None,)
+    # Data survives and the service role is granted again.
+    assert service.execute("SELECT id FROM api.user_check(%s, %s)", [user_id, token]).fetchone() == (user_id,)
+    assert owner.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (1,)
+    assert owner.execute("SELECT rolname FROM pg_roles WHERE rolname = %s", [DEFAULT_SERVICE_ROLE]).fetchone()
