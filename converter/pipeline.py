@@ -1,0 +1,296 @@
+"""Stream a WAV through FFmpeg into a sink, never holding the file in memory.
+
+Three tasks run under one TaskGroup: the upload is written to FFmpeg's stdin
+(with drain() for backpressure), FFmpeg's stdout is gathered into chunks for
+the sink, and its stderr is kept for the error message. Writing all of stdin
+before reading stdout would deadlock once the pipes fill. Whatever goes
+wrong, FFmpeg is killed and reaped before the exception leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import resource
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from converter.mp3 import FrameInfo, first_frame, mp3_sample_rate_for
+from converter.wav import SNIFF_BYTES, BadWav, NotWav, WavHeader, looks_like_wav
+
+OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
+PIPE_READ = 256 * 1024
+FFMPEG_MEMORY_LIMIT = 1 << 30  # address space; decoding PCM to MP3 needs a few tens of MiB
+STDERR_KEPT = 4096
+MAX_PREAMBLE = 16 << 20  # header bytes read before FFmpeg starts, at most
+
+
+class ConversionError(Exception):
+    """The upload cannot become an MP3. ``status`` is the HTTP status that says why."""
+
+    status = 422
+
+
+class NotAWav(ConversionError):
+    status = 415
+
+
+class UploadTooLarge(ConversionError):
+    status = 413
+
+
+class UploadStalled(ConversionError):
+    status = 408
+
+
+class ConversionTimedOut(ConversionError):
+    pass
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    bitrate_kbps: int = 192
+    sample_rate: int | None = None  # None: the source's, when MP3 can hold it
+    channels: int | None = None  # None: mono stays mono, everything else becomes stereo
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Converted:
+    size: int
+    sha256: bytes
+    duration: float
+    bitrate: int
+    sample_rate: int
+    channels: int
+
+
+Sink = Callable[[bytes], Awaitable[None]]
+
+
+async def convert(
+    source: AsyncIterator[bytes],
+    sink: Sink,
+    *,
+    ffmpeg: str,
+    options: EncodeOptions,
+    max_bytes: int,
+    time_limit_s: float,
+) -> Converted:
+    """Convert the WAV that ``source`` yields, handing the MP3 to ``sink`` in chunks.
+
+    Raises ConversionError (or a subclass naming the HTTP status) when the
+    upload is not a WAV, too large, undecodable, silent of samples or too slow.
+    """
+    header = WavHeader()
+    upload = _limited(source, max_bytes)
+    try:
+        preamble = await _read_preamble(upload, header)
+    except (NotWav, BadWav) as error:
+        raise _as_conversion_error(error) from None
+
+    process = await asyncio.create_subprocess_exec(
+        *ffmpeg_command(ffmpeg, choose_format(header, options)),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_confine,
+    )
+    output = _Output(sink)
+    stderr = bytearray()
+    try:
+        async with asyncio.timeout(time_limit_s):
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(_feed(process, preamble, upload, header))
+                tasks.create_task(output.collect(process))
+                tasks.create_task(_keep_tail(process, stderr))
+            returncode = await process.wait()
+    except TimeoutError:
+        raise ConversionTimedOut(f"The conversion took longer than {time_limit_s:g} s and was stopped.") from None
+    except ExceptionGroup as group:
+        # The first failure is the cause; the others are its consequences
+        # (a dead FFmpeg breaks the pipes, a failed sink stops the reader).
+        raise _as_conversion_error(group.exceptions[0]) from None
+    finally:
+        await _reap(process)
+
+    info = output.frame
+    if returncode != 0 or info is None or header.sample_frames == 0:
+        raise ConversionError(_failure_message(bytes(stderr), header))
+    return Converted(
+        size=output.size,
+        sha256=output.digest.digest(),
+        duration=round(header.duration, 3),
+        bitrate=info.bitrate,
+        sample_rate=info.sample_rate,
+        channels=info.channels,
+    )
+
+
+async def sniffed(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The same bytes as ``source``, after checking that they begin like a WAV (NotAWav otherwise)."""
+    first = b""
+    async for chunk in source:
+        first += chunk
+        if len(first) >= SNIFF_BYTES:
+            break
+    if not looks_like_wav(first):
+        raise NotAWav("The file is not a WAV: expected a RIFF or RF64 file of type WAVE.")
+    return _chain(first, source)
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def ffmpeg_command(ffmpeg: str, options: EncodeOptions) -> list[str]:
+    """FFmpeg told the input format, allowed to open nothing but its pipes."""
+    command = [
+        ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel", "error",
+        "-protocol_whitelist", "pipe",
+        "-f", "wav",
+        "-i", "pipe:0",
+        "-map", "0:a:0",
+        "-c:a", "libmp3lame",
+        "-b:a", f"{options.bitrate_kbps}k",
+    ]  # fmt: skip
+    if options.sample_rate:
+        command += ["-ar", str(options.sample_rate)]
+    if options.channels:
+        command += ["-ac", str(options.channels)]
+    for name, value in options.tags.items():
+        command += ["-metadata", f"{name}={value}"]
+    command += ["-f", "mp3", "pipe:1"]
+    return command
+
+
+def choose_format(header: WavHeader, options: EncodeOptions) -> EncodeOptions:
+    """Fill in what the source decides: an MP3 sample rate and at most two channels."""
+    source = header.format
+    if source is None:
+        return options
+    rate = options.sample_rate or mp3_sample_rate_for(source.sample_rate)
+    channels = options.channels or (1 if source.channels == 1 else 2)
+    return EncodeOptions(options.bitrate_kbps, rate, channels, options.tags)
+
+
+class _Output:
+    """FFmpeg's stdout, gathered into sink-sized chunks, hashed and measured on the way."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.frame: FrameInfo | None = None
+        self._head = b""
+
+    async def collect(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        pending = bytearray()
+        while chunk := await process.stdout.read(PIPE_READ):
+            if self.frame is None and len(self._head) < 64 * 1024:
+                self._head += chunk
+                self.frame = first_frame(self._head)
+            pending += chunk
+            if len(pending) >= OUTPUT_CHUNK:
+                await self._write(bytes(pending))
+                pending.clear()
+        if pending:
+            await self._write(bytes(pending))
+
+    async def _write(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        await self.sink(chunk)
+
+
+async def _read_preamble(upload: AsyncIterator[bytes], header: WavHeader) -> list[bytes]:
+    """Read (and keep, for FFmpeg) the bytes up to the start of the audio, so the
+    format is known before FFmpeg starts and a file that is no WAV never reaches it."""
+    preamble: list[bytes] = []
+    buffered = 0
+    async for chunk in upload:
+        preamble.append(chunk)
+        buffered += len(chunk)
+        header.feed(chunk)
+        if header.in_data or buffered > MAX_PREAMBLE:
+            break
+    if not header.started:
+        raise NotWav("The file is not a WAV: expected a RIFF or RF64 file of type WAVE.")
+    if header.format is None and not header.in_data and buffered > MAX_PREAMBLE:
+        raise BadWav(f"No 'fmt ' chunk in the first {MAX_PREAMBLE >> 20} MiB of the WAV.")
+    return preamble
+
+
+async def _limited(source: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in source:
+        received += len(chunk)
+        if received > max_bytes:
+            raise UploadTooLarge(f"The upload is larger than the limit of {max_bytes >> 20} MiB.")
+        yield chunk
+
+
+async def _feed(
+    process: asyncio.subprocess.Process, preamble: list[bytes], upload: AsyncIterator[bytes], header: WavHeader
+) -> None:
+    stdin = process.stdin
+    assert stdin is not None
+    try:
+        for chunk in preamble:
+            stdin.write(chunk)
+        await stdin.drain()
+        async for chunk in upload:
+            header.feed(chunk)
+            stdin.write(chunk)
+            await stdin.drain()
+        stdin.close()
+        await stdin.wait_closed()
+    except (BrokenPipeError, ConnectionResetError):
+        # FFmpeg stopped reading: it failed, and its exit status will say so.
+        return
+
+
+async def _keep_tail(process: asyncio.subprocess.Process, kept: bytearray) -> None:
+    assert process.stderr is not None
+    while chunk := await process.stderr.read(4096):
+        kept += chunk
+        del kept[:-STDERR_KEPT]
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """Kill FFmpeg if it still runs and wait for it, so no zombie or open pipe is left."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    if process.stdin is not None and not process.stdin.is_closing():
+        process.stdin.close()
+    await process.wait()
+
+
+def _confine() -> None:
+    """Runs in the child before exec: bound FFmpeg's memory."""
+    resource.setrlimit(resource.RLIMIT_AS, (FFMPEG_MEMORY_LIMIT, FFMPEG_MEMORY_LIMIT))
+
+
+def _as_conversion_error(error: BaseException) -> BaseException:
+    """WAV header complaints become statuses; anything else (the database, the client) passes as it is."""
+    if isinstance(error, NotWav):
+        return NotAWav(str(error))
+    if isinstance(error, BadWav):
+        return ConversionError(str(error))
+    return error
+
+
+def _failure_message(stderr: bytes, header: WavHeader) -> str:
+    if header.format is not None and header.sample_frames == 0:
+        return "The WAV holds no audio samples."
+    detail = stderr.decode("utf-8", "replace").strip().splitlines()
+    reason = detail[-1] if detail else "no audio was decoded"
+    return f"The WAV could not be converted: {reason}"

@@ -1,0 +1,123 @@
+"""GET/HEAD /record?id=&user= (and the older /files.record?record_id=&user_id=).
+
+No token: the random record id is the secret the link carries. The metadata
+comes first (ownership is checked in SQL), then the MP3 is read back in
+chunks, each its own short statement, and written as it arrives: a slow
+client holds no transaction and the server holds one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+from uuid import UUID
+
+import asyncpg
+from aiohttp import web
+
+from handlers.errors import ApiError
+from handlers.keys import POOL
+from handlers.params import record_id_from, user_id_from
+
+READ_CHUNK = 1024 * 1024
+RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, record_id_from(request.query.get("id")), user_id_from(request.query.get("user")))
+
+
+async def download_legacy(request: web.Request) -> web.StreamResponse:
+    record_id = record_id_from(request.query.get("record_id"), "record_id")
+    return await _serve(request, record_id, user_id_from(request.query.get("user_id"), "user_id"))
+
+
+async def _serve(request: web.Request, record_id: UUID, user_id: int) -> web.StreamResponse:
+    pool = request.app[POOL]
+    record = await pool.fetchrow("SELECT * FROM api.record_open($1, $2)", record_id, user_id)
+    assert record is not None  # record_open returns its row or raises
+    size: int = record["size"]
+    etag = f'"{bytes(record["sha256"]).hex()}"'
+
+    response = web.StreamResponse(
+        headers={
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "private, max-age=31536000, immutable",  # the bytes of an id never change
+        }
+    )
+    response.last_modified = record["created_at"]
+    if _matches(request.headers.get("If-None-Match"), etag):
+        response.set_status(304)
+        return response
+
+    start, end = 0, size - 1
+    wanted = _wanted_range(request, etag, size)
+    if wanted is not None:
+        start, end = wanted
+        response.set_status(206)
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response.content_type = "audio/mpeg"
+    response.headers["Content-Disposition"] = content_disposition(record["filename"])
+    response.content_length = end - start + 1
+    await response.prepare(request)
+    if request.method != "HEAD":
+        await _stream(pool, response, record_id, user_id, start, end + 1)
+    await response.write_eof()
+    return response
+
+
+async def _stream(
+    pool: asyncpg.Pool, response: web.StreamResponse, record_id: UUID, user_id: int, start: int, stop: int
+) -> None:
+    for offset in range(start, stop, READ_CHUNK):
+        count = min(READ_CHUNK, stop - offset)
+        chunk = await pool.fetchval("SELECT api.record_read($1, $2, $3, $4)", record_id, user_id, offset, count)
+        await response.write(chunk)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+def _wanted_range(request: web.Request, etag: str, size: int) -> tuple[int, int] | None:
+    """The single byte range asked for, None for the whole file; 416 when it cannot be served.
+
+    A malformed header or several ranges are ignored (the whole file is sent),
+    as RFC 9110 allows; so is a Range whose If-Range names another version.
+    """
+    header = request.headers.get("Range")
+    if header is None or request.headers.get("If-Range", etag) != etag:
+        return None
+    match = RANGE.fullmatch(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # the last N bytes
+        start, end = max(0, size - int(last)), size - 1
+        if int(last) == 0:
+            raise _unsatisfiable(size)
+    else:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if last and int(last) < start:
+            return None
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, end
+
+
+def _unsatisfiable(size: int) -> ApiError:
+    return ApiError(416, f"The range is outside the file's {size} bytes.", {"Content-Range": f"bytes */{size}"})
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback name, and the real one as filename* when it is not ASCII."""
+    fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in filename)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        header += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return header

@@ -1,0 +1,124 @@
+"""One envelope for every answer, and the one place errors become HTTP.
+
+Success: {"status": "ok", "data": {...}}.
+Error: {"code": 404, "status": "not_found", "message": "...", "data": {}}.
+
+Functions of the api schema choose their status with a PTnnn SQLSTATE;
+PostgreSQL's own codes are mapped as PostgREST maps them. Nothing else about
+an exception (its text, a stack trace, SQL) ever reaches the client.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
+
+from converter.pipeline import ConversionError
+from converter.slots import NoFreeSlot
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "5"
+
+
+class ApiError(Exception):
+    """An answer other than success, decided by a handler."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def unauthorized(message: str = "Credentials are required: user id and token.") -> ApiError:
+    return ApiError(401, message, {"WWW-Authenticate": 'Basic realm="mp3", charset="UTF-8"'})
+
+
+def ok(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"status": "ok", "data": data}, status=status, headers=headers)
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    body = {"code": status, "status": reason_of(status), "message": message, "data": {}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def reason_of(status: int) -> str:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "error"
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+
+
+# PostgreSQL's own SQLSTATEs that are the client's doing (PostgREST's table).
+_BAD_INPUT = {"22P02", "22003", "22023", "22001", "22007", "22008", "23502", "23514"}
+
+
+def _from_postgres(error: asyncpg.PostgresError) -> ApiError:
+    state = error.sqlstate or ""
+    if re.fullmatch(r"PT\d{3}", state):
+        status = int(state[2:])
+        message = error.args[0] if error.args else reason_of(status)
+        return unauthorized(message) if status == 401 else ApiError(status, message)
+    if state == "23505":
+        return ApiError(409, "That already exists.")
+    if state in _BAD_INPUT:
+        return ApiError(400, "A value is malformed or out of range.")
+    if state[:2] in {"08", "53", "57"}:
+        return database_unavailable()
+    log.error("unexpected database error %s: %s", state, error)
+    return ApiError(500, "Internal error.")
+
+
+def database_unavailable() -> ApiError:
+    return ApiError(503, "The database is unavailable; try again shortly.", {"Retry-After": RETRY_AFTER_S})
+
+
+def _from_exception(error: BaseException) -> ApiError:
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, NoFreeSlot):
+        return ApiError(503, str(error), {"Retry-After": str(error.retry_after)})
+    if isinstance(error, ConversionError):
+        return ApiError(error.status, str(error))
+    if isinstance(error, asyncpg.PostgresError):
+        return _from_postgres(error)
+    if isinstance(error, (asyncpg.InterfaceError, ConnectionRefusedError, TimeoutError)):
+        log.warning("database connection failed: %r", error)
+        return database_unavailable()
+    if isinstance(error, (ConnectionResetError, ClientPayloadError, HttpProcessingError)):
+        # The client went away or sent a broken body; it rarely hears this answer.
+        return ApiError(400, "The request body ended before it was complete.")
+    log.exception("unhandled error", exc_info=error)
+    return ApiError(500, "Internal error.")
+
+
+@web.middleware
+async def error_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as http_error:
+        if http_error.status < 400:
+            raise
+        headers = {name: http_error.headers[name] for name in ("Allow", "Retry-After") if name in http_error.headers}
+        text = http_error.text or ""
+        message = http_error.reason if not text or text.startswith(f"{http_error.status}:") else text
+        return error_response(http_error.status, _sentence(message), headers)
+    except Exception as error:
+        api_error = _from_exception(error)
+        return error_response(api_error.status, api_error.message, api_error.headers)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip() or "Error."
+    return text if text.endswith(".") else f"{text}."

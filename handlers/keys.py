@@ -1,0 +1,13 @@
+"""Typed keys for what the application shares with its handlers."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from converter.slots import ConversionSlots
+from settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+SLOTS = web.AppKey("slots", ConversionSlots)

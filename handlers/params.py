@@ -1,0 +1,84 @@
+"""Reading what a request says: ids, credentials, options. Each bad value is a 400."""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+from collections.abc import Mapping
+from dataclasses import dataclass
+from uuid import UUID
+
+from aiohttp import web
+
+from converter.mp3 import MP3_SAMPLE_RATES
+from converter.pipeline import EncodeOptions
+from handlers.errors import ApiError, unauthorized
+from settings import LAME_CBR_KBPS
+
+MAX_BIGINT = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user_id: int
+    token: str
+
+
+def user_id_from(raw: str | None, name: str = "user") -> int:
+    if raw is None or raw == "":
+        raise ApiError(400, f"The parameter {name} (a user id) is required.")
+    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_BIGINT:
+        raise ApiError(400, f"The parameter {name} must be a user id: a positive whole number.")
+    return int(raw)
+
+
+def record_id_from(raw: str | None, name: str = "id") -> UUID:
+    if raw is None or raw == "":
+        raise ApiError(400, f"The parameter {name} (a record id) is required.")
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise ApiError(400, f"The parameter {name} must be a record id (a UUID).") from None
+
+
+def credentials_from(request: web.Request, fields: Mapping[str, str] | None = None) -> Credentials:
+    """Multipart fields user/token, HTTP Basic (user id : token), or headers user_id/user_uuid."""
+    fields = fields or {}
+    if "user" in fields or "token" in fields:
+        return _credentials(fields.get("user"), fields.get("token"))
+    authorization = request.headers.get("Authorization", "")
+    if authorization[:6].lower() == "basic ":
+        try:
+            user, _, token = b64decode(authorization[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise unauthorized("The Authorization header is not valid Basic credentials.") from None
+        return _credentials(user, token)
+    if "user_id" in request.headers or "user_uuid" in request.headers:
+        return _credentials(request.headers.get("user_id"), request.headers.get("user_uuid"))
+    raise unauthorized()
+
+
+def _credentials(user: str | None, token: str | None) -> Credentials:
+    if not user or not token:
+        raise unauthorized()
+    return Credentials(user_id_from(user.strip()), token.strip())
+
+
+def encode_options_from(values: Mapping[str, str], default_bitrate: int) -> EncodeOptions:
+    """bitrate (kbit/s, a LAME CBR rate), sample_rate (an MP3 rate), channels (1 or 2)."""
+    bitrate = _choice(values, "bitrate", LAME_CBR_KBPS, "a LAME bit rate in kbit/s") or default_bitrate
+    sample_rate = _choice(values, "sample_rate", MP3_SAMPLE_RATES, "an MP3 sample rate in Hz")
+    channels = _choice(values, "channels", (1, 2), "1 or 2")
+    return EncodeOptions(bitrate_kbps=bitrate, sample_rate=sample_rate, channels=channels)
+
+
+def _choice(values: Mapping[str, str], name: str, allowed: tuple[int, ...], what: str) -> int | None:
+    raw = values.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    raw = raw.strip()
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else None
+    if value not in allowed:
+        listed = ", ".join(map(str, allowed))
+        raise ApiError(400, f"The option {name} must be {what}: one of {listed}.")
+    return value

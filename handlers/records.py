@@ -1,0 +1,136 @@
+"""Uploads, listing and deletion of records.
+
+POST /record (and the older POST /files.convert), GET /records, DELETE /record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+
+import asyncpg
+from aiohttp import BodyPartReader, MultipartReader, web
+
+from converter.pipeline import UploadStalled, sniffed
+from converter.store import Upload, store_upload
+from handlers.errors import ApiError, ok
+from handlers.keys import POOL, SETTINGS, SLOTS
+from handlers.params import (
+    Credentials,
+    credentials_from,
+    encode_options_from,
+    record_id_from,
+    user_id_from,
+)
+from handlers.shapes import record_json
+
+WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
+READ_SIZE = 256 * 1024
+MAX_FIELD_BYTES = 4096
+DEFAULT_FILENAME = "recording.wav"
+
+
+async def upload_record(request: web.Request) -> web.Response:
+    row = await _convert_upload(request)
+    data = record_json(request, row)
+    return ok(data, status=201, headers={"Location": data["url"]})
+
+
+async def upload_record_legacy(request: web.Request) -> web.Response:
+    """The older clients' shape: {"status": "ok", "url": ...}."""
+    row = await _convert_upload(request)
+    url = record_json(request, row)["url"]
+    return web.json_response({"status": "ok", "url": url}, status=201, headers={"Location": url})
+
+
+async def list_records(request: web.Request) -> web.Response:
+    credentials = credentials_from(request)
+    rows = await request.app[POOL].fetch(
+        "SELECT * FROM api.records_list($1, $2)", credentials.user_id, credentials.token
+    )
+    return ok({"records": [record_json(request, row) for row in rows]})
+
+
+async def delete_record(request: web.Request) -> web.Response:
+    record_id = record_id_from(request.query.get("id"))
+    credentials = credentials_from(request)
+    user_id = user_id_from(request.query.get("user", str(credentials.user_id)))
+    if user_id != credentials.user_id:
+        raise ApiError(404, "No such record.")
+    await request.app[POOL].execute(
+        "SELECT api.record_delete($1, $2, $3)", credentials.user_id, credentials.token, record_id
+    )
+    return web.Response(status=204)
+
+
+async def _convert_upload(request: web.Request) -> asyncpg.Record:
+    settings = request.app[SETTINGS]
+    if request.content_length is not None and request.content_length > settings.max_upload_bytes:
+        raise ApiError(413, f"The upload is larger than the limit of {settings.max_upload_bytes >> 20} MiB.")
+
+    fields: dict[str, str] = dict(request.query)
+    if request.content_type == "multipart/form-data":
+        file_part = await _file_part(await request.multipart(), fields)
+        filename = file_part.filename or DEFAULT_FILENAME
+        body = _part_chunks(file_part, settings.read_timeout_s)
+    elif request.content_type in WAV_TYPES:
+        filename = fields.get("filename") or DEFAULT_FILENAME
+        body = _stream_chunks(request, settings.read_timeout_s)
+    else:
+        raise ApiError(
+            415, "Send the WAV as a multipart/form-data file part, or as the body with Content-Type audio/wav."
+        )
+
+    credentials = credentials_from(request, fields)
+    options = encode_options_from(fields, settings.mp3_bitrate_kbps)
+    pool = request.app[POOL]
+    await pool.execute("SELECT FROM api.user_check($1, $2)", credentials.user_id, credentials.token)
+    body = await sniffed(body)  # 415 now, before waiting for a slot
+
+    async with request.app[SLOTS].turn(), pool.acquire() as connection:
+        return await store_upload(
+            connection,
+            _upload(credentials, filename, body),
+            ffmpeg=settings.ffmpeg_binary,
+            options=options,
+            max_bytes=settings.max_upload_bytes,
+            time_limit_s=settings.ffmpeg_timeout_s,
+        )
+
+
+def _upload(credentials: Credentials, filename: str, body: AsyncIterator[bytes]) -> Upload:
+    return Upload(user_id=credentials.user_id, token=credentials.token, filename=filename, body=body)
+
+
+async def _file_part(reader: MultipartReader, fields: dict[str, str]) -> BodyPartReader:
+    """Collect the text fields up to the first part with a file name, and return that part."""
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise ApiError(400, "Nested multipart bodies are not accepted.")
+        if part.filename is not None:
+            return part
+        if part.name:
+            value = await part.read(decode=False)
+            if len(value) > MAX_FIELD_BYTES:
+                raise ApiError(400, f"The form field {part.name} is too long.")
+            fields[part.name] = value.decode("utf-8", "replace")
+    raise ApiError(400, "No file found: send the WAV as a multipart part with a filename.")
+
+
+async def _part_chunks(part: BodyPartReader, read_timeout: float) -> AsyncIterator[bytes]:
+    while chunk := await _within(read_timeout, part.read_chunk(READ_SIZE)):
+        yield chunk
+
+
+async def _stream_chunks(request: web.Request, read_timeout: float) -> AsyncIterator[bytes]:
+    while chunk := await _within(read_timeout, request.content.read(READ_SIZE)):
+        yield chunk
+
+
+async def _within(read_timeout: float, read: Awaitable[bytes]) -> bytes:
+    """One read of the body; a client that sends nothing for read_timeout is cut off."""
+    try:
+        async with asyncio.timeout(read_timeout):
+            return await read
+    except TimeoutError:
+        raise UploadStalled(f"The upload sent nothing for {read_timeout:g} s and was stopped.") from None

@@ -1,0 +1,23 @@
+"""Every route of the service, in one table."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from handlers.download import download, download_legacy
+from handlers.health import health
+from handlers.records import delete_record, list_records, upload_record, upload_record_legacy
+from handlers.users import create_user, create_user_legacy
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/users", create_user)
+    app.router.add_post("/record", upload_record)
+    app.router.add_get("/record", download)  # HEAD too
+    app.router.add_delete("/record", delete_record)
+    app.router.add_get("/records", list_records)
+    app.router.add_get("/health", health)
+    # The older clients' routes.
+    app.router.add_post("/users.create", create_user_legacy)
+    app.router.add_post("/files.convert", upload_record_legacy)
+    app.router.add_get("/files.record", download_legacy)

@@ -1,0 +1,57 @@
+"""POST /users (and the older POST /users.create): create a user, show the token once."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from handlers.errors import ApiError, ok
+from handlers.keys import POOL
+
+
+async def create_user(request: web.Request) -> web.Response:
+    row = await _create(request)
+    return ok({"id": row["id"], "username": row["username"], "token": str(row["token"])}, status=201)
+
+
+async def create_user_legacy(request: web.Request) -> web.Response:
+    """The older clients' shape: the token under the key "uuid"."""
+    row = await _create(request)
+    return ok({"id": row["id"], "username": row["username"], "uuid": str(row["token"])}, status=201)
+
+
+async def _create(request: web.Request) -> dict[str, object]:
+    username = await _username_from(request)
+    row = await request.app[POOL].fetchrow("SELECT * FROM api.user_create($1)", username)
+    assert row is not None  # user_create returns its row or raises
+    return dict(row)
+
+
+async def _username_from(request: web.Request) -> str:
+    value: object
+    if request.content_type == "multipart/form-data":
+        value = (await request.post()).get("username")
+    else:
+        raw = await request.read()
+        # curl -d '{"username": ...}' labels JSON as a urlencoded form: the body decides.
+        if request.content_type == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
+            value = _last(parse_qs(raw.decode("utf-8", "replace")).get("username"))
+        else:
+            value = _json_username(raw)
+    if not isinstance(value, str):
+        raise ApiError(400, 'A username is required: {"username": "alice"}.')
+    return value
+
+
+def _json_username(raw: bytes) -> object:
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, 'The body must be JSON like {"username": "alice"}.') from None
+    return body.get("username") if isinstance(body, dict) else None
+
+
+def _last(values: list[str] | None) -> str | None:
+    return values[-1] if values else None

@@ -1,0 +1,106 @@
+"""Configuration from the environment, validated once at start.
+
+Every variable, its default and its meaning is listed in README.md,
+"Configuration". A bad value stops the service with a message naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+LAME_CBR_KBPS = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    host: str = "0.0.0.0"  # noqa: S104 - a service listens on every interface by default
+    port: int = 8080
+    public_url: str | None = None
+    max_upload_bytes: int = 1024 * 1024 * 1024
+    mp3_bitrate_kbps: int = 192
+    convert_concurrency: int = os.cpu_count() or 1
+    queue_timeout_s: float = 10.0
+    ffmpeg_timeout_s: float = 3600.0
+    read_timeout_s: float = 60.0
+    ffmpeg_binary: str = "ffmpeg"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        database_url = env.get("DATABASE_URL", "")
+        if urlsplit(database_url).scheme not in {"postgres", "postgresql"}:
+            raise ConfigError("DATABASE_URL must be set to a postgresql:// URL (the service role's connection)")
+        public_url = env.get("PUBLIC_URL") or None
+        if public_url is not None and urlsplit(public_url).scheme not in {"http", "https"}:
+            raise ConfigError(f"PUBLIC_URL must be an http:// or https:// URL, not {public_url!r}")
+        bitrate = _number(env, "MP3_BITRATE", cls.mp3_bitrate_kbps, 32, 320)
+        if bitrate not in LAME_CBR_KBPS:
+            raise ConfigError(f"MP3_BITRATE must be one of {', '.join(map(str, LAME_CBR_KBPS))}, not {bitrate}")
+        return cls(
+            database_url=database_url,
+            host=env.get("HOST", cls.host),
+            port=_number(env, "PORT", cls.port, 1, 65535),
+            public_url=public_url.rstrip("/") if public_url else None,
+            max_upload_bytes=_number(env, "MAX_UPLOAD_MB", cls.max_upload_bytes >> 20, 1, 1 << 20) << 20,
+            mp3_bitrate_kbps=bitrate,
+            convert_concurrency=_number(env, "CONVERT_CONCURRENCY", cls.convert_concurrency, 1, 1024),
+            queue_timeout_s=_seconds(env, "QUEUE_TIMEOUT_S", cls.queue_timeout_s),
+            ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),
+            read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
+            ffmpeg_binary=find_ffmpeg(env.get("FFMPEG_BINARY")),
+        )
+
+
+def find_ffmpeg(configured: str | None) -> str:
+    """FFMPEG_BINARY, else ffmpeg on PATH, else the imageio-ffmpeg package's binary."""
+    if configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise ConfigError(f"FFMPEG_BINARY={configured!r} is not an executable file")
+        return found
+    on_path = shutil.which("ffmpeg")
+    if on_path is not None:
+        return on_path
+    try:
+        import imageio_ffmpeg  # optional: only when there is no system FFmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError) as error:
+        raise ConfigError(
+            "FFmpeg not found: install it (apt-get install ffmpeg), "
+            "pip install imageio-ffmpeg, or set FFMPEG_BINARY to its path"
+        ) from error
+
+
+def _number(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value <= 86400:
+        raise ConfigError(f"{name} must be more than 0 and at most 86400 seconds, not {value}")
+    return value
