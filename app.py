@@ -17,6 +17,7 @@ from settings import ConfigError, Settings
 
 # Connections beyond the conversion slots, for downloads, listings and user creation.
 SPARE_CONNECTIONS = 8
+CONNECT_TIMEOUT_S = 5.0
 
 
 def init_app(settings: Settings) -> web.Application:
@@ -33,8 +34,10 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[POOL] = await asyncpg.create_pool(
         settings.database_url,
-        min_size=1,
+        # min_size=0: the service starts (and /health says 503) while the database is down.
+        min_size=0,
         max_size=settings.convert_concurrency + SPARE_CONNECTIONS,
+        timeout=CONNECT_TIMEOUT_S,
     )
     yield
     await app[POOL].close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http
 import logging
 import re
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,8 +61,10 @@ def reason_of(status: int) -> str:
     return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
 
 
-# PostgreSQL's own SQLSTATEs that are the client's doing (PostgREST's table).
-_BAD_INPUT = {"22P02", "22003", "22023", "22001", "22007", "22008", "23502", "23514"}
+# PostgreSQL's own SQLSTATEs that are the client's doing (PostgREST's table):
+# class 22 is "data exception" (malformed text, NUL bytes, out of range...).
+_BAD_INPUT_CLASSES = {"22"}
+_BAD_INPUT = {"23502", "23514"}
 
 
 def _from_postgres(error: asyncpg.PostgresError) -> ApiError:
@@ -72,7 +75,7 @@ def _from_postgres(error: asyncpg.PostgresError) -> ApiError:
         return unauthorized(message) if status == 401 else ApiError(status, message)
     if state == "23505":
         return ApiError(409, "That already exists.")
-    if state in _BAD_INPUT:
+    if state in _BAD_INPUT or state[:2] in _BAD_INPUT_CLASSES:
         return ApiError(400, "A value is malformed or out of range.")
     if state[:2] in {"08", "53", "57"}:
         return database_unavailable()
@@ -93,7 +96,7 @@ def _from_exception(error: BaseException) -> ApiError:
         return ApiError(error.status, str(error))
     if isinstance(error, asyncpg.PostgresError):
         return _from_postgres(error)
-    if isinstance(error, (asyncpg.InterfaceError, ConnectionRefusedError, TimeoutError)):
+    if isinstance(error, (asyncpg.InterfaceError, ConnectionRefusedError, socket.gaierror, TimeoutError)):
         log.warning("database connection failed: %r", error)
         return database_unavailable()
     if isinstance(error, (ConnectionResetError, ClientPayloadError, HttpProcessingError)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from urllib.parse import unquote
 
 import asyncpg
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -71,7 +72,8 @@ async def _convert_upload(request: web.Request) -> asyncpg.Record:
     fields: dict[str, str] = dict(request.query)
     if request.content_type == "multipart/form-data":
         file_part = await _file_part(await request.multipart(), fields)
-        filename = file_part.filename or DEFAULT_FILENAME
+        # Browsers and aiohttp percent-encode some characters of the name; curl sends it raw.
+        filename = unquote(file_part.filename or "") or DEFAULT_FILENAME
         body = _part_chunks(file_part, settings.read_timeout_s)
     elif request.content_type in WAV_TYPES:
         filename = fields.get("filename") or DEFAULT_FILENAME
