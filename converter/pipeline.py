@@ -16,7 +16,7 @@ import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from converter.mp3 import FrameInfo, first_frame, mp3_sample_rate_for
+from converter.mp3 import Mp3Stream, Mp3StreamError, mp3_sample_rate_for
 from converter.wav import SNIFF_BYTES, BadWav, NotWav, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
@@ -59,11 +59,16 @@ class EncodeOptions:
 @dataclass(frozen=True)
 class Converted:
     size: int
+    # SHA-256 of the bytes in the order they were produced (the header frame
+    # last): a fingerprint of the content for the ETag, computed without
+    # reading the file back.
     sha256: bytes
     duration: float
     bitrate: int
     sample_rate: int
     channels: int
+    header_frame: bytes  # the Xing/LAME frame, to write over the blank at header_offset
+    header_offset: int
 
 
 Sink = Callable[[bytes], Awaitable[None]]
@@ -108,6 +113,8 @@ async def convert(
             returncode = await process.wait()
     except TimeoutError:
         raise ConversionTimedOut(f"The conversion took longer than {time_limit_s:g} s and was stopped.") from None
+    except Mp3StreamError as error:
+        raise ConversionError(str(error)) from None
     except ExceptionGroup as group:
         # The first failure is the cause; the others are its consequences
         # (a dead FFmpeg breaks the pipes, a failed sink stops the reader).
@@ -115,16 +122,21 @@ async def convert(
     finally:
         await _reap(process)
 
-    info = output.frame
-    if returncode != 0 or info is None or header.sample_frames == 0:
+    mp3 = output.mp3
+    if returncode != 0 or mp3.first is None or header.format is None or header.sample_frames == 0:
         raise ConversionError(_failure_message(bytes(stderr), header))
+    samples = round(header.sample_frames * mp3.first.sample_rate / header.format.sample_rate)
+    header_frame = mp3.header_frame(samples, vbr=False)
+    output.digest.update(header_frame)
     return Converted(
         size=output.size,
         sha256=output.digest.digest(),
         duration=round(header.duration, 3),
-        bitrate=info.bitrate,
-        sample_rate=info.sample_rate,
-        channels=info.channels,
+        bitrate=mp3.first.bitrate,
+        sample_rate=mp3.first.sample_rate,
+        channels=1 if mp3.first.mono else 2,
+        header_frame=header_frame,
+        header_offset=mp3.header_offset,
     )
 
 
@@ -181,23 +193,19 @@ def choose_format(header: WavHeader, options: EncodeOptions) -> EncodeOptions:
 
 
 class _Output:
-    """FFmpeg's stdout, gathered into sink-sized chunks, hashed and measured on the way."""
+    """FFmpeg's stdout, followed frame by frame, gathered into sink-sized chunks and hashed."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.size = 0
         self.digest = hashlib.sha256()
-        self.frame: FrameInfo | None = None
-        self._head = b""
+        self.mp3 = Mp3Stream()
 
     async def collect(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
         pending = bytearray()
         while chunk := await process.stdout.read(PIPE_READ):
-            if self.frame is None and len(self._head) < 64 * 1024:
-                self._head += chunk
-                self.frame = first_frame(self._head)
-            pending += chunk
+            pending += self.mp3.feed(chunk)
             if len(pending) >= OUTPUT_CHUNK:
                 await self._write(bytes(pending))
                 pending.clear()
@@ -283,7 +291,7 @@ def _as_conversion_error(error: BaseException) -> BaseException:
     """WAV header complaints become statuses; anything else (the database, the client) passes as it is."""
     if isinstance(error, NotWav):
         return NotAWav(str(error))
-    if isinstance(error, BadWav):
+    if isinstance(error, (BadWav, Mp3StreamError)):
         return ConversionError(str(error))
     return error
 

@@ -47,6 +47,9 @@ async def store_upload(
         converted = await convert(
             upload.body, append, ffmpeg=ffmpeg, options=options, max_bytes=max_bytes, time_limit_s=time_limit_s
         )
+        await connection.execute(
+            "SELECT api.record_overwrite($1, $2, $3)", record_id, converted.header_offset, converted.header_frame
+        )
         row = await connection.fetchrow(
             "SELECT * FROM api.record_finish($1, $2, $3, $4, $5, $6)",
             record_id,

@@ -120,7 +120,8 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., bytes]:
 
 
 def probe(mp3: bytes) -> dict[str, Any]:
-    """What ffprobe says of an MP3: format duration, codec, sample rate, channels."""
+    """What a player sees in an MP3: codec, sample rate and channels (ffprobe), and the
+    duration of the audio it decodes (FFmpeg, which trims what the LAME tag says to)."""
     # From a file, not a pipe: a player can seek, and ffprobe reads the duration the way it does.
     with tempfile.NamedTemporaryFile(suffix=".mp3") as file:
         file.write(mp3)
@@ -130,11 +131,16 @@ def probe(mp3: bytes) -> dict[str, Any]:
              "format=duration,format_name:stream=codec_name,sample_rate,channels", "-of", "json", file.name],
             capture_output=True, check=True,
         )  # fmt: skip
+        decoded = subprocess.run(
+            [FFMPEG, "-v", "error", "-i", file.name, "-f", "s16le", "-ac", "1", "pipe:1"],
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
     found = json.loads(result.stdout)
     stream = found["streams"][0]
     return {
         "format": found["format"]["format_name"],
-        "duration": float(found["format"]["duration"]),
+        "header_duration": float(found["format"]["duration"]),
+        "duration": len(decoded) / 2 / int(stream["sample_rate"]),
         "codec": stream["codec_name"],
         "sample_rate": int(stream["sample_rate"]),
         "channels": int(stream["channels"]),

@@ -334,7 +334,7 @@ def test_every_api_function_is_security_definer_with_a_fixed_search_path(owner: 
         WHERE n.nspname = 'api'
         """
     ).fetchall()
-    assert len(rows) == 9
+    assert len(rows) == 10
     for name, definer, config, comment in rows:
         assert definer, name
         assert config == ["search_path=pg_catalog, pg_temp"], name
@@ -357,3 +357,21 @@ def test_apply_is_repeatable_and_drops_functions_that_no_longer_have_a_file(
     assert service.execute("SELECT id FROM api.user_check(%s, %s)", [user_id, token]).fetchone() == (user_id,)
     assert owner.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (1,)
     assert owner.execute("SELECT rolname FROM pg_roles WHERE rolname = %s", [DEFAULT_SERVICE_ROLE]).fetchone()
+
+
+def test_overwrite_changes_only_bytes_already_written_of_an_upload_in_progress(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    with service.transaction():
+        record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+        service.execute("SELECT api.record_append(%s, %s)", [record_id, b"\x00" * 10 + b"tail"])
+        service.execute("SELECT api.record_overwrite(%s, 2, %s)", [record_id, b"HEAD"])
+        for at, chunk in [(12, b"xyz"), (-1, b"x"), (None, b"x"), (0, None)]:
+            with pytest.raises(psycopg.Error) as raised, service.transaction():  # a savepoint: the upload goes on
+                service.execute("SELECT api.record_overwrite(%s, %s, %s)", [record_id, at, chunk])
+            assert raised.value.sqlstate == "PT400"
+        service.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [record_id])
+    assert (
+        scalar(service, "SELECT api.record_read(%s, %s, 0, 100)", [record_id, user_id])
+        == b"\x00\x00HEAD" + bytes(4) + b"tail"
+    )
+    assert sqlstate_of(service, "SELECT api.record_overwrite(%s, 0, 'evil')", [record_id]) == "PT404"
