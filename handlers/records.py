@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 from urllib.parse import unquote
 
 import asyncpg
@@ -24,6 +25,8 @@ from handlers.params import (
     user_id_from,
 )
 from handlers.shapes import record_json
+
+T = TypeVar("T")
 
 WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
 READ_SIZE = 256 * 1024
@@ -71,10 +74,11 @@ async def _convert_upload(request: web.Request) -> asyncpg.Record:
 
     fields: dict[str, str] = dict(request.query)
     if request.content_type == "multipart/form-data":
-        file_part = await _file_part(await request.multipart(), fields)
+        reader = await request.multipart()
+        file_part = await _file_part(reader, fields)
         # Browsers and aiohttp percent-encode some characters of the name; curl sends it raw.
         filename = unquote(file_part.filename or "") or DEFAULT_FILENAME
-        body = _part_chunks(file_part, settings.read_timeout_s)
+        body = _part_chunks(reader, file_part, settings.read_timeout_s)
     elif request.content_type in WAV_TYPES:
         filename = fields.get("filename") or DEFAULT_FILENAME
         body = _stream_chunks(request, settings.read_timeout_s)
@@ -119,9 +123,16 @@ async def _file_part(reader: MultipartReader, fields: dict[str, str]) -> BodyPar
     raise ApiError(400, "No file found: send the WAV as a multipart part with a filename.")
 
 
-async def _part_chunks(part: BodyPartReader, read_timeout: float) -> AsyncIterator[bytes]:
+async def _part_chunks(reader: MultipartReader, part: BodyPartReader, read_timeout: float) -> AsyncIterator[bytes]:
     while chunk := await _within(read_timeout, part.read_chunk(READ_SIZE)):
         yield chunk
+    # Anything after the file would be ignored, and an option silently ignored
+    # is a wrong MP3: refuse it (the conversion is rolled back).
+    following = await _within(read_timeout, reader.next())
+    if following is not None:
+        name = getattr(following, "name", None) or "a part"
+        what = "a second file" if getattr(following, "filename", None) is not None else f"the field {name}"
+        raise ApiError(400, f"Send one file, after the other fields: {what} came after the file.")
 
 
 async def _stream_chunks(request: web.Request, read_timeout: float) -> AsyncIterator[bytes]:
@@ -129,7 +140,7 @@ async def _stream_chunks(request: web.Request, read_timeout: float) -> AsyncIter
         yield chunk
 
 
-async def _within(read_timeout: float, read: Awaitable[bytes]) -> bytes:
+async def _within(read_timeout: float, read: Awaitable[T]) -> T:
     """One read of the body; a client that sends nothing for read_timeout is cut off."""
     try:
         async with asyncio.timeout(read_timeout):

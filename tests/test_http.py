@@ -660,3 +660,19 @@ async def test_mp3_starts_with_an_info_frame_so_players_trim_exactly(client: Cli
     assert mp3[tag_end + 4 + side_info : tag_end + 8 + side_info] == b"Info"
     # Without the frame the decoded audio is 3.168 s (delay and padding untrimmed).
     assert probe(mp3)["duration"] == pytest.approx(3.0, abs=0.001)
+
+
+async def test_fields_after_the_file_or_a_second_file_are_refused_not_ignored(
+    client: Client, audio: Audio, owner: psycopg.Connection
+) -> None:
+    user_id, token = await new_user(client)
+    late_option = form(audio(), user=user_id, token=token)
+    late_option.add_field("bitrate", "64")
+    body = await expect_error(await client.post("/record", data=late_option), 400)
+    assert "bitrate" in body["message"]
+
+    two_files = form(audio(), user=user_id, token=token)
+    two_files.add_field("other", audio(), filename="other.wav", content_type="audio/wav")
+    body = await expect_error(await client.post("/record", data=two_files), 400)
+    assert "second file" in body["message"]
+    assert nothing_stored(owner)

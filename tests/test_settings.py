@@ -1,0 +1,60 @@
+"""Configuration: safe defaults, and a clear message naming any bad variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from settings import ConfigError, Settings
+
+BASE = {"DATABASE_URL": "postgresql://mp3_service@localhost/mp3"}
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = Settings.from_env(BASE)
+    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert settings.max_upload_bytes == 1024 * 1024 * 1024
+    assert settings.mp3_bitrate_kbps == 192
+    assert settings.convert_concurrency >= 1
+    assert settings.public_url is None
+    assert settings.ffmpeg_binary.endswith("ffmpeg") or "ffmpeg" in settings.ffmpeg_binary
+
+
+def test_values_are_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        BASE
+        | {
+            "PORT": "9000",
+            "MAX_UPLOAD_MB": "5",
+            "MP3_BITRATE": "320",
+            "CONVERT_CONCURRENCY": "3",
+            "QUEUE_TIMEOUT_S": "2.5",
+            "PUBLIC_URL": "https://mp3.example.org/",
+        }
+    )
+    assert settings.port == 9000
+    assert settings.max_upload_bytes == 5 << 20
+    assert settings.mp3_bitrate_kbps == 320
+    assert settings.convert_concurrency == 3
+    assert settings.queue_timeout_s == 2.5
+    assert settings.public_url == "https://mp3.example.org"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", ""),
+        ("DATABASE_URL", "mysql://x"),
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("MAX_UPLOAD_MB", "0"),
+        ("MP3_BITRATE", "100"),
+        ("CONVERT_CONCURRENCY", "-1"),
+        ("QUEUE_TIMEOUT_S", "soon"),
+        ("QUEUE_TIMEOUT_S", "0"),
+        ("PUBLIC_URL", "ftp://x"),
+        ("FFMPEG_BINARY", "/nonexistent/ffmpeg"),
+    ],
+)
+def test_bad_values_stop_the_service_with_a_message_naming_them(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(BASE | {name: value})
