@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator
 
@@ -18,6 +21,10 @@ from settings import ConfigError, Settings
 # Connections beyond the conversion slots, for downloads, listings and user creation.
 SPARE_CONNECTIONS = 8
 CONNECT_TIMEOUT_S = 5.0
+# After the uploads' grace period: what other requests (downloads) still get.
+LAST_REQUESTS_TIMEOUT_S = 2.0
+
+log = logging.getLogger("app")
 
 
 def init_app(settings: Settings) -> web.Application:
@@ -43,13 +50,41 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
     await app[POOL].close()
 
 
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: no new connections, uploads in
+    flight get shutdown_timeout_s to finish, and whatever remains is cancelled
+    (a cancelled upload rolls back).
+
+    Not web.run_app: on shutdown aiohttp stops reading request bodies at once,
+    so an upload still arriving could never finish in the grace period."""
+    app = init_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=LAST_REQUESTS_TIMEOUT_S)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info("serving on http://%s:%d", settings.host, settings.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    await stop.wait()
+
+    log.info("stopping: waiting up to %g s for %d upload(s)", settings.shutdown_timeout_s, app[SLOTS].uploads)
+    await site.stop()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(settings.shutdown_timeout_s):
+            await app[SLOTS].no_uploads()
+    await runner.cleanup()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.from_env()
     except ConfigError as error:
         sys.exit(f"configuration error: {error}")
-    web.run_app(init_app(settings), host=settings.host, port=settings.port)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

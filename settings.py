@@ -31,6 +31,7 @@ class Settings:
     queue_timeout_s: float = 10.0
     ffmpeg_timeout_s: float = 3600.0
     read_timeout_s: float = 60.0
+    shutdown_timeout_s: float = 30.0
     ffmpeg_binary: str = "ffmpeg"
 
     @classmethod
@@ -55,6 +56,7 @@ class Settings:
             queue_timeout_s=_seconds(env, "QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),
             read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
+            shutdown_timeout_s=_seconds(env, "SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s),
             ffmpeg_binary=find_ffmpeg(env.get("FFMPEG_BINARY")),
         )
 

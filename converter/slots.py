@@ -24,11 +24,29 @@ class ConversionSlots:
         self.queue_timeout = queue_timeout
         self.active = 0
         self.waiting = 0
+        self.uploads = 0  # from the first byte read to the answer, slot or not
         self._semaphore = asyncio.Semaphore(size)
+        self._no_uploads = asyncio.Event()
+        self._no_uploads.set()
 
     @property
     def free(self) -> int:
         return self.size - self.active
+
+    @contextlib.asynccontextmanager
+    async def upload(self) -> AsyncIterator[None]:
+        """Count an upload in progress, so a shutdown can wait for it."""
+        self.uploads += 1
+        self._no_uploads.clear()
+        try:
+            yield
+        finally:
+            self.uploads -= 1
+            if self.uploads == 0:
+                self._no_uploads.set()
+
+    async def no_uploads(self) -> None:
+        await self._no_uploads.wait()
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:

@@ -35,14 +35,16 @@ DEFAULT_FILENAME = "recording.wav"
 
 
 async def upload_record(request: web.Request) -> web.Response:
-    row = await _convert_upload(request)
+    async with request.app[SLOTS].upload():
+        row = await _convert_upload(request)
     data = record_json(request, row)
     return ok(data, status=201, headers={"Location": data["url"]})
 
 
 async def upload_record_legacy(request: web.Request) -> web.Response:
     """The older clients' shape: {"status": "ok", "url": ...}."""
-    row = await _convert_upload(request)
+    async with request.app[SLOTS].upload():
+        row = await _convert_upload(request)
     url = record_json(request, row)["url"]
     return web.json_response({"status": "ok", "url": url}, status=201, headers={"Location": url})
 
@@ -76,8 +78,7 @@ async def _convert_upload(request: web.Request) -> asyncpg.Record:
     if request.content_type == "multipart/form-data":
         reader = await request.multipart()
         file_part = await _file_part(reader, fields)
-        # Browsers and aiohttp percent-encode some characters of the name; curl sends it raw.
-        filename = unquote(file_part.filename or "") or DEFAULT_FILENAME
+        filename = _readable_filename(file_part.filename)
         body = _part_chunks(reader, file_part, settings.read_timeout_s)
     elif request.content_type in WAV_TYPES:
         filename = fields.get("filename") or DEFAULT_FILENAME
@@ -102,6 +103,15 @@ async def _convert_upload(request: web.Request) -> asyncpg.Record:
             max_bytes=settings.max_upload_bytes,
             time_limit_s=settings.ffmpeg_timeout_s,
         )
+
+
+def _readable_filename(raw: str | None) -> str:
+    """The part's file name as text PostgreSQL accepts (api.record_begin makes it a safe base name)."""
+    # Browsers and aiohttp percent-encode some characters of the name; curl sends it raw.
+    name = unquote(raw or "")
+    # Headers arrive as UTF-8 with undecodable bytes escaped; such bytes become U+FFFD.
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return name or DEFAULT_FILENAME
 
 
 def _upload(credentials: Credentials, filename: str, body: AsyncIterator[bytes]) -> Upload:
@@ -147,3 +157,5 @@ async def _within(read_timeout: float, read: Awaitable[T]) -> T:
             return await read
     except TimeoutError:
         raise UploadStalled(f"The upload sent nothing for {read_timeout:g} s and was stopped.") from None
+    except ValueError:  # aiohttp's multipart reader, at the end of a body with no closing boundary
+        raise ApiError(400, "The multipart body ended before its closing boundary.") from None

@@ -1,0 +1,428 @@
+"""Hostile input, faults and load: nothing lost, nothing leaked, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pytest_postgresql import factories
+from pytest_postgresql.executors import PostgreSQLExecutor
+
+from handlers.keys import SLOTS
+from settings import Settings
+from tests.conftest import PG_CTL, MakeClient, load_schema, probe
+from tests.test_http import (
+    Audio,
+    Client,
+    basic,
+    count,
+    expect_error,
+    form,
+    local,
+    new_user,
+    nothing_stored,
+    until,
+    upload,
+    wav_header,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWD = Path("/etc/passwd").read_bytes()
+
+
+# --- WAVs and requests that lie ---------------------------------------------------
+
+
+async def test_sizes_that_overstate_the_data_convert_what_is_there(client: Client, audio: Audio) -> None:
+    """Decided: a WAV cut short (a crashed recorder, a partial copy) converts the audio it has."""
+    wav = audio(seconds=2, channels=1)
+    data_start = wav.index(b"data") + 8
+    lying = bytearray(wav)
+    lying[data_start - 4 : data_start] = struct.pack("<I", 100 * len(wav))  # claims 100 times more
+    lying[4:8] = struct.pack("<I", 100 * len(wav))
+    user = await new_user(client)
+    response = await upload(client, user, bytes(lying))
+    assert response.status == 201, await response.text()
+    data = (await response.json())["data"]
+    assert data["duration"] == pytest.approx(2.0, abs=0.01)
+    assert probe(await (await client.get(local(data["url"]))).read())["duration"] == pytest.approx(2.0, abs=0.05)
+
+
+def list_chunk(size: int) -> bytes:
+    return b"LIST" + struct.pack("<I", size) + b"INFO" + bytes(size - 4)
+
+
+async def test_a_large_list_chunk_before_the_format_is_read_past(client: Client, audio: Audio) -> None:
+    wav = audio(seconds=1)
+    padded = wav[:4] + struct.pack("<I", len(wav) + 2_000_008) + wav[8:12] + list_chunk(2_000_000) + wav[12:]
+    response = await upload(client, await new_user(client), padded)
+    assert response.status == 201, await response.text()
+    assert (await response.json())["data"]["duration"] == pytest.approx(1.0, abs=0.01)
+
+
+async def test_a_huge_list_chunk_hiding_the_format_is_refused(
+    client: Client, audio: Audio, owner: psycopg.Connection
+) -> None:
+    """Decided: the `fmt ` chunk must come in the first 16 MiB; FFmpeg never starts otherwise."""
+    wav = audio(seconds=1)
+    padded = wav[:12] + list_chunk(17 << 20) + wav[12:]
+    body = await expect_error(await upload(client, await new_user(client), padded), 422)
+    assert "16 MiB" in body["message"]
+    assert nothing_stored(owner)
+
+
+@pytest.mark.parametrize("kind", ["hls-playlist", "ffconcat"])
+async def test_no_byte_of_a_referenced_local_file_ever_leaks(
+    client: Client, owner: psycopg.Connection, kind: str
+) -> None:
+    passwd = PASSWD
+    payloads = {
+        "hls-playlist": b"#EXTM3U\n#EXTINF:10,\n/etc/passwd\n",
+        "ffconcat": b"ffconcat version 1.0\nfile '/etc/passwd'\n",
+    }
+    # Even dressed as a WAV, with the playlist where the samples should be.
+    disguised = wav_header(data_size=len(payloads[kind])) + payloads[kind]
+    user = await new_user(client)
+    for payload in (payloads[kind], disguised):
+        response = await upload(client, user, payload)
+        assert response.status in (201, 415, 422)
+        text = await response.read()
+        assert passwd[:16] not in text
+        assert b"root:" not in text
+    stored = owner.execute("SELECT coalesce(string_agg(data, ''::bytea), '') FROM pg_largeobject").fetchone()
+    assert stored is not None
+    assert passwd[:16] not in bytes(stored[0])
+
+
+async def raw_request(client: Client, head: bytes, body: bytes = b"") -> bytes:
+    """Send bytes as they are (no client library tidying them up); the answer's bytes."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), 30)
+    writer.close()
+    return answer
+
+
+def multipart_head(boundary: str, length: int, user: tuple[int, str] | None = None) -> bytes:
+    auth = "".join(f"{k}: {v}\r\n" for k, v in basic(*user).items()) if user else ""
+    return (
+        f"POST /record HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {length}\r\n{auth}Connection: close\r\n\r\n"
+    ).encode()
+
+
+async def test_multipart_without_its_closing_boundary_is_refused_and_leaves_nothing(
+    client: Client, audio: Audio, owner: psycopg.Connection
+) -> None:
+    user = await new_user(client)
+    body = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n" + audio()
+    )  # and no closing --b0undary--
+    answer = await raw_request(client, multipart_head("b0undary", len(body), user), body)
+    status = int(answer.split()[1])
+    assert 400 <= status < 500, answer[:200]
+    assert b'"code"' in answer
+    assert nothing_stored(owner)
+
+
+async def test_a_file_part_before_the_credentials_is_401(
+    client: Client, audio: Audio, owner: psycopg.Connection
+) -> None:
+    user_id, token = await new_user(client)
+    data = form(audio())  # the file first...
+    data.add_field("user", str(user_id))  # ...then the credentials, too late
+    data.add_field("token", token)
+    await expect_error(await client.post("/record", data=data), 401)
+    assert nothing_stored(owner)
+
+
+@pytest.mark.parametrize(
+    ("raw_name", "stored_name"),
+    [
+        (b"caf\xe9.wav", "caf\ufffd.mp3"),  # Latin-1, not UTF-8
+        (b"../../etc/cron.d/evil.wav", "evil.mp3"),
+        (b"C:\\\\Users\\\\x\\\\song.wav", "song.mp3"),  # backslashes escaped, as in any quoted-string
+        (b"n" * 1000 + b".wav", "n" * 255 + ".mp3"),
+    ],
+    ids=["non-utf8", "slashes", "backslashes", "very-long"],
+)
+async def test_file_names_of_every_kind_become_safe_download_names(
+    client: Client, audio: Audio, raw_name: bytes, stored_name: str
+) -> None:
+    user = await new_user(client)
+    body = (
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="' + raw_name + b'"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n" + audio() + b"\r\n--xyz--\r\n"
+    )
+    answer = await raw_request(client, multipart_head("xyz", len(body), user), body)
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+    assert f'"filename": "{stored_name}"'.encode() in answer.replace(b"\\ufffd", "\ufffd".encode())
+
+
+# --- every parameter, fuzzed ---------------------------------------------------------
+
+text = st.text(max_size=80) | st.sampled_from(
+    ["", "-1", "0", str(2**63), str(2**64), "1e3", " 1", "1;DROP TABLE app.users", "' OR 1=1 --", "\x00",
+     "00000000-0000-0000-0000-000000000000", str(uuid.uuid4()), "../../etc/passwd", "%00", "😀"]
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=text, second=text, third=text, route=st.integers(min_value=0, max_value=8))
+async def test_no_parameter_of_any_endpoint_causes_a_5xx(
+    client: Client, first: str, second: str, third: str, route: int
+) -> None:
+    def header(value: str) -> str:
+        printable = "".join(ch for ch in value.encode("utf-8").decode("latin-1") if ch.isprintable())
+        return printable[:200]
+
+    requests: list[Any] = [
+        lambda: client.get("/record", params={"id": first, "user": second}),
+        lambda: client.head("/record", params={"id": first, "user": second}),
+        lambda: client.get("/files.record", params={"record_id": first, "user_id": second}),
+        lambda: client.delete("/record", params={"id": first, "user": second}, headers=basic(header(second), third)),
+        lambda: client.get("/records", headers={"user_id": header(first), "user_uuid": header(second)}),
+        lambda: client.post("/users", json={"username": first}),
+        lambda: client.post("/users.create", data={"username": first}),
+        lambda: client.post("/record", params={"bitrate": third}, data=form(b"RIFF", user=first, token=second)),
+        lambda: client.get("/record", headers={"Range": header(first), "If-None-Match": header(second)}),
+    ]
+    response = await requests[route]()
+    assert response.status < 500, (route, first, second, third, await response.text())
+    if response.status >= 400 and response.method != "HEAD":
+        await expect_error(response, response.status)
+
+
+# --- load and fairness ----------------------------------------------------------------
+
+
+async def test_more_uploads_than_slots_wait_their_turn_and_all_are_valid(make_client: MakeClient, audio: Audio) -> None:
+    client = await make_client(convert_concurrency=2, queue_timeout_s=60)
+    user = await new_user(client)
+    responses = await asyncio.gather(*(upload(client, user, audio(seconds=2)) for _ in range(6)))
+    assert [response.status for response in responses] == [201] * 6
+    for response in responses:
+        mp3 = await (await client.get(local((await response.json())["data"]["url"]))).read()
+        assert probe(mp3)["duration"] == pytest.approx(2.0, abs=0.01)
+
+
+async def test_downloads_and_user_creation_answer_while_every_slot_converts(
+    make_client: MakeClient, audio: Audio
+) -> None:
+    client = await make_client(convert_concurrency=2)
+    user = await new_user(client)
+    stored = (await (await upload(client, user, audio())).json())["data"]
+    release = asyncio.Event()
+
+    async def held_open() -> AsyncIterator[bytes]:
+        wav = audio(seconds=5)
+        yield wav[:65536]
+        await release.wait()
+        yield wav[65536:]
+
+    headers = {**basic(*user), "Content-Type": "audio/wav"}
+    busy = [asyncio.create_task(client.post("/record", data=held_open(), headers=headers)) for _ in range(2)]
+    await until(lambda: client.app[SLOTS].free == 0)
+
+    assert (await client.get(local(stored["url"]))).status == 200
+    assert (await client.post("/users", json={"username": "while-busy"})).status == 201
+    assert (await client.get("/health")).status == 200
+
+    release.set()
+    assert [(await task).status for task in busy] == [201, 201]
+
+
+# --- security -------------------------------------------------------------------------
+
+
+async def test_the_service_connection_cannot_read_tables_or_large_objects(
+    service_settings: Settings, owner: psycopg.Connection, client: Client, audio: Audio
+) -> None:
+    await upload(client, await new_user(client), audio())
+    object_id = count(owner, "SELECT lo_oid FROM app.records")
+    connection = await asyncpg.connect(service_settings.database_url)
+    try:
+        for query in ("SELECT * FROM app.users", "SELECT * FROM app.records", f"SELECT lo_get({object_id})"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.fetch(query)
+    finally:
+        await connection.close()
+
+
+async def test_tokens_never_appear_in_logs(client: Client, audio: Audio, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    user_id, token = await new_user(client)
+    await upload(client, (user_id, token), audio())
+    await client.get("/records", headers=basic(user_id, token))
+    await client.get("/records", headers={"user_id": str(user_id), "user_uuid": token})
+    await client.get("/records", headers=basic(user_id, str(uuid.uuid4())))
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "/records" in logged  # the access log did see the requests
+    assert token not in logged
+    assert base64.b64encode(f"{user_id}:{token}".encode()).decode() not in logged
+
+
+# --- the database going away ------------------------------------------------------------
+
+stoppable_postgresql_proc = factories.postgresql_proc(executable=str(PG_CTL), port=None, load=[load_schema])
+
+
+async def test_database_stopped_then_back_the_service_recovers_by_itself(
+    stoppable_postgresql_proc: PostgreSQLExecutor, make_client: MakeClient, audio: Audio
+) -> None:
+    proc = stoppable_postgresql_proc
+    url = f"postgresql://mp3_service@{proc.host}:{proc.port}/{proc.template_dbname}"
+    client = await make_client(database_url=url)
+    user = await new_user(client)
+    stored = (await (await upload(client, user, audio())).json())["data"]
+
+    await asyncio.to_thread(proc.stop)
+    try:
+        down = await client.get("/records", headers=basic(*user))
+        await expect_error(down, 503)
+        assert down.headers["Retry-After"]
+        await expect_error(await client.get("/health"), 503)
+        await expect_error(await client.get(local(stored["url"])), 503)
+    finally:
+        await asyncio.to_thread(proc.start)
+
+    await until(lambda: True)
+    assert (await client.get("/health")).status == 200
+    assert (await client.get(local(stored["url"]))).status == 200
+    assert (await upload(client, user, audio())).status == 201
+
+
+# --- the service process killed or stopped ----------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return int(probe_socket.getsockname()[1])
+
+
+class ServiceProcess:
+    """app.py as a real process, the way it runs in production."""
+
+    def __init__(self, settings: Settings, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "DATABASE_URL": settings.database_url, "PORT": str(self.port),
+                    "HOST": "127.0.0.1", "FFMPEG_BINARY": settings.ffmpeg_binary, **env}  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env)
+
+    async def start(self) -> None:
+        self.spawn()
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with session.get(f"{self.base}/health") as response:
+                            if response.status == 200:
+                                return
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.05)
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def service_process(service_settings: Settings) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(service_settings, SHUTDOWN_TIMEOUT_S="3")
+    yield service
+    if service.process is not None and service.process.poll() is None:
+        service.process.kill()
+        service.process.wait()
+
+
+async def held_upload(
+    session: aiohttp.ClientSession, base: str, user: tuple[int, str], wav: bytes, release: asyncio.Event
+) -> aiohttp.ClientResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield wav[: len(wav) // 4]
+        await release.wait()
+        yield wav[len(wav) // 4 :]
+
+    headers = {**basic(*user), "Content-Type": "audio/wav"}
+    return await session.post(f"{base}/record", data=body(), headers=headers)
+
+
+async def test_sigkill_mid_upload_loses_nothing_committed_and_leaves_nothing_half(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+) -> None:
+    await service_process.start()
+    base = service_process.base
+    async with aiohttp.ClientSession() as session:
+        created = await (await session.post(f"{base}/users", json={"username": "kill"})).json()
+        user = (created["data"]["id"], created["data"]["token"])
+        first = await (await session.post(f"{base}/record", data=form(audio(), user=user[0], token=user[1]))).json()
+        before = await (await session.get(first["data"]["url"])).read()
+
+        pending = asyncio.create_task(held_upload(session, base, user, audio(seconds=10), asyncio.Event()))
+        await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'") > 0)
+        service_process.signal(signal.SIGKILL)
+        service_process.wait()
+        with pytest.raises(aiohttp.ClientError):
+            await pending
+
+    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
+    assert count(owner, "SELECT count(*) FROM app.records") == 1
+    assert count(owner, "SELECT count(*) FROM pg_largeobject_metadata") == 1
+
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        assert await (await session.get(first["data"]["url"])).read() == before
+
+
+async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+) -> None:
+    await service_process.start()
+    base = service_process.base
+    async with aiohttp.ClientSession() as session:
+        created = await (await session.post(f"{base}/users", json={"username": "term"})).json()
+        user = (created["data"]["id"], created["data"]["token"])
+        finishing, stuck = asyncio.Event(), asyncio.Event()
+        will_finish = asyncio.create_task(held_upload(session, base, user, audio(seconds=3), finishing))
+        will_stall = asyncio.create_task(held_upload(session, base, user, audio(seconds=4), stuck))
+        idle = "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'"
+        await until(lambda: count(owner, idle) == 2)
+
+        service_process.signal(signal.SIGTERM)
+        finishing.set()  # this one completes within the shutdown timeout (5 s)
+        assert (await will_finish).status == 201
+        assert service_process.wait() == 0  # the other is cancelled when the timeout ends
+        with pytest.raises(aiohttp.ServerDisconnectedError):  # cancelled: no answer at all
+            await will_stall
+
+    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
+    assert count(owner, "SELECT count(*) FROM app.records") == 1
+    assert count(owner, "SELECT count(*) FROM pg_largeobject_metadata") == 1
