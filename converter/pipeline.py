@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -21,6 +22,7 @@ from converter.wav import SNIFF_BYTES, BadWav, NotWav, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
 PIPE_READ = 256 * 1024
+PIPE_BUFFER = 1024 * 1024  # FFmpeg's pipes, and how much of them we buffer
 FFMPEG_MEMORY_LIMIT = 1 << 30  # address space; decoding PCM to MP3 needs a few tens of MiB
 STDERR_KEPT = 4096
 MAX_PREAMBLE = 16 << 20  # header bytes read before FFmpeg starts, at most
@@ -101,7 +103,10 @@ async def convert(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=_confine,
+        limit=PIPE_BUFFER,  # how far our reading of stdout may run ahead of the sink
     )
+    assert process.stdin is not None
+    process.stdin.transport.set_write_buffer_limits(high=PIPE_BUFFER)
     output = _Output(sink)
     stderr = bytearray()
     try:
@@ -178,7 +183,9 @@ def ffmpeg_command(ffmpeg: str, options: EncodeOptions) -> list[str]:
         command += ["-ac", str(options.channels)]
     for name, value in options.tags.items():
         command += ["-metadata", f"{name}={value}"]
-    command += ["-f", "mp3", "pipe:1"]
+    # Into a pipe FFmpeg writes every frame as it comes (one syscall, one wakeup
+    # of ours, per 26 ms of audio); unflushed, it writes 32 KiB at a time.
+    command += ["-flush_packets", "0", "-f", "mp3", "pipe:1"]
     return command
 
 
@@ -283,8 +290,15 @@ async def _reap(process: asyncio.subprocess.Process) -> None:
 
 
 def _confine() -> None:
-    """Runs in the child before exec: bound FFmpeg's memory."""
+    """Runs in the child before exec: bound FFmpeg's memory, and widen its pipes.
+
+    With the kernel's default 64 KiB pipes FFmpeg stalls whenever our event
+    loop is busy for a moment (a database round trip, another request); 1 MiB
+    pipes let it keep encoding meanwhile."""
     resource.setrlimit(resource.RLIMIT_AS, (FFMPEG_MEMORY_LIMIT, FFMPEG_MEMORY_LIMIT))
+    for descriptor in (0, 1):
+        with contextlib.suppress(OSError):  # beyond /proc/sys/fs/pipe-max-size: keep the default
+            fcntl.fcntl(descriptor, fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
 
 
 def _as_conversion_error(error: BaseException) -> BaseException:

@@ -8,7 +8,9 @@ client holds no transaction and the server holds one chunk at a time.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections import deque
 from urllib.parse import quote
 from uuid import UUID
 
@@ -20,6 +22,9 @@ from handlers.keys import POOL
 from handlers.params import record_id_from, user_id_from
 
 READ_CHUNK = 1024 * 1024
+# Reads in flight per download, each on its own pool connection: PostgreSQL's
+# reading of the large object is the slow part, and two backends use two cores.
+READS_AHEAD = 2
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -70,10 +75,25 @@ async def _serve(request: web.Request, record_id: UUID, user_id: int) -> web.Str
 async def _stream(
     pool: asyncpg.Pool, response: web.StreamResponse, record_id: UUID, user_id: int, start: int, stop: int
 ) -> None:
-    for offset in range(start, stop, READ_CHUNK):
+    """Write the bytes [start, stop), reading the next chunk while the current one is sent."""
+
+    async def read(offset: int) -> bytes:
         count = min(READ_CHUNK, stop - offset)
-        chunk = await pool.fetchval("SELECT api.record_read($1, $2, $3, $4)", record_id, user_id, offset, count)
-        await response.write(chunk)
+        chunk: bytes = await pool.fetchval("SELECT api.record_read($1, $2, $3, $4)", record_id, user_id, offset, count)
+        return chunk
+
+    upcoming = iter(range(start, stop, READ_CHUNK))
+    reads: deque[asyncio.Future[bytes]] = deque()
+    try:
+        while True:
+            while len(reads) < READS_AHEAD and (offset := next(upcoming, None)) is not None:
+                reads.append(asyncio.ensure_future(read(offset)))
+            if not reads:
+                return
+            await response.write(await reads.popleft())
+    finally:
+        for pending in reads:  # the client went away mid-download
+            pending.cancel()
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

@@ -1,0 +1,449 @@
+"""The benchmark: the service side by side with the physical limits, in one run.
+
+    scripts/bench [--quick] [--rounds 3]
+
+Starts the service (app.py on the private cluster of scripts/local-postgres),
+generates stereo 44.1 kHz 16-bit WAVs with FFmpeg, and measures, alternating
+the pairs (A B A B ...) and reporting medians:
+
+1. upload → 201 against the raw CLI `ffmpeg -f wav -i x.wav -c:a libmp3lame
+   -b:a 192k x.mp3`, for 1, 10 and 60 minutes of audio (--quick: 1 and 10);
+2. the server's peak RSS growth over the longest upload, FFmpeg's apart;
+3. 1, 2, 4, 8 simultaneous 1-minute uploads: audio-seconds converted per wall
+   second against cores x the single raw encode's speed, and the statuses;
+4. downloads of the longest stored MP3 against aiohttp's FileResponse
+   (sendfile) serving the same bytes from disk;
+5. p50/p99 latency of GET /health and of a small download while 4 uploads run;
+6. wrk for 10 s each against user creation and a small download.
+
+Writes bench/RESULTS.md. Absolute times on a shared machine are noisy; the
+ratios, measured side by side, are the figures to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
+CORES = os.cpu_count() or 1
+TARGETS = {
+    "upload / raw FFmpeg, 10 MB": "≤ 1.03",
+    "upload / raw FFmpeg, 635 MB": "≤ 1.05",
+    "server RSS growth on 635 MB": "≤ 32 MiB",
+    "concurrent throughput / (cores x single raw)": "≥ 0.90",
+    "download / sendfile": "≥ 0.50",
+    "/health p99 while 4 uploads convert": "≤ 50 ms",
+}
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+    figures: dict[str, str] = field(default_factory=dict)
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+
+@dataclass
+class Service:
+    base: str
+    host: str
+    port: int
+    pid: int
+    user_id: int
+    token: str
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the service against raw FFmpeg and sendfile.")
+    parser.add_argument("--quick", action="store_true", help="1 and 10 minutes only, for a fast look")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    minutes = (1, 10) if args.quick else (1, 10, 60)
+    report = Report()
+    with tempfile.TemporaryDirectory() as folder_name:
+        folder = Path(folder_name)
+        wavs = {length: make_wav(folder / f"{length}min.wav", length) for length in minutes}
+        with running_service() as service:
+            longest = upload_against_raw(report, service, wavs, folder, args.rounds)
+            concurrency(report, service, wavs[1], folder)
+            downloads(report, service, longest, folder, args.rounds)
+            responsiveness(report, service, wavs[10] if 10 in wavs else wavs[1])
+            request_rate(report, service, folder)
+    write_results(args.output, report, args)
+    return 0
+
+
+# --- 1 and 2: upload against raw FFmpeg, and memory ------------------------------------
+
+
+def upload_against_raw(report: Report, service: Service, wavs: dict[int, Path], folder: Path, rounds: int) -> str:
+    report.say("## Upload → 201 against raw FFmpeg (medians)\n")
+    report.say("| audio | WAV | raw ffmpeg | upload → 201 | ratio |")
+    report.say("| --- | --- | --- | --- | --- |")
+    last_url = ""
+    for length, wav in wavs.items():
+        raw, uploads = [], []
+        peak_before = vm_hwm_kib(service.pid)
+        watcher = ChildPeak(service.pid)
+        for _ in range(rounds):
+            raw.append(timed([FFMPEG, "-v", "error", "-y", "-f", "wav", "-i", str(wav), "-c:a", "libmp3lame",
+                              "-b:a", "192k", str(folder / "raw.mp3")]))  # fmt: skip
+            with watcher:
+                seconds, answer = timed_upload(service, wav)
+            uploads.append(seconds)
+            last_url = answer["data"]["url"]
+        ratio = statistics.median(uploads) / statistics.median(raw)
+        size = wav.stat().st_size / 1e6
+        report.say(f"| {length} min | {size:.0f} MB | {statistics.median(raw):.2f} s | "
+                   f"{statistics.median(uploads):.2f} s | **{ratio:.3f}** |")  # fmt: skip
+        report.figures[f"upload / raw FFmpeg, {size:.0f} MB"] = f"{ratio:.3f}"
+        growth = (vm_hwm_kib(service.pid) - peak_before) / 1024
+        report.figures[f"server RSS growth on {size:.0f} MB"] = f"{growth:.1f} MiB"
+        report.figures[f"FFmpeg peak RSS on {size:.0f} MB"] = f"{watcher.peak_kib / 1024:.1f} MiB"
+    report.say()
+    report.say("Rounds: " + ", ".join(f"{k}: {v}" for k, v in report.figures.items()))
+    report.say()
+    return last_url
+
+
+class ChildPeak:
+    """The largest VmHWM seen among the server's child processes (FFmpeg) while active."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def _watch(self) -> None:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        while not self._stop.wait(0.05):
+            for child in children.read_text().split():
+                with suppress(FileNotFoundError, ProcessLookupError, RuntimeError):
+                    self.peak_kib = max(self.peak_kib, vm_hwm_kib(int(child)))
+
+
+# --- 3: concurrency ----------------------------------------------------------------------
+
+
+def concurrency(report: Report, service: Service, wav: Path, folder: Path) -> None:
+    single_raw = statistics.median(
+        timed([FFMPEG, "-v", "error", "-y", "-f", "wav", "-i", str(wav), "-c:a", "libmp3lame", "-b:a", "192k",
+               str(folder / "raw.mp3")])
+        for _ in range(3)
+    )  # fmt: skip
+    audio_seconds = 60.0
+    limit = CORES * audio_seconds / single_raw
+    report.say("## Concurrent 1-minute uploads\n")
+    report.say(f"Single raw encode: {single_raw:.2f} s, so the limit is {CORES} cores x "
+               f"{audio_seconds / single_raw:.1f} = {limit:.1f} audio-seconds per second.\n")  # fmt: skip
+    report.say("| uploads at once | wall | audio-s per s | / limit | statuses |")
+    report.say("| --- | --- | --- | --- | --- |")
+    best = 0.0
+    for count in (1, 2, 4, 8):
+        start = time.perf_counter()
+        processes = [upload_process(service, wav) for _ in range(count)]
+        statuses = [finish_upload(process)[0] for process in processes]
+        wall = time.perf_counter() - start
+        rate = count * audio_seconds / wall
+        best = max(best, rate / limit)
+        seen = ", ".join(f"{status}x{statuses.count(status)}" for status in sorted(set(statuses)))
+        report.say(f"| {count} | {wall:.2f} s | {rate:.1f} | {rate / limit:.2f} | {seen} |")
+    report.figures["concurrent throughput / (cores x single raw)"] = f"{best:.2f}"
+    report.say()
+
+
+# --- 4: downloads ------------------------------------------------------------------------
+
+
+def downloads(report: Report, service: Service, url: str, folder: Path, rounds: int) -> None:
+    copy = folder / "stored.mp3"
+    fetch(url, copy)
+    size_mb = copy.stat().st_size / 1e6
+    with file_server(copy) as file_url:
+        ours, theirs = [], []
+        for _ in range(rounds):
+            ours.append(timed(["curl", "-sSf", "-o", "/dev/null", url]))
+            theirs.append(timed(["curl", "-sSf", "-o", "/dev/null", file_url]))
+    ours_rate, their_rate = size_mb / statistics.median(ours), size_mb / statistics.median(theirs)
+    report.say("## Downloads\n")
+    report.say(f"A {size_mb:.0f} MB stored MP3, curl to /dev/null, medians of {rounds}:\n")
+    report.say("| server | MB/s |")
+    report.say("| --- | --- |")
+    report.say(f"| the service (large object, `api.record_read`) | {ours_rate:.0f} |")
+    report.say(f"| aiohttp `FileResponse` (sendfile) from disk | {their_rate:.0f} |")
+    report.say(f"| ratio | **{ours_rate / their_rate:.2f}** |\n")
+    report.figures["download / sendfile"] = f"{ours_rate / their_rate:.2f}"
+
+
+@contextmanager
+def file_server(path: Path) -> Iterator[str]:
+    port = free_port()
+    code = textwrap.dedent(f"""
+        from aiohttp import web
+        async def serve(request):
+            return web.FileResponse({str(path)!r})
+        app = web.Application()
+        app.router.add_get("/file", serve)
+        web.run_app(app, host="127.0.0.1", port={port}, print=None, access_log=None)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        wait_for(f"http://127.0.0.1:{port}/file")
+        yield f"http://127.0.0.1:{port}/file"
+    finally:
+        process.terminate()
+        process.wait()
+
+
+# --- 5: responsiveness ---------------------------------------------------------------------
+
+
+def responsiveness(report: Report, service: Service, wav: Path) -> None:
+    small = upload_answer(service, wav.with_name("small.wav"), make=True)["data"]["url"]
+    small_path = small.split(str(service.port), 1)[1]
+    uploads = [upload_process(service, wav) for _ in range(4)]
+    latencies: dict[str, list[float]] = {"/health": [], "small download": []}
+    connection = http.client.HTTPConnection(service.host, service.port)
+    while any(process.poll() is None for process in uploads):
+        for name, path in (("/health", "/health"), ("small download", small_path)):
+            start = time.perf_counter()
+            connection.request("GET", path)
+            connection.getresponse().read()
+            latencies[name].append((time.perf_counter() - start) * 1000)
+    for process in uploads:
+        finish_upload(process)
+    report.say("## Responsiveness while 4 uploads convert\n")
+    report.say("| request | samples | p50 | p99 |")
+    report.say("| --- | --- | --- | --- |")
+    for name, values in latencies.items():
+        p50, p99 = percentile(values, 50), percentile(values, 99)
+        report.say(f"| GET {name} | {len(values)} | {p50:.1f} ms | {p99:.1f} ms |")
+        if name == "/health":
+            report.figures["/health p99 while 4 uploads convert"] = f"{p99:.1f} ms"
+    report.say()
+
+
+def percentile(values: list[float], point: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(point / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+# --- 6: request rate ---------------------------------------------------------------------------
+
+
+def request_rate(report: Report, service: Service, folder: Path) -> None:
+    if shutil.which("wrk") is None:
+        report.say("## Request rate\n\nwrk is not installed (apt-get install wrk); skipped.\n")
+        return
+    small = upload_answer(service, folder / "tiny.wav", make=True)["data"]["url"]
+    script = folder / "users.lua"
+    script.write_text(
+        textwrap.dedent("""
+        -- Each wrk thread has its own Lua state: a table's address tells them apart.
+        counter = 0
+        thread_tag = string.sub(tostring({}), -8)
+        request = function()
+          counter = counter + 1
+          local body = '{"username": "wrk-' .. thread_tag .. '-' .. counter .. '"}'
+          return wrk.format("POST", "/users", {["Content-Type"] = "application/json"}, body)
+        end
+    """)
+    )
+    rss_before = vm_rss_kib(service.pid)
+    report.say("## Request rate (wrk, 2 threads, 16 connections, 10 s each)\n")
+    report.say("| request | requests/s | non-2xx or errors |")
+    report.say("| --- | --- | --- |")
+    for name, command in (
+        ("POST /users", ["wrk", "-t2", "-c16", "-d10s", "-s", str(script), service.base]),
+        ("GET small download", ["wrk", "-t2", "-c16", "-d10s", small]),
+    ):
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+        errors = re.findall(r"(Non-2xx or 3xx responses: \d+|Socket errors: [^\n]+)", output)
+        report.say(f"| {name} | {float(rate.group(1)) if rate else float('nan'):.0f} | {'; '.join(errors) or '0'} |")
+    rss_after = vm_rss_kib(service.pid)
+    report.say(f"\nServer RSS: {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB after.\n")
+
+
+# --- the service and its helpers -----------------------------------------------------------------
+
+
+@contextmanager
+def running_service() -> Iterator[Service]:
+    started = subprocess.run(
+        [str(ROOT / "scripts" / "local-postgres"), "start"], check=True, capture_output=True, text=True
+    ).stdout
+    cluster = dict(line.split("=", 1) for line in started.split())
+    owner_url, password = cluster["OWNER_URL"], cluster["SERVICE_PASSWORD"]
+    env = {**os.environ, "SERVICE_ROLE_PASSWORD": password}
+    subprocess.run([sys.executable, "-m", "db.apply", owner_url], cwd=ROOT, env=env, check=True, capture_output=True)
+    port = free_port()
+    env |= {
+        "DATABASE_URL": f"postgresql://mp3_service:{password}@{owner_url.rsplit('@', 1)[1]}",
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "QUEUE_TIMEOUT_S": "120",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{base}/health")
+        answer = post_json(f"{base}/users", {"username": f"bench-{time.time_ns()}"})
+        user = answer["data"]
+        yield Service(base, "127.0.0.1", port, process.pid, int(str(user["id"])), str(user["token"]))
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def make_wav(path: Path, minutes: float) -> Path:
+    seconds = minutes * 60
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
+         "-f", "lavfi", "-i", f"anoisesrc=duration={seconds}:amplitude=0.1", "-filter_complex",
+         "[0][1]amerge=inputs=2", "-ar", "44100", "-c:a", "pcm_s16le", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+def upload_process(service: Service, wav: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["curl", "-sS", "-o", "-", "-w", "\\n%{http_code}", "-X", "POST", "-T", str(wav),
+         "-H", "Content-Type: audio/wav", "-u", f"{service.user_id}:{service.token}", f"{service.base}/record"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish_upload(process: subprocess.Popen[str]) -> tuple[int, dict[str, object]]:
+    output, _ = process.communicate()
+    body, _, status = output.rpartition("\n")
+    return int(status), json.loads(body) if body.startswith("{") else {}
+
+
+def timed_upload(service: Service, wav: Path) -> tuple[float, dict[str, dict[str, str]]]:
+    start = time.perf_counter()
+    status, answer = finish_upload(upload_process(service, wav))
+    seconds = time.perf_counter() - start
+    if status != 201:
+        raise RuntimeError(f"upload answered {status}: {answer}")
+    return seconds, answer  # type: ignore[return-value]
+
+
+def upload_answer(service: Service, wav: Path, make: bool = False) -> dict[str, dict[str, str]]:
+    if make:
+        make_wav(wav, 0.1)
+    return timed_upload(service, wav)[1]
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+def fetch(url: str, target: Path) -> None:
+    subprocess.run(["curl", "-sSf", "-o", str(target), url], check=True)
+
+
+def post_json(url: str, body: dict[str, str]) -> dict[str, dict[str, object]]:
+    output = subprocess.run(
+        ["curl", "-sSf", "-X", "POST", "-H", "Content-Type: application/json", "-d", json.dumps(body), url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return json.loads(output)  # type: ignore[no-any-return]
+
+
+def vm_hwm_kib(pid: int) -> int:
+    return _status_kib(pid, "VmHWM:")
+
+
+def vm_rss_kib(pid: int) -> int:
+    return _status_kib(pid, "VmRSS:")
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} for {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def write_results(path: Path, report: Report, args: argparse.Namespace) -> None:
+    ffmpeg_version = subprocess.run([FFMPEG, "-version"], capture_output=True, text=True).stdout.splitlines()[0]
+    postgres = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.strip()
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 30
+    header = [
+        "# Benchmark results",
+        "",
+        "Regenerate with `scripts/bench` (this file is its output).",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- machine: {platform.machine()}, {CORES} cores, {memory_gib} GiB",
+        f"- Python {platform.python_version()}, {ffmpeg_version}, {postgres}",
+        f"- command: `scripts/bench{' --quick' if args.quick else ''} --rounds {args.rounds}`",
+        "",
+        "## Targets",
+        "",
+        "| figure | target | measured |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {target} | {report.figures.get(name, 'not measured')} |" for name, target in TARGETS.items()),
+        "",
+    ]  # fmt: skip
+    path.write_text("\n".join(header + report.lines) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
