@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -12,9 +13,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
+from converter.metrics import Metrics
 from converter.slots import ConversionSlots
 from handlers.errors import error_envelope
-from handlers.keys import POOL, SETTINGS, SLOTS
+from handlers.keys import METRICS, POOL, SETTINGS, SLOTS
+from handlers.observe import add_request_id, configure_logging, request_log
 from handlers.routes import setup_routes
 from settings import ConfigError, Settings
 
@@ -28,9 +31,12 @@ log = logging.getLogger("app")
 
 
 def init_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_envelope])
+    # request_log outermost: it logs the status the envelope finally answered.
+    app = web.Application(middlewares=[request_log, error_envelope])
     app[SETTINGS] = settings
     app[SLOTS] = ConversionSlots(settings.convert_concurrency, settings.queue_timeout_s)
+    app[METRICS] = Metrics(app[SLOTS])
+    app.on_response_prepare.append(add_request_id)
     app.cleanup_ctx.append(database_pool)
     setup_routes(app)
     return app
@@ -58,7 +64,7 @@ async def serve(settings: Settings) -> None:
     Not web.run_app: on shutdown aiohttp stops reading request bodies at once,
     so an upload still arriving could never finish in the grace period."""
     app = init_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=LAST_REQUESTS_TIMEOUT_S)
+    runner = web.AppRunner(app, shutdown_timeout=LAST_REQUESTS_TIMEOUT_S, access_log=None)  # ours: request_log
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -79,11 +85,14 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description="The WAV to MP3 service; settings from the environment.")
+    parser.add_argument("--log-format", choices=("text", "json"), help="overrides LOG_FORMAT")
+    arguments = parser.parse_args()
     try:
         settings = Settings.from_env()
     except ConfigError as error:
         sys.exit(f"configuration error: {error}")
+    configure_logging(arguments.log_format or settings.log_format)
     asyncio.run(serve(settings))
 
 

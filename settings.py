@@ -32,6 +32,7 @@ class Settings:
     ffmpeg_timeout_s: float = 3600.0
     read_timeout_s: float = 60.0
     shutdown_timeout_s: float = 30.0
+    log_format: str = "text"
     ffmpeg_binary: str = "ffmpeg"
 
     @classmethod
@@ -42,6 +43,9 @@ class Settings:
         public_url = env.get("PUBLIC_URL") or None
         if public_url is not None and urlsplit(public_url).scheme not in {"http", "https"}:
             raise ConfigError(f"PUBLIC_URL must be an http:// or https:// URL, not {public_url!r}")
+        log_format = env.get("LOG_FORMAT") or cls.log_format
+        if log_format not in {"text", "json"}:
+            raise ConfigError(f"LOG_FORMAT must be text or json, not {log_format!r}")
         bitrate = _number(env, "MP3_BITRATE", cls.mp3_bitrate_kbps, 32, 320)
         if bitrate not in LAME_CBR_KBPS:
             raise ConfigError(f"MP3_BITRATE must be one of {', '.join(map(str, LAME_CBR_KBPS))}, not {bitrate}")
@@ -57,6 +61,7 @@ class Settings:
             ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),
             read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
             shutdown_timeout_s=_seconds(env, "SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s),
+            log_format=log_format,
             ffmpeg_binary=find_ffmpeg(env.get("FFMPEG_BINARY")),
         )
 

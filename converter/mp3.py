@@ -139,6 +139,14 @@ class Mp3Stream:
         return self.first.info if self.first else None
 
     @property
+    def average_bitrate(self) -> int:
+        """Bits per second over the audio frames (what a VBR stream is described by)."""
+        if self.first is None or self.frames == 0:
+            return 0
+        seconds = self.frames * self.first.samples_per_frame / self.first.sample_rate
+        return round(self.audio_bytes * 8 / seconds)
+
+    @property
     def header_frame_size(self) -> int:
         return self._tag_header.length if self._tag_header else 0
 

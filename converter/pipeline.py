@@ -15,7 +15,7 @@ import fcntl
 import hashlib
 import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from converter.mp3 import Mp3Stream, Mp3StreamError, mp3_sample_rate_for
 from converter.wav import SNIFF_BYTES, BadWav, NotWav, WavHeader, looks_like_wav
@@ -53,9 +53,11 @@ class ConversionTimedOut(ConversionError):
 @dataclass(frozen=True)
 class EncodeOptions:
     bitrate_kbps: int = 192
+    vbr_quality: int | None = None  # LAME's -V 0 (best) to 9: variable bit rate instead of bitrate_kbps
     sample_rate: int | None = None  # None: the source's, when MP3 can hold it
     channels: int | None = None  # None: mono stays mono, everything else becomes stereo
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)  # ID3v2: override the WAV's own INFO tags
+    default_title: str | None = None  # the title when neither the request nor the WAV gives one
 
 
 @dataclass(frozen=True)
@@ -131,13 +133,14 @@ async def convert(
     if returncode != 0 or mp3.first is None or header.format is None or header.sample_frames == 0:
         raise ConversionError(_failure_message(bytes(stderr), header))
     samples = round(header.sample_frames * mp3.first.sample_rate / header.format.sample_rate)
-    header_frame = mp3.header_frame(samples, vbr=False)
+    vbr = options.vbr_quality is not None
+    header_frame = mp3.header_frame(samples, vbr=vbr)
     output.digest.update(header_frame)
     return Converted(
         size=output.size,
         sha256=output.digest.digest(),
         duration=round(header.duration, 3),
-        bitrate=mp3.first.bitrate,
+        bitrate=mp3.average_bitrate if vbr else mp3.first.bitrate,
         sample_rate=mp3.first.sample_rate,
         channels=1 if mp3.first.mono else 2,
         header_frame=header_frame,
@@ -175,8 +178,14 @@ def ffmpeg_command(ffmpeg: str, options: EncodeOptions) -> list[str]:
         "-i", "pipe:0",
         "-map", "0:a:0",
         "-c:a", "libmp3lame",
-        "-b:a", f"{options.bitrate_kbps}k",
+        # Tags are ours alone: the WAV's INFO chunk as we read it, and the request's.
+        "-map_metadata", "-1",
+        "-id3v2_version", "3",  # what most players and file managers read
     ]  # fmt: skip
+    if options.vbr_quality is None:
+        command += ["-b:a", f"{options.bitrate_kbps}k"]
+    else:
+        command += ["-q:a", str(options.vbr_quality)]
     if options.sample_rate:
         command += ["-ar", str(options.sample_rate)]
     if options.channels:
@@ -190,13 +199,18 @@ def ffmpeg_command(ffmpeg: str, options: EncodeOptions) -> list[str]:
 
 
 def choose_format(header: WavHeader, options: EncodeOptions) -> EncodeOptions:
-    """Fill in what the source decides: an MP3 sample rate and at most two channels."""
+    """Fill in what the source decides: an MP3 sample rate, at most two channels, the tags."""
     source = header.format
+    tags = {"title": options.default_title} if options.default_title else {}
+    tags |= dict(header.tags) | dict(options.tags)
     if source is None:
-        return options
-    rate = options.sample_rate or mp3_sample_rate_for(source.sample_rate)
-    channels = options.channels or (1 if source.channels == 1 else 2)
-    return EncodeOptions(options.bitrate_kbps, rate, channels, options.tags)
+        return replace(options, tags=tags)
+    return replace(
+        options,
+        sample_rate=options.sample_rate or mp3_sample_rate_for(source.sample_rate),
+        channels=options.channels or (1 if source.channels == 1 else 2),
+        tags=tags,
+    )
 
 
 class _Output:

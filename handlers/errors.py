@@ -79,7 +79,6 @@ def _from_postgres(error: asyncpg.PostgresError) -> ApiError:
         return ApiError(400, "A value is malformed or out of range.")
     if state[:2] in {"08", "53", "57"}:
         return database_unavailable()
-    log.error("unexpected database error %s: %s", state, error)
     return ApiError(500, "Internal error.")
 
 
@@ -87,7 +86,8 @@ def database_unavailable() -> ApiError:
     return ApiError(503, "The database is unavailable; try again shortly.", {"Retry-After": RETRY_AFTER_S})
 
 
-def _from_exception(error: BaseException) -> ApiError:
+def api_error_for(error: BaseException) -> ApiError:
+    """The answer an exception deserves (logging is the middleware's)."""
     if isinstance(error, ApiError):
         return error
     if isinstance(error, NoFreeSlot):
@@ -97,12 +97,10 @@ def _from_exception(error: BaseException) -> ApiError:
     if isinstance(error, asyncpg.PostgresError):
         return _from_postgres(error)
     if isinstance(error, (asyncpg.InterfaceError, ConnectionRefusedError, socket.gaierror, TimeoutError)):
-        log.warning("database connection failed: %r", error)
         return database_unavailable()
     if isinstance(error, (ConnectionResetError, ClientPayloadError, HttpProcessingError)):
         # The client went away or sent a broken body; it rarely hears this answer.
         return ApiError(400, "The request body ended before it was complete.")
-    log.exception("unhandled error", exc_info=error)
     return ApiError(500, "Internal error.")
 
 
@@ -118,7 +116,9 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
         message = http_error.reason if not text or text.startswith(f"{http_error.status}:") else text
         return error_response(http_error.status, _sentence(message), headers)
     except Exception as error:
-        api_error = _from_exception(error)
+        api_error = api_error_for(error)
+        if api_error.status >= 500:
+            log.error("%s %s answered %d", request.method, request.path, api_error.status, exc_info=error)
         return error_response(api_error.status, api_error.message, api_error.headers)
 
 

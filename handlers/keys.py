@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from converter.metrics import Metrics
 from converter.slots import ConversionSlots
 from settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 SLOTS = web.AppKey("slots", ConversionSlots)
+METRICS = web.AppKey("metrics", Metrics)

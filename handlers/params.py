@@ -6,9 +6,11 @@ import binascii
 from base64 import b64decode
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from uuid import UUID
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.helpers import parse_mimetype
 
 from converter.mp3 import MP3_SAMPLE_RATES
 from converter.pipeline import EncodeOptions
@@ -16,12 +18,23 @@ from handlers.errors import ApiError, unauthorized
 from settings import LAME_CBR_KBPS
 
 MAX_BIGINT = 2**63 - 1
+TAG_FIELDS = ("title", "artist", "album")
+MAX_TAG_CHARACTERS = 255
 
 
 @dataclass(frozen=True)
 class Credentials:
     user_id: int
     token: str
+
+
+def multipart_form(request: web.Request) -> bool:
+    """Whether the body is multipart/form-data; 400 when it says so without a boundary."""
+    if request.content_type != "multipart/form-data":
+        return False
+    if not parse_mimetype(request.headers.get(hdrs.CONTENT_TYPE, "")).parameters.get("boundary"):
+        raise ApiError(400, "A multipart/form-data body needs a boundary in its Content-Type.")
+    return True
 
 
 def user_id_from(raw: str | None, name: str = "user") -> int:
@@ -64,12 +77,35 @@ def _credentials(user: str | None, token: str | None) -> Credentials:
     return Credentials(user_id_from(user.strip()), token.strip())
 
 
-def encode_options_from(values: Mapping[str, str], default_bitrate: int) -> EncodeOptions:
-    """bitrate (kbit/s, a LAME CBR rate), sample_rate (an MP3 rate), channels (1 or 2)."""
-    bitrate = _choice(values, "bitrate", LAME_CBR_KBPS, "a LAME bit rate in kbit/s") or default_bitrate
-    sample_rate = _choice(values, "sample_rate", MP3_SAMPLE_RATES, "an MP3 sample rate in Hz")
-    channels = _choice(values, "channels", (1, 2), "1 or 2")
-    return EncodeOptions(bitrate_kbps=bitrate, sample_rate=sample_rate, channels=channels)
+def encode_options_from(values: Mapping[str, str], default_bitrate: int, filename: str) -> EncodeOptions:
+    """bitrate (kbit/s, a LAME CBR rate) or quality (LAME's VBR -V 0-9), sample_rate (an MP3
+    rate), channels (1 or 2), and title, artist, album for the ID3 tag."""
+    bitrate = _choice(values, "bitrate", LAME_CBR_KBPS, "a LAME bit rate in kbit/s")
+    quality = _choice(values, "quality", tuple(range(10)), "a LAME VBR quality, 0 (best) to 9")
+    if bitrate is not None and quality is not None:
+        raise ApiError(400, "Choose bitrate (constant) or quality (variable bit rate), not both.")
+    return EncodeOptions(
+        bitrate_kbps=bitrate or default_bitrate,
+        vbr_quality=quality,
+        sample_rate=_choice(values, "sample_rate", MP3_SAMPLE_RATES, "an MP3 sample rate in Hz"),
+        channels=_choice(values, "channels", (1, 2), "1 or 2"),
+        tags={name: text for name in TAG_FIELDS if (text := _tag(values, name))},
+        default_title=_printable(PurePosixPath(filename.replace("\\", "/")).stem)[:MAX_TAG_CHARACTERS] or None,
+    )
+
+
+def _printable(raw: str) -> str:
+    return "".join(ch for ch in raw if ch.isprintable()).strip()
+
+
+def _tag(values: Mapping[str, str], name: str) -> str | None:
+    raw = values.get(name)
+    if raw is None:
+        return None
+    text = _printable(raw)
+    if len(text) > MAX_TAG_CHARACTERS:
+        raise ApiError(400, f"The field {name} has at most {MAX_TAG_CHARACTERS} characters.")
+    return text or None
 
 
 def _choice(values: Mapping[str, str], name: str, allowed: tuple[int, ...], what: str) -> int | None:

@@ -6,6 +6,7 @@ POST /record (and the older POST /files.convert), GET /records, DELETE /record.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 from urllib.parse import unquote
@@ -15,12 +16,13 @@ from aiohttp import BodyPartReader, MultipartReader, web
 
 from converter.pipeline import UploadStalled, sniffed
 from converter.store import Upload, store_upload
-from handlers.errors import ApiError, ok
-from handlers.keys import POOL, SETTINGS, SLOTS
+from handlers.errors import ApiError, api_error_for, ok
+from handlers.keys import METRICS, POOL, SETTINGS, SLOTS
 from handlers.params import (
     Credentials,
     credentials_from,
     encode_options_from,
+    multipart_form,
     record_id_from,
     user_id_from,
 )
@@ -35,16 +37,14 @@ DEFAULT_FILENAME = "recording.wav"
 
 
 async def upload_record(request: web.Request) -> web.Response:
-    async with request.app[SLOTS].upload():
-        row = await _convert_upload(request)
+    row = await _observed_upload(request)
     data = record_json(request, row)
     return ok(data, status=201, headers={"Location": data["url"]})
 
 
 async def upload_record_legacy(request: web.Request) -> web.Response:
     """The older clients' shape: {"status": "ok", "url": ...}."""
-    async with request.app[SLOTS].upload():
-        row = await _convert_upload(request)
+    row = await _observed_upload(request)
     url = record_json(request, row)["url"]
     return web.json_response({"status": "ok", "url": url}, status=201, headers={"Location": url})
 
@@ -69,27 +69,43 @@ async def delete_record(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _observed_upload(request: web.Request) -> asyncpg.Record:
+    """An upload counted for shutdown (it may finish) and for /metrics (its outcome)."""
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    async with request.app[SLOTS].upload():
+        try:
+            row = await _convert_upload(request)
+        except Exception as error:
+            metrics.conversions.labels(status=str(api_error_for(error).status)).inc()
+            raise
+    metrics.conversions.labels(status="201").inc()
+    metrics.conversion_seconds.observe(time.perf_counter() - started)
+    metrics.bytes_out.inc(row["size"])
+    return row
+
+
 async def _convert_upload(request: web.Request) -> asyncpg.Record:
     settings = request.app[SETTINGS]
     if request.content_length is not None and request.content_length > settings.max_upload_bytes:
         raise ApiError(413, f"The upload is larger than the limit of {settings.max_upload_bytes >> 20} MiB.")
 
     fields: dict[str, str] = dict(request.query)
-    if request.content_type == "multipart/form-data":
+    if multipart_form(request):
         reader = await request.multipart()
         file_part = await _file_part(reader, fields)
         filename = _readable_filename(file_part.filename)
-        body = _part_chunks(reader, file_part, settings.read_timeout_s)
+        body = _counted(request, _part_chunks(reader, file_part, settings.read_timeout_s))
     elif request.content_type in WAV_TYPES:
         filename = fields.get("filename") or DEFAULT_FILENAME
-        body = _stream_chunks(request, settings.read_timeout_s)
+        body = _counted(request, _stream_chunks(request, settings.read_timeout_s))
     else:
         raise ApiError(
             415, "Send the WAV as a multipart/form-data file part, or as the body with Content-Type audio/wav."
         )
 
     credentials = credentials_from(request, fields)
-    options = encode_options_from(fields, settings.mp3_bitrate_kbps)
+    options = encode_options_from(fields, settings.mp3_bitrate_kbps, filename)
     pool = request.app[POOL]
     await pool.execute("SELECT FROM api.user_check($1, $2)", credentials.user_id, credentials.token)
     body = await sniffed(body)  # 415 now, before waiting for a slot
@@ -147,6 +163,13 @@ async def _part_chunks(reader: MultipartReader, part: BodyPartReader, read_timeo
 
 async def _stream_chunks(request: web.Request, read_timeout: float) -> AsyncIterator[bytes]:
     while chunk := await _within(read_timeout, request.content.read(READ_SIZE)):
+        yield chunk
+
+
+async def _counted(request: web.Request, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    received = request.app[METRICS].bytes_in
+    async for chunk in chunks:
+        received.inc(len(chunk))
         yield chunk
 
 

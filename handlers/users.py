@@ -9,6 +9,7 @@ from aiohttp import web
 
 from handlers.errors import ApiError, ok
 from handlers.keys import POOL
+from handlers.params import multipart_form
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -31,7 +32,7 @@ async def _create(request: web.Request) -> dict[str, object]:
 
 async def _username_from(request: web.Request) -> str:
     value: object
-    if request.content_type == "multipart/form-data":
+    if multipart_form(request):
         value = (await request.post()).get("username")
     else:
         raw = await request.read()

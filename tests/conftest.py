@@ -128,7 +128,8 @@ def probe(mp3: bytes) -> dict[str, Any]:
         file.flush()
         result = subprocess.run(
             [FFPROBE, "-v", "error", "-show_entries",
-             "format=duration,format_name:stream=codec_name,sample_rate,channels", "-of", "json", file.name],
+             "format=duration,format_name:format_tags:stream=codec_name,sample_rate,channels",
+             "-of", "json", file.name],
             capture_output=True, check=True,
         )  # fmt: skip
         decoded = subprocess.run(
@@ -140,6 +141,7 @@ def probe(mp3: bytes) -> dict[str, Any]:
     return {
         "format": found["format"]["format_name"],
         "header_duration": float(found["format"]["duration"]),
+        "tags": {name.lower(): value for name, value in found["format"].get("tags", {}).items()},
         "duration": len(decoded) / 2 / int(stream["sample_rate"]),
         "codec": stream["codec_name"],
         "sample_rate": int(stream["sample_rate"]),

@@ -426,3 +426,9 @@ async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
     await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
     assert count(owner, "SELECT count(*) FROM app.records") == 1
     assert count(owner, "SELECT count(*) FROM pg_largeobject_metadata") == 1
+
+
+@pytest.mark.parametrize("path", ["/users", "/users.create", "/record", "/files.convert"])
+async def test_multipart_without_a_boundary_is_400(client: Client, path: str) -> None:
+    response = await client.post(path, data=b'{"username": "x"}', headers={"Content-Type": "multipart/form-data"})
+    await expect_error(response, 400)

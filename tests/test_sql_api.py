@@ -334,7 +334,7 @@ def test_every_api_function_is_security_definer_with_a_fixed_search_path(owner: 
         WHERE n.nspname = 'api'
         """
     ).fetchall()
-    assert len(rows) == 10
+    assert len(rows) == 11
     for name, definer, config, comment in rows:
         assert definer, name
         assert config == ["search_path=pg_catalog, pg_temp"], name

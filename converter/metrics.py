@@ -1,0 +1,31 @@
+"""The service's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from converter.slots import ConversionSlots
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per application)."""
+
+    def __init__(self, slots: ConversionSlots) -> None:
+        self.registry = CollectorRegistry()
+        self.conversions = Counter(
+            "mp3_conversions", "Uploads by outcome (the HTTP status answered)", ["status"], registry=self.registry
+        )
+        self.conversion_seconds = Histogram(
+            "mp3_conversion_seconds",
+            "Wall time of successful conversions, upload included",
+            buckets=(0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
+            registry=self.registry,
+        )
+        self.bytes_in = Counter("mp3_upload_bytes", "WAV bytes received", registry=self.registry)
+        self.bytes_out = Counter("mp3_output_bytes", "MP3 bytes stored", registry=self.registry)
+        self.stored_bytes = Gauge("mp3_stored_bytes", "MP3 bytes in the database", registry=self.registry)
+        self.stored_records = Gauge("mp3_stored_records", "Records in the database", registry=self.registry)
+        queue = Gauge("mp3_queue_depth", "Uploads waiting for a conversion slot", registry=self.registry)
+        queue.set_function(lambda: slots.waiting)
+        active = Gauge("mp3_active_conversions", "Conversions running now", registry=self.registry)
+        active.set_function(lambda: slots.active)

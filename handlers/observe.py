@@ -1,0 +1,128 @@
+"""Operability: request ids, one access-log line per request, /ready and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from handlers.errors import error_response, ok
+from handlers.keys import METRICS, POOL, SETTINGS, SLOTS
+
+access_log = logging.getLogger("mp3.access")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+DATABASE_CHECK_TIMEOUT_S = 2.0
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format."""
+    app_metrics = request.app[METRICS]
+    try:
+        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S):
+            row = await request.app[POOL].fetchrow("SELECT * FROM api.storage_stats()")
+        if row is not None:
+            app_metrics.stored_records.set(row["records"])
+            app_metrics.stored_bytes.set(row["bytes"])
+    except Exception:
+        logging.getLogger(__name__).warning("storage figures unavailable for /metrics")
+    body = generate_latest(app_metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """GET /ready: the database answers, FFmpeg is there, and a conversion slot is free."""
+    problems = await health_problems(request)
+    slots = request.app[SLOTS]
+    if slots.free == 0:
+        problems.append(f"all {slots.size} conversion slots are busy")
+    if problems:
+        return error_response(503, f"Not ready: {'; '.join(problems)}.", {"Retry-After": "5"})
+    return ok({"database": "ok", "ffmpeg": "ok", "free_slots": slots.free, "queued": slots.waiting})
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: 200 when the database answers and FFmpeg is there, else 503."""
+    problems = await health_problems(request)
+    if problems:
+        return error_response(503, f"Unhealthy: {'; '.join(problems)}.", {"Retry-After": "5"})
+    return ok({"database": "ok", "ffmpeg": "ok"})
+
+
+async def health_problems(request: web.Request) -> list[str]:
+    problems = []
+    try:
+        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S):
+            await request.app[POOL].fetchval("SELECT 1")
+    except Exception:
+        problems.append("the database does not answer")
+    if not os.access(request.app[SETTINGS].ffmpeg_binary, os.X_OK):
+        problems.append("FFmpeg is missing")
+    return problems
+
+
+@web.middleware
+async def request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id (the client's X-Request-Id when it is sane) and log it once."""
+    given = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = given if CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    started = time.perf_counter()
+    response = await handler(request)
+    access_log.info(
+        "%s %s %d",
+        request.method,
+        request.path,
+        response.status,
+        extra={
+            "request_id": request[REQUEST_ID],
+            "method": request.method,
+            "path": request.path,  # never the query or headers: no credential is ever logged
+            "status": response.status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            "bytes": response.body_length if response.prepared else None,
+            "remote": request.remote,
+        },
+    )
+    return response
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response carries its request's id, streamed ones too."""
+    if REQUEST_ID in request:
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors (LOG_FORMAT=json)."""
+
+    FIELDS = ("request_id", "method", "path", "status", "duration_ms", "bytes", "remote")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry |= {name: getattr(record, name) for name in self.FIELDS if hasattr(record, name)}
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

@@ -1,0 +1,377 @@
+"""The OpenAPI 3.1 description of every route, served at /openapi.json, and /docs.
+
+Swagger UI's files come from the swagger-ui-py package and are served by the
+service itself, so /docs works with no network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import swagger_ui
+from aiohttp import web
+
+SWAGGER_ASSETS = Path(swagger_ui.__file__).resolve().parent / "static"
+DOCS_ASSETS_PREFIX = "/docs/assets"
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error(description: str, *headers: str) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": ERROR}}}
+    if headers:
+        answer["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in headers}
+    return answer
+
+
+def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    envelope = {
+        "type": "object",
+        "required": ["status", "data"],
+        "properties": {"status": {"const": "ok"}, "data": schema},
+    }
+    return {"description": description, "content": {"application/json": {"schema": envelope}}}
+
+
+BAD_REQUEST = _error("Malformed JSON, form, ids or options")
+UNAUTHORIZED = _error("Missing or wrong credentials, or an unknown user (the same answer)", "WWW-Authenticate")
+NOT_FOUND = _error("No such record, or another user's (the same answer)")
+UNAVAILABLE = _error("The database is unreachable, or every conversion slot stayed busy", "Retry-After")
+
+CREDENTIALS: list[dict[str, list[str]]] = [{"basic": []}, {"userHeaders": []}]
+RECORD_QUERY = [
+    {"name": "id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
+    {"name": "user", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
+]
+LEGACY_RECORD_QUERY = [
+    {"name": "record_id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
+    {"name": "user_id", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
+]
+OPTIONS = {
+    "bitrate": {
+        "type": "integer",
+        "enum": [32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320],
+        "description": "CBR bit rate, kbit/s (default MP3_BITRATE, 192)",
+    },
+    "quality": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 9,
+        "description": "LAME VBR quality (-V), 0 best; instead of bitrate",
+    },
+    "sample_rate": {"type": "integer", "enum": [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000]},
+    "channels": {"type": "integer", "enum": [1, 2]},
+    "title": {"type": "string", "maxLength": 255},
+    "artist": {"type": "string", "maxLength": 255},
+    "album": {"type": "string", "maxLength": 255},
+}
+OPTION_QUERY = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in OPTIONS.items()]
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "user": {"type": "integer", "description": "with token: credentials, before the file"},
+                    "token": {"type": "string", "format": "uuid"},
+                    **OPTIONS,
+                    "file": {"type": "string", "format": "binary", "description": "the WAV (any field name)"},
+                },
+            },
+            "encoding": {"file": {"contentType": "audio/wav, audio/x-wav, audio/wave, application/octet-stream"}},
+        },
+        "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+UPLOAD_ERRORS = {
+    "400": BAD_REQUEST,
+    "401": UNAUTHORIZED,
+    "408": _error("The upload sent nothing for READ_TIMEOUT_S"),
+    "413": _error("Larger than MAX_UPLOAD_MB"),
+    "415": _error("Neither multipart nor WAV, or the file is not a RIFF/RF64 WAVE"),
+    "422": _error("A WAV that cannot be converted, holds no audio, or took longer than FFMPEG_TIMEOUT_S"),
+    "503": UNAVAILABLE,
+}
+DOWNLOAD_RESPONSES = {
+    "200": {
+        "description": "The MP3",
+        "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in ("ETag", "Content-Disposition")},
+        "content": {"audio/mpeg": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    "206": {"description": "One byte range of the MP3", "content": {"audio/mpeg": {"schema": {"type": "string"}}}},
+    "304": {"description": "If-None-Match matched the ETag"},
+    "400": BAD_REQUEST,
+    "404": NOT_FOUND,
+    "416": _error("The range is outside the file"),
+    "503": UNAVAILABLE,
+}
+DOWNLOAD_HEADERS = [
+    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}, "example": "bytes=0-1023"},
+    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+]
+
+
+def _user_created(token_key: str, description: str) -> dict[str, Any]:
+    return {
+        "tags": ["users"],
+        "summary": description,
+        "requestBody": {
+            "required": True,
+            "content": {
+                media: {"schema": {"$ref": "#/components/schemas/NewUser"}}
+                for media in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+            },
+        },
+        "responses": {
+            "201": _ok(
+                {
+                    "type": "object",
+                    "required": ["id", "username", token_key],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "username": {"type": "string"},
+                        token_key: {"type": "string", "format": "uuid", "description": "shown this once"},
+                    },
+                },
+                "The user, with its token",
+            ),
+            "400": BAD_REQUEST,
+            "409": _error("The username is taken (without regard to case)"),
+            "503": UNAVAILABLE,
+        },
+    }
+
+
+def _download(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "tags": ["records"],
+        "summary": summary,
+        "parameters": parameters + DOWNLOAD_HEADERS,
+        "responses": DOWNLOAD_RESPONSES,
+    }
+
+
+def _status(summary: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "tags": ["operations"],
+        "summary": summary,
+        "responses": {"200": _ok(schema, "Healthy"), "503": _error("Not healthy, or not ready", "Retry-After")},
+    }
+
+
+def _page(summary: str, media: str) -> dict[str, Any]:
+    return {
+        "tags": ["pages"],
+        "summary": summary,
+        "responses": {"200": {"description": summary, "content": {media: {"schema": {"type": "string"}}}}},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    record = {"$ref": "#/components/schemas/Record"}
+    upload = {
+        "tags": ["records"],
+        "summary": "Upload a WAV; it is converted to MP3 and stored",
+        "security": [*CREDENTIALS, {}],
+        "parameters": [
+            *OPTION_QUERY,
+            {"name": "filename", "in": "query", "required": False, "schema": {"type": "string"}},
+        ],
+        "requestBody": UPLOAD_BODY,
+        "responses": {
+            "201": _ok(record, "The stored record") | {"headers": {"Location": {"schema": {"type": "string"}}}},
+            **UPLOAD_ERRORS,
+        },
+    }
+    legacy_upload = upload | {
+        "summary": "Older clients' upload: answers {status, url}",
+        "responses": {
+            "201": {
+                "description": "Stored",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["status", "url"],
+                            "properties": {"status": {"const": "ok"}, "url": {"type": "string"}},
+                        }
+                    }
+                },
+            },
+            **UPLOAD_ERRORS,
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "MP3 converter",
+            "version": "1.0.0",
+            "description": "Upload WAV recordings, get MP3 download links. Every JSON answer uses one envelope.",
+        },
+        "paths": {
+            "/users": {"post": _user_created("token", "Create a user")},
+            "/users.create": {"post": _user_created("uuid", "Older clients' user creation (the token as uuid)")},
+            "/record": {
+                "post": upload,
+                "get": _download("Download an MP3 (the record id is the secret)", RECORD_QUERY),
+                "head": _download("The download's headers", RECORD_QUERY),
+                "delete": {
+                    "tags": ["records"],
+                    "summary": "Delete a record and its MP3",
+                    "security": CREDENTIALS,
+                    "parameters": RECORD_QUERY,
+                    "responses": {
+                        "204": {"description": "Deleted"},
+                        "400": BAD_REQUEST,
+                        "401": UNAUTHORIZED,
+                        "404": NOT_FOUND,
+                        "503": UNAVAILABLE,
+                    },
+                },
+            },
+            "/records": {
+                "get": {
+                    "tags": ["records"],
+                    "summary": "The user's records, newest first",
+                    "security": CREDENTIALS,
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["records"],
+                                "properties": {"records": {"type": "array", "items": record}},
+                            },
+                            "The records",
+                        ),
+                        "400": BAD_REQUEST,
+                        "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
+                    },
+                },
+            },
+            "/files.convert": {"post": legacy_upload},
+            "/files.record": {
+                "get": _download("Older clients' download", LEGACY_RECORD_QUERY),
+                "head": _download("Older clients' download headers", LEGACY_RECORD_QUERY),
+            },
+            "/health": {"get": _status("Liveness: the database answers, FFmpeg is there", {"type": "object"})},
+            "/ready": {"get": _status("Readiness: also a free conversion slot", {"type": "object"})},
+            "/metrics": {"get": _page("Prometheus metrics", "text/plain")},
+            "/openapi.json": {"get": _page("This document", "application/json")},
+            "/docs": {"get": _page("Swagger UI for this document", "text/html")},
+            DOCS_ASSETS_PREFIX + "/{filename}": {
+                "get": {
+                    "tags": ["pages"],
+                    "summary": "Swagger UI's own files, served locally",
+                    "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "A file"}, "404": _error("No such file")},
+                },
+            },
+            "/": {"get": _page("The web page: create a user, upload, play, download, delete", "text/html")},
+            "/page.js": {"get": _page("The web page's script", "text/javascript")},
+        },
+        "components": {
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic", "description": "user id : token"},
+                "userHeaders": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "user_uuid",
+                    "description": "the token, with the user id in the header user_id",
+                },
+            },
+            "headers": {
+                "WWW-Authenticate": {"schema": {"type": "string"}},
+                "Retry-After": {"schema": {"type": "integer"}},
+                "ETag": {"schema": {"type": "string"}},
+                "Content-Disposition": {"schema": {"type": "string"}},
+            },
+            "schemas": {
+                "NewUser": {
+                    "type": "object",
+                    "required": ["username"],
+                    "properties": {"username": {"type": "string", "minLength": 1, "maxLength": 64}},
+                },
+                "Record": {
+                    "type": "object",
+                    "required": [
+                        "id",
+                        "user",
+                        "url",
+                        "filename",
+                        "size",
+                        "duration",
+                        "bitrate",
+                        "sample_rate",
+                        "channels",
+                        "created_at",
+                    ],
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "user": {"type": "integer"},
+                        "url": {"type": "string", "description": "the download link"},
+                        "filename": {"type": "string"},
+                        "size": {"type": "integer", "description": "MP3 bytes"},
+                        "duration": {"type": "number", "description": "seconds"},
+                        "bitrate": {"type": "integer", "description": "bit/s (average for VBR)"},
+                        "sample_rate": {"type": "integer"},
+                        "channels": {"type": "integer", "enum": [1, 2]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["code", "status", "message", "data"],
+                    "properties": {
+                        "code": {"type": "integer", "description": "the HTTP status"},
+                        "status": {"type": "string", "description": "snake_case reason"},
+                        "message": {"type": "string", "description": "a human sentence"},
+                        "data": {"type": "object", "maxProperties": 0},
+                    },
+                },
+            },
+        },
+    }
+
+
+DOCUMENT = openapi_document()
+
+DOCS_PAGE = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>MP3 converter API</title>
+<link rel="stylesheet" href="{DOCS_ASSETS_PREFIX}/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{DOCS_ASSETS_PREFIX}/swagger-ui-bundle.js"></script>
+<script src="{DOCS_ASSETS_PREFIX}/docs-init.js"></script>
+</body>
+</html>
+"""
+
+# Kept out of the page so the page needs no inline script.
+DOCS_INIT = 'window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});\n'
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(DOCUMENT)
+
+
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=DOCS_PAGE, content_type="text/html")
+
+
+async def docs_asset(request: web.Request) -> web.StreamResponse:
+    """Swagger UI's files, from the package, by name only (no paths)."""
+    name = request.match_info["filename"]
+    if name == "docs-init.js":
+        return web.Response(text=DOCS_INIT, content_type="text/javascript")
+    candidate = SWAGGER_ASSETS / name
+    if "/" in name or name.startswith(".") or not candidate.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(candidate, headers={"Cache-Control": "public, max-age=86400"})

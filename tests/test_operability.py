@@ -1,0 +1,101 @@
+"""Request ids, access logs, /ready and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from handlers.keys import SLOTS
+from handlers.observe import JsonFormatter
+from tests.conftest import MakeClient
+from tests.test_http import Audio, Client, basic, expect_error, local, new_user, until, upload
+
+
+async def test_every_response_carries_a_request_id_the_clients_when_sane(client: Client, audio: Audio) -> None:
+    mine = await client.get("/health", headers={"X-Request-Id": "trace-42.a:b"})
+    assert mine.headers["X-Request-Id"] == "trace-42.a:b"
+    generated = await client.get("/nowhere", headers={"X-Request-Id": "bad id\twith spaces"})
+    assert len(generated.headers["X-Request-Id"]) == 32
+    assert generated.headers["X-Request-Id"] != (await client.get("/nowhere")).headers["X-Request-Id"]
+
+    data = (await (await upload(client, await new_user(client), audio())).json())["data"]
+    streamed = await client.get(local(data["url"]), headers={"X-Request-Id": "download-1"})
+    assert streamed.headers["X-Request-Id"] == "download-1"  # set before the body streams
+
+
+async def test_one_access_log_line_per_request_with_its_id_and_no_credentials(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mp3.access")
+    user_id, token = await new_user(client)
+    await client.get("/records", headers={**basic(user_id, token), "X-Request-Id": "list-1"})
+    lines = [record for record in caplog.records if record.name == "mp3.access"]
+    assert [(line.method, line.path, line.status) for line in lines] == [  # type: ignore[attr-defined]
+        ("POST", "/users", 201),
+        ("GET", "/records", 200),
+    ]
+    assert lines[1].request_id == "list-1"  # type: ignore[attr-defined]
+    formatted = json.loads(JsonFormatter().format(lines[1]))
+    assert formatted["request_id"] == "list-1"
+    assert formatted["status"] == 200
+    assert isinstance(formatted["duration_ms"], float)
+    assert token not in json.dumps(formatted)
+
+
+async def test_ready_is_503_while_every_slot_is_busy(make_client: MakeClient, audio: Audio) -> None:
+    client = await make_client(convert_concurrency=1)
+    ready = await client.get("/ready")
+    assert ready.status == 200
+    assert (await ready.json())["data"]["free_slots"] == 1
+
+    release = asyncio.Event()
+
+    async def held_open() -> AsyncIterator[bytes]:
+        yield audio()[:8192]
+        await release.wait()
+        yield audio()[8192:]
+
+    user = await new_user(client)
+    busy = asyncio.create_task(
+        client.post("/record", data=held_open(), headers={**basic(*user), "Content-Type": "audio/wav"})
+    )
+    await until(lambda: client.app[SLOTS].free == 0)
+    not_ready = await client.get("/ready")
+    body = await expect_error(not_ready, 503)
+    assert "slots are busy" in body["message"]
+    assert (await client.get("/health")).status == 200  # alive, just busy
+    release.set()
+    assert (await busy).status == 201
+
+
+def sample(text: str, name: str) -> float:
+    """The value of one sample line of a Prometheus exposition."""
+    for line in text.splitlines():
+        if line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+async def test_metrics_count_conversions_bytes_and_storage(client: Client, audio: Audio) -> None:
+    user = await new_user(client)
+    wav = audio(seconds=2)
+    data = (await (await upload(client, user, wav)).json())["data"]
+    await upload(client, user, b"not a wav at all")
+
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    text = await response.text()
+    assert sample(text, 'mp3_conversions_total{status="201"}') == 1
+    assert sample(text, 'mp3_conversions_total{status="415"}') == 1
+    assert sample(text, "mp3_conversion_seconds_count") == 1
+    assert sample(text, "mp3_upload_bytes_total") >= len(wav)
+    assert sample(text, "mp3_output_bytes_total") == data["size"]
+    assert sample(text, "mp3_stored_bytes") == data["size"]
+    assert sample(text, "mp3_stored_records") == 1
+    assert sample(text, "mp3_active_conversions") == 0
+    assert sample(text, "mp3_queue_depth") == 0

@@ -1,0 +1,96 @@
+"""Quality options, the Xing/LAME header that makes durations right, and tags."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from tests.conftest import probe
+from tests.test_http import Audio, Client, expect_error, local, new_user, upload
+
+
+async def converted(client: Client, wav: bytes, **fields: Any) -> tuple[dict[str, Any], bytes]:
+    response = await upload(client, await new_user(client), wav, **fields)
+    assert response.status == 201, await response.text()
+    data: dict[str, Any] = (await response.json())["data"]
+    return data, await (await client.get(local(data["url"]))).read()
+
+
+def header_tag(mp3: bytes) -> tuple[bytes, int, int, int, int]:
+    """The first frame's Xing/Info tag: (kind, frames, bytes, encoder delay, padding)."""
+    start = 10 + int.from_bytes(bytes(b & 0x7F for b in mp3[6:10]), "big")  # after the ID3v2 tag
+    for side_info in (32, 17, 9):
+        at = start + 4 + side_info
+        if mp3[at : at + 4] in (b"Xing", b"Info"):
+            frames, size = struct.unpack(">II", mp3[at + 8 : at + 16])
+            delays = int.from_bytes(mp3[at + 141 : at + 144], "big")
+            return mp3[at : at + 4], frames, size, delays >> 12, delays & 0xFFF
+    raise AssertionError("no Xing/Info frame after the ID3 tag")
+
+
+@pytest.mark.parametrize("quality", [0, 2, 9])
+async def test_vbr_quality_gets_a_xing_header_and_the_right_duration(
+    client: Client, audio: Audio, quality: int
+) -> None:
+    data, mp3 = await converted(client, audio(seconds=10, extra=("-af", "volume=0.5")), quality=quality)
+    kind, frames, size, delay, _ = header_tag(mp3)
+    assert kind == b"Xing"
+    assert size == len(mp3) - (10 + int.from_bytes(bytes(b & 0x7F for b in mp3[6:10]), "big"))
+    assert delay == 576
+    found = probe(mp3)
+    # ffprobe reads the frame count from the header: without it, a VBR file's
+    # duration is guessed from the first frame's bit rate (off by percents).
+    assert found["header_duration"] == pytest.approx(10.0, abs=0.06)
+    assert found["duration"] == pytest.approx(10.0, abs=0.001)  # delay and padding trimmed
+    assert frames == pytest.approx(10.0 * 44100 / 1152, abs=3)
+    assert 8000 < data["bitrate"] < 320000
+
+
+async def test_cbr_gets_an_info_header_so_players_trim_exactly(client: Client, audio: Audio) -> None:
+    data, mp3 = await converted(client, audio(seconds=7), bitrate=128)
+    kind, frames, _, delay, padding = header_tag(mp3)
+    assert kind == b"Info"
+    assert data["bitrate"] == 128000
+    assert frames * 1152 - delay - padding == 7 * 44100  # sample-exact
+    assert probe(mp3)["duration"] == pytest.approx(7.0, abs=0.0001)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"quality": "10"}, {"quality": "-1"}, {"quality": "v2"}, {"quality": "2", "bitrate": "128"},
+     {"title": "x" * 256}],
+)  # fmt: skip
+async def test_bad_quality_options_are_400(client: Client, audio: Audio, fields: dict[str, str]) -> None:
+    await expect_error(await upload(client, await new_user(client), audio(), **fields), 400)
+
+
+async def test_wav_info_tags_are_carried_into_id3(client: Client, audio: Audio) -> None:
+    tagged = audio(
+        extra=("-metadata", "title=Night Take", "-metadata", "artist=Zoë Quartet", "-metadata", "album=Live",
+               "-metadata", "date=2024", "-metadata", "comment=first pass", "-metadata", "genre=Jazz"),
+    )  # fmt: skip
+    assert b"LIST" in tagged
+    assert b"INAM" in tagged
+    _, mp3 = await converted(client, tagged)
+    tags = probe(mp3)["tags"]
+    assert tags["title"] == "Night Take"
+    assert tags["artist"] == "Zoë Quartet"
+    assert tags["album"] == "Live"
+    assert tags["date"] == "2024"
+    assert tags["comment"] == "first pass"
+    assert tags["genre"] == "Jazz"
+
+
+async def test_request_fields_override_tags_and_the_title_falls_back_to_the_file_name(
+    client: Client, audio: Audio
+) -> None:
+    tagged = audio(extra=("-metadata", "title=From WAV", "-metadata", "artist=From WAV"))
+    _, mp3 = await converted(client, tagged, artist="From Request", album="Chosen")
+    tags = probe(mp3)["tags"]
+    assert (tags["title"], tags["artist"], tags["album"]) == ("From WAV", "From Request", "Chosen")
+
+    response = await upload(client, await new_user(client, "bob"), audio(), filename="Morning Song.wav")
+    mp3 = await (await client.get(local((await response.json())["data"]["url"]))).read()
+    assert probe(mp3)["tags"]["title"] == "Morning Song"
