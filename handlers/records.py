@@ -33,6 +33,7 @@ T = TypeVar("T")
 WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
 READ_SIZE = 256 * 1024
 MAX_FIELD_BYTES = 4096
+MAX_FIELDS = 32
 DEFAULT_FILENAME = "recording.wav"
 
 
@@ -93,7 +94,7 @@ async def _convert_upload(request: web.Request) -> asyncpg.Record:
     fields: dict[str, str] = dict(request.query)
     if multipart_form(request):
         reader = await request.multipart()
-        file_part = await _file_part(reader, fields)
+        file_part = await _file_part(reader, fields, settings.read_timeout_s)
         filename = _readable_filename(file_part.filename)
         body = _counted(request, _part_chunks(reader, file_part, settings.read_timeout_s))
     elif request.content_type in WAV_TYPES:
@@ -134,18 +135,28 @@ def _upload(credentials: Credentials, filename: str, body: AsyncIterator[bytes])
     return Upload(user_id=credentials.user_id, token=credentials.token, filename=filename, body=body)
 
 
-async def _file_part(reader: MultipartReader, fields: dict[str, str]) -> BodyPartReader:
-    """Collect the text fields up to the first part with a file name, and return that part."""
-    while (part := await reader.next()) is not None:
+async def _file_part(reader: MultipartReader, fields: dict[str, str], read_timeout: float) -> BodyPartReader:
+    """Collect the text fields up to the first part with a file name, and return that part.
+
+    Fields are few and short (credentials, options): both are bounded, and so
+    is the time each read may take, so no request can fill memory or hang here."""
+    for _ in range(MAX_FIELDS + 1):
+        part = await _within(read_timeout, reader.next())
+        if part is None:
+            break
         if not isinstance(part, BodyPartReader):
             raise ApiError(400, "Nested multipart bodies are not accepted.")
         if part.filename is not None:
             return part
-        if part.name:
-            value = await part.read(decode=False)
+        value = bytearray()
+        while chunk := await _within(read_timeout, part.read_chunk(MAX_FIELD_BYTES)):
+            value += chunk
             if len(value) > MAX_FIELD_BYTES:
-                raise ApiError(400, f"The form field {part.name} is too long.")
+                raise ApiError(400, f"The form field {part.name} is longer than {MAX_FIELD_BYTES} bytes.")
+        if part.name:
             fields[part.name] = value.decode("utf-8", "replace")
+    else:
+        raise ApiError(400, f"At most {MAX_FIELDS} form fields may come before the file.")
     raise ApiError(400, "No file found: send the WAV as a multipart part with a filename.")
 
 

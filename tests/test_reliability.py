@@ -432,3 +432,17 @@ async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
 async def test_multipart_without_a_boundary_is_400(client: Client, path: str) -> None:
     response = await client.post(path, data=b'{"username": "x"}', headers={"Content-Type": "multipart/form-data"})
     await expect_error(response, 400)
+
+
+async def test_form_fields_are_bounded_in_size_and_number(
+    client: Client, audio: Audio, owner: psycopg.Connection
+) -> None:
+    user_id, token = await new_user(client)
+    huge = form(audio(), user=user_id, token=token, note="x" * (8 << 20))  # an 8 MiB "field"
+    body = await expect_error(await client.post("/record", data=huge), 400)
+    assert "longer than" in body["message"]
+
+    many = form(audio(), user=user_id, token=token, **{f"f{n}": "1" for n in range(100)})
+    body = await expect_error(await client.post("/record", data=many), 400)
+    assert "At most" in body["message"]
+    assert nothing_stored(owner)
