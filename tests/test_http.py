@@ -87,6 +87,13 @@ def nothing_stored(owner: psycopg.Connection) -> bool:
     return records == 0 and objects == 0
 
 
+async def held_body(wav: bytes, release: asyncio.Event, head: int = 8192) -> AsyncIterator[bytes]:
+    """An upload body that sends the WAV's first bytes, then nothing until release is set."""
+    yield wav[:head]
+    await release.wait()
+    yield wav[head:]
+
+
 async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
     """Wait for something the server does in the background; fail if it never happens."""
     async with asyncio.timeout(seconds):
@@ -433,14 +440,8 @@ async def test_every_slot_busy_past_the_queue_timeout_is_503_with_retry_after(
     user_id, token = await new_user(client)
     wav = audio()
     release = asyncio.Event()
-
-    async def held_open() -> AsyncIterator[bytes]:
-        yield wav[:4096]
-        await release.wait()
-        yield wav[4096:]
-
     headers = {**basic(user_id, token), "Content-Type": "audio/wav"}
-    first = asyncio.create_task(client.post("/record", data=held_open(), headers=headers))
+    first = asyncio.create_task(client.post("/record", data=held_body(wav, release), headers=headers))
     await until(lambda: client.app[SLOTS].active == 1)
 
     refused = await client.post("/record", data=wav, headers=headers)
@@ -456,15 +457,8 @@ async def test_stalled_upload_is_stopped_and_leaves_nothing(
 ) -> None:
     client = await make_client(read_timeout_s=0.3)
     user_id, token = await new_user(client)
-    never = asyncio.Event()
-
-    async def stalls() -> AsyncIterator[bytes]:
-        yield audio()[:8192]
-        await never.wait()
-
-    response = await client.post(
-        "/record", data=stalls(), headers={**basic(user_id, token), "Content-Type": "audio/wav"}
-    )
+    stalls = held_body(audio(), release=asyncio.Event())  # never released
+    response = await client.post("/record", data=stalls, headers={**basic(user_id, token), "Content-Type": "audio/wav"})
     await expect_error(response, 408)
     assert client.app[SLOTS].active == 0
     assert nothing_stored(owner)
@@ -475,13 +469,8 @@ async def test_conversion_past_its_time_bound_is_killed_and_says_so(
 ) -> None:
     client = await make_client(ffmpeg_timeout_s=0.3)
     user_id, token = await new_user(client)
-    never = asyncio.Event()
-
-    async def slow() -> AsyncIterator[bytes]:
-        yield audio()[:8192]
-        await never.wait()
-
-    response = await client.post("/record", data=slow(), headers={**basic(user_id, token), "Content-Type": "audio/wav"})
+    slow = held_body(audio(), release=asyncio.Event())  # never released
+    response = await client.post("/record", data=slow, headers={**basic(user_id, token), "Content-Type": "audio/wav"})
     body = await expect_error(response, 422)
     assert "longer than" in body["message"]
     assert nothing_stored(owner)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 
 from handlers.keys import SLOTS
 from handlers.observe import JsonFormatter
 from tests.conftest import MakeClient
-from tests.test_http import Audio, Client, basic, expect_error, local, new_user, until, upload
+from tests.test_http import Audio, Client, basic, expect_error, held_body, local, new_user, until, upload
 
 
 async def test_every_response_carries_a_request_id_the_clients_when_sane(client: Client, audio: Audio) -> None:
@@ -53,15 +52,9 @@ async def test_ready_is_503_while_every_slot_is_busy(make_client: MakeClient, au
     assert (await ready.json())["data"]["free_slots"] == 1
 
     release = asyncio.Event()
-
-    async def held_open() -> AsyncIterator[bytes]:
-        yield audio()[:8192]
-        await release.wait()
-        yield audio()[8192:]
-
     user = await new_user(client)
     busy = asyncio.create_task(
-        client.post("/record", data=held_open(), headers={**basic(*user), "Content-Type": "audio/wav"})
+        client.post("/record", data=held_body(audio(), release), headers={**basic(*user), "Content-Type": "audio/wav"})
     )
     await until(lambda: client.app[SLOTS].free == 0)
     not_ready = await client.get("/ready")

@@ -12,7 +12,7 @@ import struct
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tests.test_http import (
     count,
     expect_error,
     form,
+    held_body,
     local,
     new_user,
     nothing_stored,
@@ -232,15 +233,11 @@ async def test_downloads_and_user_creation_answer_while_every_slot_converts(
     user = await new_user(client)
     stored = (await (await upload(client, user, audio())).json())["data"]
     release = asyncio.Event()
-
-    async def held_open() -> AsyncIterator[bytes]:
-        wav = audio(seconds=5)
-        yield wav[:65536]
-        await release.wait()
-        yield wav[65536:]
-
     headers = {**basic(*user), "Content-Type": "audio/wav"}
-    busy = [asyncio.create_task(client.post("/record", data=held_open(), headers=headers)) for _ in range(2)]
+    busy = [
+        asyncio.create_task(client.post("/record", data=held_body(audio(seconds=5), release), headers=headers))
+        for _ in range(2)
+    ]
     await until(lambda: client.app[SLOTS].free == 0)
 
     assert (await client.get(local(stored["url"]))).status == 200
@@ -366,13 +363,8 @@ def service_process(service_settings: Settings) -> Iterator[ServiceProcess]:
 async def held_upload(
     session: aiohttp.ClientSession, base: str, user: tuple[int, str], wav: bytes, release: asyncio.Event
 ) -> aiohttp.ClientResponse:
-    async def body() -> AsyncIterator[bytes]:
-        yield wav[: len(wav) // 4]
-        await release.wait()
-        yield wav[len(wav) // 4 :]
-
     headers = {**basic(*user), "Content-Type": "audio/wav"}
-    return await session.post(f"{base}/record", data=body(), headers=headers)
+    return await session.post(f"{base}/record", data=held_body(wav, release, len(wav) // 4), headers=headers)
 
 
 async def test_sigkill_mid_upload_loses_nothing_committed_and_leaves_nothing_half(

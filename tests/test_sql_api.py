@@ -317,6 +317,7 @@ def test_service_role_cannot_touch_tables_or_large_objects(
     assert sqlstate_of(service, "SELECT lo_put(%s, 0, 'evil')", [object_id]) == denied
     assert sqlstate_of(service, "SELECT lo_unlink(%s)", [object_id]) == denied
     assert sqlstate_of(service, "SELECT * FROM _yoyo_migration") == denied
+    assert sqlstate_of(service, "SELECT app.upload_in_progress(%s)", [record_id]) == denied
 
 
 def test_api_functions_are_not_executable_by_public(owner: psycopg.Connection) -> None:
@@ -355,7 +356,7 @@ def test_apply_is_repeatable_and_drops_functions_that_no_longer_have_a_file(
     assert owner.execute("SELECT to_regprocedure('api.renamed_long_ago()')").fetchone() == (None,)
     # Data survives and the service role is granted again.
     assert service.execute("SELECT id FROM api.user_check(%s, %s)", [user_id, token]).fetchone() == (user_id,)
-    assert owner.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (1,)
+    assert owner.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (2,)
     assert owner.execute("SELECT rolname FROM pg_roles WHERE rolname = %s", [DEFAULT_SERVICE_ROLE]).fetchone()
 
 

@@ -16,12 +16,7 @@ DECLARE
     descriptor integer;
     end_of_object bigint;
 BEGIN
-    SELECT r.lo_oid INTO object_id
-    FROM app.records AS r
-    WHERE r.id = record_id AND r.size IS NULL;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No upload in progress with this id.';
-    END IF;
+    object_id := app.upload_in_progress(record_id);
 
     descriptor := lo_open(object_id, x'20000'::integer);  -- INV_WRITE
     end_of_object := lo_lseek64(descriptor, 0, 2);         -- SEEK_END

@@ -24,12 +24,7 @@ DECLARE
     descriptor integer;
     object_size bigint;
 BEGIN
-    SELECT r.lo_oid INTO object_id
-    FROM app.records AS r
-    WHERE r.id = record_id AND r.size IS NULL;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No upload in progress with this id.';
-    END IF;
+    object_id := app.upload_in_progress(record_id);
 
     descriptor := lo_open(object_id, x'40000'::integer);  -- INV_READ
     object_size := lo_lseek64(descriptor, 0, 2);           -- SEEK_END

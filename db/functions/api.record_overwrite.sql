@@ -15,12 +15,7 @@ DECLARE
     object_id oid;
     descriptor integer;
 BEGIN
-    SELECT r.lo_oid INTO object_id
-    FROM app.records AS r
-    WHERE r.id = record_id AND r.size IS NULL;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No upload in progress with this id.';
-    END IF;
+    object_id := app.upload_in_progress(record_id);
 
     descriptor := lo_open(object_id, x'60000'::integer);  -- INV_READ | INV_WRITE
     IF at IS NULL OR at < 0 OR chunk IS NULL
