@@ -18,7 +18,8 @@ the pairs (A B A B ...) and reporting medians:
 6. wrk for 10 s each against user creation and a small download.
 
 Writes bench/RESULTS.md. Absolute times on a shared machine are noisy; the
-ratios, measured side by side, are the figures to read.
+ratios, measured side by side, are the figures to read. A CHECKPOINT before
+each part keeps PostgreSQL's flushing of the previous part out of it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class Service:
     pid: int
     user_id: int
     token: str
+    owner_url: str
+
+    def settle(self) -> None:
+        """Flush PostgreSQL's dirty pages now, so a checkpoint does not land inside the next measurement."""
+        subprocess.run(["psql", self.owner_url, "-qc", "CHECKPOINT"], check=True)
 
 
 def main() -> int:
@@ -106,6 +112,7 @@ def upload_against_raw(report: Report, service: Service, wavs: dict[int, Path], 
     report.say("| --- | --- | --- | --- | --- | --- | --- |")
     last_url = ""
     for length, wav in wavs.items():
+        service.settle()
         raw, uploads = [], []
         peak_before = vm_hwm_kib(service.pid)
         watcher = ChildPeak(service.pid)
@@ -176,6 +183,7 @@ def concurrency(report: Report, service: Service, wav: Path, folder: Path) -> No
     report.say("| --- | --- | --- | --- | --- |")
     best = 0.0
     for count in (1, 2, 4, 8):
+        service.settle()
         start = time.perf_counter()
         processes = [upload_process(service, wav) for _ in range(count)]
         statuses = [finish_upload(process)[0] for process in processes]
@@ -195,6 +203,7 @@ def downloads(report: Report, service: Service, url: str, folder: Path, rounds: 
     copy = folder / "stored.mp3"
     fetch(url, copy)
     size_mb = copy.stat().st_size / 1e6
+    service.settle()
     with file_server(copy) as file_url:
         ours, theirs = [], []
         for _ in range(rounds):
@@ -237,6 +246,7 @@ def file_server(path: Path) -> Iterator[str]:
 def responsiveness(report: Report, service: Service, wav: Path) -> None:
     small = upload_answer(service, wav.with_name("small.wav"), make=True)["data"]["url"]
     small_path = small.split(str(service.port), 1)[1]
+    service.settle()
     uploads = [upload_process(service, wav) for _ in range(4)]
     latencies: dict[str, list[float]] = {"/health": [], "small download": []}
     connection = http.client.HTTPConnection(service.host, service.port)
@@ -285,6 +295,7 @@ def request_rate(report: Report, service: Service, folder: Path) -> None:
         end
     """)
     )
+    service.settle()
     rss_before = vm_rss_kib(service.pid)
     report.say("## Request rate (wrk, 2 threads, 16 connections, 10 s each)\n")
     report.say("| request | requests/s | non-2xx or errors |")
@@ -328,7 +339,7 @@ def running_service() -> Iterator[Service]:
         wait_for(f"{base}/health")
         answer = post_json(f"{base}/users", {"username": f"bench-{time.time_ns()}"})
         user = answer["data"]
-        yield Service(base, "127.0.0.1", port, process.pid, int(str(user["id"])), str(user["token"]))
+        yield Service(base, "127.0.0.1", port, process.pid, int(str(user["id"])), str(user["token"]), owner_url)
     finally:
         process.terminate()
         process.wait()
