@@ -120,8 +120,6 @@ async def convert(
             returncode = await process.wait()
     except TimeoutError:
         raise ConversionTimedOut(f"The conversion took longer than {time_limit_s:g} s and was stopped.") from None
-    except Mp3StreamError as error:
-        raise ConversionError(str(error)) from None
     except ExceptionGroup as group:
         # The first failure is the cause; the others are its consequences
         # (a dead FFmpeg breaks the pipes, a failed sink stops the reader).

@@ -342,6 +342,10 @@ class ServiceProcess:
                     except aiohttp.ClientConnectionError:
                         await asyncio.sleep(0.05)
 
+    async def new_user(self, session: aiohttp.ClientSession, name: str) -> tuple[int, str]:
+        created = await (await session.post(f"{self.base}/users", json={"username": name})).json()
+        return created["data"]["id"], created["data"]["token"]
+
     def signal(self, number: int) -> None:
         assert self.process is not None
         self.process.send_signal(number)
@@ -360,6 +364,13 @@ def service_process(service_settings: Settings) -> Iterator[ServiceProcess]:
         service.process.wait()
 
 
+async def only_one_record_once_the_service_is_gone(owner: psycopg.Connection) -> None:
+    """Once PostgreSQL has seen the service's sessions end, exactly the one finished record remains."""
+    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
+    assert count(owner, "SELECT count(*) FROM app.records") == 1
+    assert count(owner, "SELECT count(*) FROM pg_largeobject_metadata") == 1
+
+
 async def held_upload(
     session: aiohttp.ClientSession, base: str, user: tuple[int, str], wav: bytes, release: asyncio.Event
 ) -> aiohttp.ClientResponse:
@@ -373,8 +384,7 @@ async def test_sigkill_mid_upload_loses_nothing_committed_and_leaves_nothing_hal
     await service_process.start()
     base = service_process.base
     async with aiohttp.ClientSession() as session:
-        created = await (await session.post(f"{base}/users", json={"username": "kill"})).json()
-        user = (created["data"]["id"], created["data"]["token"])
+        user = await service_process.new_user(session, "kill")
         first = await (await session.post(f"{base}/record", data=form(audio(), user=user[0], token=user[1]))).json()
         before = await (await session.get(first["data"]["url"])).read()
 
@@ -385,9 +395,7 @@ async def test_sigkill_mid_upload_loses_nothing_committed_and_leaves_nothing_hal
         with pytest.raises(aiohttp.ClientError):
             await pending
 
-    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
-    assert count(owner, "SELECT count(*) FROM app.records") == 1
-    assert count(owner, "SELECT count(*) FROM pg_largeobject_metadata") == 1
+    await only_one_record_once_the_service_is_gone(owner)
 
     await service_process.start()
     async with aiohttp.ClientSession() as session:
@@ -400,8 +408,7 @@ async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
     await service_process.start()
     base = service_process.base
     async with aiohttp.ClientSession() as session:
-        created = await (await session.post(f"{base}/users", json={"username": "term"})).json()
-        user = (created["data"]["id"], created["data"]["token"])
+        user = await service_process.new_user(session, "term")
         finishing, stuck = asyncio.Event(), asyncio.Event()
         will_finish = asyncio.create_task(held_upload(session, base, user, audio(seconds=3), finishing))
         will_stall = asyncio.create_task(held_upload(session, base, user, audio(seconds=4), stuck))
@@ -415,9 +422,7 @@ async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
         with pytest.raises(aiohttp.ServerDisconnectedError):  # cancelled: no answer at all
             await will_stall
 
-    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
-    assert count(owner, "SELECT count(*) FROM app.records") == 1
-    assert count(owner, "SELECT count(*) FROM pg_largeobject_metadata") == 1
+    await only_one_record_once_the_service_is_gone(owner)
 
 
 @pytest.mark.parametrize("path", ["/users", "/users.create", "/record", "/files.convert"])
