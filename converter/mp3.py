@@ -36,13 +36,6 @@ class Mp3StreamError(Exception):
 
 
 @dataclass(frozen=True)
-class FrameInfo:
-    bitrate: int  # bit/s
-    sample_rate: int
-    channels: int
-
-
-@dataclass(frozen=True)
 class FrameHeader:
     raw: int  # the 32 header bits
     mpeg1: bool
@@ -68,8 +61,8 @@ class FrameHeader:
         return (17 if self.mono else 32) if self.mpeg1 else (9 if self.mono else 17)
 
     @property
-    def info(self) -> FrameInfo:
-        return FrameInfo(self.bitrate, self.sample_rate, 1 if self.mono else 2)
+    def channels(self) -> int:
+        return 1 if self.mono else 2
 
     def with_bitrate_index(self, index: int) -> FrameHeader:
         """The same header at another bit rate, without padding or CRC."""
@@ -135,20 +128,12 @@ class Mp3Stream:
         self._offsets = array("Q")  # stream position of every frame, for the seek table
 
     @property
-    def info(self) -> FrameInfo | None:
-        return self.first.info if self.first else None
-
-    @property
     def average_bitrate(self) -> int:
         """Bits per second over the audio frames (what a VBR stream is described by)."""
         if self.first is None or self.frames == 0:
             return 0
         seconds = self.frames * self.first.samples_per_frame / self.first.sample_rate
         return round(self.audio_bytes * 8 / seconds)
-
-    @property
-    def header_frame_size(self) -> int:
-        return self._tag_header.length if self._tag_header else 0
 
     def feed(self, chunk: bytes) -> bytes:
         if self.first is None:

@@ -140,7 +140,7 @@ async def convert(
         duration=round(header.duration, 3),
         bitrate=mp3.average_bitrate if vbr else mp3.first.bitrate,
         sample_rate=mp3.first.sample_rate,
-        channels=1 if mp3.first.mono else 2,
+        channels=mp3.first.channels,
         header_frame=header_frame,
         header_offset=mp3.header_offset,
     )

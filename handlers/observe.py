@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from handlers.errors import error_response, ok
+from handlers.errors import RETRY_AFTER_S, error_response, ok
 from handlers.keys import METRICS, POOL, SETTINGS, SLOTS
 
 access_log = logging.getLogger("mp3.access")
@@ -46,7 +46,7 @@ async def ready(request: web.Request) -> web.Response:
     if slots.free == 0:
         problems.append(f"all {slots.size} conversion slots are busy")
     if problems:
-        return error_response(503, f"Not ready: {'; '.join(problems)}.", {"Retry-After": "5"})
+        return error_response(503, f"Not ready: {'; '.join(problems)}.", {"Retry-After": RETRY_AFTER_S})
     return ok({"database": "ok", "ffmpeg": "ok", "free_slots": slots.free, "queued": slots.waiting})
 
 
@@ -54,7 +54,7 @@ async def health(request: web.Request) -> web.Response:
     """GET /health: 200 when the database answers and FFmpeg is there, else 503."""
     problems = await health_problems(request)
     if problems:
-        return error_response(503, f"Unhealthy: {'; '.join(problems)}.", {"Retry-After": "5"})
+        return error_response(503, f"Unhealthy: {'; '.join(problems)}.", {"Retry-After": RETRY_AFTER_S})
     return ok({"database": "ok", "ffmpeg": "ok"})
 
 
