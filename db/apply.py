@@ -1,11 +1,13 @@
 """Bring a database up to date: ``python -m db.apply [DATABASE_URL]``.
 
-1. Applies the pending yoyo migrations of ``db/migrations`` (tables, append-only).
-2. Drops the ``api`` schema and loads every ``db/functions`` file into a new
-   one, on every run: yoyo's own hooks run only when a migration is pending,
-   and recreating the schema is what makes a renamed or retyped function
-   disappear instead of lingering beside its successor.
-3. Makes sure the service's login role exists and may do nothing but EXECUTE
+1. Drops the ``api`` schema, so no function stands in the way of a migration
+   (a function's return type depends on the view it returns, say).
+2. Applies the pending yoyo migrations of ``db/migrations`` (tables, append-only).
+3. Loads every ``db/functions`` file into a new ``api`` schema, on every run:
+   yoyo's own hooks run only when a migration is pending, and recreating the
+   schema is what makes a renamed or retyped function disappear instead of
+   lingering beside its successor.
+4. Makes sure the service's login role exists and may do nothing but EXECUTE
    the ``api`` functions.
 
 Run it as the role that should own the schema (the database owner); the
@@ -30,17 +32,24 @@ FUNCTIONS_DIR = DB_DIR / "functions"
 DEFAULT_SERVICE_ROLE = "mp3_service"
 
 
-def apply(database_url: str, service_role: str = DEFAULT_SERVICE_ROLE, service_password: str | None = None) -> None:
+def apply(
+    database_url: str,
+    service_role: str = DEFAULT_SERVICE_ROLE,
+    service_password: str | None = None,
+    migrations_dir: Path = MIGRATIONS_DIR,
+) -> None:
     """Migrate, reload the api functions and (re)grant the service role."""
-    apply_migrations(database_url)
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute("DROP SCHEMA IF EXISTS api CASCADE")
+    apply_migrations(database_url, migrations_dir)
     with psycopg.connect(database_url) as connection:
         ensure_login_role(connection, service_role, service_password)
         reload_functions(connection, service_role)
 
 
-def apply_migrations(database_url: str) -> None:
+def apply_migrations(database_url: str, migrations_dir: Path = MIGRATIONS_DIR) -> None:
     backend = get_backend(yoyo_url(database_url))
-    migrations = read_migrations(str(MIGRATIONS_DIR))
+    migrations = read_migrations(str(migrations_dir))
     with backend.lock():
         backend.apply_migrations(backend.to_apply(migrations))
 

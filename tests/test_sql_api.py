@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from db.apply import DEFAULT_SERVICE_ROLE, apply
+from db.apply import DEFAULT_SERVICE_ROLE, MIGRATIONS_DIR, apply
 
 
 def sqlstate_of(connection: psycopg.Connection, query: str, params: Any = None) -> str | None:
@@ -358,6 +360,25 @@ def test_apply_is_repeatable_and_drops_functions_that_no_longer_have_a_file(
     assert service.execute("SELECT id FROM api.user_check(%s, %s)", [user_id, token]).fetchone() == (user_id,)
     assert owner.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (2,)
     assert owner.execute("SELECT rolname FROM pg_roles WHERE rolname = %s", [DEFAULT_SERVICE_ROLE]).fetchone()
+
+
+def test_a_migration_may_reshape_what_api_functions_return(
+    owner: psycopg.Connection, service: psycopg.Connection, tmp_path: Path
+) -> None:
+    """The api schema goes before migrations run: a view three functions return can be redefined."""
+    user_id, token = create_user(service)
+    record_id = store_record(service, user_id, token, [b"mp3"])
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, migrations)
+    (migrations / "9999.reshape-record-info.sql").write_text(
+        "DROP VIEW app.record_info;\n"
+        "CREATE VIEW app.record_info AS SELECT id, user_id, original_filename AS filename, original_filename,"
+        " size, duration, bitrate, sample_rate, channels, sha256, created_at FROM app.records WHERE size IS NOT NULL;\n"
+    )
+    info = owner.info
+    apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}", migrations_dir=migrations)
+    row = service.execute("SELECT filename FROM api.record_open(%s, %s)", [record_id, user_id]).fetchone()
+    assert row == ("song.wav",)  # the reshaped view (no .mp3 any more), through the reloaded functions
 
 
 def test_overwrite_changes_only_bytes_already_written_of_an_upload_in_progress(service: psycopg.Connection) -> None:
