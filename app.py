@@ -19,13 +19,14 @@ from handlers.errors import error_envelope
 from handlers.keys import METRICS, POOL, SETTINGS, SLOTS
 from handlers.observe import add_request_id, configure_logging, request_log
 from handlers.routes import setup_routes
+from handlers.server import make_runner
 from settings import ConfigError, Settings
 
 # Connections beyond the conversion slots, for downloads, listings and user creation.
 SPARE_CONNECTIONS = 8
 CONNECT_TIMEOUT_S = 5.0
-# After the uploads' grace period: what other requests (downloads) still get.
-LAST_REQUESTS_TIMEOUT_S = 2.0
+# How long cancelled uploads get to kill FFmpeg and roll back, and the pool to close.
+CANCEL_TIMEOUT_S = 3.0
 
 log = logging.getLogger("app")
 
@@ -53,18 +54,23 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
         timeout=CONNECT_TIMEOUT_S,
     )
     yield
-    await app[POOL].close()
+    try:
+        async with asyncio.timeout(CANCEL_TIMEOUT_S):
+            await app[POOL].close()
+    except TimeoutError:
+        log.warning("closing the database pool took longer than %g s; terminated", CANCEL_TIMEOUT_S)
+        app[POOL].terminate()
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain: no new connections, uploads in
-    flight get shutdown_timeout_s to finish, and whatever remains is cancelled
-    (a cancelled upload rolls back).
+    """Serve until SIGTERM or SIGINT, then drain: no new connections or uploads,
+    uploads in flight get shutdown_timeout_s to finish, and whatever remains is
+    cancelled (a cancelled upload kills FFmpeg and rolls back).
 
     Not web.run_app: on shutdown aiohttp stops reading request bodies at once,
     so an upload still arriving could never finish in the grace period."""
     app = init_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=LAST_REQUESTS_TIMEOUT_S, access_log=None)  # ours: request_log
+    runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -76,11 +82,15 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(number, stop.set)
     await stop.wait()
 
-    log.info("stopping: waiting up to %g s for %d upload(s)", settings.shutdown_timeout_s, app[SLOTS].uploads)
+    slots = app[SLOTS]
+    log.info("stopping: waiting up to %g s for %d upload(s)", settings.shutdown_timeout_s, slots.uploads)
+    slots.draining = True  # new uploads are refused with 503 from now on
     await site.stop()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(settings.shutdown_timeout_s):
-            await app[SLOTS].no_uploads()
+            await slots.no_uploads()
+    # Whatever is left, whether its client still sends, stalls or is long gone.
+    await slots.cancel_uploads(CANCEL_TIMEOUT_S)
     await runner.cleanup()
 
 

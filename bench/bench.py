@@ -15,7 +15,15 @@ the pairs (A B A B ...) and reporting medians:
    (sendfile) serving the same bytes from disk;
 5. p50/p99 latency of GET /health and of a small download while 4 of the
    longest uploads run (60 minutes, 635 MB each; --quick: 10 minutes);
-6. wrk for 10 s each against user creation and a small download.
+6. wrk for 10 s each against user creation and a small download;
+7. early endings of an upload (the client's FIN, RST, a malformed chunk):
+   the time from the client's act to the slot free, FFmpeg reaped and the
+   transaction gone; and /health's latency while three clients send
+   multipart preambles of a million line feeds each.
+
+`--only faults` (repeatable, any part's name) runs just the parts named and
+writes to --output (default bench/RESULTS-only.md, so RESULTS.md keeps the
+whole run).
 
 Writes bench/RESULTS.md. Absolute times on a shared machine are noisy; the
 ratios, measured side by side, are the figures to read. A CHECKPOINT before
@@ -25,6 +33,7 @@ each part keeps PostgreSQL's flushing of the previous part out of it.
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -33,16 +42,19 @@ import re
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
@@ -54,6 +66,10 @@ TARGETS = {
     "concurrent throughput / (cores x single raw)": "≥ 0.90",
     "download / sendfile": "≥ 0.50",
     "/health p99 while 4 uploads convert": "≤ 50 ms",
+    "slot free after a client's FIN": "≤ 1000 ms",
+    "slot free after a client's RST": "≤ 1000 ms",
+    "slot free after a client's malformed chunk": "≤ 1000 ms",
+    "/health p99 during a preamble flood": "≤ 50 ms",
 }
 
 
@@ -77,29 +93,48 @@ class Service:
     token: str
     owner_url: str
 
+    @property
+    def basic(self) -> str:
+        return base64.b64encode(f"{self.user_id}:{self.token}".encode()).decode()
+
     def settle(self) -> None:
         """Flush PostgreSQL's dirty pages now, so a checkpoint does not land inside the next measurement."""
         subprocess.run(["psql", self.owner_url, "-qc", "CHECKPOINT"], check=True)
+
+
+PARTS = ("uploads", "concurrency", "downloads", "responsiveness", "rate", "faults")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark the service against raw FFmpeg and sendfile.")
     parser.add_argument("--quick", action="store_true", help="1 and 10 minutes only, for a fast look")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
+    parser.add_argument("--output", type=Path, help="default bench/RESULTS.md (bench/RESULTS-only.md with --only)")
     args = parser.parse_args()
+    parts = set(args.only or PARTS)
+    output = args.output or ROOT / "bench" / ("RESULTS-only.md" if args.only else "RESULTS.md")
     minutes = (1, 10) if args.quick else (1, 10, 60)
     report = Report()
     with tempfile.TemporaryDirectory() as folder_name:
         folder = Path(folder_name)
         wavs = {length: make_wav(folder / f"{length}min.wav", length) for length in minutes}
         with running_service() as service:
-            longest = upload_against_raw(report, service, wavs, folder, args.rounds)
-            concurrency(report, service, wavs[1], folder)
-            downloads(report, service, longest, folder, args.rounds)
-            responsiveness(report, service, wavs[max(wavs)])
-            request_rate(report, service, folder)
-    write_results(args.output, report, args)
+            longest = ""
+            if parts & {"uploads", "downloads"}:
+                longest = upload_against_raw(report, service, wavs, folder, args.rounds)
+            if "concurrency" in parts:
+                concurrency(report, service, wavs[1], folder)
+            if "downloads" in parts:
+                downloads(report, service, longest, folder, args.rounds)
+            if "responsiveness" in parts:
+                responsiveness(report, service, wavs[max(wavs)])
+            if "rate" in parts:
+                request_rate(report, service, folder)
+            if "faults" in parts:
+                early_endings(report, service, wavs[1])
+                preamble_flood(report, service)
+    write_results(output, report, args)
     return 0
 
 
@@ -312,6 +347,129 @@ def request_rate(report: Report, service: Service, folder: Path) -> None:
     report.say(f"\nServer RSS: {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB after.\n")
 
 
+# --- 7: faults ----------------------------------------------------------------------------------
+
+ENDINGS = ("FIN", "RST", "malformed chunk")
+
+
+def early_endings(report: Report, service: Service, wav: Path, rounds: int = 5) -> None:
+    """From the client's act to each thing an operator checks, polled as fast as they answer."""
+    audio = wav.read_bytes()[: 1 << 20]
+    ready = http.client.HTTPConnection(service.host, service.port)
+    report.say("## Early endings: from the client's act to everything freed (median / max of 5)\n")
+    report.say("| ending | slot free (/ready) | FFmpeg reaped | transaction gone | records = large objects |")
+    report.say("| --- | --- | --- | --- | --- |")
+    with psycopg.connect(service.owner_url, autocommit=True) as owner:
+        for ending in ENDINGS:
+            seen: dict[str, list[float]] = {"slot": [], "ffmpeg": [], "transaction": []}
+            for _ in range(rounds):
+                sock = socket.create_connection((service.host, service.port))
+                chunked = ending == "malformed chunk"
+                body = b"%x\r\n%s\r\n" % (len(audio), audio) if chunked else audio
+                framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {100 * len(audio)}"
+                sock.sendall(
+                    f"POST /record HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n{framing}\r\n"
+                    f"Authorization: Basic {service.basic}\r\n\r\n".encode()
+                    + body
+                )
+                while not ffmpeg_children(service.pid):
+                    time.sleep(0.005)
+                start = time.perf_counter()
+                if ending == "RST":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                if chunked:
+                    sock.sendall(b"zz\r\n")
+                else:
+                    sock.close()
+                pending: dict[str, Callable[[], bool]] = {
+                    "slot": lambda: free_slots(ready) == CORES,
+                    "ffmpeg": lambda: not ffmpeg_children(service.pid),
+                    "transaction": lambda: idle_in_transaction(owner) == 0,
+                }
+                while pending:
+                    for name, done in list(pending.items()):
+                        if done():
+                            seen[name].append((time.perf_counter() - start) * 1000)
+                            del pending[name]
+                sock.close()
+            whole = owner.execute(
+                "SELECT (SELECT count(*) FROM app.records) = (SELECT count(*) FROM pg_largeobject_metadata)"
+            ).fetchone()
+            cells = [f"{statistics.median(values):.0f} / {max(values):.0f} ms" for values in seen.values()]
+            report.say(f"| {ending} | {' | '.join(cells)} | {'yes' if whole and whole[0] else 'NO'} |")
+            report.figures[f"slot free after a client's {ending}"] = f"{max(seen['slot']):.0f} ms (max)"
+    report.say()
+
+
+def preamble_flood(report: Report, service: Service, seconds: float = 5.0, clients: int = 3) -> None:
+    """The attack that once stalled the loop: multipart bodies that begin with a million line feeds."""
+    stop = threading.Event()
+    answers: list[bytes] = []
+
+    def flood() -> None:
+        body = b"\n" * 1_000_000
+        while not stop.is_set():
+            with socket.create_connection((service.host, service.port)) as sock:
+                sock.sendall(
+                    f"POST /record HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                )
+                with suppress(OSError):
+                    sock.sendall(body)
+                answers.append(sock.recv(12))
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    latencies = []
+    connection = http.client.HTTPConnection(service.host, service.port)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        connection.request("GET", "/health")
+        status = connection.getresponse()
+        status.read()
+        latencies.append((time.perf_counter() - started) * 1000)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    statuses = {answer[9:12].decode() for answer in answers}
+    report.say(f"## /health while {clients} clients send preambles of a million line feeds ({seconds:g} s)\n")
+    report.say("| /health samples | p50 | p99 | max | attack requests | their answers |")
+    report.say("| --- | --- | --- | --- | --- | --- |")
+    report.say(
+        f"| {len(latencies)} | {percentile(latencies, 50):.1f} ms | {percentile(latencies, 99):.1f} ms "
+        f"| {max(latencies):.1f} ms | {len(answers)} | {', '.join(sorted(statuses))} |"
+    )
+    report.figures["/health p99 during a preamble flood"] = f"{percentile(latencies, 99):.1f} ms"
+    report.say()
+
+
+def ffmpeg_children(pid: int) -> list[str]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with suppress(OSError):
+                    if Path(f"/proc/{child}/comm").read_text().strip() == "ffmpeg":
+                        found.append(child)
+    return found
+
+
+def free_slots(connection: http.client.HTTPConnection) -> int:
+    connection.request("GET", "/ready")
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    return int(body["data"]["free_slots"]) if response.status == 200 else 0
+
+
+def idle_in_transaction(owner: psycopg.Connection) -> int:
+    row = owner.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service' AND state LIKE 'idle in transaction%'"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 # --- the service and its helpers -----------------------------------------------------------------
 
 
@@ -445,7 +603,8 @@ def write_results(path: Path, report: Report, args: argparse.Namespace) -> None:
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- machine: {platform.machine()}, {CORES} cores, {memory_gib} GiB",
         f"- Python {platform.python_version()}, {ffmpeg_version}, {postgres}",
-        f"- command: `scripts/bench{' --quick' if args.quick else ''} --rounds {args.rounds}`",
+        f"- command: `scripts/bench{' --quick' if args.quick else ''} --rounds {args.rounds}"
+        f"{''.join(f' --only {part}' for part in args.only or ())}`",
         "",
         "## Targets",
         "",

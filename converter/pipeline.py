@@ -38,14 +38,6 @@ class NotAWav(ConversionError):
     status = 415
 
 
-class UploadTooLarge(ConversionError):
-    status = 413
-
-
-class UploadStalled(ConversionError):
-    status = 408
-
-
 class ConversionTimedOut(ConversionError):
     pass
 
@@ -84,18 +76,18 @@ async def convert(
     *,
     ffmpeg: str,
     options: EncodeOptions,
-    max_bytes: int,
     time_limit_s: float,
 ) -> Converted:
     """Convert the WAV that ``source`` yields, handing the MP3 to ``sink`` in chunks.
 
     Raises ConversionError (or a subclass naming the HTTP status) when the
-    upload is not a WAV, too large, undecodable, silent of samples or too slow.
+    upload is not a WAV, undecodable, silent of samples or too slow. What
+    ``source`` raises (the client went away, sent too much) ends the
+    conversion too, and passes as it is.
     """
     header = WavHeader()
-    upload = _limited(source, max_bytes)
     try:
-        preamble = await _read_preamble(upload, header)
+        preamble = await _read_preamble(source, header)
     except (NotWav, BadWav) as error:
         raise _as_conversion_error(error) from None
 
@@ -114,7 +106,7 @@ async def convert(
     try:
         async with asyncio.timeout(time_limit_s):
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(_feed(process, preamble, upload, header))
+                tasks.create_task(_feed(process, preamble, source, header))
                 tasks.create_task(output.collect(process))
                 tasks.create_task(_keep_tail(process, stderr))
             returncode = await process.wait()
@@ -255,33 +247,37 @@ async def _read_preamble(upload: AsyncIterator[bytes], header: WavHeader) -> lis
     return preamble
 
 
-async def _limited(source: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
-    received = 0
-    async for chunk in source:
-        received += len(chunk)
-        if received > max_bytes:
-            raise UploadTooLarge(f"The upload is larger than the limit of {max_bytes >> 20} MiB.")
-        yield chunk
-
-
 async def _feed(
     process: asyncio.subprocess.Process, preamble: list[bytes], upload: AsyncIterator[bytes], header: WavHeader
 ) -> None:
+    """Write the upload into FFmpeg's stdin, then close it.
+
+    Only the writes are guarded: a broken pipe there means FFmpeg stopped
+    reading (its exit status says why). The same exception classes raised while
+    reading the upload mean the client went away, and must end the conversion;
+    swallowing them once left FFmpeg waiting for input that never came."""
     stdin = process.stdin
     assert stdin is not None
-    try:
-        for chunk in preamble:
-            stdin.write(chunk)
-        await stdin.drain()
-        async for chunk in upload:
-            header.feed(chunk)
-            stdin.write(chunk)
-            await stdin.drain()
+    for chunk in preamble:
+        if not await _write(stdin, chunk):
+            return
+    async for chunk in upload:
+        header.feed(chunk)
+        if not await _write(stdin, chunk):
+            return
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         stdin.close()
         await stdin.wait_closed()
+
+
+async def _write(stdin: asyncio.StreamWriter, chunk: bytes) -> bool:
+    """Hand FFmpeg one chunk; False when it no longer reads."""
+    try:
+        stdin.write(chunk)
+        await stdin.drain()
     except (BrokenPipeError, ConnectionResetError):
-        # FFmpeg stopped reading: it failed, and its exit status will say so.
-        return
+        return False
+    return True
 
 
 async def _keep_tail(process: asyncio.subprocess.Process, kept: bytearray) -> None:

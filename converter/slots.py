@@ -1,4 +1,5 @@
-"""A bounded number of conversions at once, and a bounded wait for a turn."""
+"""A bounded number of conversions at once, a bounded wait for a turn, and
+the register of uploads in progress that a shutdown waits for, then cancels."""
 
 from __future__ import annotations
 
@@ -18,14 +19,23 @@ class NoFreeSlot(ConversionError):
         self.retry_after = max(1, math.ceil(retry_after))
 
 
+class ShuttingDown(ConversionError):
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("The service is shutting down; try again shortly.")
+        self.retry_after = 1
+
+
 class ConversionSlots:
     def __init__(self, size: int, queue_timeout: float) -> None:
         self.size = size
         self.queue_timeout = queue_timeout
         self.active = 0
         self.waiting = 0
-        self.uploads = 0  # from the first byte read to the answer, slot or not
+        self.draining = False  # set at shutdown: no new upload starts
         self._semaphore = asyncio.Semaphore(size)
+        self._uploads: set[asyncio.Task[object]] = set()
         self._no_uploads = asyncio.Event()
         self._no_uploads.set()
 
@@ -33,20 +43,38 @@ class ConversionSlots:
     def free(self) -> int:
         return self.size - self.active
 
+    @property
+    def uploads(self) -> int:
+        """Uploads from the first byte read to the answer, with a slot or not."""
+        return len(self._uploads)
+
     @contextlib.asynccontextmanager
     async def upload(self) -> AsyncIterator[None]:
-        """Count an upload in progress, so a shutdown can wait for it."""
-        self.uploads += 1
+        """Register the upload this task runs, so a shutdown can wait for it and then cancel it."""
+        if self.draining:
+            raise ShuttingDown
+        task = asyncio.current_task()
+        assert task is not None
+        self._uploads.add(task)
         self._no_uploads.clear()
         try:
             yield
         finally:
-            self.uploads -= 1
-            if self.uploads == 0:
+            self._uploads.discard(task)
+            if not self._uploads:
                 self._no_uploads.set()
 
     async def no_uploads(self) -> None:
         await self._no_uploads.wait()
+
+    async def cancel_uploads(self, cleanup_s: float) -> None:
+        """Cancel every upload still in progress and give them ``cleanup_s`` to
+        clean up (kill FFmpeg, roll back). Their clients get no answer."""
+        tasks = list(self._uploads)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=cleanup_s)
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:

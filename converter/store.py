@@ -32,7 +32,6 @@ async def store_upload(
     *,
     ffmpeg: str,
     options: EncodeOptions,
-    max_bytes: int,
     time_limit_s: float,
 ) -> asyncpg.Record:
     """Convert and store one upload; returns its row of api.record_finish."""
@@ -44,9 +43,7 @@ async def store_upload(
         async def append(chunk: bytes) -> None:
             await connection.execute("SELECT api.record_append($1, $2)", record_id, chunk)
 
-        converted = await convert(
-            upload.body, append, ffmpeg=ffmpeg, options=options, max_bytes=max_bytes, time_limit_s=time_limit_s
-        )
+        converted = await convert(upload.body, append, ffmpeg=ffmpeg, options=options, time_limit_s=time_limit_s)
         await connection.execute(
             "SELECT api.record_overwrite($1, $2, $3)", record_id, converted.header_offset, converted.header_frame
         )

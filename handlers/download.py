@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
-from handlers.errors import ApiError
+from handlers.errors import ApiError, ResponseBroken
 from handlers.keys import POOL
 from handlers.params import record_id_from, user_id_from
 
@@ -25,7 +25,9 @@ READ_CHUNK = 1024 * 1024
 # Reads in flight per download, each on its own pool connection: PostgreSQL's
 # reading of the large object is the slow part, and two backends use two cores.
 READS_AHEAD = 2
-RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+# Positions beyond any file: more digits than this are read as "past the end".
+MAX_POSITION_DIGITS = 18
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -75,7 +77,10 @@ async def _serve(request: web.Request, record_id: UUID, user_id: int) -> web.Str
 async def _stream(
     pool: asyncpg.Pool, response: web.StreamResponse, record_id: UUID, user_id: int, start: int, stop: int
 ) -> None:
-    """Write the bytes [start, stop), reading the next chunk while the current one is sent."""
+    """Write the bytes [start, stop), reading the next chunk while the current one is sent.
+
+    A failure here comes after the status line (the record deleted meanwhile,
+    the database gone): it can only break the response off (ResponseBroken)."""
 
     async def read(offset: int) -> bytes:
         count = min(READ_CHUNK, stop - offset)
@@ -84,13 +89,18 @@ async def _stream(
 
     upcoming = iter(range(start, stop, READ_CHUNK))
     reads: deque[asyncio.Future[bytes]] = deque()
+    sent = 0
     try:
         while True:
             while len(reads) < READS_AHEAD and (offset := next(upcoming, None)) is not None:
                 reads.append(asyncio.ensure_future(read(offset)))
             if not reads:
                 return
-            await response.write(await reads.popleft())
+            chunk = await reads.popleft()
+            await response.write(chunk)
+            sent += len(chunk)
+    except Exception as error:
+        raise ResponseBroken(response, error, sent) from error
     finally:
         for pending in reads:  # the client went away mid-download
             pending.cancel()
@@ -115,19 +125,26 @@ def _wanted_range(request: web.Request, etag: str, size: int) -> tuple[int, int]
     match = RANGE.fullmatch(header.strip())
     if match is None or match.group(1) == match.group(2) == "":
         return None
-    first, last = match.group(1), match.group(2)
-    if first == "":  # the last N bytes
-        start, end = max(0, size - int(last)), size - 1
-        if int(last) == 0:
+    first, last = _position(match.group(1)), _position(match.group(2))
+    if first is None:  # the last N bytes
+        assert last is not None
+        start, end = max(0, size - last), size - 1
+        if last == 0:
             raise _unsatisfiable(size)
     else:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if last and int(last) < start:
+        start = first
+        end = min(last, size - 1) if last is not None else size - 1
+        if last is not None and last < start:
             return None
     if start >= size:
         raise _unsatisfiable(size)
     return start, end
+
+
+def _position(digits: str) -> int | None:
+    if not digits:
+        return None
+    return int(digits) if len(digits) <= MAX_POSITION_DIGITS else 10**MAX_POSITION_DIGITS
 
 
 def _unsatisfiable(size: int) -> ApiError:

@@ -23,11 +23,25 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from converter.pipeline import ConversionError
-from converter.slots import NoFreeSlot
+from converter.slots import NoFreeSlot, ShuttingDown
+from handlers.keys import BROKEN_OFF
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "5"
+# What a request whose client went away is counted as: its body ended early.
+CLIENT_GONE = 400
+
+
+class ResponseBroken(Exception):
+    """A failure after the response's status line went out: no second answer can
+    follow it, so the connection is ended and the client sees a short body."""
+
+    def __init__(self, response: web.StreamResponse, cause: Exception, sent: int) -> None:
+        super().__init__(str(cause))
+        self.response = response
+        self.cause = cause
+        self.sent = sent  # body bytes written before it broke
 
 
 class ApiError(Exception):
@@ -90,7 +104,7 @@ def api_error_for(error: BaseException) -> ApiError:
     """The answer an exception deserves (logging is the middleware's)."""
     if isinstance(error, ApiError):
         return error
-    if isinstance(error, NoFreeSlot):
+    if isinstance(error, (NoFreeSlot, ShuttingDown)):
         return ApiError(503, str(error), {"Retry-After": str(error.retry_after)})
     if isinstance(error, ConversionError):
         return ApiError(error.status, str(error))
@@ -100,7 +114,7 @@ def api_error_for(error: BaseException) -> ApiError:
         return database_unavailable()
     if isinstance(error, (ConnectionResetError, ClientPayloadError, HttpProcessingError)):
         # The client went away or sent a broken body; it rarely hears this answer.
-        return ApiError(400, "The request body ended before it was complete.")
+        return ApiError(CLIENT_GONE, "The request body ended before it was complete.")
     return ApiError(500, "Internal error.")
 
 
@@ -108,6 +122,18 @@ def api_error_for(error: BaseException) -> ApiError:
 async def error_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except ResponseBroken as broken:
+        if isinstance(broken.cause, ConnectionError):
+            why, unexpected = "the client closed the connection", None
+        else:
+            cause = api_error_for(broken.cause)
+            why, unexpected = cause.message, (broken.cause if cause.status >= 500 else None)
+        request[BROKEN_OFF] = f"after {broken.sent} bytes: {why}"
+        log.warning("%s %s broke off %s", request.method, request.path, request[BROKEN_OFF], exc_info=unexpected)
+        broken.response.force_close()
+        if request.transport is not None:
+            request.transport.close()  # after what was sent: the client sees a body shorter than announced
+        return broken.response
     except web.HTTPException as http_error:
         if http_error.status < 400:
             raise

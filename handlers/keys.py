@@ -13,3 +13,5 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 SLOTS = web.AppKey("slots", ConversionSlots)
 METRICS = web.AppKey("metrics", Metrics)
+# Why a response that had begun was broken off (for the access log).
+BROKEN_OFF = web.RequestKey("broken_off", str)

@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers.errors import RETRY_AFTER_S, error_response, ok
-from handlers.keys import METRICS, POOL, SETTINGS, SLOTS
+from handlers.keys import BROKEN_OFF, METRICS, POOL, SETTINGS, SLOTS
 
 access_log = logging.getLogger("mp3.access")
 
@@ -72,27 +72,44 @@ async def health_problems(request: web.Request) -> list[str]:
 
 @web.middleware
 async def request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (the client's X-Request-Id when it is sane) and log it once."""
+    """Give every request an id (the client's X-Request-Id when it is sane) and log it once,
+    also when it ends without a complete answer (the client left, the answer broke off)."""
     given = request.headers.get("X-Request-Id", "")
     request[REQUEST_ID] = given if CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     started = time.perf_counter()
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except asyncio.CancelledError:
+        _log_access(request, started, None, "cancelled: the client went away or the service is stopping")
+        raise
+    _log_access(request, started, response, request.get(BROKEN_OFF))
+    return response
+
+
+def _log_access(
+    request: web.Request, started: float, response: web.StreamResponse | None, broken_off: str | None
+) -> None:
+    status = response.status if response is not None else None
+    sent = response.body_length if response is not None and response.prepared else None
+    outcome = str(status) if status is not None else "-"
+    if broken_off is not None:
+        outcome += f" broken off {broken_off}" if status is not None else f" {broken_off}"
     access_log.info(
-        "%s %s %d",
+        "%s %s %s",
         request.method,
-        request.path,
-        response.status,
+        request.path,  # never the query or headers: no credential is ever logged
+        outcome,
         extra={
             "request_id": request[REQUEST_ID],
             "method": request.method,
-            "path": request.path,  # never the query or headers: no credential is ever logged
-            "status": response.status,
+            "path": request.path,
+            "status": status,
+            "broken_off": broken_off,
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            "bytes": response.body_length if response.prepared else None,
+            "bytes": sent,
             "remote": request.remote,
         },
     )
-    return response
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -104,7 +121,7 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors (LOG_FORMAT=json)."""
 
-    FIELDS = ("request_id", "method", "path", "status", "duration_ms", "bytes", "remote")
+    FIELDS = ("request_id", "method", "path", "status", "broken_off", "duration_ms", "bytes", "remote")
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -119,10 +136,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record: control characters in the message (a path can carry
+    %0d%0a) are escaped, so no request can write a line of its own into the log."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        escaped = logging.makeLogRecord(record.__dict__)
+        escaped.message = escape_controls(record.message)
+        return super().formatMessage(escaped)
+
+
+def escape_controls(text: str) -> str:
+    return CONTROL_CHARACTERS.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def configure_logging(log_format: str) -> None:
     handler = logging.StreamHandler()
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

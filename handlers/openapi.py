@@ -37,7 +37,9 @@ def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
 BAD_REQUEST = _error("Malformed JSON, form, ids or options")
 UNAUTHORIZED = _error("Missing or wrong credentials, or an unknown user (the same answer)", "WWW-Authenticate")
 NOT_FOUND = _error("No such record, or another user's (the same answer)")
-UNAVAILABLE = _error("The database is unreachable, or every conversion slot stayed busy", "Retry-After")
+UNAVAILABLE = _error(
+    "The database is unreachable, every conversion slot stayed busy, or the service is stopping", "Retry-After"
+)
 
 CREDENTIALS: list[dict[str, list[str]]] = [{"basic": []}, {"userHeaders": []}]
 RECORD_QUERY = [
@@ -89,9 +91,9 @@ UPLOAD_BODY = {
 UPLOAD_ERRORS = {
     "400": BAD_REQUEST,
     "401": UNAUTHORIZED,
-    "408": _error("The upload sent nothing for READ_TIMEOUT_S"),
+    "408": _error("The body sent nothing for READ_TIMEOUT_S, or arrived slower than MIN_UPLOAD_KBPS"),
     "413": _error("Larger than MAX_UPLOAD_MB"),
-    "415": _error("Neither multipart nor WAV, or the file is not a RIFF/RF64 WAVE"),
+    "415": _error("Neither multipart nor WAV, the file is not a RIFF/RF64 WAVE, or a Content-Encoding was given"),
     "422": _error("A WAV that cannot be converted, holds no audio, or took longer than FFMPEG_TIMEOUT_S"),
     "503": UNAVAILABLE,
 }
@@ -139,7 +141,10 @@ def _user_created(token_key: str, description: str) -> dict[str, Any]:
                 "The user, with its token",
             ),
             "400": BAD_REQUEST,
+            "408": _error("The body sent nothing for READ_TIMEOUT_S, or arrived slower than MIN_UPLOAD_KBPS"),
             "409": _error("The username is taken (without regard to case)"),
+            "413": _error("A body larger than 64 KiB"),
+            "415": _error("A Content-Encoding was given"),
             "503": UNAVAILABLE,
         },
     }

@@ -10,7 +10,6 @@ from pathlib import PurePosixPath
 from uuid import UUID
 
 from aiohttp import hdrs, web
-from aiohttp.helpers import parse_mimetype
 
 from converter.mp3 import MP3_SAMPLE_RATES
 from converter.pipeline import EncodeOptions
@@ -18,6 +17,7 @@ from handlers.errors import ApiError, unauthorized
 from settings import LAME_CBR_KBPS
 
 MAX_BIGINT = 2**63 - 1
+MAX_BIGINT_DIGITS = len(str(MAX_BIGINT))
 TAG_FIELDS = ("title", "artist", "album")
 MAX_TAG_CHARACTERS = 255
 
@@ -28,19 +28,11 @@ class Credentials:
     token: str
 
 
-def multipart_form(request: web.Request) -> bool:
-    """Whether the body is multipart/form-data; 400 when it says so without a boundary."""
-    if request.content_type != "multipart/form-data":
-        return False
-    if not parse_mimetype(request.headers.get(hdrs.CONTENT_TYPE, "")).parameters.get("boundary"):
-        raise ApiError(400, "A multipart/form-data body needs a boundary in its Content-Type.")
-    return True
-
-
 def user_id_from(raw: str | None, name: str = "user") -> int:
     if raw is None or raw == "":
         raise ApiError(400, f"The parameter {name} (a user id) is required.")
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_BIGINT:
+    # The length first: int() of thousands of digits is refused by Python, and slow.
+    if len(raw) > MAX_BIGINT_DIGITS or not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_BIGINT:
         raise ApiError(400, f"The parameter {name} must be a user id: a positive whole number.")
     return int(raw)
 
@@ -54,12 +46,9 @@ def record_id_from(raw: str | None, name: str = "id") -> UUID:
         raise ApiError(400, f"The parameter {name} must be a record id (a UUID).") from None
 
 
-def credentials_from(request: web.Request, fields: Mapping[str, str] | None = None) -> Credentials:
-    """Multipart fields user/token, HTTP Basic (user id : token), or headers user_id/user_uuid."""
-    fields = fields or {}
-    if "user" in fields or "token" in fields:
-        return _credentials(fields.get("user"), fields.get("token"))
-    authorization = request.headers.get("Authorization", "")
+def header_credentials(request: web.Request) -> Credentials | None:
+    """HTTP Basic (user id : token) or the older clients' headers user_id/user_uuid; None when neither is sent."""
+    authorization = request.headers.get(hdrs.AUTHORIZATION, "")
     if authorization[:6].lower() == "basic ":
         try:
             user, _, token = b64decode(authorization[6:].strip(), validate=True).decode("utf-8").partition(":")
@@ -68,7 +57,23 @@ def credentials_from(request: web.Request, fields: Mapping[str, str] | None = No
         return _credentials(user, token)
     if "user_id" in request.headers or "user_uuid" in request.headers:
         return _credentials(request.headers.get("user_id"), request.headers.get("user_uuid"))
-    raise unauthorized()
+    if authorization:
+        raise unauthorized()
+    return None
+
+
+def credentials_from(request: web.Request, fields: Mapping[str, str] | None = None) -> Credentials:
+    """Credentials from the headers, else from the form fields user and token (multipart uploads)."""
+    fields = fields or {}
+    from_headers = header_credentials(request)
+    given_as_fields = "user" in fields or "token" in fields
+    if from_headers is None:
+        if not given_as_fields:
+            raise unauthorized()
+        return _credentials(fields.get("user"), fields.get("token"))
+    if given_as_fields and _credentials(fields.get("user"), fields.get("token")) != from_headers:
+        raise ApiError(400, "Credentials were given twice, and differently: send them once.")
+    return from_headers
 
 
 def _credentials(user: str | None, token: str | None) -> Credentials:

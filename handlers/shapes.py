@@ -2,35 +2,58 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 from yarl import URL
 
+from handlers.errors import ApiError
 from handlers.keys import SETTINGS
 
 WILDCARD = "0.0.0.0"  # noqa: S104 - compared against, never bound to
+# RFC 3986 host (a name, IPv4, or [IPv6]) and optional port, as a Host header carries them.
+HOST = re.compile(r"(?P<name>[A-Za-z0-9._-]+|\[(?P<ip6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{1,5}))?")
 
 
-def record_url(request: web.Request, record_id: object, user_id: int) -> str:
-    """PUBLIC_URL when set, else the host and port the client used (never 0.0.0.0)."""
+def link_base(request: web.Request) -> URL:
+    """Where download links point: PUBLIC_URL when set, else the host and port the
+    client used (never 0.0.0.0). Checked before any work is done for the request,
+    so a link can always be built once a record is stored; 400 for a Host that
+    names no place a link could point to."""
     public = request.app[SETTINGS].public_url
     if public:
-        base = URL(public)
-    else:
-        host = request.host
-        if host.startswith(WILDCARD):  # a client that dialled the wildcard address
-            host = "localhost" + host[len(WILDCARD) :]
-        base = URL(f"{request.scheme}://{host}")
-    return str(base.with_path(base.path.rstrip("/") + "/record").with_query(id=str(record_id), user=user_id))
+        return URL(public)
+    host = request.host
+    if host.startswith(WILDCARD):  # a client that dialled the wildcard address
+        host = "localhost" + host[len(WILDCARD) :]
+    match = HOST.fullmatch(host)
+    if match is None or not 0 < int(match["port"] or 80) <= 65535 or not _valid_ip6(match["ip6"]):
+        raise ApiError(400, "The Host header must be a host name or address, with a port from 1 to 65535.")
+    return URL(f"{request.scheme}://{host}")
 
 
-def record_json(request: web.Request, row: asyncpg.Record) -> dict[str, Any]:
+def _valid_ip6(text: str | None) -> bool:
+    if text is None:
+        return True
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def record_url(links: URL, record_id: object, user_id: int) -> str:
+    return str(links.with_path(links.path.rstrip("/") + "/record").with_query(id=str(record_id), user=user_id))
+
+
+def record_json(links: URL, row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
         "user": row["user_id"],
-        "url": record_url(request, row["id"], row["user_id"]),
+        "url": record_url(links, row["id"], row["user_id"]),
         "filename": row["filename"],
         "size": row["size"],
         "duration": row["duration"],

@@ -7,9 +7,12 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
+from handlers.body import MultipartForm, PacedBody, multipart_boundary, pace_of
 from handlers.errors import ApiError, ok
-from handlers.keys import POOL
-from handlers.params import multipart_form
+from handlers.keys import POOL, SETTINGS
+
+# A username is at most 64 characters; the rest is room for JSON or a form around it.
+MAX_BODY_BYTES = 64 * 1024
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -31,11 +34,13 @@ async def _create(request: web.Request) -> dict[str, object]:
 
 
 async def _username_from(request: web.Request) -> str:
+    body = PacedBody(request, pace_of(request.app[SETTINGS]), MAX_BODY_BYTES)
     value: object
-    if multipart_form(request):
-        value = (await request.post()).get("username")
+    boundary = multipart_boundary(request)
+    if boundary is not None:
+        value = (await MultipartForm(body, boundary).all_fields()).get("username")
     else:
-        raw = await request.read()
+        raw = await body.read_all()
         # curl -d '{"username": ...}' labels JSON as a urlencoded form: the body decides.
         if request.content_type == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
             value = _last(parse_qs(raw.decode("utf-8", "replace")).get("username"))
@@ -49,7 +54,7 @@ async def _username_from(request: web.Request) -> str:
 def _json_username(raw: bytes) -> object:
     try:
         body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested past Python's stack
         raise ApiError(400, 'The body must be JSON like {"username": "alice"}.') from None
     return body.get("username") if isinstance(body, dict) else None
 

@@ -15,18 +15,20 @@ import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 from pytest_postgresql import factories
 
 from app import init_app
 from db.apply import DEFAULT_SERVICE_ROLE, apply
+from handlers.server import make_runner
 from settings import Settings, find_ffmpeg
+from tests.support import ServiceProcess
 
 PG_CTL = Path(__file__).resolve().parent / "pg_ctl_as_postgres"
 
@@ -76,12 +78,22 @@ def service_settings(postgresql: psycopg.Connection) -> Settings:
 MakeClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
+class ServiceTestServer(TestServer):
+    """aiohttp's test server, with the runner app.py serves with (not the test
+    server's own settings: it cancels handlers and bounds connections its way)."""
+
+    async def _make_runner(self, **ignored: Any) -> web.AppRunner:
+        return make_runner(self.app)
+
+
 @pytest.fixture
 def make_client(aiohttp_client: AiohttpClient, service_settings: Settings) -> MakeClient:
     """Start the real application; keyword arguments override its settings."""
 
     async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
-        return await aiohttp_client(init_app(dataclasses.replace(service_settings, **overrides)))
+        server = ServiceTestServer(init_app(dataclasses.replace(service_settings, **overrides)))
+        # pytest-aiohttp types a client of a server as having no app; ours has one.
+        return cast(TestClient[web.Request, web.Application], await aiohttp_client(server))
 
     return start
 
@@ -89,6 +101,17 @@ def make_client(aiohttp_client: AiohttpClient, service_settings: Settings) -> Ma
 @pytest.fixture
 async def client(make_client: MakeClient) -> TestClient[web.Request, web.Application]:
     return await make_client()
+
+
+@pytest.fixture
+def service_process(service_settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """app.py as a real process on this test's database (start it with ``await .start()``;
+    its ``env`` may be changed before). Its log is in ``.log``."""
+    service = ServiceProcess(
+        service_settings, tmp_path / "service.log", SHUTDOWN_TIMEOUT_S="3", CONVERT_CONCURRENCY="2"
+    )
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="session")

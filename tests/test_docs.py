@@ -6,7 +6,7 @@ import re
 
 from aiohttp import hdrs
 
-from tests.test_http import Client, expect_error
+from tests.support import Client, expect_error
 
 
 def registered_routes(client: Client) -> set[tuple[str, str]]:

@@ -3,103 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import struct
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
-from aiohttp import ClientResponse, FormData, web
-from aiohttp.test_utils import TestClient
-from yarl import URL
+from aiohttp import FormData
 
 from handlers.keys import SLOTS
 from tests.conftest import MakeClient, probe
-
-Client = TestClient[web.Request, web.Application]
-Audio = Callable[..., bytes]
-
-
-# --- helpers --------------------------------------------------------------------
-
-
-async def new_user(client: Client, name: str = "alice") -> tuple[int, str]:
-    response = await client.post("/users", json={"username": name})
-    assert response.status == 201, await response.text()
-    data = (await response.json())["data"]
-    return data["id"], data["token"]
-
-
-def basic(user_id: int | str, token: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user_id}:{token}".encode()).decode()}
-
-
-def form(wav: bytes, filename: str = "song.wav", field: str = "file", **fields: Any) -> FormData:
-    data = FormData()
-    for name, value in fields.items():
-        data.add_field(name, str(value))
-    data.add_field(field, wav, filename=filename, content_type="audio/wav")
-    return data
-
-
-async def upload(client: Client, user: tuple[int, str], wav: bytes, **fields: Any) -> ClientResponse:
-    user_id, token = user
-    return await client.post("/record", data=form(wav, user=user_id, token=token, **fields))
-
-
-def local(url: str) -> str:
-    """The path and query of a link the service gave, for the test client."""
-    return str(URL(url).relative())
-
-
-async def expect_error(response: ClientResponse, status: int) -> dict[str, Any]:
-    """The response is the JSON error envelope with this status."""
-    assert response.status == status, await response.text()
-    assert response.content_type == "application/json"
-    body: dict[str, Any] = await response.json()
-    assert set(body) == {"code", "status", "message", "data"}
-    assert body["code"] == status
-    assert body["data"] == {}
-    assert body["message"]
-    assert "Traceback" not in body["message"]
-    assert "SELECT" not in body["message"]
-    return body
-
-
-def wav_header(channels: int = 2, rate: int = 44100, bits: int = 16, data_size: int = 0, tag: int = 1) -> bytes:
-    block_align = channels * ((bits + 7) // 8)
-    fmt = struct.pack("<HHIIHH", tag, channels, rate, (rate * block_align) & 0xFFFFFFFF, block_align & 0xFFFF, bits)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", data_size)
-    return b"RIFF" + struct.pack("<I", len(body) + data_size) + body
-
-
-def count(owner: psycopg.Connection, query: str) -> int:
-    row = owner.execute(query).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def nothing_stored(owner: psycopg.Connection) -> bool:
-    records = count(owner, "SELECT count(*) FROM app.records")
-    objects = count(owner, "SELECT count(*) FROM pg_largeobject_metadata")
-    return records == 0 and objects == 0
-
-
-async def held_body(wav: bytes, release: asyncio.Event, head: int = 8192) -> AsyncIterator[bytes]:
-    """An upload body that sends the WAV's first bytes, then nothing until release is set."""
-    yield wav[:head]
-    await release.wait()
-    yield wav[head:]
-
-
-async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    """Wait for something the server does in the background; fail if it never happens."""
-    async with asyncio.timeout(seconds):
-        while not condition():  # noqa: ASYNC110 - the server's state offers no event to wait on
-            await asyncio.sleep(0.02)
-
+from tests.support import (
+    Audio,
+    Client,
+    basic,
+    count,
+    expect_error,
+    form,
+    held_body,
+    local,
+    new_user,
+    nothing_stored,
+    until,
+    upload,
+    wav_header,
+)
 
 # --- users ----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 from handlers.keys import SLOTS
 from handlers.observe import JsonFormatter
 from tests.conftest import MakeClient
-from tests.test_http import Audio, Client, basic, expect_error, held_body, local, new_user, until, upload
+from tests.support import Audio, Client, basic, expect_error, held_body, local, new_user, until, upload
 
 
 async def test_every_response_carries_a_request_id_the_clients_when_sane(client: Client, audio: Audio) -> None:
@@ -92,3 +92,12 @@ async def test_metrics_count_conversions_bytes_and_storage(client: Client, audio
     assert sample(text, "mp3_stored_records") == 1
     assert sample(text, "mp3_active_conversions") == 0
     assert sample(text, "mp3_queue_depth") == 0
+
+
+async def test_a_stopping_service_refuses_new_uploads_with_503(client: Client, audio: Audio) -> None:
+    """After SIGTERM, a keep-alive client may still send an upload: it is told to come back, not started."""
+    client.app[SLOTS].draining = True
+    response = await upload(client, await new_user(client), audio())
+    body = await expect_error(response, 503)
+    assert "shutting down" in body["message"]
+    assert response.headers["Retry-After"] == "1"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import probe
-from tests.test_http import Audio, Client, expect_error, local, new_user, upload
+from tests.support import Audio, Client, expect_error, local, new_user, upload
 
 
 async def converted(client: Client, wav: bytes, **fields: Any) -> tuple[dict[str, Any], bytes]:

@@ -5,18 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import psycopg
 import pytest
@@ -28,7 +21,7 @@ from pytest_postgresql.executors import PostgreSQLExecutor
 from handlers.keys import SLOTS
 from settings import Settings
 from tests.conftest import PG_CTL, MakeClient, load_schema, probe
-from tests.test_http import (
+from tests.support import (
     Audio,
     Client,
     basic,
@@ -37,8 +30,10 @@ from tests.test_http import (
     form,
     held_body,
     local,
+    multipart_head,
     new_user,
     nothing_stored,
+    raw_request,
     until,
     upload,
     wav_header,
@@ -110,24 +105,6 @@ async def test_no_byte_of_a_referenced_local_file_ever_leaks(
     stored = owner.execute("SELECT coalesce(string_agg(data, ''::bytea), '') FROM pg_largeobject").fetchone()
     assert stored is not None
     assert passwd[:16] not in bytes(stored[0])
-
-
-async def raw_request(client: Client, head: bytes, body: bytes = b"") -> bytes:
-    """Send bytes as they are (no client library tidying them up); the answer's bytes."""
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(head + body)
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(65536), 30)
-    writer.close()
-    return answer
-
-
-def multipart_head(boundary: str, length: int, user: tuple[int, str] | None = None) -> bytes:
-    auth = "".join(f"{k}: {v}\r\n" for k, v in basic(*user).items()) if user else ""
-    return (
-        f"POST /record HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-        f"Content-Length: {length}\r\n{auth}Connection: close\r\n\r\n"
-    ).encode()
 
 
 async def test_multipart_without_its_closing_boundary_is_refused_and_leaves_nothing(
@@ -308,123 +285,6 @@ async def test_database_stopped_then_back_the_service_recovers_by_itself(
     assert (await upload(client, user, audio())).status == 201
 
 
-# --- the service process killed or stopped ----------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        return int(probe_socket.getsockname()[1])
-
-
-class ServiceProcess:
-    """app.py as a real process, the way it runs in production."""
-
-    def __init__(self, settings: Settings, **env: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DATABASE_URL": settings.database_url, "PORT": str(self.port),
-                    "HOST": "127.0.0.1", "FFMPEG_BINARY": settings.ffmpeg_binary, **env}  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env)
-
-    async def start(self) -> None:
-        self.spawn()
-        async with aiohttp.ClientSession() as session:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with session.get(f"{self.base}/health") as response:
-                            if response.status == 200:
-                                return
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.05)
-
-    async def new_user(self, session: aiohttp.ClientSession, name: str) -> tuple[int, str]:
-        created = await (await session.post(f"{self.base}/users", json={"username": name})).json()
-        return created["data"]["id"], created["data"]["token"]
-
-    def signal(self, number: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(number)
-
-    def wait(self) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=60)
-
-
-@pytest.fixture
-def service_process(service_settings: Settings) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(service_settings, SHUTDOWN_TIMEOUT_S="3")
-    yield service
-    if service.process is not None and service.process.poll() is None:
-        service.process.kill()
-        service.process.wait()
-
-
-async def only_one_record_once_the_service_is_gone(owner: psycopg.Connection) -> None:
-    """Once PostgreSQL has seen the service's sessions end, exactly the one finished record remains."""
-    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
-    assert count(owner, "SELECT count(*) FROM app.records") == 1
-    assert count(owner, "SELECT count(*) FROM pg_largeobject_metadata") == 1
-
-
-async def held_upload(
-    session: aiohttp.ClientSession, base: str, user: tuple[int, str], wav: bytes, release: asyncio.Event
-) -> aiohttp.ClientResponse:
-    headers = {**basic(*user), "Content-Type": "audio/wav"}
-    return await session.post(f"{base}/record", data=held_body(wav, release, len(wav) // 4), headers=headers)
-
-
-async def test_sigkill_mid_upload_loses_nothing_committed_and_leaves_nothing_half(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
-) -> None:
-    await service_process.start()
-    base = service_process.base
-    async with aiohttp.ClientSession() as session:
-        user = await service_process.new_user(session, "kill")
-        first = await (await session.post(f"{base}/record", data=form(audio(), user=user[0], token=user[1]))).json()
-        before = await (await session.get(first["data"]["url"])).read()
-
-        pending = asyncio.create_task(held_upload(session, base, user, audio(seconds=10), asyncio.Event()))
-        await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'") > 0)
-        service_process.signal(signal.SIGKILL)
-        service_process.wait()
-        with pytest.raises(aiohttp.ClientError):
-            await pending
-
-    await only_one_record_once_the_service_is_gone(owner)
-
-    await service_process.start()
-    async with aiohttp.ClientSession() as session:
-        assert await (await session.get(first["data"]["url"])).read() == before
-
-
-async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
-) -> None:
-    await service_process.start()
-    base = service_process.base
-    async with aiohttp.ClientSession() as session:
-        user = await service_process.new_user(session, "term")
-        finishing, stuck = asyncio.Event(), asyncio.Event()
-        will_finish = asyncio.create_task(held_upload(session, base, user, audio(seconds=3), finishing))
-        will_stall = asyncio.create_task(held_upload(session, base, user, audio(seconds=4), stuck))
-        idle = "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'"
-        await until(lambda: count(owner, idle) == 2)
-
-        service_process.signal(signal.SIGTERM)
-        finishing.set()  # this one completes within the shutdown timeout (5 s)
-        assert (await will_finish).status == 201
-        assert service_process.wait() == 0  # the other is cancelled when the timeout ends
-        with pytest.raises(aiohttp.ServerDisconnectedError):  # cancelled: no answer at all
-            await will_stall
-
-    await only_one_record_once_the_service_is_gone(owner)
-
-
 @pytest.mark.parametrize("path", ["/users", "/users.create", "/record", "/files.convert"])
 async def test_multipart_without_a_boundary_is_400(client: Client, path: str) -> None:
     response = await client.post(path, data=b'{"username": "x"}', headers={"Content-Type": "multipart/form-data"})
@@ -443,3 +303,115 @@ async def test_form_fields_are_bounded_in_size_and_number(
     body = await expect_error(await client.post("/record", data=many), 400)
     assert "At most" in body["message"]
     assert nothing_stored(owner)
+
+
+# --- inputs that once gave a 500 -------------------------------------------------------
+
+HUGE_NUMBER = "9" * 5000  # past Python's 4300-digit limit for int()
+NO_RECORD = "00000000-0000-0000-0000-000000000000"
+USERNAME_PART = b'--B\r\nContent-Disposition: form-data; name="username"\r\n'
+LONG_BOUNDARY = "b" * 71
+
+
+def raw(target: str, headers: dict[str, str] | None = None, body: bytes = b"", content_type: str = "") -> bytes:
+    """A request as bytes, exactly as given (headers as UTF-8, as a careless client sends them)."""
+    method = "POST" if body or content_type else "GET"
+    lines = [f"{method} {target} HTTP/1.1", "Host: x", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if content_type:
+        lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def users_form(body: bytes, content_type: str = "multipart/form-data; boundary=B") -> bytes:
+    return raw("/users", body=body, content_type=content_type)
+
+
+ONCE_500 = {
+    "huge user id in the query": raw(f"/record?id={NO_RECORD}&user={HUGE_NUMBER}"),
+    "huge user id in Basic": raw(
+        "/records", {"Authorization": "Basic " + base64.b64encode(f"{HUGE_NUMBER}:{NO_RECORD}".encode()).decode()}
+    ),
+    "nested JSON": raw("/users", body=b"[" * 60000, content_type="application/json"),
+    "multipart never closed": users_form(USERNAME_PART + b"\r\nann\r\n"),
+    "multipart value not UTF-8": users_form(USERNAME_PART + b"\r\n\xff\xfeann\r\n--B--\r\n"),
+    "part charset unknown": users_form(
+        USERNAME_PART + b"Content-Type: text/plain; charset=nope\r\n\r\nann\r\n--B--\r\n"
+    ),
+    "body charset unknown": users_form(
+        USERNAME_PART + b"\r\nann\r\n--B--\r\n", "multipart/form-data; boundary=B; charset=nope"
+    ),
+    "boundary twice": users_form(
+        USERNAME_PART + b"\r\nann\r\n--B--\r\n", "multipart/form-data; boundary=B; boundary=C"
+    ),
+    "boundary not ASCII": users_form("--é\r\n".encode(), "multipart/form-data; boundary=é"),
+    "boundary too long": users_form(
+        f"--{LONG_BOUNDARY}\r\n".encode(), f"multipart/form-data; boundary={LONG_BOUNDARY}"
+    ),
+    "gzip that is not": raw(
+        "/users", {"Content-Encoding": "gzip"}, b'{"username": "ann"}', content_type="application/json"
+    ),
+}
+
+
+@pytest.mark.parametrize("request_bytes", ONCE_500.values(), ids=ONCE_500.keys())
+async def test_inputs_that_once_gave_500_are_refused_in_the_envelope(client: Client, request_bytes: bytes) -> None:
+    answer = await raw_request(client, request_bytes)
+    status = int(answer.split()[1])
+    assert status in (400, 413, 415), answer[:400]
+    assert b'"code": %d' % status in answer
+
+
+@pytest.mark.parametrize("path", ["/record", "/files.convert", "/users"])
+async def test_a_boundary_longer_than_70_characters_is_400_on_every_multipart_route(
+    client: Client, audio: Audio, path: str
+) -> None:
+    user_id, token = await new_user(client)
+    fields = {"user": str(user_id), "token": token, "username": "ann"}
+    body = b"".join(
+        f'--{LONG_BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    )
+    if path != "/users":
+        body += f'--{LONG_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'.encode()
+        body += audio() + b"\r\n"
+    body += f"--{LONG_BOUNDARY}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={LONG_BOUNDARY}"}
+    await expect_error(await client.post(path, data=body, headers=headers), 400)
+
+
+@pytest.mark.parametrize("host", ["x:99999", "[::1", "x:-1", "x:0", "[zz::1]"])
+async def test_a_host_no_link_can_point_to_is_400_before_anything_is_stored(
+    client: Client, audio: Audio, owner: psycopg.Connection, host: str
+) -> None:
+    """Decided: the link is checked before the upload begins, so a bad Host can never
+    turn a stored record into a failure the client would retry (and store twice)."""
+    user = await new_user(client)
+    data = form(audio(), user=user[0], token=user[1])
+    await expect_error(await client.post("/record", data=data, headers={"Host": host}), 400)
+    await expect_error(await client.get("/records", headers={**basic(*user), "Host": host}), 400)
+    assert nothing_stored(owner)
+
+
+@pytest.mark.parametrize("path", ["/record", "/users"])
+async def test_any_content_encoding_is_415_before_the_body_is_read(client: Client, audio: Audio, path: str) -> None:
+    """Decided: bodies are taken as sent; a gzip of a WAV would be work per byte without bound."""
+    user_id, token = await new_user(client)
+    response = await client.post(
+        path,
+        data=audio(),
+        headers={**basic(user_id, token), "Content-Type": "audio/wav", "Content-Encoding": "gzip"},
+    )
+    body = await expect_error(response, 415)
+    assert "Content-Encoding" in body["message"]
+
+
+@pytest.mark.parametrize("header", [f"bytes={HUGE_NUMBER}-", f"bytes=0-{HUGE_NUMBER}", f"bytes=-{HUGE_NUMBER}"])
+async def test_a_range_of_any_length_is_answered_without_a_500(client: Client, audio: Audio, header: str) -> None:
+    data = (await (await upload(client, await new_user(client), audio())).json())["data"]
+    response = await client.get(local(data["url"]), headers={"Range": header})
+    if header.startswith(f"bytes={HUGE_NUMBER}"):  # starts past the end: RFC 9110 says 416
+        await expect_error(response, 416)
+    else:  # to the end, or the whole file
+        assert response.status in (200, 206)
+        assert len(await response.read()) == data["size"]

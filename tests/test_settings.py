@@ -16,6 +16,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.mp3_bitrate_kbps == 192
     assert settings.convert_concurrency >= 1
     assert settings.public_url is None
+    assert (settings.read_timeout_s, settings.min_upload_kbps, settings.idle_timeout_s) == (60, 64, 15)
     assert settings.ffmpeg_binary.endswith("ffmpeg") or "ffmpeg" in settings.ffmpeg_binary
 
 
@@ -29,8 +30,11 @@ def test_values_are_read_from_the_environment() -> None:
             "CONVERT_CONCURRENCY": "3",
             "QUEUE_TIMEOUT_S": "2.5",
             "PUBLIC_URL": "https://mp3.example.org/",
+            "MIN_UPLOAD_KBPS": "0",
+            "IDLE_TIMEOUT_S": "5",
         }
     )
+    assert (settings.min_upload_kbps, settings.idle_timeout_s) == (0, 5)
     assert settings.port == 9000
     assert settings.max_upload_bytes == 5 << 20
     assert settings.mp3_bitrate_kbps == 320
@@ -52,6 +56,8 @@ def test_values_are_read_from_the_environment() -> None:
         ("QUEUE_TIMEOUT_S", "soon"),
         ("QUEUE_TIMEOUT_S", "0"),
         ("PUBLIC_URL", "ftp://x"),
+        ("MIN_UPLOAD_KBPS", "-1"),
+        ("IDLE_TIMEOUT_S", "0"),
         ("FFMPEG_BINARY", "/nonexistent/ffmpeg"),
     ],
 )

@@ -1,0 +1,83 @@
+"""How the HTTP server treats connections, in one place: app.py serves with
+``make_runner`` and the tests build their server with it too, so what they
+prove about disconnects, stalls and limits is what users get."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
+
+from handlers.keys import SETTINGS
+
+# After the uploads' grace period at shutdown: what other requests (downloads) still get.
+LAST_REQUESTS_TIMEOUT_S = 2.0
+# Request heads: aiohttp's limits, stated here so they are ours to see.
+MAX_LINE_BYTES = 8190
+MAX_HEADER_BYTES = 8190
+MAX_HEADERS = 64
+# After an answer to a request whose body was not read, how long the rest is
+# read and dropped so the client sees the answer rather than a reset.
+LINGERING_S = 5.0
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    return _Runner(
+        app,
+        # A client that goes away cancels its request at once, wherever it is
+        # (waiting for a slot, converting, streaming): nothing it started lingers.
+        handler_cancellation=True,
+        # Also bounds the time to send a request's head: the timer starts when
+        # the connection opens or the previous answer ends, and partial heads
+        # do not reset it.
+        keepalive_timeout=app[SETTINGS].idle_timeout_s,
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_HEADER_BYTES,
+        max_headers=MAX_HEADERS,
+        # Bodies are taken as sent: a compressed upload would be work per byte
+        # without bound (the handlers answer 415 to any Content-Encoding).
+        auto_decompress=False,
+        lingering_time=LINGERING_S,
+        shutdown_timeout=LAST_REQUESTS_TIMEOUT_S,
+        access_log=None,  # ours: handlers.observe.request_log
+    )
+
+
+class _Connection(RequestHandler):
+    """aiohttp's connection, with one fix.
+
+    When the body of a request in progress breaks its framing (a malformed
+    chunk), aiohttp's C parser drops the body without telling the handler, and
+    the handler waits for bytes that can no longer come: an upload would hold
+    its slot and FFmpeg until the read timeout. aiohttp's pure-Python parser
+    reports the error to the body instead; this does the same. (aiohttp 3.14:
+    the parser failure shows only as an error entry queued for the connection;
+    tests/test_faults.py fails if a new aiohttp changes that.)
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        request = self._current_request
+        queued = len(self._messages)
+        super().data_received(data)
+        if request is None or len(self._messages) == queued:
+            return
+        if isinstance(self._messages[-1][0], _ErrInfo):
+            # The handler answers (400) and the connection closes after it: the
+            # queued error would only be a second, plain-text answer.
+            self._messages.pop()
+            if not request.content.is_eof():
+                request.content.set_exception(RequestPayloadError("The request body's chunked framing is broken."))
+                request.content.feed_eof()  # nothing more will come: no lingering read after the answer
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # the same server, making _Connection's
+        return server

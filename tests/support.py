@@ -1,0 +1,232 @@
+"""What the tests share: requests as clients make them, the database as an
+operator looks at it, and app.py run as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+from aiohttp import ClientResponse, FormData, web
+from aiohttp.test_utils import TestClient
+from yarl import URL
+
+from settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Client = TestClient[web.Request, web.Application]
+Audio = Callable[..., bytes]
+
+
+async def new_user(client: Client, name: str = "alice") -> tuple[int, str]:
+    response = await client.post("/users", json={"username": name})
+    assert response.status == 201, await response.text()
+    data = (await response.json())["data"]
+    return data["id"], data["token"]
+
+
+def basic(user_id: int | str, token: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user_id}:{token}".encode()).decode()}
+
+
+def form(wav: bytes, filename: str = "song.wav", field: str = "file", **fields: Any) -> FormData:
+    data = FormData()
+    for name, value in fields.items():
+        data.add_field(name, str(value))
+    data.add_field(field, wav, filename=filename, content_type="audio/wav")
+    return data
+
+
+async def upload(client: Client, user: tuple[int, str], wav: bytes, **fields: Any) -> ClientResponse:
+    user_id, token = user
+    return await client.post("/record", data=form(wav, user=user_id, token=token, **fields))
+
+
+def local(url: str) -> str:
+    """The path and query of a link the service gave, for the test client."""
+    return str(URL(url).relative())
+
+
+async def expect_error(response: ClientResponse, status: int) -> dict[str, Any]:
+    """The response is the JSON error envelope with this status."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    body: dict[str, Any] = await response.json()
+    assert set(body) == {"code", "status", "message", "data"}
+    assert body["code"] == status
+    assert body["data"] == {}
+    assert body["message"]
+    assert "Traceback" not in body["message"]
+    assert "SELECT" not in body["message"]
+    return body
+
+
+def wav_header(channels: int = 2, rate: int = 44100, bits: int = 16, data_size: int = 0, tag: int = 1) -> bytes:
+    block_align = channels * ((bits + 7) // 8)
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, (rate * block_align) & 0xFFFFFFFF, block_align & 0xFFFF, bits)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", data_size)
+    return b"RIFF" + struct.pack("<I", len(body) + data_size) + body
+
+
+def count(owner: psycopg.Connection, query: str) -> int:
+    row = owner.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def nothing_stored(owner: psycopg.Connection) -> bool:
+    records = count(owner, "SELECT count(*) FROM app.records")
+    objects = count(owner, "SELECT count(*) FROM pg_largeobject_metadata")
+    return records == 0 and objects == 0
+
+
+async def held_body(wav: bytes, release: asyncio.Event, head: int = 8192) -> AsyncIterator[bytes]:
+    """An upload body that sends the WAV's first bytes, then nothing until release is set."""
+    yield wav[:head]
+    await release.wait()
+    yield wav[head:]
+
+
+async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    """Wait for something the server does in the background; fail if it never happens."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - the server's state offers no event to wait on
+            await asyncio.sleep(0.02)
+
+
+async def raw_request(client: Client | ServiceProcess, head: bytes, body: bytes = b"") -> bytes:
+    """Send bytes as they are (no client library tidying them up); the answer's bytes."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), 30)
+    writer.close()
+    return answer
+
+
+def multipart_head(boundary: str, length: int, user: tuple[int, str] | None = None) -> bytes:
+    auth = "".join(f"{k}: {v}\r\n" for k, v in basic(*user).items()) if user else ""
+    return (
+        f"POST /record HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {length}\r\n{auth}Connection: close\r\n\r\n"
+    ).encode()
+
+
+# --- the database, as an operator sees it ---------------------------------------
+
+
+def idle_in_transaction(owner: psycopg.Connection) -> int:
+    """The service's sessions left in an open transaction (an upload not rolled back)."""
+    return count(
+        owner,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service' AND state LIKE 'idle in transaction%'",
+    )
+
+
+def records_match_large_objects(owner: psycopg.Connection) -> bool:
+    """Every record has its MP3, and no MP3 is left without a record."""
+    return count(owner, "SELECT count(*) FROM app.records") == count(
+        owner, "SELECT count(*) FROM pg_largeobject_metadata"
+    )
+
+
+# --- app.py as a real process -------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return int(probe_socket.getsockname()[1])
+
+
+class ServiceProcess:
+    """app.py as a real process, started the way it runs in production; its log goes to ``log``."""
+
+    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.base = f"http://{self.host}:{self.port}"
+        self.log = log
+        self.env = {**os.environ, "DATABASE_URL": settings.database_url, "PORT": str(self.port),
+                    "HOST": self.host, "FFMPEG_BINARY": settings.ffmpeg_binary, **env}  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env, stderr=log)
+
+    async def start(self) -> None:
+        self.spawn()
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with session.get(f"{self.base}/health") as response:
+                            if response.status == 200:
+                                return
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.05)
+
+    async def new_user(self, session: aiohttp.ClientSession, name: str) -> tuple[int, str]:
+        created = await (await session.post(f"{self.base}/users", json={"username": name})).json()
+        return created["data"]["id"], created["data"]["token"]
+
+    async def free_slots(self, session: aiohttp.ClientSession) -> int:
+        """What /ready tells a load balancer: conversion slots free (0 when it answers 503)."""
+        async with session.get(f"{self.base}/ready") as response:
+            body = await response.json()
+            return int(body["data"]["free_slots"]) if response.status == 200 else 0
+
+    def ffmpeg_children(self) -> list[int]:
+        """FFmpeg processes the service has started and not yet reaped."""
+        assert self.process is not None
+        return [pid for pid in children_of(self.process.pid) if _command_of(pid) == "ffmpeg"]
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def wait(self, seconds: float = 60) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=seconds)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:  # the task ended meanwhile
+            continue
+    return found
+
+
+def _command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """A process that still runs (a zombie has ended: its parent just has not reaped it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -1,0 +1,370 @@
+"""app.py as a real process, faulted the way clients and operators fault it.
+
+Each test checks what an operator would: FFmpeg children of the service,
+sessions left idle in a transaction, /ready's free slots, records against
+large objects, the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import psycopg
+import pytest
+
+from tests.support import (
+    Audio,
+    ServiceProcess,
+    alive,
+    basic,
+    count,
+    form,
+    held_body,
+    idle_in_transaction,
+    nothing_stored,
+    records_match_large_objects,
+    until,
+)
+
+SLOTS = 2  # the service_process fixture's CONVERT_CONCURRENCY
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    """Like ``until``, for a check that asks the service over HTTP."""
+    async with asyncio.timeout(seconds):
+        while not await check():  # noqa: ASYNC110 - the server's state offers no event to wait on
+            await asyncio.sleep(0.02)
+
+
+async def everything_freed(service: ServiceProcess, owner: psycopg.Connection) -> None:
+    """No FFmpeg left, no transaction left open, every slot free, and no half record."""
+    async with aiohttp.ClientSession() as session:
+
+        async def freed() -> bool:
+            return (
+                not service.ffmpeg_children()
+                and idle_in_transaction(owner) == 0
+                and await service.free_slots(session) == SLOTS
+            )
+
+        await eventually(freed)
+    assert records_match_large_objects(owner)
+
+
+async def conversions_counted(service: ServiceProcess, status: int) -> float:
+    async with aiohttp.ClientSession() as session:
+        text = await (await session.get(f"{service.base}/metrics")).text()
+    for line in text.splitlines():
+        if line.startswith(f'mp3_conversions_total{{status="{status}"}} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def head(path: str, user: tuple[int, str], content_type: str, length: int | None) -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    auth = basic(*user)["Authorization"]
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n{framing}\r\n"
+        f"Authorization: {auth}\r\n\r\n"
+    ).encode()
+
+
+async def converting(service: ServiceProcess) -> None:
+    """Until an upload is past its checks and FFmpeg runs for it."""
+    await until(lambda: bool(service.ffmpeg_children()))
+
+
+def multipart_upload(wav: bytes) -> tuple[str, bytes]:
+    body = b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + wav + b"\r\n--B--\r\n"
+    return "multipart/form-data; boundary=B", body
+
+
+# --- uploads that end early -----------------------------------------------------
+
+
+@pytest.mark.parametrize("body", ["raw", "multipart"])
+@pytest.mark.parametrize("ending", ["fin", "rst"])
+async def test_an_upload_abandoned_mid_body_frees_everything_at_once(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection, body: str, ending: str
+) -> None:
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "leaver")
+    wav = audio(seconds=60)
+    content_type, payload = ("audio/wav", wav) if body == "raw" else multipart_upload(wav)
+
+    _, writer = await asyncio.open_connection(service_process.host, service_process.port)
+    writer.write(head("/record", user, content_type, len(payload)) + payload[: 1 << 20])
+    await writer.drain()
+    await converting(service_process)
+    if ending == "rst":  # close with a reset rather than a FIN
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+    await everything_freed(service_process, owner)
+    assert nothing_stored(owner)
+    assert await conversions_counted(service_process, 400) == 1  # once, as the body that ended early
+
+
+async def test_a_malformed_chunk_is_answered_400_and_frees_everything(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+) -> None:
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "chunky")
+    wav = audio(seconds=60)[: 1 << 20]
+    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+    writer.write(head("/record", user, "audio/wav", None) + b"%x\r\n" % len(wav) + wav + b"\r\n")
+    await writer.drain()
+    await converting(service_process)
+
+    writer.write(b"zz\r\nnot a chunk\r\n")  # the client is still there: it gets an answer
+    answer = await asyncio.wait_for(reader.read(4096), 10)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b'"code": 400' in answer
+    writer.close()
+    await everything_freed(service_process, owner)
+    assert nothing_stored(owner)
+
+
+async def test_a_trickle_below_the_minimum_rate_is_cut_off_with_408(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+) -> None:
+    """Each byte comes well within READ_TIMEOUT_S, so only the rate can stop it."""
+    service_process.env |= {"READ_TIMEOUT_S": "1", "MIN_UPLOAD_KBPS": "64"}
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "trickler")
+    wav = audio(seconds=60)
+    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+    writer.write(head("/record", user, "audio/wav", len(wav)) + wav[:100_000])
+    await writer.drain()
+
+    async def trickle() -> None:
+        for at in range(100_000, len(wav)):
+            writer.write(wav[at : at + 1])
+            await writer.drain()
+            await asyncio.sleep(0.1)  # the client's pace, 80 bit/s
+
+    trickling = asyncio.create_task(trickle())
+    answer = await asyncio.wait_for(reader.read(4096), 30)
+    trickling.cancel()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"slower than 64 kbit/s" in answer
+    writer.close()
+    await everything_freed(service_process, owner)
+    assert nothing_stored(owner)
+
+
+@pytest.mark.parametrize("path", ["/record", "/files.convert", "/users"])
+async def test_a_multipart_preamble_is_bounded_before_any_credential(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection, path: str
+) -> None:
+    """Line feeds before the first part: refused after the first KiB, not parsed line by line."""
+    await service_process.start()
+    content_type, form_body = multipart_upload(audio())
+    body = b"\n" * 1_000_000 + form_body
+    if path == "/users":  # whose bodies are 64 KiB at most
+        body = b"\n" * 60_000 + b'--B\r\nContent-Disposition: form-data; name="username"\r\n\r\nann\r\n--B--\r\n'
+    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    answer = await asyncio.wait_for(reader.read(4096), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"no part in its first 1024 bytes" in answer
+    assert nothing_stored(owner)
+
+
+# --- downloads that cannot continue ------------------------------------------------
+
+
+async def test_a_download_that_cannot_continue_breaks_off_and_never_sends_a_second_response(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+) -> None:
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "listener")
+        # 3 minutes at 320 kbit/s: a 7 MB MP3, many of the service's 1 MiB reads.
+        upload = form(audio(seconds=180, rate=8000, channels=1), user=user[0], token=user[1], bitrate=320)
+        created = await (await session.post(f"{service_process.base}/record?sample_rate=48000", data=upload)).json()
+        record = created["data"]
+
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow listener: the service must wait
+        sock.connect((service_process.host, service_process.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(f"GET /record?id={record['id']}&user={user[0]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head_bytes = await reader.readuntil(b"\r\n\r\n")
+        assert head_bytes.startswith(b"HTTP/1.1 200")
+        first = await reader.readexactly(65536)
+
+        deleted = await session.delete(
+            f"{service_process.base}/record?id={record['id']}&user={user[0]}", headers=basic(*user)
+        )
+        assert deleted.status == 204
+        rest = await asyncio.wait_for(reader.read(), 30)  # to the end of the connection
+        writer.close()
+
+    body = first + rest
+    assert len(body) < record["size"]  # short of the announced Content-Length: the client knows
+    assert b"HTTP/1.1" not in body
+    assert b'"code"' not in body
+    assert f"Content-Length: {record['size']}".encode() in head_bytes
+    log = service_process.log.read_text()
+    assert "GET /record 200 broken off after" in log
+    assert "No such record." in log
+
+
+# --- connections that never finish a request ----------------------------------------
+
+
+async def test_a_request_head_that_never_ends_and_an_idle_connection_are_closed(
+    service_process: ServiceProcess,
+) -> None:
+    service_process.env |= {"IDLE_TIMEOUT_S": "1"}
+    await service_process.start()
+    stalled = []
+    for _ in range(50):
+        reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+        writer.write(b"GET /hea")  # half a request line, and nothing more
+        stalled.append((reader, writer))
+    idle_reader, idle_writer = await asyncio.open_connection(service_process.host, service_process.port)
+    idle_writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await idle_reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+
+    for reader, _ in [*stalled, (idle_reader, idle_writer)]:
+        assert await asyncio.wait_for(reader.read(), 10) in (
+            b"",
+            b'{"status": "ok", "data": {"database": "ok", "ffmpeg": "ok"}}',
+        )
+    for _, writer in [*stalled, (idle_reader, idle_writer)]:
+        writer.close()
+
+
+# --- the log ------------------------------------------------------------------------
+
+
+async def test_a_path_cannot_write_a_line_of_its_own_into_the_log(service_process: ServiceProcess) -> None:
+    await service_process.start()
+    forged = "2026-11-29 03:00:00,000 INFO mp3.access DELETE /record 204"
+    path = "/x%0d%0a" + forged.replace(" ", "%20") + "%00"
+    async with aiohttp.ClientSession() as session:
+        assert (await session.get(f"{service_process.base}{path}")).status == 404
+    service_process.signal(signal.SIGTERM)
+    service_process.wait()
+
+    lines = service_process.log.read_text().splitlines()
+    assert not [line for line in lines if line.startswith(forged)]
+    assert any(line.endswith(f"GET /x\\r\\n{forged}\\x00 404") for line in lines)
+
+
+# --- the service stopped ------------------------------------------------------------
+
+
+async def held_upload(
+    session: aiohttp.ClientSession, base: str, user: tuple[int, str], wav: bytes, release: asyncio.Event
+) -> aiohttp.ClientResponse:
+    headers = {**basic(*user), "Content-Type": "audio/wav"}
+    return await session.post(f"{base}/record", data=held_body(wav, release, len(wav) // 4), headers=headers)
+
+
+async def only_one_record_once_the_service_is_gone(owner: psycopg.Connection) -> None:
+    """Once PostgreSQL has seen the service's sessions end, exactly the one finished record remains."""
+    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
+    assert count(owner, "SELECT count(*) FROM app.records") == 1
+    assert count(owner, "SELECT count(*) FROM pg_largeobject_metadata") == 1
+
+
+async def test_sigkill_mid_upload_loses_nothing_committed_and_leaves_nothing_half(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+) -> None:
+    await service_process.start()
+    base = service_process.base
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "kill")
+        first = await (await session.post(f"{base}/record", data=form(audio(), user=user[0], token=user[1]))).json()
+        before = await (await session.get(first["data"]["url"])).read()
+
+        pending = asyncio.create_task(held_upload(session, base, user, audio(seconds=10), asyncio.Event()))
+        await until(lambda: idle_in_transaction(owner) > 0)
+        service_process.signal(signal.SIGKILL)
+        service_process.wait()
+        with pytest.raises(aiohttp.ClientError):
+            await pending
+
+    await only_one_record_once_the_service_is_gone(owner)
+
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        assert await (await session.get(first["data"]["url"])).read() == before
+
+
+async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+) -> None:
+    await service_process.start()
+    base = service_process.base
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "term")
+        finishing, stuck = asyncio.Event(), asyncio.Event()
+        will_finish = asyncio.create_task(held_upload(session, base, user, audio(seconds=3), finishing))
+        will_stall = asyncio.create_task(held_upload(session, base, user, audio(seconds=4), stuck))
+        await until(lambda: idle_in_transaction(owner) == 2)
+
+        service_process.signal(signal.SIGTERM)
+        finishing.set()  # this one completes within the shutdown timeout (3 s)
+        assert (await will_finish).status == 201
+        assert service_process.wait() == 0  # the other is cancelled when the timeout ends
+        with pytest.raises(aiohttp.ServerDisconnectedError):  # cancelled: no answer at all
+            await will_stall
+
+    await only_one_record_once_the_service_is_gone(owner)
+
+
+async def test_sigterm_ends_the_service_in_time_whatever_its_uploads_are_doing(
+    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+) -> None:
+    """One upload stalled by its client, one abandoned, one converting flat out: SHUTDOWN_TIMEOUT_S
+    later the service has exited, with every FFmpeg gone and every upload rolled back."""
+    service_process.env |= {"SHUTDOWN_TIMEOUT_S": "1", "CONVERT_CONCURRENCY": "3"}
+    await service_process.start()
+    base = service_process.base
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "stopper")
+        _, abandoned = await asyncio.open_connection(service_process.host, service_process.port)
+        wav = audio(seconds=60)
+        abandoned.write(head("/record", user, "audio/wav", len(wav)) + wav[: 1 << 20])
+        await converting(service_process)
+        abandoned_encoder = service_process.ffmpeg_children()
+        abandoned.close()  # first, so the service has seen it go before the others arrive
+
+        stalled = asyncio.create_task(held_upload(session, base, user, audio(seconds=30), asyncio.Event()))
+        long_wav = audio(seconds=1800, rate=8000, channels=1)  # 30 minutes: seconds of encoding
+        busy = asyncio.create_task(
+            session.post(
+                f"{base}/record?bitrate=320&sample_rate=48000",
+                data=long_wav,
+                headers={**basic(*user), "Content-Type": "audio/wav"},
+            )
+        )
+        await until(lambda: len(set(service_process.ffmpeg_children()) - set(abandoned_encoder)) == 2)
+        encoders = abandoned_encoder + service_process.ffmpeg_children()
+
+        service_process.signal(signal.SIGTERM)
+        assert service_process.wait(seconds=1 + 10) == 0
+        for pending in (stalled, busy):
+            with pytest.raises(aiohttp.ClientError):
+                await pending
+
+    assert not [pid for pid in encoders if alive(pid)]
+    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
+    assert nothing_stored(owner)
