@@ -1,0 +1,53 @@
+"""The repository's own commands, run as a developer runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def developers_cluster() -> Iterator[tuple[dict[str, str], str]]:
+    """A private cluster as scripts/run starts one, in a folder of its own; its owner URL."""
+    folder = Path(tempfile.mkdtemp(prefix="mp3-dev-"))
+    folder.chmod(0o755)  # PostgreSQL runs as the postgres user
+    env = {**os.environ, "PGDATA_ROOT": str(folder / "pgdata"), "PGPORT": str(free_port())}
+    started = subprocess.run(
+        [ROOT / "scripts/local-postgres", "start"], env=env, capture_output=True, text=True, check=True
+    )
+    owner_url = dict(line.split("=", 1) for line in started.stdout.split())["OWNER_URL"]
+    yield env, owner_url
+    subprocess.run([ROOT / "scripts/local-postgres", "stop"], env=env, check=True)
+
+
+def test_api_fuzz_leaves_a_developers_cluster_running_and_its_own_stopped(
+    developers_cluster: tuple[dict[str, str], str],
+) -> None:
+    env, owner_url = developers_cluster
+    fuzz_env = {**env, "FUZZ_PORT": str(free_port()), "FUZZ_PGPORT": str(free_port()), "FUZZ_EXAMPLES": "1"}
+    fuzz_env.pop("PGDATA_ROOT")
+    fuzzed = subprocess.run([ROOT / "scripts/api-fuzz"], env=fuzz_env, capture_output=True, text=True)
+    assert fuzzed.returncode == 0, fuzzed.stdout[-2000:] + fuzzed.stderr[-2000:]
+
+    with psycopg.connect(owner_url) as connection:  # the developer's cluster still answers
+        assert connection.execute("SELECT 1").fetchone() == (1,)
+    status = subprocess.run(
+        ["runuser", "-u", "postgres", "--", *_pg_ctl(), "-D", str(ROOT / ".pgdata-fuzz/data"), "status"],
+        capture_output=True,
+    )
+    assert status.returncode == 3, status.stdout  # pg_ctl: no server running there
+
+
+def _pg_ctl() -> list[str]:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return [str(versions[-1])]
