@@ -33,6 +33,7 @@ async def store_upload(
     ffmpeg: str,
     options: EncodeOptions,
     time_limit_s: float,
+    max_seconds: float,
 ) -> asyncpg.Record:
     """Convert and store one upload; returns its row of api.record_finish."""
     async with connection.transaction():
@@ -43,18 +44,19 @@ async def store_upload(
         async def append(chunk: bytes) -> None:
             await connection.execute("SELECT api.record_append($1, $2)", record_id, chunk)
 
-        converted = await convert(upload.body, append, ffmpeg=ffmpeg, options=options, time_limit_s=time_limit_s)
+        converted = await convert(
+            upload.body, append, ffmpeg=ffmpeg, options=options, time_limit_s=time_limit_s, max_seconds=max_seconds
+        )
         await connection.execute(
             "SELECT api.record_overwrite($1, $2, $3)", record_id, converted.header_offset, converted.header_frame
         )
         row = await connection.fetchrow(
-            "SELECT * FROM api.record_finish($1, $2, $3, $4, $5, $6)",
+            "SELECT * FROM api.record_finish($1, $2, $3, $4, $5)",
             record_id,
             converted.duration,
             converted.bitrate,
             converted.sample_rate,
             converted.channels,
-            converted.sha256,
         )
     assert row is not None  # record_finish returns the row or raises
     return row

@@ -1,17 +1,26 @@
-"""Bring a database up to date: ``python -m db.apply [DATABASE_URL]``.
+"""Bring a database up to date: ``python -m db.apply [ADMIN_DATABASE_URL]``.
 
-1. Drops the ``api`` schema, so no function stands in the way of a migration
-   (a function's return type depends on the view it returns, say).
-2. Applies the pending yoyo migrations of ``db/migrations`` (tables, append-only).
-3. Loads every ``db/functions`` file into a new ``api`` schema, on every run:
+Run it as the database's administrator (a superuser: the cluster's
+``postgres``, compose's ``POSTGRES_USER``). Nothing the service touches is
+owned by that administrator: it all belongs to the owner role (``OWNER_ROLE``,
+default ``mp3_owner``), which is no superuser and cannot log in, and the api
+functions run with that role's rights (SECURITY DEFINER).
+
+1. As the administrator: the owner role and the service's login role
+   (``SERVICE_ROLE``, default ``mp3_service``; its password from
+   ``SERVICE_ROLE_PASSWORD`` when set), neither a superuser; the database
+   handed to the owner; PUBLIC's rights taken away (connecting, temporary
+   tables, creating and importing large objects); objects an earlier version
+   left to another role handed to the owner.
+2. Drops the ``api`` schema, so no function stands in the way of a migration
+   (three return the view ``app.record_info``).
+3. As the owner from here on, applies the pending yoyo migrations of ``db/migrations`` (tables, append-only).
+4. Loads every ``db/functions`` file into a new ``api`` schema, on every run:
    yoyo's own hooks run only when a migration is pending, and recreating the
    schema is what makes a renamed or retyped function disappear instead of
-   lingering beside its successor.
-4. Makes sure the service's login role exists and may do nothing but EXECUTE
-   the ``api`` functions.
-
-Run it as the role that should own the schema (the database owner); the
-functions run with that role's rights (SECURITY DEFINER).
+   lingering beside its successor. The service role may EXECUTE them, nothing else.
+5. Stores ``USER_QUOTA_MB`` (when set; 0 = no quota) in ``app.settings``,
+   where the api functions enforce it.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -29,22 +40,115 @@ DB_DIR = Path(__file__).resolve().parent
 MIGRATIONS_DIR = DB_DIR / "migrations"
 FUNCTIONS_DIR = DB_DIR / "functions"
 
+DEFAULT_OWNER_ROLE = "mp3_owner"
 DEFAULT_SERVICE_ROLE = "mp3_service"
+
+# Large-object functions PUBLIC may call by default. The service must not
+# create objects of its own (they would outlive any record), nor import files;
+# the owner keeps lo_create, which api.record_begin calls.
+LARGE_OBJECT_CREATION = ("lo_create(oid)", "lo_creat(integer)", "lo_from_bytea(oid, bytea)")
+LARGE_OBJECT_IMPORT = ("lo_import(text)", "lo_import(text, oid)")
+
+
+@dataclass(frozen=True)
+class Roles:
+    owner: str = DEFAULT_OWNER_ROLE
+    service: str = DEFAULT_SERVICE_ROLE
+    service_password: str | None = None
 
 
 def apply(
-    database_url: str,
-    service_role: str = DEFAULT_SERVICE_ROLE,
-    service_password: str | None = None,
+    admin_url: str,
+    roles: Roles = Roles(),
     migrations_dir: Path = MIGRATIONS_DIR,
+    user_quota_mb: int | None = None,
 ) -> None:
-    """Migrate, reload the api functions and (re)grant the service role."""
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        connection.execute("DROP SCHEMA IF EXISTS api CASCADE")
-    apply_migrations(database_url, migrations_dir)
-    with psycopg.connect(database_url) as connection:
-        ensure_login_role(connection, service_role, service_password)
-        reload_functions(connection, service_role)
+    """Prepare the database as the administrator, then migrate and reload the api as the owner."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        prepare_database(admin, roles)
+        admin.execute("DROP SCHEMA IF EXISTS api CASCADE")  # whoever an earlier version let own it
+    owner_url = as_role(admin_url, roles.owner)
+    apply_migrations(owner_url, migrations_dir)
+    with psycopg.connect(owner_url) as owner:
+        reload_functions(owner, roles.service)
+        if user_quota_mb is not None:
+            owner.execute("UPDATE app.settings SET user_quota_bytes = %s", [user_quota_mb << 20])
+
+
+def prepare_database(admin: psycopg.Connection, roles: Roles) -> None:
+    """The roles, who owns what, and what PUBLIC may not do in this database.
+
+    Database-level rights are not copied when a database is created from a
+    template, so this is also what a copy needs (the tests' databases are)."""
+    if admin.info.user in (roles.owner, roles.service):
+        raise ValueError(f"run the apply command as an administrator, not as {admin.info.user}")
+    ensure_role(admin, roles.owner, login=False)
+    ensure_role(admin, roles.service, login=True, password=roles.service_password)
+    database, owner, service = (sql.Identifier(name) for name in (admin.info.dbname, roles.owner, roles.service))
+    admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, owner))
+    admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
+    admin.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, service))
+    for function in LARGE_OBJECT_CREATION + LARGE_OBJECT_IMPORT:
+        admin.execute(sql.SQL(f"REVOKE EXECUTE ON FUNCTION pg_catalog.{function} FROM PUBLIC"))
+    admin.execute(sql.SQL("GRANT EXECUTE ON FUNCTION pg_catalog.lo_create(oid) TO {}").format(owner))
+    hand_over(admin, roles.owner)
+
+
+def ensure_role(admin: psycopg.Connection, role: str, *, login: bool, password: str | None = None) -> None:
+    """Create the role when missing, and make sure it has no power beyond what it is granted."""
+    name = sql.Identifier(role)
+    if admin.execute("SELECT FROM pg_roles WHERE rolname = %s", [role]).fetchone() is None:
+        admin.execute(sql.SQL("CREATE ROLE {}").format(name))
+    attributes = "LOGIN" if login else "NOLOGIN"
+    admin.execute(
+        sql.SQL(f"ALTER ROLE {{}} {attributes} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS").format(
+            name
+        )
+    )
+    if password is not None:
+        admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
+
+
+# Objects an earlier version of this command left owned by the administrator:
+# the app schema and what is in it, yoyo's bookkeeping, the large objects.
+HAND_OVER = """
+SELECT format('ALTER SCHEMA %%I OWNER TO %%I', n.nspname, %(owner)s::text)
+FROM pg_namespace AS n
+WHERE n.nspname = 'app' AND n.nspowner <> to_regrole(%(owner)s::text)
+UNION ALL
+SELECT format('ALTER %%s %%I.%%I OWNER TO %%I',
+              CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                             WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+              n.nspname, c.relname, %(owner)s::text)
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.relowner <> to_regrole(%(owner)s::text)
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+  AND (n.nspname = 'app' OR (n.nspname = 'public' AND c.relname LIKE ANY (ARRAY['\\_yoyo%%', 'yoyo\\_%%'])))
+  -- identity sequences follow their table
+  AND NOT EXISTS (SELECT FROM pg_depend AS d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i'))
+UNION ALL
+SELECT format('ALTER FUNCTION %%s OWNER TO %%I', p.oid::regprocedure, %(owner)s::text)
+FROM pg_proc AS p
+WHERE p.pronamespace = to_regnamespace('app') AND p.proowner <> to_regrole(%(owner)s::text)
+UNION ALL
+SELECT format('ALTER LARGE OBJECT %%s OWNER TO %%I', m.oid, %(owner)s::text)
+FROM pg_largeobject_metadata AS m
+WHERE m.lomowner <> to_regrole(%(owner)s::text)
+"""
+
+
+def hand_over(admin: psycopg.Connection, owner: str) -> None:
+    for (statement,) in admin.execute(HAND_OVER, {"owner": owner}).fetchall():
+        admin.execute(statement)
+
+
+def as_role(url: str, role: str) -> str:
+    """The same connection, acting as ``role`` from its start (libpq's options)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["options"] = f"{query.get('options', '')} -c role={role}".strip()
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))  # libpq: %20, not +
 
 
 def apply_migrations(database_url: str, migrations_dir: Path = MIGRATIONS_DIR) -> None:
@@ -60,18 +164,6 @@ def yoyo_url(database_url: str) -> str:
     if not separator or scheme not in {"postgres", "postgresql", "postgresql+psycopg"}:
         raise ValueError(f"DATABASE_URL must be a postgresql:// URL, not {scheme!r}")
     return f"postgresql+psycopg://{rest}"
-
-
-def ensure_login_role(connection: psycopg.Connection, role: str, password: str | None) -> None:
-    """Create the service role when missing; set its password when one is given."""
-    exists = connection.execute("SELECT FROM pg_roles WHERE rolname = %s", [role]).fetchone()
-    if exists is None:
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    if password is not None:
-        connection.execute(
-            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
-        )
-    connection.commit()
 
 
 def reload_functions(connection: psycopg.Connection, service_role: str) -> None:
@@ -100,18 +192,24 @@ def main(argv: list[str] | None = None) -> int:
         "database_url",
         nargs="?",
         default=os.environ.get("DATABASE_URL"),
-        help="postgresql:// URL of the owner role (default: $DATABASE_URL)",
-    )
-    parser.add_argument(
-        "--service-role",
-        default=os.environ.get("SERVICE_ROLE", DEFAULT_SERVICE_ROLE),
-        help="login role that may only EXECUTE api functions (default: $SERVICE_ROLE or %(default)s)",
+        help="postgresql:// URL of an administrator (superuser) of the database (default: $DATABASE_URL)",
     )
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("give a database URL or set DATABASE_URL")
-    apply(args.database_url, args.service_role, os.environ.get("SERVICE_ROLE_PASSWORD"))
-    print(f"database up to date; api reloaded from {len(function_files())} files; role {args.service_role} granted")
+    roles = Roles(
+        owner=os.environ.get("OWNER_ROLE") or DEFAULT_OWNER_ROLE,
+        service=os.environ.get("SERVICE_ROLE") or DEFAULT_SERVICE_ROLE,
+        service_password=os.environ.get("SERVICE_ROLE_PASSWORD") or None,
+    )
+    quota = os.environ.get("USER_QUOTA_MB")
+    if quota is not None and quota != "" and not (quota.isascii() and quota.isdigit()):
+        parser.error(f"USER_QUOTA_MB must be a whole number of MiB (0: no quota), not {quota!r}")
+    apply(args.database_url, roles, user_quota_mb=int(quota) if quota else None)
+    print(
+        f"database up to date; api reloaded from {len(function_files())} files, owned by {roles.owner};"
+        f" role {roles.service} granted"
+    )
     return 0
 
 

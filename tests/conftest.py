@@ -25,7 +25,7 @@ from pytest_aiohttp import AiohttpClient
 from pytest_postgresql import factories
 
 from app import init_app
-from db.apply import DEFAULT_SERVICE_ROLE, apply
+from db.apply import DEFAULT_SERVICE_ROLE, Roles, apply, prepare_database
 from handlers.server import make_runner
 from settings import Settings, find_ffmpeg
 from tests.support import ServiceProcess
@@ -42,16 +42,20 @@ postgresql = factories.postgresql("postgresql_proc")
 
 
 @pytest.fixture
-def owner(postgresql: psycopg.Connection) -> psycopg.Connection:
-    """The schema owner's connection, for looking behind the api's back."""
+def admin(postgresql: psycopg.Connection) -> psycopg.Connection:
+    """The administrator's (a superuser's) connection to this test's database, for
+    looking behind the api's back. The database is a copy of the template the
+    apply command prepared; database-level rights are not copied, so they are
+    prepared again, as the apply command does."""
     postgresql.autocommit = True
+    prepare_database(postgresql, Roles())
     return postgresql
 
 
 @pytest.fixture
-def service(postgresql: psycopg.Connection) -> Iterator[psycopg.Connection]:
+def service(admin: psycopg.Connection) -> Iterator[psycopg.Connection]:
     """A connection as the service's login role, as a psql user would open one."""
-    info = postgresql.info
+    info = admin.info
     with psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=DEFAULT_SERVICE_ROLE) as connection:
         connection.autocommit = True
         yield connection
@@ -64,9 +68,9 @@ FFPROBE = shutil.which("ffprobe") or "ffprobe"
 
 
 @pytest.fixture
-def service_settings(postgresql: psycopg.Connection) -> Settings:
+def service_settings(admin: psycopg.Connection) -> Settings:
     """Settings for a service connected, as its own role, to this test's database."""
-    info = postgresql.info
+    info = admin.info
     return Settings(
         database_url=f"postgresql://{DEFAULT_SERVICE_ROLE}@{info.host}:{info.port}/{info.dbname}",
         ffmpeg_binary=FFMPEG,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from db.apply import DEFAULT_SERVICE_ROLE, MIGRATIONS_DIR, apply
+from db.apply import DEFAULT_OWNER_ROLE, DEFAULT_SERVICE_ROLE, MIGRATIONS_DIR, apply, function_files
 
 
 def sqlstate_of(connection: psycopg.Connection, query: str, params: Any = None) -> str | None:
@@ -43,19 +45,19 @@ def store_record(service: psycopg.Connection, user_id: int, token: str, chunks: 
     return record_id
 
 
-def large_object_count(owner: psycopg.Connection) -> int:
-    return int(scalar(owner, "SELECT count(*) FROM pg_largeobject_metadata"))
+def large_object_count(admin: psycopg.Connection) -> int:
+    return int(scalar(admin, "SELECT count(*) FROM pg_largeobject_metadata"))
 
 
-def record_count(owner: psycopg.Connection) -> int:
-    return int(scalar(owner, "SELECT count(*) FROM app.records"))
+def record_count(admin: psycopg.Connection) -> int:
+    return int(scalar(admin, "SELECT count(*) FROM app.records"))
 
 
 # --- users and tokens ---------------------------------------------------------
 
 
 def test_user_create_returns_the_token_once_and_stores_only_its_digest(
-    service: psycopg.Connection, owner: psycopg.Connection
+    service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
     row = service.execute("SELECT * FROM api.user_create('alice')").fetchone()
     assert row is not None
@@ -64,10 +66,10 @@ def test_user_create_returns_the_token_once_and_stores_only_its_digest(
     assert isinstance(token, uuid.UUID)
     assert token.version == 4
 
-    stored = owner.execute("SELECT * FROM app.users WHERE id = %s", [user_id]).fetchone()
+    stored = admin.execute("SELECT * FROM app.users WHERE id = %s", [user_id]).fetchone()
     assert stored is not None
     assert str(token) not in repr(stored)
-    digest = scalar(owner, "SELECT token_sha256 FROM app.users WHERE id = %s", [user_id])
+    digest = scalar(admin, "SELECT token_sha256 FROM app.users WHERE id = %s", [user_id])
     assert bytes(digest) == hashlib.sha256(str(token).encode()).digest()
 
     # No api function ever gives the token back.
@@ -105,10 +107,48 @@ def test_username_taken_in_another_case_is_a_conflict(service: psycopg.Connectio
     assert sqlstate_of(service, "SELECT * FROM api.user_create(%s)", [" alice "]) == "PT409"
 
 
+FULL_WIDTH_ZOE = "\uff3a\uff2f\uff25"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("Zoe", FULL_WIDTH_ZOE), ("Straße", "STRASSE"), ("café", "cafe\u0301"), ("\ufb01sh", "FISH")],
+    ids=["full-width", "sharp-s", "combining-accent", "ligature"],
+)
+def test_usernames_that_read_the_same_are_one_name(service: psycopg.Connection, first: str, second: str) -> None:
+    create_user(service, first)
+    assert sqlstate_of(service, "SELECT * FROM api.user_create(%s)", [second]) == "PT409"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Z\u200boe", "\u202eeoz", "\u00a0", "\u200b", "zo\u2066e", "zoe\ufeff", "\u3000\u00a0"],
+    ids=["zero-width-space", "right-to-left-override", "no-break-space-only", "zero-width-only", "isolate", "bom",
+         "wide-spaces-only"],
+)  # fmt: skip
+def test_invisible_and_direction_characters_are_refused(service: psycopg.Connection, name: str) -> None:
+    assert sqlstate_of(service, "SELECT * FROM api.user_create(%s)", [name]) == "PT400"
+
+
+def test_a_username_is_kept_in_its_nfkc_form(service: psycopg.Connection) -> None:
+    assert scalar(service, "SELECT username FROM api.user_create(%s)", [FULL_WIDTH_ZOE]) == "ZOE"
+
+
 def test_token_is_accepted_in_any_uuid_spelling(service: psycopg.Connection) -> None:
     user_id, token = create_user(service)
     for spelling in (token.upper(), token.replace("-", ""), "{" + token + "}"):
         assert service.execute("SELECT id FROM api.user_check(%s, %s)", [user_id, spelling]).fetchone() == (user_id,)
+
+
+def test_a_malformed_token_is_the_same_error_for_an_existing_user_and_a_missing_one(
+    service: psycopg.Connection,
+) -> None:
+    """An unbalanced brace once failed the cast for existing users only: an oracle of user ids."""
+    user_id, _ = create_user(service)
+    for token in ("{00000000-0000-0000-0000-000000000000", "00000000-0000-0000-0000-000000000000}", "{x}"):
+        existing = sqlstate_of(service, "SELECT * FROM api.user_check(%s, %s)", [user_id, token])
+        missing = sqlstate_of(service, "SELECT * FROM api.user_check(%s, %s)", [user_id + 1000, token])
+        assert existing == missing == "PT401", token
 
 
 def test_wrong_token_unknown_user_and_garbage_raise_the_same_error(service: psycopg.Connection) -> None:
@@ -167,35 +207,35 @@ def test_record_read_refuses_absurd_ranges(service: psycopg.Connection) -> None:
 
 
 def test_rolled_back_upload_leaves_no_record_and_no_large_object(
-    service: psycopg.Connection, owner: psycopg.Connection
+    service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
     user_id, token = create_user(service)
-    objects_before = large_object_count(owner)
+    objects_before = large_object_count(admin)
     service.autocommit = False
     record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
     service.execute("SELECT api.record_append(%s, %s)", [record_id, os.urandom(100_000)])
-    assert large_object_count(owner) == objects_before  # not visible outside the transaction
+    assert large_object_count(admin) == objects_before  # not visible outside the transaction
     service.rollback()
-    assert record_count(owner) == 0
-    assert large_object_count(owner) == objects_before
+    assert record_count(admin) == 0
+    assert large_object_count(admin) == objects_before
 
 
-def test_commit_without_finish_fails_and_leaves_nothing(service: psycopg.Connection, owner: psycopg.Connection) -> None:
+def test_commit_without_finish_fails_and_leaves_nothing(service: psycopg.Connection, admin: psycopg.Connection) -> None:
     user_id, token = create_user(service)
-    objects_before = large_object_count(owner)
+    objects_before = large_object_count(admin)
     service.autocommit = False
     record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
     service.execute("SELECT api.record_append(%s, 'partial')", [record_id])
     with pytest.raises(psycopg.errors.IntegrityConstraintViolation):
         service.commit()
-    assert record_count(owner) == 0
-    assert large_object_count(owner) == objects_before
+    assert record_count(admin) == 0
+    assert large_object_count(admin) == objects_before
 
 
-def test_begin_in_autocommit_cannot_leave_a_half_record(service: psycopg.Connection, owner: psycopg.Connection) -> None:
+def test_begin_in_autocommit_cannot_leave_a_half_record(service: psycopg.Connection, admin: psycopg.Connection) -> None:
     user_id, token = create_user(service)
     assert sqlstate_of(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token]) == "23000"
-    assert record_count(owner) == 0
+    assert record_count(admin) == 0
 
 
 def test_record_begin_needs_valid_credentials(service: psycopg.Connection) -> None:
@@ -254,28 +294,28 @@ def test_records_list_is_the_users_own_newest_first(service: psycopg.Connection)
     assert sqlstate_of(service, "SELECT * FROM api.records_list(%s, %s)", [user_id, other_token]) == "PT401"
 
 
-def test_delete_unlinks_the_large_object(service: psycopg.Connection, owner: psycopg.Connection) -> None:
+def test_delete_unlinks_the_large_object(service: psycopg.Connection, admin: psycopg.Connection) -> None:
     user_id, token = create_user(service)
-    objects_before = large_object_count(owner)
+    objects_before = large_object_count(admin)
     record_id = store_record(service, user_id, token, [os.urandom(1000)])
-    assert large_object_count(owner) == objects_before + 1
+    assert large_object_count(admin) == objects_before + 1
     service.execute("SELECT api.record_delete(%s, %s, %s)", [user_id, token, record_id])
-    assert record_count(owner) == 0
-    assert large_object_count(owner) == objects_before
+    assert record_count(admin) == 0
+    assert large_object_count(admin) == objects_before
     assert sqlstate_of(service, "SELECT * FROM api.record_open(%s, %s)", [record_id, user_id]) == "PT404"
 
 
 def test_deleting_rows_by_hand_also_unlinks_their_objects(
-    service: psycopg.Connection, owner: psycopg.Connection
+    service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
     """An admin in pgAdmin deleting a user must not orphan the MP3s."""
     user_id, token = create_user(service)
-    objects_before = large_object_count(owner)
+    objects_before = large_object_count(admin)
     store_record(service, user_id, token, [b"a"])
     store_record(service, user_id, token, [b"b"])
-    owner.execute("DELETE FROM app.users WHERE id = %s", [user_id])
-    assert large_object_count(owner) == objects_before
-    assert record_count(owner) == 0
+    admin.execute("DELETE FROM app.users WHERE id = %s", [user_id])
+    assert large_object_count(admin) == objects_before
+    assert record_count(admin) == 0
 
 
 def test_another_users_record_is_indistinguishable_from_a_missing_one(service: psycopg.Connection) -> None:
@@ -296,7 +336,7 @@ def test_another_users_record_is_indistinguishable_from_a_missing_one(service: p
             "PT404",
             "No such record.",
         )
-    # And the owner still has it.
+    # And its owner still has it.
     assert service.execute("SELECT api.record_read(%s, %s, 0, 10)", [record_id, user_id]).fetchone() == (b"secret",)
 
 
@@ -304,11 +344,11 @@ def test_another_users_record_is_indistinguishable_from_a_missing_one(service: p
 
 
 def test_service_role_cannot_touch_tables_or_large_objects(
-    service: psycopg.Connection, owner: psycopg.Connection
+    service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
     user_id, token = create_user(service)
     record_id = store_record(service, user_id, token, [b"mp3 bytes"])
-    object_id = scalar(owner, "SELECT lo_oid FROM app.records WHERE id = %s", [record_id])
+    object_id = scalar(admin, "SELECT lo_oid FROM app.records WHERE id = %s", [record_id])
 
     denied = "42501"
     assert sqlstate_of(service, "SELECT * FROM app.users") == denied
@@ -322,22 +362,89 @@ def test_service_role_cannot_touch_tables_or_large_objects(
     assert sqlstate_of(service, "SELECT app.upload_in_progress(%s)", [record_id]) == denied
 
 
-def test_api_functions_are_not_executable_by_public(owner: psycopg.Connection) -> None:
-    owner.execute("CREATE ROLE stranger LOGIN")
-    info = owner.info
+def test_the_service_role_can_create_no_large_object_nor_temporary_table(service: psycopg.Connection) -> None:
+    """Objects of its own would outlive any record, and lo_import reads files of the server."""
+    denied = "42501"
+    assert sqlstate_of(service, "SELECT lo_create(0)") == denied
+    assert sqlstate_of(service, "SELECT lo_creat(-1)") == denied
+    assert sqlstate_of(service, "SELECT lo_from_bytea(0, 'x')") == denied
+    assert sqlstate_of(service, "SELECT lo_import('/etc/passwd')") == denied
+    assert sqlstate_of(service, "CREATE TEMP TABLE scratch (x int)") == denied
+
+
+def test_everything_the_service_touches_belongs_to_an_owner_that_is_no_superuser(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    user_id, token = create_user(service)
+    store_record(service, user_id, token, [b"mp3"])
+    owners = admin.execute(
+        """
+        SELECT DISTINCT r.rolname, r.rolsuper, r.rolcanlogin
+        FROM (
+            SELECT nspowner AS owner FROM pg_namespace WHERE nspname IN ('app', 'api')
+            UNION ALL SELECT relowner FROM pg_class WHERE relnamespace IN ('app'::regnamespace, 'api'::regnamespace)
+            UNION ALL SELECT proowner FROM pg_proc WHERE pronamespace IN ('app'::regnamespace, 'api'::regnamespace)
+            UNION ALL SELECT lomowner FROM pg_largeobject_metadata
+            UNION ALL SELECT datdba FROM pg_database WHERE datname = current_database()
+        ) AS o
+        JOIN pg_roles AS r ON r.oid = o.owner
+        """
+    ).fetchall()
+    assert owners == [(DEFAULT_OWNER_ROLE, False, False)]
+    assert scalar(admin, "SELECT rolsuper FROM pg_roles WHERE rolname = %s", [DEFAULT_SERVICE_ROLE]) is False
+
+
+def test_apply_hands_over_what_an_earlier_version_left_to_the_administrator(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    user_id, token = create_user(service)
+    store_record(service, user_id, token, [b"mp3"])
+    object_id = scalar(admin, "SELECT lo_oid FROM app.records")
+    for statement in (
+        "ALTER SCHEMA app OWNER TO postgres",
+        "ALTER TABLE app.users OWNER TO postgres",
+        "ALTER VIEW app.record_info OWNER TO postgres",
+        "ALTER SCHEMA api OWNER TO postgres",
+        "ALTER FUNCTION app.upload_in_progress(uuid) OWNER TO postgres",
+        "ALTER TABLE _yoyo_migration OWNER TO postgres",
+        f"ALTER LARGE OBJECT {object_id} OWNER TO postgres",
+    ):
+        admin.execute(statement)  # fmt: skip
+    info = admin.info
+    apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
+    owned_by_admin = admin.execute(
+        """
+        SELECT count(*) FROM (
+            SELECT nspowner AS owner FROM pg_namespace WHERE nspname IN ('app', 'api')
+            UNION ALL SELECT relowner FROM pg_class WHERE relnamespace = 'app'::regnamespace OR relname LIKE '%%yoyo%%'
+            UNION ALL SELECT proowner FROM pg_proc WHERE pronamespace IN ('app'::regnamespace, 'api'::regnamespace)
+            UNION ALL SELECT lomowner FROM pg_largeobject_metadata
+        ) AS o WHERE o.owner = 'postgres'::regrole
+        """
+    ).fetchone()
+    assert owned_by_admin == (0,)
+    assert service.execute("SELECT api.record_read(r.id, %s, 0, 10) FROM api.records_list(%s, %s) AS r",
+                           [user_id, user_id, token]).fetchone() == (b"mp3",)  # fmt: skip
+
+
+def test_api_functions_are_not_executable_by_public(admin: psycopg.Connection) -> None:
+    """Even a role let into the database (PUBLIC is not) may call no api function."""
+    admin.execute("CREATE ROLE stranger LOGIN")
+    admin.execute(f"GRANT CONNECT ON DATABASE {admin.info.dbname} TO stranger")
+    info = admin.info
     with psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user="stranger") as stranger:
         assert sqlstate_of(stranger, "SELECT * FROM api.user_create('eve')") == "42501"
 
 
-def test_every_api_function_is_security_definer_with_a_fixed_search_path(owner: psycopg.Connection) -> None:
-    rows = owner.execute(
+def test_every_api_function_is_security_definer_with_a_fixed_search_path(admin: psycopg.Connection) -> None:
+    rows = admin.execute(
         """
         SELECT p.proname, p.prosecdef, p.proconfig, obj_description(p.oid, 'pg_proc')
         FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
         WHERE n.nspname = 'api'
         """
     ).fetchall()
-    assert len(rows) == 11
+    assert len(rows) == len(function_files())
     for name, definer, config, comment in rows:
         assert definer, name
         assert config == ["search_path=pg_catalog, pg_temp"], name
@@ -348,22 +455,24 @@ def test_every_api_function_is_security_definer_with_a_fixed_search_path(owner: 
 
 
 def test_apply_is_repeatable_and_drops_functions_that_no_longer_have_a_file(
-    owner: psycopg.Connection, service: psycopg.Connection
+    admin: psycopg.Connection, service: psycopg.Connection
 ) -> None:
     user_id, token = create_user(service)
-    owner.execute("CREATE FUNCTION api.renamed_long_ago() RETURNS int LANGUAGE sql AS 'SELECT 1'")
-    info = owner.info
+    admin.execute("CREATE FUNCTION api.renamed_long_ago() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    info = admin.info
     apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
     apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
-    assert owner.execute("SELECT to_regprocedure('api.renamed_long_ago()')").fetchone() == (None,)
+    assert admin.execute("SELECT to_regprocedure('api.renamed_long_ago()')").fetchone() == (None,)
     # Data survives and the service role is granted again.
     assert service.execute("SELECT id FROM api.user_check(%s, %s)", [user_id, token]).fetchone() == (user_id,)
-    assert owner.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (2,)
-    assert owner.execute("SELECT rolname FROM pg_roles WHERE rolname = %s", [DEFAULT_SERVICE_ROLE]).fetchone()
+    assert admin.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (
+        len(list(MIGRATIONS_DIR.glob("*.sql"))),
+    )
+    assert admin.execute("SELECT rolname FROM pg_roles WHERE rolname = %s", [DEFAULT_SERVICE_ROLE]).fetchone()
 
 
 def test_a_migration_may_reshape_what_api_functions_return(
-    owner: psycopg.Connection, service: psycopg.Connection, tmp_path: Path
+    admin: psycopg.Connection, service: psycopg.Connection, tmp_path: Path
 ) -> None:
     """The api schema goes before migrations run: a view three functions return can be redefined."""
     user_id, token = create_user(service)
@@ -375,10 +484,120 @@ def test_a_migration_may_reshape_what_api_functions_return(
         "CREATE VIEW app.record_info AS SELECT id, user_id, original_filename AS filename, original_filename,"
         " size, duration, bitrate, sample_rate, channels, sha256, created_at FROM app.records WHERE size IS NOT NULL;\n"
     )
-    info = owner.info
+    info = admin.info
     apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}", migrations_dir=migrations)
     row = service.execute("SELECT filename FROM api.record_open(%s, %s)", [record_id, user_id]).fetchone()
     assert row == ("song.wav",)  # the reshaped view (no .mp3 any more), through the reloaded functions
+
+
+def test_the_stored_digest_is_the_sha256_of_the_stored_bytes_whoever_finishes(service: psycopg.Connection) -> None:
+    """What sha256sum prints for the download: computed by the database, overwrite included."""
+    user_id, token = create_user(service)
+    with service.transaction():
+        record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+        service.execute("SELECT api.record_append(%s, %s)", [record_id, b"ID3" + bytes(100)])
+        service.execute("SELECT api.record_append(%s, %s)", [record_id, b"audio" * 1000])
+        service.execute("SELECT api.record_overwrite(%s, 3, %s)", [record_id, b"HEADER"])
+        digest = scalar(service, "SELECT sha256 FROM api.record_finish(%s, 1, 1, 1, 1)", [record_id])
+    stored = scalar(service, "SELECT api.record_read(%s, %s, 0, 100000)", [record_id, user_id])
+    assert bytes(digest) == hashlib.sha256(stored).digest()
+    assert stored[:9] == b"ID3HEADER"
+
+
+# --- storage quota ----------------------------------------------------------------
+
+
+def set_quota(admin: psycopg.Connection, quota_bytes: int) -> None:
+    admin.execute("UPDATE app.settings SET user_quota_bytes = %s", [quota_bytes])
+
+
+def test_the_quota_is_kept_at_begin_while_appending_and_at_finish(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    user_id, token = create_user(service)
+    set_quota(admin, 1000)
+    store_record(service, user_id, token, [b"x" * 600])
+    assert service.execute("SELECT * FROM api.user_storage(%s, %s)", [user_id, token]).fetchone() == (1, 600, 1000)
+
+    # Past the quota while streaming: stopped at the append that passes it, nothing kept.
+    with service.transaction(force_rollback=True):
+        record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'b.wav')", [user_id, token])
+        service.execute("SELECT api.record_append(%s, %s)", [record_id, b"y" * 300])
+        with pytest.raises(psycopg.Error) as raised:
+            service.execute("SELECT api.record_append(%s, %s)", [record_id, b"y" * 300])
+    assert raised.value.sqlstate == "PT413"
+    assert "quota" in (raised.value.diag.message_primary or "")
+    assert record_count(admin) == large_object_count(admin) == 1
+
+    store_record(service, user_id, token, [b"z" * 400])  # exactly up to the quota
+    assert sqlstate_of(service, "SELECT api.record_begin(%s, %s, 'c.wav')", [user_id, token]) == "PT413"
+
+    # Deleting frees the room; by hand in pgAdmin too.
+    admin.execute("DELETE FROM app.records WHERE size = 400")
+    assert service.execute("SELECT bytes FROM api.user_storage(%s, %s)", [user_id, token]).fetchone() == (600,)
+    set_quota(admin, 0)  # no quota
+    store_record(service, user_id, token, [b"w" * 5000])
+
+
+def test_two_uploads_finishing_at_once_cannot_both_pass_the_quota(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """Each fits alone; the second to finish waits for the first to commit, then sees its bytes."""
+    user_id, token = create_user(service)
+    set_quota(admin, 1000)
+    info = service.info
+    first, second = (
+        psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=DEFAULT_SERVICE_ROLE) for _ in range(2)
+    )
+    with first, second:
+        uploads = []
+        for connection in (first, second):
+            record_id = scalar(connection, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+            connection.execute("SELECT api.record_append(%s, %s)", [record_id, b"a" * 700])
+            uploads.append(record_id)
+        first.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[0]])
+        outcome: list[BaseException] = []
+
+        def finish_second() -> None:  # blocks on the user's row until `first` commits
+            try:
+                second.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[1]])
+            except psycopg.Error as error:
+                outcome.append(error)
+
+        finishing = threading.Thread(target=finish_second)
+        finishing.start()
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
+        deadline = time.monotonic() + 30
+        while scalar(admin, waiting, [second.info.backend_pid]) == 0:  # it waits for the user's row
+            assert time.monotonic() < deadline, "the second finish never waited for the first"
+        first.commit()
+        finishing.join(timeout=30)
+        second.rollback()
+    assert [getattr(error, "sqlstate", None) for error in outcome] == ["PT413"]
+    assert scalar(admin, "SELECT stored_bytes FROM app.users WHERE id = %s", [user_id]) == 700
+    assert record_count(admin) == large_object_count(admin) == 1
+
+
+def test_stored_bytes_follow_every_way_a_record_goes(service: psycopg.Connection, admin: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    other_id, other_token = create_user(service, "bob")
+    for size in (100, 200):
+        store_record(service, user_id, token, [b"x" * size])
+    store_record(service, other_id, other_token, [b"x" * 50])
+    record_id = scalar(admin, "SELECT id FROM app.records WHERE size = 100")
+    service.execute("SELECT api.record_delete(%s, %s, %s)", [user_id, token, record_id])
+    assert scalar(admin, "SELECT stored_bytes FROM app.users WHERE id = %s", [user_id]) == 200
+    admin.execute("DELETE FROM app.users WHERE id = %s", [user_id])  # cascades to the records
+    assert scalar(admin, "SELECT stored_bytes FROM app.users WHERE id = %s", [other_id]) == 50
+    assert large_object_count(admin) == 1
+
+
+def test_apply_stores_the_quota_it_is_given(admin: psycopg.Connection) -> None:
+    info = admin.info
+    apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}", user_quota_mb=5)
+    assert scalar(admin, "SELECT user_quota_bytes FROM app.settings") == 5 << 20
+    apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")  # not given: kept
+    assert scalar(admin, "SELECT user_quota_bytes FROM app.settings") == 5 << 20
 
 
 def test_overwrite_changes_only_bytes_already_written_of_an_upload_in_progress(service: psycopg.Connection) -> None:

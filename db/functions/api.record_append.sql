@@ -3,6 +3,7 @@
  * same transaction, and returns the size written so far. Unfinished records
  * are never committed, so only the transaction that began one can see it:
  * nobody can write into another upload or into a finished record (PT404).
+ * PT413 as soon as the upload would take its user past the storage quota.
  */
 CREATE FUNCTION api.record_append(record_id uuid, chunk bytea)
 RETURNS bigint
@@ -13,17 +14,20 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     object_id oid;
+    owner_id bigint;
     descriptor integer;
-    end_of_object bigint;
+    written bigint;
 BEGIN
     object_id := app.upload_in_progress(record_id);
 
     descriptor := lo_open(object_id, x'20000'::integer);  -- INV_WRITE
-    end_of_object := lo_lseek64(descriptor, 0, 2);         -- SEEK_END
+    written := lo_lseek64(descriptor, 0, 2) + coalesce(octet_length(chunk), 0);  -- SEEK_END
+    SELECT r.user_id INTO owner_id FROM app.records AS r WHERE r.id = record_id;
+    PERFORM app.assert_within_quota(owner_id, written);
     PERFORM lowrite(descriptor, coalesce(chunk, ''::bytea));
     PERFORM lo_close(descriptor);
 
-    RETURN end_of_object + coalesce(octet_length(chunk), 0);
+    RETURN written;
 END;
 $$;
 

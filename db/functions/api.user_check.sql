@@ -1,8 +1,9 @@
 /**
  * Checks a user's credentials and returns the user. An unknown user, a wrong
  * token and a token that is not a UUID at all raise the same PT401, so the
- * answer never tells which user ids exist. Every api function that acts for a
- * user calls this first.
+ * answer never tells which user ids exist: the token's form is checked, and
+ * the token read, before any user is looked up. Every api function that acts
+ * for a user calls this first.
  */
 CREATE FUNCTION api.user_check(user_id bigint, token text)
 RETURNS TABLE (id bigint, username text)
@@ -11,15 +12,19 @@ STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    canonical text;
 BEGIN
-    -- Checked by pattern before the cast, so malformed input never raises
-    -- invalid_text_representation (which would tell it apart from a wrong token).
-    IF token ~ '^\{?[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\}?$' THEN
+    -- Every string this pattern admits is a UUID to PostgreSQL (braces only in
+    -- pairs), so the cast below cannot fail, for an existing user or not: a
+    -- cast error only for existing ones would tell them apart.
+    IF token ~ '^(\{[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\}|[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12})$' THEN
+        canonical := token::uuid::text;
         RETURN QUERY
         SELECT u.id, u.username
         FROM app.users AS u
         WHERE u.id = user_check.user_id
-          AND u.token_sha256 = sha256(convert_to(token::uuid::text, 'UTF8'));
+          AND u.token_sha256 = sha256(convert_to(canonical, 'UTF8'));
         IF FOUND THEN
             RETURN;
         END IF;

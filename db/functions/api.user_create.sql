@@ -2,9 +2,11 @@
  * Creates a user and returns its token. This is the only time the token is
  * ever shown: the table keeps its SHA-256 alone.
  *
- * The name is trimmed of surrounding white space and must then be 1-64
- * characters with no control characters (PT400); names are unique without
- * regard to case (PT409). Callable by the service role.
+ * The name is normalised to NFKC (full-width letters become plain ones, a
+ * no-break space a space) and trimmed; it must then be 1-64 characters with
+ * no control characters and no invisible or bidirectional-control ones
+ * (zero-width spaces, right-to-left overrides...): PT400. Names are unique as
+ * people read them, NFKC and case-folded (PT409). Callable by the service role.
  */
 CREATE FUNCTION api.user_create(name text)
 RETURNS TABLE (id bigint, username text, token uuid)
@@ -14,7 +16,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    clean_name text := regexp_replace(name, '^\s+|\s+$', '', 'g');
+    clean_name text := regexp_replace(normalize(name, NFKC), '^\s+|\s+$', '', 'g');
     new_token uuid := gen_random_uuid();
     new_id bigint;
 BEGIN
@@ -27,6 +29,11 @@ BEGIN
     IF clean_name ~ '[[:cntrl:]]' THEN
         RAISE EXCEPTION USING ERRCODE = 'PT400',
             MESSAGE = 'A username may not contain control characters.';
+    END IF;
+    -- The same set as the constraint username_has_no_invisible_characters.
+    IF clean_name ~ '[\u00AD\u034F\u061C\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200F\u202A-\u202E\u2060-\u206F\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]' THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400',
+            MESSAGE = 'A username may not contain invisible or text-direction characters.';
     END IF;
 
     -- ON CONFLICT rather than catching unique_violation: an exception block

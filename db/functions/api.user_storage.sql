@@ -1,0 +1,26 @@
+/**
+ * What an authenticated user stores: finished records, their MP3 bytes, and
+ * the quota those bytes count against (0: none).
+ */
+CREATE FUNCTION api.user_storage(user_id bigint, token text)
+RETURNS TABLE (records bigint, bytes bigint, quota_bytes bigint)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM FROM api.user_check(user_id, token);
+
+    RETURN QUERY
+    SELECT
+        (SELECT count(*) FROM app.records AS r WHERE r.user_id = user_storage.user_id AND r.size IS NOT NULL),
+        u.stored_bytes,
+        s.user_quota_bytes
+    FROM app.users AS u, app.settings AS s
+    WHERE u.id = user_storage.user_id;
+END;
+$$;
+
+COMMENT ON FUNCTION api.user_storage(bigint, text) IS
+    'The user''s records, their bytes, and the storage quota (0: none).';
