@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 LAME_CBR_KBPS = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+# api.record_finish hashes the whole MP3 as one PostgreSQL value, which may be
+# 1 GB at most: 6 hours at 320 kbit/s is 864 MB.
+MAX_DURATION_LIMIT_S = 6 * 3600
 
 
 class ConfigError(Exception):
@@ -30,6 +33,7 @@ class Settings:
     convert_concurrency: int = os.cpu_count() or 1
     queue_timeout_s: float = 10.0
     ffmpeg_timeout_s: float = 3600.0
+    max_duration_s: float = 4 * 3600.0
     read_timeout_s: float = 60.0
     # A slow mobile uplink (EDGE) still sends 100+ kbit/s; a trickle below this is cut off.
     min_upload_kbps: int = 64
@@ -62,6 +66,7 @@ class Settings:
             convert_concurrency=_number(env, "CONVERT_CONCURRENCY", cls.convert_concurrency, 1, 1024),
             queue_timeout_s=_seconds(env, "QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),
+            max_duration_s=_seconds(env, "MAX_DURATION_S", cls.max_duration_s, MAX_DURATION_LIMIT_S),
             read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
             min_upload_kbps=_number(env, "MIN_UPLOAD_KBPS", cls.min_upload_kbps, 0, 1 << 20),
             idle_timeout_s=_seconds(env, "IDLE_TIMEOUT_S", cls.idle_timeout_s),
@@ -105,7 +110,7 @@ def _number(env: Mapping[str, str], name: str, default: int, low: int, high: int
     return value
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _seconds(env: Mapping[str, str], name: str, default: float, highest: float = 86400) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -113,6 +118,6 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if not 0 < value <= 86400:
-        raise ConfigError(f"{name} must be more than 0 and at most 86400 seconds, not {value}")
+    if not 0 < value <= highest:
+        raise ConfigError(f"{name} must be more than 0 and at most {highest:g} seconds, not {value}")
     return value

@@ -1,10 +1,14 @@
 """Stream a WAV through FFmpeg into a sink, never holding the file in memory.
 
-Three tasks run under one TaskGroup: the upload is written to FFmpeg's stdin
+The WAV's header is read here (converter.wav); FFmpeg gets only the samples of
+its `data` chunk, as raw PCM of the format read, with the matching PCM decoder
+forced: no WAV demuxer, no probing, no other decoder ever sees the upload.
+
+Three tasks run under one TaskGroup: the samples are written to FFmpeg's stdin
 (with drain() for backpressure), FFmpeg's stdout is gathered into chunks for
-the sink, and its stderr is kept for the error message. Writing all of stdin
-before reading stdout would deadlock once the pipes fill. Whatever goes
-wrong, FFmpeg is killed and reaped before the exception leaves.
+the sink, and its stderr is kept for the log. Writing all of stdin before
+reading stdout would deadlock once the pipes fill. Whatever goes wrong,
+FFmpeg is killed and reaped before the exception leaves.
 """
 
 from __future__ import annotations
@@ -12,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from converter.mp3 import Mp3Stream, Mp3StreamError, mp3_sample_rate_for
-from converter.wav import SNIFF_BYTES, BadWav, NotWav, WavHeader, looks_like_wav
+from converter.wav import SNIFF_BYTES, BadWav, NotWav, WavFormat, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
 PIPE_READ = 256 * 1024
@@ -29,9 +32,14 @@ MAX_PREAMBLE = 16 << 20  # header bytes read before FFmpeg starts, at most
 
 
 class ConversionError(Exception):
-    """The upload cannot become an MP3. ``status`` is the HTTP status that says why."""
+    """The upload cannot become an MP3. ``status`` is the HTTP status that says why;
+    ``detail`` what FFmpeg said, for the log (never for the client)."""
 
     status = 422
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class NotAWav(ConversionError):
@@ -40,6 +48,10 @@ class NotAWav(ConversionError):
 
 class ConversionTimedOut(ConversionError):
     pass
+
+
+class RecordingTooLong(ConversionError):
+    status = 413
 
 
 @dataclass(frozen=True)
@@ -55,10 +67,6 @@ class EncodeOptions:
 @dataclass(frozen=True)
 class Converted:
     size: int
-    # SHA-256 of the bytes in the order they were produced (the header frame
-    # last): a fingerprint of the content for the ETag, computed without
-    # reading the file back.
-    sha256: bytes
     duration: float
     bitrate: int
     sample_rate: int
@@ -77,22 +85,29 @@ async def convert(
     ffmpeg: str,
     options: EncodeOptions,
     time_limit_s: float,
+    max_seconds: float,
 ) -> Converted:
     """Convert the WAV that ``source`` yields, handing the MP3 to ``sink`` in chunks.
 
     Raises ConversionError (or a subclass naming the HTTP status) when the
-    upload is not a WAV, undecodable, silent of samples or too slow. What
-    ``source`` raises (the client went away, sent too much) ends the
-    conversion too, and passes as it is.
+    upload is not a WAV, undecodable, silent of samples, longer than
+    ``max_seconds`` or too slow. What ``source`` raises (the client went away,
+    sent too much) ends the conversion too, and passes as it is.
     """
     header = WavHeader()
     try:
-        preamble = await _read_preamble(source, header)
+        first_samples = await _read_header(source, header)
     except (NotWav, BadWav) as error:
         raise _as_conversion_error(error) from None
+    if not header.in_data or header.format is None:
+        raise ConversionError("The WAV has no 'data' chunk: it holds no audio.")
+    declared = header.declared_duration
+    if declared is not None and declared > max_seconds:
+        raise _too_long(max_seconds)
+    chosen = choose_format(header, options)
 
     process = await asyncio.create_subprocess_exec(
-        *ffmpeg_command(ffmpeg, choose_format(header, options)),
+        *ffmpeg_command(ffmpeg, chosen, header.format),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -106,7 +121,7 @@ async def convert(
     try:
         async with asyncio.timeout(time_limit_s):
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(_feed(process, preamble, source, header))
+                tasks.create_task(_feed(process, first_samples, source, header, max_seconds))
                 tasks.create_task(output.collect(process))
                 tasks.create_task(_keep_tail(process, stderr))
             returncode = await process.wait()
@@ -120,15 +135,16 @@ async def convert(
         await _reap(process)
 
     mp3 = output.mp3
-    if returncode != 0 or mp3.first is None or header.format is None or header.sample_frames == 0:
-        raise ConversionError(_failure_message(bytes(stderr), header))
+    if header.sample_frames == 0:
+        raise ConversionError("The WAV holds no audio samples.")
+    if returncode != 0 or mp3.first is None:
+        detail = bytes(stderr).decode("utf-8", "replace").strip() or f"exit status {returncode}"
+        raise ConversionError("The WAV could not be converted: its samples could not be encoded.", detail)
     samples = round(header.sample_frames * mp3.first.sample_rate / header.format.sample_rate)
     vbr = options.vbr_quality is not None
     header_frame = mp3.header_frame(samples, vbr=vbr)
-    output.digest.update(header_frame)
     return Converted(
         size=output.size,
-        sha256=output.digest.digest(),
         duration=round(header.duration, 3),
         bitrate=mp3.average_bitrate if vbr else mp3.first.bitrate,
         sample_rate=mp3.first.sample_rate,
@@ -156,15 +172,20 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
         yield chunk
 
 
-def ffmpeg_command(ffmpeg: str, options: EncodeOptions) -> list[str]:
-    """FFmpeg told the input format, allowed to open nothing but its pipes."""
+def ffmpeg_command(ffmpeg: str, options: EncodeOptions, source: WavFormat) -> list[str]:
+    """FFmpeg told the samples' exact format and decoder, allowed to open nothing but its pipes."""
     command = [
         ffmpeg,
         "-nostdin",
         "-hide_banner",
         "-loglevel", "error",
         "-protocol_whitelist", "pipe",
-        "-f", "wav",
+        "-format_whitelist", source.raw_format,
+        "-codec_whitelist", source.decoder,
+        "-f", source.raw_format,
+        "-ar", str(source.sample_rate),
+        "-ch_layout", source.channel_layout,
+        "-c:a", source.decoder,
         "-i", "pipe:0",
         "-map", "0:a:0",
         "-c:a", "libmp3lame",
@@ -191,10 +212,14 @@ def ffmpeg_command(ffmpeg: str, options: EncodeOptions) -> list[str]:
 def choose_format(header: WavHeader, options: EncodeOptions) -> EncodeOptions:
     """Fill in what the source decides: an MP3 sample rate, at most two channels, the tags."""
     source = header.format
+    assert source is not None
+    if options.sample_rate and options.sample_rate > source.sample_rate:
+        # Resampling up adds nothing the WAV holds, only size and work per uploaded byte.
+        raise ConversionError(
+            f"The WAV's own sample rate is {source.sample_rate} Hz: choose a sample_rate of at most that."
+        )
     tags = {"title": options.default_title} if options.default_title else {}
     tags |= dict(header.tags) | dict(options.tags)
-    if source is None:
-        return replace(options, tags=tags)
     return replace(
         options,
         sample_rate=options.sample_rate or mp3_sample_rate_for(source.sample_rate),
@@ -209,7 +234,6 @@ class _Output:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.size = 0
-        self.digest = hashlib.sha256()
         self.mp3 = Mp3Stream()
 
     async def collect(self, process: asyncio.subprocess.Process) -> None:
@@ -224,33 +248,36 @@ class _Output:
             await self._write(bytes(pending))
 
     async def _write(self, chunk: bytes) -> None:
-        self.digest.update(chunk)
         self.size += len(chunk)
         await self.sink(chunk)
 
 
-async def _read_preamble(upload: AsyncIterator[bytes], header: WavHeader) -> list[bytes]:
-    """Read (and keep, for FFmpeg) the bytes up to the start of the audio, so the
-    format is known before FFmpeg starts and a file that is no WAV never reaches it."""
-    preamble: list[bytes] = []
-    buffered = 0
+async def _read_header(upload: AsyncIterator[bytes], header: WavHeader) -> bytes:
+    """Read the upload up to the start of its samples, so the format is known before
+    FFmpeg starts and a file that is no WAV never reaches it; the first samples."""
+    read = 0
     async for chunk in upload:
-        preamble.append(chunk)
-        buffered += len(chunk)
-        header.feed(chunk)
-        if header.in_data or buffered > MAX_PREAMBLE:
+        read += len(chunk)
+        samples = header.feed(chunk)
+        if header.in_data:
+            return samples
+        if read > MAX_PREAMBLE:
             break
     if not header.started:
         raise NotWav("The file is not a WAV: expected a RIFF or RF64 file of type WAVE.")
-    if header.format is None and not header.in_data and buffered > MAX_PREAMBLE:
-        raise BadWav(f"No 'fmt ' chunk in the first {MAX_PREAMBLE >> 20} MiB of the WAV.")
-    return preamble
+    if read > MAX_PREAMBLE:
+        raise BadWav(f"No 'data' chunk in the first {MAX_PREAMBLE >> 20} MiB of the WAV.")
+    return b""
 
 
 async def _feed(
-    process: asyncio.subprocess.Process, preamble: list[bytes], upload: AsyncIterator[bytes], header: WavHeader
+    process: asyncio.subprocess.Process,
+    first_samples: bytes,
+    upload: AsyncIterator[bytes],
+    header: WavHeader,
+    max_seconds: float,
 ) -> None:
-    """Write the upload into FFmpeg's stdin, then close it.
+    """Write the upload's samples into FFmpeg's stdin, then close it.
 
     Only the writes are guarded: a broken pipe there means FFmpeg stopped
     reading (its exit status says why). The same exception classes raised while
@@ -258,12 +285,13 @@ async def _feed(
     swallowing them once left FFmpeg waiting for input that never came."""
     stdin = process.stdin
     assert stdin is not None
-    for chunk in preamble:
-        if not await _write(stdin, chunk):
-            return
+    if not await _write(stdin, first_samples):
+        return
     async for chunk in upload:
-        header.feed(chunk)
-        if not await _write(stdin, chunk):
+        samples = header.feed(chunk)
+        if header.duration > max_seconds:
+            raise _too_long(max_seconds)
+        if samples and not await _write(stdin, samples):
             return
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         stdin.close()
@@ -309,6 +337,10 @@ def _confine() -> None:
             fcntl.fcntl(descriptor, fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
 
 
+def _too_long(max_seconds: float) -> RecordingTooLong:
+    return RecordingTooLong(f"The recording is longer than the limit of {max_seconds:g} seconds.")
+
+
 def _as_conversion_error(error: BaseException) -> BaseException:
     """WAV header complaints become statuses; anything else (the database, the client) passes as it is."""
     if isinstance(error, NotWav):
@@ -316,11 +348,3 @@ def _as_conversion_error(error: BaseException) -> BaseException:
     if isinstance(error, (BadWav, Mp3StreamError)):
         return ConversionError(str(error))
     return error
-
-
-def _failure_message(stderr: bytes, header: WavHeader) -> str:
-    if header.format is not None and header.sample_frames == 0:
-        return "The WAV holds no audio samples."
-    detail = stderr.decode("utf-8", "replace").strip().splitlines()
-    reason = detail[-1] if detail else "no audio was decoded"
-    return f"The WAV could not be converted: {reason}"

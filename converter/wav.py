@@ -2,8 +2,11 @@
 
 The service decides from the bytes whether an upload is a WAV (RIFF, RF64 or
 BW64 with form type WAVE), refuses a `fmt ` chunk that lies, carries the
-LIST/INFO tags into the MP3, and counts the sample frames actually sent, so
-the record's duration is exact even when the header's sizes are not.
+LIST/INFO tags into the MP3, and hands on only the bytes of the `data` chunk:
+FFmpeg is given those as raw samples of the format read here, so no WAV
+demuxer and no decoder but the PCM one ever sees the upload. The sample frames
+actually sent are counted, so the record's duration is exact even when the
+header's sizes are not.
 """
 
 from __future__ import annotations
@@ -34,6 +37,21 @@ INFO_TAGS = {
 
 MAX_BUFFERED_CHUNK = 1 << 20  # fmt/ds64/LIST chunks larger than this are skipped, not read
 MAX_CHANNELS = 64
+# Below MP3's lowest rate a WAV would be resampled up: work per uploaded byte
+# that the file does not carry (and no recorder writes such files).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 768_000
+
+# FFmpeg's raw demuxer and PCM decoder for each sample encoding and width (bytes).
+RAW_FORMATS = {
+    (FORMAT_PCM, 1): ("u8", "pcm_u8"),
+    (FORMAT_PCM, 2): ("s16le", "pcm_s16le"),
+    (FORMAT_PCM, 3): ("s24le", "pcm_s24le"),
+    (FORMAT_PCM, 4): ("s32le", "pcm_s32le"),
+    (FORMAT_FLOAT, 4): ("f32le", "pcm_f32le"),
+    (FORMAT_FLOAT, 8): ("f64le", "pcm_f64le"),
+    (FORMAT_ALAW, 1): ("alaw", "pcm_alaw"),
+    (FORMAT_MULAW, 1): ("mulaw", "pcm_mulaw"),
+}
 
 
 class NotWav(Exception):
@@ -55,6 +73,23 @@ class WavFormat:
     sample_rate: int
     block_align: int
     bits_per_sample: int
+    channel_mask: int | None = None  # WAVE_FORMAT_EXTENSIBLE's speaker positions
+
+    @property
+    def raw_format(self) -> str:
+        """FFmpeg's raw demuxer for these samples (its PCM decoder: ``decoder``)."""
+        return RAW_FORMATS[self.format_tag, self.block_align // self.channels][0]
+
+    @property
+    def decoder(self) -> str:
+        return RAW_FORMATS[self.format_tag, self.block_align // self.channels][1]
+
+    @property
+    def channel_layout(self) -> str:
+        """The speaker layout FFmpeg should assume: the file's mask when it names one per channel."""
+        if self.channel_mask and self.channel_mask.bit_count() == self.channels:
+            return f"0x{self.channel_mask:x}"
+        return f"{self.channels}c"
 
 
 @dataclass
@@ -75,10 +110,14 @@ class WavHeader:
     @property
     def sample_frames(self) -> int:
         """Whole sample frames received so far (the duration's numerator)."""
-        if self.format is None:
-            return 0
-        audio = self.data_seen if self.data_declared is None else min(self.data_seen, self.data_declared)
-        return audio // self.format.block_align
+        return self.data_seen // self.format.block_align if self.format else 0
+
+    @property
+    def declared_duration(self) -> float | None:
+        """What the header says the audio lasts, when it says (streamed files do not)."""
+        if self.format is None or self.data_declared is None:
+            return None
+        return self.data_declared // self.format.block_align / self.format.sample_rate
 
     @property
     def started(self) -> bool:
@@ -94,12 +133,23 @@ class WavHeader:
     def duration(self) -> float:
         return self.sample_frames / self.format.sample_rate if self.format else 0.0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
+        """Take the upload's next bytes; return those that are samples of the `data` chunk."""
         if self._in_data:
-            self.data_seen += len(data)
-            return
+            return self._audio(data)
         self._buffer += data
         self._parse()
+        if not self._in_data:
+            return b""
+        first, self._buffer = bytes(self._buffer), bytearray()
+        return self._audio(first)
+
+    def _audio(self, data: bytes) -> bytes:
+        """The part of ``data`` within the declared audio (a chunk after it is not audio)."""
+        if self.data_declared is not None and self.data_seen + len(data) > self.data_declared:
+            data = data[: max(0, self.data_declared - self.data_seen)]
+        self.data_seen += len(data)
+        return data
 
     def _parse(self) -> None:
         if not self._started:
@@ -149,26 +199,30 @@ class WavHeader:
             size = self._ds64_data_size
         self.data_declared = None if size in (0, 0xFFFFFFFF) else size
         self._in_data = True
-        self.data_seen = len(self._buffer) - 8
-        self._buffer = bytearray()
+        del self._buffer[:8]  # the chunk's header; what follows is audio
 
 
 def _read_format(body: bytes) -> WavFormat:
     if len(body) < 16:
         raise BadWav("The WAV's 'fmt ' chunk is too short.")
     tag, channels, rate, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body)
+    mask = None
     if tag == FORMAT_EXTENSIBLE and len(body) >= 26:
         # The real format is the first two bytes of the sub-format GUID.
-        (tag,) = struct.unpack_from("<H", body, 24)
+        (mask, tag) = struct.unpack_from("<IH", body, 20)
     if tag not in ACCEPTED_FORMATS:
         raise BadWav(f"WAV encoding 0x{tag:04x} is not supported: send PCM or floating-point samples.")
     if not 1 <= channels <= MAX_CHANNELS:
         raise BadWav(f"The WAV claims {channels} channels; 1 to {MAX_CHANNELS} are supported.")
-    if not 1000 <= rate <= 768_000:
-        raise BadWav(f"The WAV claims a sample rate of {rate} Hz; 1000 to 768000 Hz are supported.")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BadWav(
+            f"The WAV claims a sample rate of {rate} Hz; {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz are supported."
+        )
     if bits == 0 or block_align != channels * ((bits + 7) // 8):
         raise BadWav(f"The WAV's block alignment ({block_align}) does not match {channels} x {bits}-bit samples.")
-    return WavFormat(tag, channels, rate, block_align, bits)
+    if (tag, block_align // channels) not in RAW_FORMATS:
+        raise BadWav(f"{bits}-bit samples of WAV encoding 0x{tag:04x} are not supported.")
+    return WavFormat(tag, channels, rate, block_align, bits, mask)
 
 
 def _read_info(body: bytes) -> dict[str, str]:

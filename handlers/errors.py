@@ -145,6 +145,10 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
         api_error = api_error_for(error)
         if api_error.status >= 500:
             log.error("%s %s answered %d", request.method, request.path, api_error.status, exc_info=error)
+        elif isinstance(error, ConversionError) and error.detail:  # FFmpeg's words: for the log, not the client
+            log.warning(
+                "%s %s answered %d; FFmpeg said: %s", request.method, request.path, api_error.status, error.detail
+            )
         return error_response(api_error.status, api_error.message, api_error.headers)
 
 

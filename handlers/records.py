@@ -132,6 +132,7 @@ async def _convert_upload(request: web.Request) -> tuple[asyncpg.Record, URL]:
             ffmpeg=settings.ffmpeg_binary,
             options=options,
             time_limit_s=settings.ffmpeg_timeout_s,
+            max_seconds=settings.max_duration_s,
         )
     return row, links
 

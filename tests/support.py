@@ -78,15 +78,15 @@ def wav_header(channels: int = 2, rate: int = 44100, bits: int = 16, data_size: 
     return b"RIFF" + struct.pack("<I", len(body) + data_size) + body
 
 
-def count(owner: psycopg.Connection, query: str) -> int:
-    row = owner.execute(query).fetchone()
+def count(admin: psycopg.Connection, query: str) -> int:
+    row = admin.execute(query).fetchone()
     assert row is not None
     return int(row[0])
 
 
-def nothing_stored(owner: psycopg.Connection) -> bool:
-    records = count(owner, "SELECT count(*) FROM app.records")
-    objects = count(owner, "SELECT count(*) FROM pg_largeobject_metadata")
+def nothing_stored(admin: psycopg.Connection) -> bool:
+    records = count(admin, "SELECT count(*) FROM app.records")
+    objects = count(admin, "SELECT count(*) FROM pg_largeobject_metadata")
     return records == 0 and objects == 0
 
 
@@ -125,18 +125,18 @@ def multipart_head(boundary: str, length: int, user: tuple[int, str] | None = No
 # --- the database, as an operator sees it ---------------------------------------
 
 
-def idle_in_transaction(owner: psycopg.Connection) -> int:
+def idle_in_transaction(admin: psycopg.Connection) -> int:
     """The service's sessions left in an open transaction (an upload not rolled back)."""
     return count(
-        owner,
+        admin,
         "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service' AND state LIKE 'idle in transaction%'",
     )
 
 
-def records_match_large_objects(owner: psycopg.Connection) -> bool:
+def records_match_large_objects(admin: psycopg.Connection) -> bool:
     """Every record has its MP3, and no MP3 is left without a record."""
-    return count(owner, "SELECT count(*) FROM app.records") == count(
-        owner, "SELECT count(*) FROM pg_largeobject_metadata"
+    return count(admin, "SELECT count(*) FROM app.records") == count(
+        admin, "SELECT count(*) FROM pg_largeobject_metadata"
     )
 
 

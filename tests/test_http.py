@@ -241,14 +241,14 @@ async def test_missing_credentials_are_401_with_www_authenticate(
 
 
 async def test_wrong_token_and_unknown_user_get_the_same_401(
-    client: Client, audio: Audio, owner: psycopg.Connection
+    client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
     user_id, _ = await new_user(client)
     wrong = await expect_error(await upload(client, (user_id, str(uuid.uuid4())), audio()), 401)
     unknown = await expect_error(await upload(client, (user_id + 1000, str(uuid.uuid4())), audio()), 401)
     garbage = await expect_error(await upload(client, (user_id, "' OR 1=1 --"), audio()), 401)
     assert wrong == unknown == garbage
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 @pytest.mark.parametrize(
@@ -291,7 +291,7 @@ async def test_body_neither_multipart_nor_wav_is_415(client: Client, audio: Audi
     ["text", "mp3", "hls-playlist", "ffconcat", "empty", "flac"],
 )
 async def test_files_that_are_not_wav_are_415_and_leave_nothing(
-    client: Client, audio: Audio, owner: psycopg.Connection, kind: str
+    client: Client, audio: Audio, admin: psycopg.Connection, kind: str
 ) -> None:
     payloads = {
         "text": b"hello, this is not audio\n" * 100,
@@ -303,7 +303,7 @@ async def test_files_that_are_not_wav_are_415_and_leave_nothing(
     }
     user = await new_user(client)
     await expect_error(await upload(client, user, payloads[kind], filename="innocent.wav"), 415)
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 @pytest.mark.parametrize(
@@ -311,7 +311,7 @@ async def test_files_that_are_not_wav_are_415_and_leave_nothing(
              "data-before-fmt", "adpcm"],
 )  # fmt: skip
 async def test_wavs_that_cannot_be_converted_are_422_and_leave_nothing(
-    client: Client, owner: psycopg.Connection, kind: str
+    client: Client, admin: psycopg.Connection, kind: str
 ) -> None:
     samples = bytes(4000)
     payloads = {
@@ -326,7 +326,7 @@ async def test_wavs_that_cannot_be_converted_are_422_and_leave_nothing(
     }
     user = await new_user(client)
     await expect_error(await upload(client, user, payloads[kind]), 422)
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 async def test_upload_over_the_limit_is_413_from_content_length_before_reading(make_client: MakeClient) -> None:
@@ -345,7 +345,7 @@ async def test_upload_over_the_limit_is_413_from_content_length_before_reading(m
 
 
 async def test_upload_over_the_limit_is_cut_off_with_413_while_streaming(
-    make_client: MakeClient, audio: Audio, owner: psycopg.Connection
+    make_client: MakeClient, audio: Audio, admin: psycopg.Connection
 ) -> None:
     client = await make_client(max_upload_bytes=1 << 20)
     user_id, token = await new_user(client)
@@ -359,7 +359,7 @@ async def test_upload_over_the_limit_is_cut_off_with_413_while_streaming(
         "/record", data=chunked(), headers={**basic(user_id, token), "Content-Type": "audio/wav"}
     )
     await expect_error(response, 413)
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 async def test_every_slot_busy_past_the_queue_timeout_is_503_with_retry_after(
@@ -382,7 +382,7 @@ async def test_every_slot_busy_past_the_queue_timeout_is_503_with_retry_after(
 
 
 async def test_stalled_upload_is_stopped_and_leaves_nothing(
-    make_client: MakeClient, audio: Audio, owner: psycopg.Connection
+    make_client: MakeClient, audio: Audio, admin: psycopg.Connection
 ) -> None:
     client = await make_client(read_timeout_s=0.3)
     user_id, token = await new_user(client)
@@ -390,11 +390,11 @@ async def test_stalled_upload_is_stopped_and_leaves_nothing(
     response = await client.post("/record", data=stalls, headers={**basic(user_id, token), "Content-Type": "audio/wav"})
     await expect_error(response, 408)
     assert client.app[SLOTS].active == 0
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 async def test_conversion_past_its_time_bound_is_killed_and_says_so(
-    make_client: MakeClient, audio: Audio, owner: psycopg.Connection
+    make_client: MakeClient, audio: Audio, admin: psycopg.Connection
 ) -> None:
     client = await make_client(ffmpeg_timeout_s=0.3)
     user_id, token = await new_user(client)
@@ -402,11 +402,11 @@ async def test_conversion_past_its_time_bound_is_killed_and_says_so(
     response = await client.post("/record", data=slow, headers={**basic(user_id, token), "Content-Type": "audio/wav"})
     body = await expect_error(response, 422)
     assert "longer than" in body["message"]
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 async def test_client_disconnecting_mid_upload_leaves_no_record_and_no_large_object(
-    client: Client, audio: Audio, owner: psycopg.Connection
+    client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
     user_id, token = await new_user(client)
     wav = audio(seconds=20)
@@ -422,9 +422,9 @@ async def test_client_disconnecting_mid_upload_leaves_no_record_and_no_large_obj
     await until(lambda: client.app[SLOTS].active == 1)
     writer.close()
     await until(lambda: client.app[SLOTS].active == 0)
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
     idle = "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
-    await until(lambda: count(owner, idle) == 0)
+    await until(lambda: count(admin, idle) == 0)
 
 
 async def test_database_unreachable_is_503_with_retry_after(make_client: MakeClient) -> None:
@@ -440,12 +440,12 @@ async def test_database_unreachable_is_503_with_retry_after(make_client: MakeCli
 
 
 @pytest.fixture
-async def stored(client: Client, audio: Audio, owner: psycopg.Connection) -> tuple[dict[str, Any], bytes]:
+async def stored(client: Client, audio: Audio, admin: psycopg.Connection) -> tuple[dict[str, Any], bytes]:
     """One uploaded record and the exact bytes the database holds for it."""
     user = await new_user(client)
     response = await upload(client, user, audio(seconds=4), filename="Zoë's song.wav")
     data: dict[str, Any] = (await response.json())["data"]
-    row = owner.execute("SELECT lo_get(lo_oid) FROM app.records WHERE id = %s", [data["id"]]).fetchone()
+    row = admin.execute("SELECT lo_get(lo_oid) FROM app.records WHERE id = %s", [data["id"]]).fetchone()
     assert row is not None
     return data, bytes(row[0])
 
@@ -541,7 +541,7 @@ async def test_records_lists_the_users_records_newest_first(client: Client, audi
 
 
 async def test_delete_removes_the_record_and_its_large_object(
-    client: Client, stored: tuple[dict[str, Any], bytes], owner: psycopg.Connection
+    client: Client, stored: tuple[dict[str, Any], bytes], admin: psycopg.Connection
 ) -> None:
     data, _ = stored
     user_id = data["user"]
@@ -552,13 +552,13 @@ async def test_delete_removes_the_record_and_its_large_object(
 
 
 async def test_delete_with_credentials_is_204_and_frees_everything(
-    client: Client, audio: Audio, owner: psycopg.Connection
+    client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
     user = await new_user(client)
     data = (await (await upload(client, user, audio())).json())["data"]
     response = await client.delete(f"/record?id={data['id']}&user={user[0]}", headers=basic(*user))
     assert response.status == 204
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
     await expect_error(await client.get(local(data["url"])), 404)
 
 
@@ -581,7 +581,7 @@ async def test_mp3_starts_with_an_info_frame_so_players_trim_exactly(client: Cli
 
 
 async def test_fields_after_the_file_or_a_second_file_are_refused_not_ignored(
-    client: Client, audio: Audio, owner: psycopg.Connection
+    client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
     user_id, token = await new_user(client)
     late_option = form(audio(), user=user_id, token=token)
@@ -593,4 +593,4 @@ async def test_fields_after_the_file_or_a_second_file_are_refused_not_ignored(
     two_files.add_field("other", audio(), filename="other.wav", content_type="audio/wav")
     body = await expect_error(await client.post("/record", data=two_files), 400)
     assert "second file" in body["message"]
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)

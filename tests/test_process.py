@@ -41,19 +41,19 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10.0
             await asyncio.sleep(0.02)
 
 
-async def everything_freed(service: ServiceProcess, owner: psycopg.Connection) -> None:
+async def everything_freed(service: ServiceProcess, admin: psycopg.Connection) -> None:
     """No FFmpeg left, no transaction left open, every slot free, and no half record."""
     async with aiohttp.ClientSession() as session:
 
         async def freed() -> bool:
             return (
                 not service.ffmpeg_children()
-                and idle_in_transaction(owner) == 0
+                and idle_in_transaction(admin) == 0
                 and await service.free_slots(session) == SLOTS
             )
 
         await eventually(freed)
-    assert records_match_large_objects(owner)
+    assert records_match_large_objects(admin)
 
 
 async def conversions_counted(service: ServiceProcess, status: int) -> float:
@@ -90,7 +90,7 @@ def multipart_upload(wav: bytes) -> tuple[str, bytes]:
 @pytest.mark.parametrize("body", ["raw", "multipart"])
 @pytest.mark.parametrize("ending", ["fin", "rst"])
 async def test_an_upload_abandoned_mid_body_frees_everything_at_once(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection, body: str, ending: str
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection, body: str, ending: str
 ) -> None:
     await service_process.start()
     async with aiohttp.ClientSession() as session:
@@ -106,13 +106,13 @@ async def test_an_upload_abandoned_mid_body_frees_everything_at_once(
         writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.close()
 
-    await everything_freed(service_process, owner)
-    assert nothing_stored(owner)
+    await everything_freed(service_process, admin)
+    assert nothing_stored(admin)
     assert await conversions_counted(service_process, 400) == 1  # once, as the body that ended early
 
 
 async def test_a_malformed_chunk_is_answered_400_and_frees_everything(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
 ) -> None:
     await service_process.start()
     async with aiohttp.ClientSession() as session:
@@ -128,12 +128,12 @@ async def test_a_malformed_chunk_is_answered_400_and_frees_everything(
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert b'"code": 400' in answer
     writer.close()
-    await everything_freed(service_process, owner)
-    assert nothing_stored(owner)
+    await everything_freed(service_process, admin)
+    assert nothing_stored(admin)
 
 
 async def test_a_trickle_below_the_minimum_rate_is_cut_off_with_408(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
 ) -> None:
     """Each byte comes well within READ_TIMEOUT_S, so only the rate can stop it."""
     service_process.env |= {"READ_TIMEOUT_S": "1", "MIN_UPLOAD_KBPS": "64"}
@@ -157,13 +157,13 @@ async def test_a_trickle_below_the_minimum_rate_is_cut_off_with_408(
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"slower than 64 kbit/s" in answer
     writer.close()
-    await everything_freed(service_process, owner)
-    assert nothing_stored(owner)
+    await everything_freed(service_process, admin)
+    assert nothing_stored(admin)
 
 
 @pytest.mark.parametrize("path", ["/record", "/files.convert", "/users"])
 async def test_a_multipart_preamble_is_bounded_before_any_credential(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection, path: str
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection, path: str
 ) -> None:
     """Line feeds before the first part: refused after the first KiB, not parsed line by line."""
     await service_process.start()
@@ -181,21 +181,21 @@ async def test_a_multipart_preamble_is_bounded_before_any_credential(
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert b"no part in its first 1024 bytes" in answer
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 # --- downloads that cannot continue ------------------------------------------------
 
 
 async def test_a_download_that_cannot_continue_breaks_off_and_never_sends_a_second_response(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
 ) -> None:
     await service_process.start()
     async with aiohttp.ClientSession() as session:
         user = await service_process.new_user(session, "listener")
         # 3 minutes at 320 kbit/s: a 7 MB MP3, many of the service's 1 MiB reads.
-        upload = form(audio(seconds=180, rate=8000, channels=1), user=user[0], token=user[1], bitrate=320)
-        created = await (await session.post(f"{service_process.base}/record?sample_rate=48000", data=upload)).json()
+        upload = form(audio(seconds=180, rate=48000, channels=1), user=user[0], token=user[1], bitrate=320)
+        created = await (await session.post(f"{service_process.base}/record", data=upload)).json()
         record = created["data"]
 
         sock = socket.socket()
@@ -277,15 +277,15 @@ async def held_upload(
     return await session.post(f"{base}/record", data=held_body(wav, release, len(wav) // 4), headers=headers)
 
 
-async def only_one_record_once_the_service_is_gone(owner: psycopg.Connection) -> None:
+async def only_one_record_once_the_service_is_gone(admin: psycopg.Connection) -> None:
     """Once PostgreSQL has seen the service's sessions end, exactly the one finished record remains."""
-    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
-    assert count(owner, "SELECT count(*) FROM app.records") == 1
-    assert count(owner, "SELECT count(*) FROM pg_largeobject_metadata") == 1
+    await until(lambda: count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
+    assert count(admin, "SELECT count(*) FROM app.records") == 1
+    assert count(admin, "SELECT count(*) FROM pg_largeobject_metadata") == 1
 
 
 async def test_sigkill_mid_upload_loses_nothing_committed_and_leaves_nothing_half(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
 ) -> None:
     await service_process.start()
     base = service_process.base
@@ -295,13 +295,13 @@ async def test_sigkill_mid_upload_loses_nothing_committed_and_leaves_nothing_hal
         before = await (await session.get(first["data"]["url"])).read()
 
         pending = asyncio.create_task(held_upload(session, base, user, audio(seconds=10), asyncio.Event()))
-        await until(lambda: idle_in_transaction(owner) > 0)
+        await until(lambda: idle_in_transaction(admin) > 0)
         service_process.signal(signal.SIGKILL)
         service_process.wait()
         with pytest.raises(aiohttp.ClientError):
             await pending
 
-    await only_one_record_once_the_service_is_gone(owner)
+    await only_one_record_once_the_service_is_gone(admin)
 
     await service_process.start()
     async with aiohttp.ClientSession() as session:
@@ -309,7 +309,7 @@ async def test_sigkill_mid_upload_loses_nothing_committed_and_leaves_nothing_hal
 
 
 async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
 ) -> None:
     await service_process.start()
     base = service_process.base
@@ -318,7 +318,7 @@ async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
         finishing, stuck = asyncio.Event(), asyncio.Event()
         will_finish = asyncio.create_task(held_upload(session, base, user, audio(seconds=3), finishing))
         will_stall = asyncio.create_task(held_upload(session, base, user, audio(seconds=4), stuck))
-        await until(lambda: idle_in_transaction(owner) == 2)
+        await until(lambda: idle_in_transaction(admin) == 2)
 
         service_process.signal(signal.SIGTERM)
         finishing.set()  # this one completes within the shutdown timeout (3 s)
@@ -327,11 +327,11 @@ async def test_sigterm_lets_an_upload_finish_and_rolls_back_one_that_cannot(
         with pytest.raises(aiohttp.ServerDisconnectedError):  # cancelled: no answer at all
             await will_stall
 
-    await only_one_record_once_the_service_is_gone(owner)
+    await only_one_record_once_the_service_is_gone(admin)
 
 
 async def test_sigterm_ends_the_service_in_time_whatever_its_uploads_are_doing(
-    service_process: ServiceProcess, audio: Audio, owner: psycopg.Connection
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
 ) -> None:
     """One upload stalled by its client, one abandoned, one converting flat out: SHUTDOWN_TIMEOUT_S
     later the service has exited, with every FFmpeg gone and every upload rolled back."""
@@ -348,10 +348,10 @@ async def test_sigterm_ends_the_service_in_time_whatever_its_uploads_are_doing(
         abandoned.close()  # first, so the service has seen it go before the others arrive
 
         stalled = asyncio.create_task(held_upload(session, base, user, audio(seconds=30), asyncio.Event()))
-        long_wav = audio(seconds=1800, rate=8000, channels=1)  # 30 minutes: seconds of encoding
+        long_wav = audio(seconds=360, rate=48000)  # 6 minutes: seconds of encoding
         busy = asyncio.create_task(
             session.post(
-                f"{base}/record?bitrate=320&sample_rate=48000",
+                f"{base}/record?bitrate=320",
                 data=long_wav,
                 headers={**basic(*user), "Content-Type": "audio/wav"},
             )
@@ -366,5 +366,5 @@ async def test_sigterm_ends_the_service_in_time_whatever_its_uploads_are_doing(
                 await pending
 
     assert not [pid for pid in encoders if alive(pid)]
-    await until(lambda: count(owner, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
-    assert nothing_stored(owner)
+    await until(lambda: count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'mp3_service'") == 0)
+    assert nothing_stored(admin)

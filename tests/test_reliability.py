@@ -74,19 +74,19 @@ async def test_a_large_list_chunk_before_the_format_is_read_past(client: Client,
 
 
 async def test_a_huge_list_chunk_hiding_the_format_is_refused(
-    client: Client, audio: Audio, owner: psycopg.Connection
+    client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
     """Decided: the `fmt ` chunk must come in the first 16 MiB; FFmpeg never starts otherwise."""
     wav = audio(seconds=1)
     padded = wav[:12] + list_chunk(17 << 20) + wav[12:]
     body = await expect_error(await upload(client, await new_user(client), padded), 422)
     assert "16 MiB" in body["message"]
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 @pytest.mark.parametrize("kind", ["hls-playlist", "ffconcat"])
 async def test_no_byte_of_a_referenced_local_file_ever_leaks(
-    client: Client, owner: psycopg.Connection, kind: str
+    client: Client, admin: psycopg.Connection, kind: str
 ) -> None:
     passwd = PASSWD
     payloads = {
@@ -102,13 +102,13 @@ async def test_no_byte_of_a_referenced_local_file_ever_leaks(
         text = await response.read()
         assert passwd[:16] not in text
         assert b"root:" not in text
-    stored = owner.execute("SELECT coalesce(string_agg(data, ''::bytea), '') FROM pg_largeobject").fetchone()
+    stored = admin.execute("SELECT coalesce(string_agg(data, ''::bytea), '') FROM pg_largeobject").fetchone()
     assert stored is not None
     assert passwd[:16] not in bytes(stored[0])
 
 
 async def test_multipart_without_its_closing_boundary_is_refused_and_leaves_nothing(
-    client: Client, audio: Audio, owner: psycopg.Connection
+    client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
     user = await new_user(client)
     body = (
@@ -119,18 +119,18 @@ async def test_multipart_without_its_closing_boundary_is_refused_and_leaves_noth
     status = int(answer.split()[1])
     assert 400 <= status < 500, answer[:200]
     assert b'"code"' in answer
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 async def test_a_file_part_before_the_credentials_is_401(
-    client: Client, audio: Audio, owner: psycopg.Connection
+    client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
     user_id, token = await new_user(client)
     data = form(audio())  # the file first...
     data.add_field("user", str(user_id))  # ...then the credentials, too late
     data.add_field("token", token)
     await expect_error(await client.post("/record", data=data), 401)
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 @pytest.mark.parametrize(
@@ -229,10 +229,10 @@ async def test_downloads_and_user_creation_answer_while_every_slot_converts(
 
 
 async def test_the_service_connection_cannot_read_tables_or_large_objects(
-    service_settings: Settings, owner: psycopg.Connection, client: Client, audio: Audio
+    service_settings: Settings, admin: psycopg.Connection, client: Client, audio: Audio
 ) -> None:
     await upload(client, await new_user(client), audio())
-    object_id = count(owner, "SELECT lo_oid FROM app.records")
+    object_id = count(admin, "SELECT lo_oid FROM app.records")
     connection = await asyncpg.connect(service_settings.database_url)
     try:
         for query in ("SELECT * FROM app.users", "SELECT * FROM app.records", f"SELECT lo_get({object_id})"):
@@ -292,7 +292,7 @@ async def test_multipart_without_a_boundary_is_400(client: Client, path: str) ->
 
 
 async def test_form_fields_are_bounded_in_size_and_number(
-    client: Client, audio: Audio, owner: psycopg.Connection
+    client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
     user_id, token = await new_user(client)
     huge = form(audio(), user=user_id, token=token, note="x" * (8 << 20))  # an 8 MiB "field"
@@ -302,7 +302,7 @@ async def test_form_fields_are_bounded_in_size_and_number(
     many = form(audio(), user=user_id, token=token, **{f"f{n}": "1" for n in range(100)})
     body = await expect_error(await client.post("/record", data=many), 400)
     assert "At most" in body["message"]
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 # --- inputs that once gave a 500 -------------------------------------------------------
@@ -382,7 +382,7 @@ async def test_a_boundary_longer_than_70_characters_is_400_on_every_multipart_ro
 
 @pytest.mark.parametrize("host", ["x:99999", "[::1", "x:-1", "x:0", "[zz::1]"])
 async def test_a_host_no_link_can_point_to_is_400_before_anything_is_stored(
-    client: Client, audio: Audio, owner: psycopg.Connection, host: str
+    client: Client, audio: Audio, admin: psycopg.Connection, host: str
 ) -> None:
     """Decided: the link is checked before the upload begins, so a bad Host can never
     turn a stored record into a failure the client would retry (and store twice)."""
@@ -390,7 +390,7 @@ async def test_a_host_no_link_can_point_to_is_400_before_anything_is_stored(
     data = form(audio(), user=user[0], token=user[1])
     await expect_error(await client.post("/record", data=data, headers={"Host": host}), 400)
     await expect_error(await client.get("/records", headers={**basic(*user), "Host": host}), 400)
-    assert nothing_stored(owner)
+    assert nothing_stored(admin)
 
 
 @pytest.mark.parametrize("path", ["/record", "/users"])

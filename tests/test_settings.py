@@ -17,6 +17,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.convert_concurrency >= 1
     assert settings.public_url is None
     assert (settings.read_timeout_s, settings.min_upload_kbps, settings.idle_timeout_s) == (60, 64, 15)
+    assert settings.max_duration_s == 4 * 3600
     assert settings.ffmpeg_binary.endswith("ffmpeg") or "ffmpeg" in settings.ffmpeg_binary
 
 
@@ -58,6 +59,7 @@ def test_values_are_read_from_the_environment() -> None:
         ("PUBLIC_URL", "ftp://x"),
         ("MIN_UPLOAD_KBPS", "-1"),
         ("IDLE_TIMEOUT_S", "0"),
+        ("MAX_DURATION_S", "21601"),  # the MP3 at 320 kbit/s could pass PostgreSQL's 1 GB per value
         ("FFMPEG_BINARY", "/nonexistent/ffmpeg"),
     ],
 )
