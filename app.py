@@ -18,6 +18,8 @@ from converter.slots import ConversionSlots
 from handlers.errors import error_envelope
 from handlers.keys import METRICS, POOL, SETTINGS, SLOTS
 from handlers.observe import add_request_id, configure_logging, request_log
+from handlers.page import security_headers
+from handlers.params import refuse_tokens_in_urls
 from handlers.routes import setup_routes
 from handlers.server import make_runner
 from settings import ConfigError, Settings
@@ -33,11 +35,12 @@ log = logging.getLogger("app")
 
 def init_app(settings: Settings) -> web.Application:
     # request_log outermost: it logs the status the envelope finally answered.
-    app = web.Application(middlewares=[request_log, error_envelope])
+    app = web.Application(middlewares=[request_log, error_envelope, refuse_tokens_in_urls])
     app[SETTINGS] = settings
     app[SLOTS] = ConversionSlots(settings.convert_concurrency, settings.queue_timeout_s)
     app[METRICS] = Metrics(app[SLOTS])
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(database_pool)
     setup_routes(app)
     return app

@@ -123,6 +123,7 @@ def main() -> int:
             longest = ""
             if parts & {"uploads", "downloads"}:
                 longest = upload_against_raw(report, service, wavs, folder, args.rounds)
+                digest_cost(report, service, longest, args.rounds)
             if "concurrency" in parts:
                 concurrency(report, service, wavs[1], folder)
             if "downloads" in parts:
@@ -171,6 +172,36 @@ def upload_against_raw(report: Report, service: Service, wavs: dict[int, Path], 
     report.say("Each round: raw FFmpeg on the file, then the same file uploaded with `curl -T` (streamed).")
     report.say("Peak RSS growth: the server's VmHWM after the size's uploads minus before them.\n")
     return last_url
+
+
+def digest_cost(report: Report, service: Service, url: str, rounds: int) -> None:
+    """What api.record_finish adds to an upload to store the MP3's real SHA-256: it
+    reads the whole large object back (lo_get) and hashes it, in the backend."""
+    record_id = url.split("id=", 1)[1].split("&", 1)[0]
+    seconds, growth = [], []
+    for _ in range(rounds):
+        with psycopg.connect(service.owner_url, autocommit=True) as admin:  # a fresh backend each round
+            backend = int(admin.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+            before = vm_hwm_kib(backend)
+            start = time.perf_counter()
+            admin.execute("SELECT sha256(lo_get(lo_oid)) FROM app.records WHERE id = %s", [record_id])
+            seconds.append(time.perf_counter() - start)
+            growth.append((vm_hwm_kib(backend) - before) / 1024)
+    size = content_length(url)
+    report.say("## The stored SHA-256: its cost at record_finish\n")
+    report.say("| MP3 | sha256(lo_get()) in PostgreSQL | its backend's peak memory growth |")
+    report.say("| --- | --- | --- |")
+    report.say(f"| {size / 1e6:.0f} MB (the 60-minute upload's) | {statistics.median(seconds):.2f} s "
+               f"| {statistics.median(growth):.0f} MiB |\n")  # fmt: skip
+    report.figures["real SHA-256 at finish, largest upload"] = f"{statistics.median(seconds):.2f} s"
+
+
+def content_length(url: str) -> int:
+    """The Content-Length a HEAD of ``url`` answers."""
+    output = subprocess.run(["curl", "-sSfI", url], check=True, capture_output=True, text=True).stdout
+    found = re.search(r"(?im)^content-length:\s*(\d+)", output)
+    assert found is not None, output
+    return int(found.group(1))
 
 
 class ChildPeak:

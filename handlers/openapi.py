@@ -277,6 +277,7 @@ def openapi_document() -> dict[str, Any]:
             },
             "/": {"get": _page("The web page: create a user, upload, play, download, delete", "text/html")},
             "/page.js": {"get": _page("The web page's script", "text/javascript")},
+            "/page.css": {"get": _page("The web page's style", "text/css")},
         },
         "components": {
             "securitySchemes": {

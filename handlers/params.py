@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import re
 from base64 import b64decode
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,12 +11,20 @@ from pathlib import PurePosixPath
 from uuid import UUID
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
 from converter.mp3 import MP3_SAMPLE_RATES
 from converter.pipeline import EncodeOptions
 from handlers.errors import ApiError, unauthorized
 from settings import LAME_CBR_KBPS
 
+# A token as api.user_check reads it: a UUID, hyphens optional, braces only in pairs.
+TOKEN = re.compile(
+    r"\{[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\}|[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}"
+)
+# api.user_check's answer to an unknown user and to a wrong token alike.
+WRONG_CREDENTIALS = "Unknown user or wrong token."
+SECRET_PARAMETERS = ("token", "user_uuid")
 MAX_BIGINT = 2**63 - 1
 MAX_BIGINT_DIGITS = len(str(MAX_BIGINT))
 TAG_FIELDS = ("title", "artist", "album")
@@ -79,7 +88,18 @@ def credentials_from(request: web.Request, fields: Mapping[str, str] | None = No
 def _credentials(user: str | None, token: str | None) -> Credentials:
     if not user or not token:
         raise unauthorized()
-    return Credentials(user_id_from(user.strip()), token.strip())
+    user_id = user_id_from(user.strip())
+    if not TOKEN.fullmatch(token.strip()):  # the same answer as a wrong token, without asking the database
+        raise unauthorized(WRONG_CREDENTIALS)
+    return Credentials(user_id, token.strip())
+
+
+@web.middleware
+async def refuse_tokens_in_urls(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A token in a URL ends up in proxy logs and browser history: refused wherever it appears."""
+    if any(name in request.query for name in SECRET_PARAMETERS):
+        raise ApiError(400, "Send the token in the Authorization header or a form field, never in the URL.")
+    return await handler(request)
 
 
 def encode_options_from(values: Mapping[str, str], default_bitrate: int, filename: str) -> EncodeOptions:

@@ -7,7 +7,7 @@ from aiohttp import web
 from handlers.download import download, download_legacy
 from handlers.observe import health, metrics, ready
 from handlers.openapi import DOCS_ASSETS_PREFIX, docs, docs_asset, openapi_json
-from handlers.page import page, page_script
+from handlers.page import page, page_script, page_style
 from handlers.records import delete_record, list_records, upload_record, upload_record_legacy
 from handlers.users import create_user, create_user_legacy
 
@@ -26,6 +26,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(DOCS_ASSETS_PREFIX + "/{filename}", docs_asset)
     app.router.add_get("/", page)
     app.router.add_get("/page.js", page_script)
+    app.router.add_get("/page.css", page_style)
     # The older clients' routes.
     app.router.add_post("/users.create", create_user_legacy)
     app.router.add_post("/files.convert", upload_record_legacy)

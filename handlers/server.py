@@ -4,10 +4,16 @@ prove about disconnects, stalls and limits is what users get."""
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
+from aiohttp.web_request import BaseRequest
 
+from handlers.errors import error_response
 from handlers.keys import SETTINGS
+
+log = logging.getLogger(__name__)
 
 # After the uploads' grace period at shutdown: what other requests (downloads) still get.
 LAST_REQUESTS_TIMEOUT_S = 2.0
@@ -43,9 +49,13 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 class _Connection(RequestHandler):
-    """aiohttp's connection, with one fix.
+    """aiohttp's connection, with two changes.
 
-    When the body of a request in progress breaks its framing (a malformed
+    Requests aiohttp refuses before any handler runs (a malformed request line
+    or header, a header too long) are answered in the service's JSON envelope,
+    and logged in one line: a client that sends garbage costs no traceback.
+
+    And when the body of a request in progress breaks its framing (a malformed
     chunk), aiohttp's C parser drops the body without telling the handler, and
     the handler waits for bytes that can no longer come: an upload would hold
     its slot and FFmpeg until the read timeout. aiohttp's pure-Python parser
@@ -55,6 +65,21 @@ class _Connection(RequestHandler):
     """
 
     __slots__ = ()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # an answer had begun: only the connection can end
+            raise ConnectionError("a response had begun; the connection is closed instead")
+        if status >= 500:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+            answer = "Internal error."
+        else:
+            log.info("refused a request from %s: %s", request.remote, message or exc)
+            answer = "The request is malformed: its request line or headers break HTTP/1.1."
+        response = error_response(status, answer)
+        response.force_close()
+        return response
 
     def data_received(self, data: bytes) -> None:
         request = self._current_request
