@@ -13,15 +13,16 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from converter.metrics import Metrics
-from converter.slots import ConversionSlots
+from converter.pipeline import ConverterConfig
 from handlers.errors import error_envelope
-from handlers.keys import METRICS, POOL, SETTINGS, SLOTS
+from handlers.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
+from handlers.metrics import Metrics
 from handlers.observe import add_request_id, configure_logging, request_log
 from handlers.page import security_headers
 from handlers.params import refuse_tokens_in_urls
 from handlers.routes import setup_routes
 from handlers.server import make_runner
+from handlers.slots import ConversionSlots
 from settings import ConfigError, Settings
 
 # Connections beyond the conversion slots, for downloads, listings and user creation.
@@ -37,6 +38,9 @@ def init_app(settings: Settings) -> web.Application:
     # request_log outermost: it logs the status the envelope finally answered.
     app = web.Application(middlewares=[request_log, error_envelope, refuse_tokens_in_urls])
     app[SETTINGS] = settings
+    app[CONVERTER] = ConverterConfig(
+        ffmpeg=settings.ffmpeg_binary, time_limit_s=settings.ffmpeg_timeout_s, max_seconds=settings.max_duration_s
+    )
     app[SLOTS] = ConversionSlots(settings.convert_concurrency, settings.queue_timeout_s)
     app[METRICS] = Metrics(app[SLOTS])
     app.on_response_prepare.append(add_request_id)

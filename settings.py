@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-LAME_CBR_KBPS = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+from converter.mp3 import LAME_CBR_KBPS
+
 # api.record_finish hashes the whole MP3 as one PostgreSQL value, which may be
 # 1 GB at most: 6 hours at 320 kbit/s is 864 MB.
 MAX_DURATION_LIMIT_S = 6 * 3600

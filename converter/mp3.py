@@ -15,7 +15,11 @@ import struct
 from array import array
 from dataclasses import dataclass
 
+from converter.errors import Mp3StreamError
+
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# The constant bit rates LAME encodes at, kbit/s.
+LAME_CBR_KBPS = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 
 # Bit rates (kbit/s) of MPEG-1 and of MPEG-2/2.5 Layer III, by header index.
 _BITRATES = {
@@ -29,10 +33,6 @@ XING_FLAGS = 0x0F  # frames, bytes, TOC and quality fields present
 TOC_ENTRIES = 100
 LAME_TAG_BYTES = 36
 ENCODER = b"LAME3.100"  # the encoder that made the frames (libmp3lame), as decoders expect it named
-
-
-class Mp3StreamError(Exception):
-    """FFmpeg's output is not the MP3 frame sequence it should be."""
 
 
 @dataclass(frozen=True)

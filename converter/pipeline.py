@@ -20,8 +20,9 @@ import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from converter.mp3 import Mp3Stream, Mp3StreamError, mp3_sample_rate_for
-from converter.wav import SNIFF_BYTES, BadWav, NotWav, WavFormat, WavHeader, looks_like_wav
+from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
+from converter.mp3 import Mp3Stream, mp3_sample_rate_for
+from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavFormat, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
 PIPE_READ = 256 * 1024
@@ -31,27 +32,13 @@ STDERR_KEPT = 4096
 MAX_PREAMBLE = 16 << 20  # header bytes read before FFmpeg starts, at most
 
 
-class ConversionError(Exception):
-    """The upload cannot become an MP3. ``status`` is the HTTP status that says why;
-    ``detail`` what FFmpeg said, for the log (never for the client)."""
+@dataclass(frozen=True)
+class ConverterConfig:
+    """How every conversion runs: built once from the settings when the service starts."""
 
-    status = 422
-
-    def __init__(self, message: str, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.detail = detail
-
-
-class NotAWav(ConversionError):
-    status = 415
-
-
-class ConversionTimedOut(ConversionError):
-    pass
-
-
-class RecordingTooLong(ConversionError):
-    status = 413
+    ffmpeg: str
+    time_limit_s: float  # the whole conversion, upload included
+    max_seconds: float  # the longest recording
 
 
 @dataclass(frozen=True)
@@ -79,35 +66,26 @@ Sink = Callable[[bytes], Awaitable[None]]
 
 
 async def convert(
-    source: AsyncIterator[bytes],
-    sink: Sink,
-    *,
-    ffmpeg: str,
-    options: EncodeOptions,
-    time_limit_s: float,
-    max_seconds: float,
+    source: AsyncIterator[bytes], sink: Sink, options: EncodeOptions, config: ConverterConfig
 ) -> Converted:
     """Convert the WAV that ``source`` yields, handing the MP3 to ``sink`` in chunks.
 
-    Raises ConversionError (or a subclass naming the HTTP status) when the
-    upload is not a WAV, undecodable, silent of samples, longer than
-    ``max_seconds`` or too slow. What ``source`` raises (the client went away,
-    sent too much) ends the conversion too, and passes as it is.
+    Raises a ConversionError (converter.errors says which) when the upload is
+    not a WAV, undecodable, silent of samples, too long or too slow. What
+    ``source`` raises (the client went away, sent too much) ends the
+    conversion too, and passes as it is.
     """
     header = WavHeader()
-    try:
-        first_samples = await _read_header(source, header)
-    except (NotWav, BadWav) as error:
-        raise _as_conversion_error(error) from None
+    first_samples = await _read_header(source, header)
     if not header.in_data or header.format is None:
-        raise ConversionError("The WAV has no 'data' chunk: it holds no audio.")
+        raise BadWav("The WAV has no 'data' chunk: it holds no audio.")
     declared = header.declared_duration
-    if declared is not None and declared > max_seconds:
-        raise _too_long(max_seconds)
+    if declared is not None and declared > config.max_seconds:
+        raise _too_long(config.max_seconds)
     chosen = choose_format(header, options)
 
     process = await asyncio.create_subprocess_exec(
-        *ffmpeg_command(ffmpeg, chosen, header.format),
+        *ffmpeg_command(config.ffmpeg, chosen, header.format),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -119,18 +97,20 @@ async def convert(
     output = _Output(sink)
     stderr = bytearray()
     try:
-        async with asyncio.timeout(time_limit_s):
+        async with asyncio.timeout(config.time_limit_s):
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(_feed(process, first_samples, source, header, max_seconds))
+                tasks.create_task(_feed(process, first_samples, source, header, config.max_seconds))
                 tasks.create_task(output.collect(process))
                 tasks.create_task(_keep_tail(process, stderr))
             returncode = await process.wait()
     except TimeoutError:
-        raise ConversionTimedOut(f"The conversion took longer than {time_limit_s:g} s and was stopped.") from None
+        raise ConversionTimedOut(
+            f"The conversion took longer than {config.time_limit_s:g} s and was stopped."
+        ) from None
     except ExceptionGroup as group:
         # The first failure is the cause; the others are its consequences
         # (a dead FFmpeg breaks the pipes, a failed sink stops the reader).
-        raise _as_conversion_error(group.exceptions[0]) from None
+        raise group.exceptions[0] from None
     finally:
         await _reap(process)
 
@@ -162,7 +142,7 @@ async def sniffed(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         if len(first) >= SNIFF_BYTES:
             break
     if not looks_like_wav(first):
-        raise NotAWav("The file is not a WAV: expected a RIFF or RF64 file of type WAVE.")
+        raise NotAWav(NOT_A_WAV)
     return _chain(first, source)
 
 
@@ -215,9 +195,7 @@ def choose_format(header: WavHeader, options: EncodeOptions) -> EncodeOptions:
     assert source is not None
     if options.sample_rate and options.sample_rate > source.sample_rate:
         # Resampling up adds nothing the WAV holds, only size and work per uploaded byte.
-        raise ConversionError(
-            f"The WAV's own sample rate is {source.sample_rate} Hz: choose a sample_rate of at most that."
-        )
+        raise BadWav(f"The WAV's own sample rate is {source.sample_rate} Hz: choose a sample_rate of at most that.")
     tags = {"title": options.default_title} if options.default_title else {}
     tags |= dict(header.tags) | dict(options.tags)
     return replace(
@@ -264,7 +242,7 @@ async def _read_header(upload: AsyncIterator[bytes], header: WavHeader) -> bytes
         if read > MAX_PREAMBLE:
             break
     if not header.started:
-        raise NotWav("The file is not a WAV: expected a RIFF or RF64 file of type WAVE.")
+        raise NotAWav(NOT_A_WAV)
     if read > MAX_PREAMBLE:
         raise BadWav(f"No 'data' chunk in the first {MAX_PREAMBLE >> 20} MiB of the WAV.")
     return b""
@@ -339,12 +317,3 @@ def _confine() -> None:
 
 def _too_long(max_seconds: float) -> RecordingTooLong:
     return RecordingTooLong(f"The recording is longer than the limit of {max_seconds:g} seconds.")
-
-
-def _as_conversion_error(error: BaseException) -> BaseException:
-    """WAV header complaints become statuses; anything else (the database, the client) passes as it is."""
-    if isinstance(error, NotWav):
-        return NotAWav(str(error))
-    if isinstance(error, (BadWav, Mp3StreamError)):
-        return ConversionError(str(error))
-    return error

@@ -14,7 +14,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from converter.errors import BadWav, NotAWav
+
 WAV_MAGIC = (b"RIFF", b"RF64", b"BW64")
+NOT_A_WAV = "The file is not a WAV: expected a RIFF or RF64 file of type WAVE."
 SNIFF_BYTES = 12
 
 # Format tags FFmpeg's WAV demuxer decodes as plain samples. Anything else
@@ -52,14 +55,6 @@ RAW_FORMATS = {
     (FORMAT_ALAW, 1): ("alaw", "pcm_alaw"),
     (FORMAT_MULAW, 1): ("mulaw", "pcm_mulaw"),
 }
-
-
-class NotWav(Exception):
-    """The bytes are not a RIFF/RF64/BW64 WAVE file at all (HTTP 415)."""
-
-
-class BadWav(Exception):
-    """A WAV whose header cannot describe audio we will convert (HTTP 422)."""
 
 
 def looks_like_wav(first_bytes: bytes) -> bool:
@@ -156,7 +151,7 @@ class WavHeader:
             if len(self._buffer) < SNIFF_BYTES:
                 return
             if not looks_like_wav(bytes(self._buffer[:SNIFF_BYTES])):
-                raise NotWav("The file is not a WAV (RIFF/RF64 WAVE).")
+                raise NotAWav(NOT_A_WAV)
             del self._buffer[:SNIFF_BYTES]
             self._started = True
         while not self._in_data:

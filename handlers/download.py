@@ -1,4 +1,4 @@
-"""GET/HEAD /record?id=&user= (and the older /files.record?record_id=&user_id=).
+"""GET/HEAD /record?id=&user= (the older /files.record is in handlers/legacy.py).
 
 No token: the random record id is the secret the link carries. The metadata
 comes first (ownership is checked in SQL), then the MP3 is read back in
@@ -17,6 +17,7 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
+from db import api
 from handlers.errors import ApiError, ResponseBroken
 from handlers.keys import POOL
 from handlers.params import record_id_from, user_id_from
@@ -31,20 +32,15 @@ MAX_POSITION_DIGITS = 18
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, record_id_from(request.query.get("id")), user_id_from(request.query.get("user")))
+    return await serve_record(request, record_id_from(request.query.get("id")), user_id_from(request.query.get("user")))
 
 
-async def download_legacy(request: web.Request) -> web.StreamResponse:
-    record_id = record_id_from(request.query.get("record_id"), "record_id")
-    return await _serve(request, record_id, user_id_from(request.query.get("user_id"), "user_id"))
-
-
-async def _serve(request: web.Request, record_id: UUID, user_id: int) -> web.StreamResponse:
+async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> web.StreamResponse:
     pool = request.app[POOL]
-    record = await pool.fetchrow("SELECT * FROM api.record_open($1, $2)", record_id, user_id)
-    assert record is not None  # record_open returns its row or raises
-    size: int = record["size"]
-    etag = f'"{bytes(record["sha256"]).hex()}"'
+    record = await api.record_open(pool, record_id, user_id)
+    size = record.size
+    digest = record.sha256.hex()
+    etag = f'"{digest}"'
 
     response = web.StreamResponse(
         headers={
@@ -53,8 +49,9 @@ async def _serve(request: web.Request, record_id: UUID, user_id: int) -> web.Str
             "Cache-Control": "private, max-age=31536000, immutable",  # the bytes of an id never change
         }
     )
-    response.last_modified = record["created_at"]
-    if _matches(request.headers.get("If-None-Match"), etag):
+    response.last_modified = record.created_at
+    # aiohttp parses If-None-Match; the weak comparison it calls for is ours.
+    if any(tag.value in (digest, "*") for tag in request.if_none_match or ()):
         response.set_status(304)
         return response
 
@@ -65,7 +62,7 @@ async def _serve(request: web.Request, record_id: UUID, user_id: int) -> web.Str
         response.set_status(206)
         response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     response.content_type = "audio/mpeg"
-    response.headers["Content-Disposition"] = content_disposition(record["filename"])
+    response.headers["Content-Disposition"] = content_disposition(record.filename)
     response.content_length = end - start + 1
     await response.prepare(request)
     if request.method != "HEAD":
@@ -83,9 +80,7 @@ async def _stream(
     the database gone): it can only break the response off (ResponseBroken)."""
 
     async def read(offset: int) -> bytes:
-        count = min(READ_CHUNK, stop - offset)
-        chunk: bytes = await pool.fetchval("SELECT api.record_read($1, $2, $3, $4)", record_id, user_id, offset, count)
-        return chunk
+        return await api.record_read(pool, record_id, user_id, offset, min(READ_CHUNK, stop - offset))
 
     upcoming = iter(range(start, stop, READ_CHUNK))
     reads: deque[asyncio.Future[bytes]] = deque()
@@ -106,18 +101,13 @@ async def _stream(
             pending.cancel()
 
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if if_none_match is None:
-        return False
-    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in candidates or etag in candidates
-
-
 def _wanted_range(request: web.Request, etag: str, size: int) -> tuple[int, int] | None:
     """The single byte range asked for, None for the whole file; 416 when it cannot be served.
 
     A malformed header or several ranges are ignored (the whole file is sent),
     as RFC 9110 allows; so is a Range whose If-Range names another version.
+    Not aiohttp's request.http_range: it reads `bytes=-0` as the whole file and a
+    position past Python's int limit as malformed, where both are unsatisfiable.
     """
     header = request.headers.get("Range")
     if header is None or request.headers.get("If-Range", etag) != etag:

@@ -1,11 +1,13 @@
-"""One envelope for every answer, and the one place errors become HTTP.
+"""The one place errors become HTTP: the error envelope, and which status
+each error answers.
 
-Success: {"status": "ok", "data": {...}}.
 Error: {"code": 404, "status": "not_found", "message": "...", "data": {}}.
 
-Functions of the api schema choose their status with a PTnnn SQLSTATE;
-PostgreSQL's own codes are mapped as PostgREST maps them. Nothing else about
-an exception (its text, a stack trace, SQL) ever reaches the client.
+The converter and the service's runtime raise errors in their own terms
+(STATUS_OF below says what each answers); functions of the api schema choose
+their status with a PTnnn SQLSTATE; PostgreSQL's own codes are mapped as
+PostgREST maps them (SQLSTATE_CLASSES). Nothing else about an exception (its
+text, a stack trace, SQL) ever reaches the client.
 """
 
 from __future__ import annotations
@@ -15,16 +17,15 @@ import logging
 import re
 import socket
 from collections.abc import Mapping
-from typing import Any
 
 import asyncpg
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from converter.pipeline import ConversionError
-from converter.slots import NoFreeSlot, ShuttingDown
+from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
 from handlers.keys import BROKEN_OFF
+from handlers.slots import NoFreeSlot, ShuttingDown, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,6 @@ def unauthorized(message: str = "Credentials are required: user id and token.") 
     return ApiError(401, message, {"WWW-Authenticate": 'Basic realm="mp3", charset="UTF-8"'})
 
 
-def ok(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response({"status": "ok", "data": data}, status=status, headers=headers)
-
-
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     body = {"code": status, "status": reason_of(status), "message": message, "data": {}}
     return web.json_response(body, status=status, headers=headers)
@@ -75,10 +72,33 @@ def reason_of(status: int) -> str:
     return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
 
 
-# PostgreSQL's own SQLSTATEs that are the client's doing (PostgREST's table):
-# class 22 is "data exception" (malformed text, NUL bytes, out of range...).
-_BAD_INPUT_CLASSES = {"22"}
-_BAD_INPUT = {"23502", "23514"}
+# The service's own errors and what they answer; the first class of an
+# exception's MRO found here decides.
+STATUS_OF: dict[type[Exception], int] = {
+    NotAWav: 415,  # the bytes are no WAV at all
+    BadWav: 422,  # a WAV whose header cannot describe audio to convert
+    RecordingTooLong: 413,
+    ConversionTimedOut: 422,
+    ConversionError: 422,  # FFmpeg could not encode what it was given
+    NoFreeSlot: 503,
+    ShuttingDown: 503,
+}
+
+# SQLSTATEs: PTnnn is the api functions' way to say "HTTP nnn" (PostgREST's
+# convention); PostgreSQL's own codes, by class as PostgREST maps them.
+BAD_VALUE = (400, "A value is malformed or out of range.")
+UNAVAILABLE = (503, "The database is unavailable; try again shortly.")
+SQLSTATE_CLASSES: dict[str, tuple[int, str]] = {
+    "22": BAD_VALUE,  # data exception: malformed text, NUL bytes, out of range
+    "08": UNAVAILABLE,  # connection exception
+    "53": UNAVAILABLE,  # insufficient resources
+    "57": UNAVAILABLE,  # operator intervention (a shutdown)
+}
+SQLSTATES: dict[str, tuple[int, str]] = {
+    "23502": BAD_VALUE,  # not null
+    "23514": BAD_VALUE,  # check
+    "23505": (409, "That already exists."),
+}
 
 
 def _from_postgres(error: asyncpg.PostgresError) -> ApiError:
@@ -87,13 +107,8 @@ def _from_postgres(error: asyncpg.PostgresError) -> ApiError:
         status = int(state[2:])
         message = error.args[0] if error.args else reason_of(status)
         return unauthorized(message) if status == 401 else ApiError(status, message)
-    if state == "23505":
-        return ApiError(409, "That already exists.")
-    if state in _BAD_INPUT or state[:2] in _BAD_INPUT_CLASSES:
-        return ApiError(400, "A value is malformed or out of range.")
-    if state[:2] in {"08", "53", "57"}:
-        return database_unavailable()
-    return ApiError(500, "Internal error.")
+    status, message = SQLSTATES.get(state) or SQLSTATE_CLASSES.get(state[:2]) or (500, "Internal error.")
+    return database_unavailable() if status == 503 else ApiError(status, message)
 
 
 def database_unavailable() -> ApiError:
@@ -104,10 +119,10 @@ def api_error_for(error: BaseException) -> ApiError:
     """The answer an exception deserves (logging is the middleware's)."""
     if isinstance(error, ApiError):
         return error
-    if isinstance(error, (NoFreeSlot, ShuttingDown)):
-        return ApiError(503, str(error), {"Retry-After": str(error.retry_after)})
-    if isinstance(error, ConversionError):
-        return ApiError(error.status, str(error))
+    status = next((STATUS_OF[kind] for kind in type(error).__mro__ if kind in STATUS_OF), None)
+    if status is not None:
+        retry = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else {}
+        return ApiError(status, str(error), retry)
     if isinstance(error, asyncpg.PostgresError):
         return _from_postgres(error)
     if isinstance(error, (asyncpg.InterfaceError, ConnectionRefusedError, socket.gaierror, TimeoutError)):

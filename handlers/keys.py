@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from converter.metrics import Metrics
-from converter.slots import ConversionSlots
+from converter.pipeline import ConverterConfig
+from handlers.metrics import Metrics
+from handlers.slots import ConversionSlots
 from settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 SLOTS = web.AppKey("slots", ConversionSlots)
 METRICS = web.AppKey("metrics", Metrics)
+CONVERTER = web.AppKey("converter", ConverterConfig)
 # Why a response that had begun was broken off (for the access log).
 BROKEN_OFF = web.RequestKey("broken_off", str)

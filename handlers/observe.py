@@ -14,8 +14,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from handlers.errors import RETRY_AFTER_S, error_response, ok
+from db import api
+from handlers.errors import RETRY_AFTER_S, error_response
 from handlers.keys import BROKEN_OFF, METRICS, POOL, SETTINGS, SLOTS
+from handlers.shapes import ok
 
 access_log = logging.getLogger("mp3.access")
 
@@ -29,10 +31,9 @@ async def metrics(request: web.Request) -> web.Response:
     app_metrics = request.app[METRICS]
     try:
         async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S):
-            row = await request.app[POOL].fetchrow("SELECT * FROM api.storage_stats()")
-        if row is not None:
-            app_metrics.stored_records.set(row["records"])
-            app_metrics.stored_bytes.set(row["bytes"])
+            stored = await api.storage_stats(request.app[POOL])
+        app_metrics.stored_records.set(stored.records)
+        app_metrics.stored_bytes.set(stored.bytes)
     except Exception:
         logging.getLogger(__name__).warning("storage figures unavailable for /metrics")
     body = generate_latest(app_metrics.registry)
@@ -62,7 +63,7 @@ async def health_problems(request: web.Request) -> list[str]:
     problems = []
     try:
         async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S):
-            await request.app[POOL].fetchval("SELECT 1")
+            await api.ping(request.app[POOL])
     except Exception:
         problems.append("the database does not answer")
     if not os.access(request.app[SETTINGS].ffmpeg_binary, os.X_OK):

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import binascii
 import re
-from base64 import b64decode
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from uuid import UUID
 
-from aiohttp import hdrs, web
+from aiohttp import BasicAuth, hdrs, web
 from aiohttp.typedefs import Handler
 
-from converter.mp3 import MP3_SAMPLE_RATES
+from converter.mp3 import LAME_CBR_KBPS, MP3_SAMPLE_RATES
 from converter.pipeline import EncodeOptions
 from handlers.errors import ApiError, unauthorized
-from settings import LAME_CBR_KBPS
 
 # A token as api.user_check reads it: a UUID, hyphens optional, braces only in pairs.
 TOKEN = re.compile(
@@ -60,10 +57,10 @@ def header_credentials(request: web.Request) -> Credentials | None:
     authorization = request.headers.get(hdrs.AUTHORIZATION, "")
     if authorization[:6].lower() == "basic ":
         try:
-            user, _, token = b64decode(authorization[6:].strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            basic = BasicAuth.decode(authorization, encoding="utf-8")
+        except ValueError:  # not base64, not UTF-8, no colon
             raise unauthorized("The Authorization header is not valid Basic credentials.") from None
-        return _credentials(user, token)
+        return _credentials(basic.login, basic.password)
     if "user_id" in request.headers or "user_uuid" in request.headers:
         return _credentials(request.headers.get("user_id"), request.headers.get("user_uuid"))
     if authorization:

@@ -1,7 +1,4 @@
-"""Uploads, listing and deletion of records.
-
-POST /record (and the older POST /files.convert), GET /records, DELETE /record.
-"""
+"""Uploads, listing and deletion of records: POST /record, GET /records, DELETE /record."""
 
 from __future__ import annotations
 
@@ -9,48 +6,38 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-import asyncpg
 from aiohttp import web
 from yarl import URL
 
 from converter.pipeline import sniffed
-from converter.store import Upload, store_upload
+from converter.store import store_conversion
+from db import api
 from handlers.body import DEFAULT_FILENAME, MultipartForm, PacedBody, multipart_boundary, pace_of
-from handlers.errors import CLIENT_GONE, ApiError, api_error_for, ok, unauthorized
-from handlers.keys import METRICS, POOL, SETTINGS, SLOTS
+from handlers.errors import CLIENT_GONE, ApiError, api_error_for, unauthorized
+from handlers.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
 from handlers.params import (
-    Credentials,
     credentials_from,
     encode_options_from,
     header_credentials,
     record_id_from,
     user_id_from,
 )
-from handlers.shapes import link_base, record_json
+from handlers.shapes import link_base, ok, record_json
 
 WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
 
 
 async def upload_record(request: web.Request) -> web.Response:
-    row, links = await _observed_upload(request)
-    data = record_json(links, row)
+    record, links = await stored_upload(request)
+    data = record_json(links, record)
     return ok(data, status=201, headers={"Location": data["url"]})
-
-
-async def upload_record_legacy(request: web.Request) -> web.Response:
-    """The older clients' shape: {"status": "ok", "url": ...}."""
-    row, links = await _observed_upload(request)
-    url = record_json(links, row)["url"]
-    return web.json_response({"status": "ok", "url": url}, status=201, headers={"Location": url})
 
 
 async def list_records(request: web.Request) -> web.Response:
     links = link_base(request)
     credentials = credentials_from(request)
-    rows = await request.app[POOL].fetch(
-        "SELECT * FROM api.records_list($1, $2)", credentials.user_id, credentials.token
-    )
-    return ok({"records": [record_json(links, row) for row in rows]})
+    records = await api.records_list(request.app[POOL], credentials.user_id, credentials.token)
+    return ok({"records": [record_json(links, record) for record in records]})
 
 
 async def delete_record(request: web.Request) -> web.Response:
@@ -59,13 +46,11 @@ async def delete_record(request: web.Request) -> web.Response:
     user_id = user_id_from(request.query.get("user", str(credentials.user_id)))
     if user_id != credentials.user_id:
         raise ApiError(404, "No such record.")
-    await request.app[POOL].execute(
-        "SELECT api.record_delete($1, $2, $3)", credentials.user_id, credentials.token, record_id
-    )
+    await api.record_delete(request.app[POOL], credentials.user_id, credentials.token, record_id)
     return web.Response(status=204)
 
 
-async def _observed_upload(request: web.Request) -> tuple[asyncpg.Record, URL]:
+async def stored_upload(request: web.Request) -> tuple[api.Record, URL]:
     """An upload registered for shutdown (it may finish, or is cancelled) and
     counted once for /metrics, by the status it was answered (or would have been)."""
     metrics = request.app[METRICS]
@@ -78,7 +63,7 @@ async def _observed_upload(request: web.Request) -> tuple[asyncpg.Record, URL]:
         raise
     metrics.conversions.labels(status="201").inc()
     metrics.conversion_seconds.observe(time.perf_counter() - started)
-    metrics.bytes_out.inc(stored[0]["size"])
+    metrics.bytes_out.inc(stored[0].size)
     return stored
 
 
@@ -89,7 +74,7 @@ def _outcome(request: web.Request, error: BaseException) -> int:
     return api_error_for(error).status
 
 
-async def _convert_upload(request: web.Request) -> tuple[asyncpg.Record, URL]:
+async def _convert_upload(request: web.Request) -> tuple[api.Record, URL]:
     """Everything a client can make us do before it is authenticated is bounded,
     and credentials sent in headers are checked before a byte of the body is read."""
     settings = request.app[SETTINGS]
@@ -98,7 +83,7 @@ async def _convert_upload(request: web.Request) -> tuple[asyncpg.Record, URL]:
     body = PacedBody(request, pace_of(settings), settings.max_upload_bytes)
     credentials = header_credentials(request)
     if credentials is not None:
-        await check_user(pool, credentials)
+        await api.user_check(pool, credentials.user_id, credentials.token)
 
     options_given: dict[str, str] = dict(request.query)
     boundary = multipart_boundary(request)
@@ -113,7 +98,7 @@ async def _convert_upload(request: web.Request) -> tuple[asyncpg.Record, URL]:
         given = credentials_from(request, fields)  # the headers', or the fields' (400 when they differ)
         if credentials is None:
             credentials = given
-            await check_user(pool, credentials)
+            await api.user_check(pool, credentials.user_id, credentials.token)
     elif request.content_type in WAV_TYPES:
         if credentials is None:
             raise unauthorized()
@@ -125,21 +110,12 @@ async def _convert_upload(request: web.Request) -> tuple[asyncpg.Record, URL]:
 
     options = encode_options_from(options_given, settings.mp3_bitrate_kbps, filename)
     source = await sniffed(_counted(request, chunks))  # 415 now, before waiting for a slot
-    async with request.app[SLOTS].turn(), pool.acquire() as connection:
-        row = await store_upload(
-            connection,
-            Upload(user_id=credentials.user_id, token=credentials.token, filename=filename, body=source),
-            ffmpeg=settings.ffmpeg_binary,
-            options=options,
-            time_limit_s=settings.ffmpeg_timeout_s,
-            max_seconds=settings.max_duration_s,
-        )
-    return row, links
-
-
-async def check_user(pool: asyncpg.Pool, credentials: Credentials) -> None:
-    """401 unless the user exists and the token is theirs."""
-    await pool.execute("SELECT FROM api.user_check($1, $2)", credentials.user_id, credentials.token)
+    # One transaction: record_begin checks the user and creates the large
+    # object; a failure anywhere after it leaves neither behind.
+    async with request.app[SLOTS].turn(), pool.acquire() as connection, connection.transaction():
+        record_id = await api.record_begin(connection, credentials.user_id, credentials.token, filename)
+        record = await store_conversion(connection, record_id, source, options, request.app[CONVERTER])
+    return record, links
 
 
 async def _counted(request: web.Request, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

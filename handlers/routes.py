@@ -1,15 +1,16 @@
-"""Every route of the service, in one table."""
+"""Every route of the service, in one table (the older clients' in handlers/legacy.py)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from handlers.download import download, download_legacy
+from handlers.download import download
+from handlers.legacy import setup_legacy_routes
 from handlers.observe import health, metrics, ready
-from handlers.openapi import DOCS_ASSETS_PREFIX, docs, docs_asset, openapi_json
+from handlers.openapi import DOCS_INIT_PATH, docs, docs_init, openapi_json, setup_swagger_assets
 from handlers.page import page, page_script, page_style
-from handlers.records import delete_record, list_records, upload_record, upload_record_legacy
-from handlers.users import create_user, create_user_legacy
+from handlers.records import delete_record, list_records, upload_record
+from handlers.users import create_user
 
 
 def setup_routes(app: web.Application) -> None:
@@ -23,11 +24,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs)
-    app.router.add_get(DOCS_ASSETS_PREFIX + "/{filename}", docs_asset)
+    app.router.add_get(DOCS_INIT_PATH, docs_init)
+    setup_swagger_assets(app)
     app.router.add_get("/", page)
     app.router.add_get("/page.js", page_script)
     app.router.add_get("/page.css", page_style)
-    # The older clients' routes.
-    app.router.add_post("/users.create", create_user_legacy)
-    app.router.add_post("/files.convert", upload_record_legacy)
-    app.router.add_get("/files.record", download_legacy)
+    setup_legacy_routes(app)

@@ -1,21 +1,29 @@
-"""How a record looks in JSON, and the download link that names it."""
+"""How answers look: the success envelope, a record in JSON, and the download link that names it.
+
+Success: {"status": "ok", "data": {...}} (errors: handlers/errors.py).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 from yarl import URL
 
+from db import api
 from handlers.errors import ApiError
 from handlers.keys import SETTINGS
 
 WILDCARD = "0.0.0.0"  # noqa: S104 - compared against, never bound to
 # RFC 3986 host (a name, IPv4, or [IPv6]) and optional port, as a Host header carries them.
 HOST = re.compile(r"(?P<name>[A-Za-z0-9._-]+|\[(?P<ip6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{1,5}))?")
+
+
+def ok(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"status": "ok", "data": data}, status=status, headers=headers)
 
 
 def link_base(request: web.Request) -> URL:
@@ -49,16 +57,21 @@ def record_url(links: URL, record_id: object, user_id: int) -> str:
     return str(links.with_path(links.path.rstrip("/") + "/record").with_query(id=str(record_id), user=user_id))
 
 
-def record_json(links: URL, row: asyncpg.Record) -> dict[str, Any]:
+def record_json(links: URL, record: api.Record) -> dict[str, Any]:
+    """A record as clients see it (RECORD_KEYS, in that order)."""
     return {
-        "id": str(row["id"]),
-        "user": row["user_id"],
-        "url": record_url(links, row["id"], row["user_id"]),
-        "filename": row["filename"],
-        "size": row["size"],
-        "duration": row["duration"],
-        "bitrate": row["bitrate"],
-        "sample_rate": row["sample_rate"],
-        "channels": row["channels"],
-        "created_at": row["created_at"].isoformat(),
+        "id": str(record.id),
+        "user": record.user_id,
+        "url": record_url(links, record.id, record.user_id),
+        "filename": record.filename,
+        "size": record.size,
+        "duration": record.duration,
+        "bitrate": record.bitrate,
+        "sample_rate": record.sample_rate,
+        "channels": record.channels,
+        "created_at": record.created_at.isoformat(),
     }
+
+
+# What record_json gives, for the API document.
+RECORD_KEYS = ("id", "user", "url", "filename", "size", "duration", "bitrate", "sample_rate", "channels", "created_at")

@@ -1,4 +1,4 @@
-"""POST /users (and the older POST /users.create): create a user, show the token once."""
+"""POST /users: create a user, show the token once."""
 
 from __future__ import annotations
 
@@ -7,30 +7,24 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
+from db import api
 from handlers.body import MultipartForm, PacedBody, multipart_boundary, pace_of
-from handlers.errors import ApiError, ok
+from handlers.errors import ApiError
 from handlers.keys import POOL, SETTINGS
+from handlers.shapes import ok
 
 # A username is at most 64 characters; the rest is room for JSON or a form around it.
 MAX_BODY_BYTES = 64 * 1024
 
 
 async def create_user(request: web.Request) -> web.Response:
-    row = await _create(request)
-    return ok({"id": row["id"], "username": row["username"], "token": str(row["token"])}, status=201)
+    user = await new_user(request)
+    return ok({"id": user.id, "username": user.username, "token": str(user.token)}, status=201)
 
 
-async def create_user_legacy(request: web.Request) -> web.Response:
-    """The older clients' shape: the token under the key "uuid"."""
-    row = await _create(request)
-    return ok({"id": row["id"], "username": row["username"], "uuid": str(row["token"])}, status=201)
-
-
-async def _create(request: web.Request) -> dict[str, object]:
-    username = await _username_from(request)
-    row = await request.app[POOL].fetchrow("SELECT * FROM api.user_create($1)", username)
-    assert row is not None  # user_create returns its row or raises
-    return dict(row)
+async def new_user(request: web.Request) -> api.NewUser:
+    """The user the request's body names, created."""
+    return await api.user_create(request.app[POOL], await _username_from(request))
 
 
 async def _username_from(request: web.Request) -> str:

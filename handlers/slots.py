@@ -8,23 +8,23 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 
-from converter.pipeline import ConversionError
 
+class Unavailable(Exception):
+    """No upload can start now; ``retry_after`` says in how many seconds to try again."""
 
-class NoFreeSlot(ConversionError):
-    status = 503
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("Every conversion slot is busy; try again shortly.")
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
         self.retry_after = max(1, math.ceil(retry_after))
 
 
-class ShuttingDown(ConversionError):
-    status = 503
+class NoFreeSlot(Unavailable):
+    def __init__(self, waited: float) -> None:
+        super().__init__("Every conversion slot is busy; try again shortly.", waited)
 
+
+class ShuttingDown(Unavailable):
     def __init__(self) -> None:
-        super().__init__("The service is shutting down; try again shortly.")
-        self.retry_after = 1
+        super().__init__("The service is shutting down; try again shortly.", 1)
 
 
 class ConversionSlots:

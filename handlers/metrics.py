@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from converter.slots import ConversionSlots
+from handlers.slots import ConversionSlots
 
 
 class Metrics:

@@ -1,0 +1,129 @@
+"""The api schema's functions, as Python: one short function each.
+
+This is the one place the service's SQL is written, so "who calls
+api.record_read?" has a one-file answer and what comes back is typed once.
+Each takes what to run on: the pool for a statement of its own, or the
+connection of a transaction the caller holds (an upload is one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Database = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
+
+
+@dataclass(frozen=True)
+class NewUser:
+    id: int
+    username: str
+    token: UUID  # shown this once: the database keeps only its digest
+
+
+@dataclass(frozen=True)
+class Record:
+    """A finished record as app.record_info shows it (the return type of the record functions)."""
+
+    id: UUID
+    user_id: int
+    filename: str  # the download's name: the original's, ending in .mp3
+    original_filename: str
+    size: int
+    duration: float
+    bitrate: int
+    sample_rate: int
+    channels: int
+    sha256: bytes
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: asyncpg.Record | None) -> Record:
+        assert row is not None  # the record functions return their row or raise
+        return cls(**dict(row))
+
+
+@dataclass(frozen=True)
+class UserStorage:
+    records: int
+    bytes: int
+    quota_bytes: int  # 0: no quota
+
+
+@dataclass(frozen=True)
+class StorageStats:
+    records: int
+    bytes: int
+
+
+async def ping(db: Database) -> None:
+    """A round trip, for the health checks (not an api function)."""
+    await db.fetchval("SELECT 1")
+
+
+async def user_create(db: Database, name: str) -> NewUser:
+    row = await db.fetchrow("SELECT * FROM api.user_create($1)", name)
+    return NewUser(**_fields(row))
+
+
+async def user_check(db: Database, user_id: int, token: str) -> None:
+    await db.execute("SELECT FROM api.user_check($1, $2)", user_id, token)
+
+
+async def user_storage(db: Database, user_id: int, token: str) -> UserStorage:
+    return UserStorage(**_fields(await db.fetchrow("SELECT * FROM api.user_storage($1, $2)", user_id, token)))
+
+
+async def record_begin(db: Database, user_id: int, token: str, filename: str) -> UUID:
+    record_id: UUID = await db.fetchval("SELECT api.record_begin($1, $2, $3)", user_id, token, filename)
+    return record_id
+
+
+async def record_append(db: Database, record_id: UUID, chunk: bytes) -> None:
+    await db.execute("SELECT api.record_append($1, $2)", record_id, chunk)
+
+
+async def record_overwrite(db: Database, record_id: UUID, at: int, chunk: bytes) -> None:
+    await db.execute("SELECT api.record_overwrite($1, $2, $3)", record_id, at, chunk)
+
+
+async def record_finish(
+    db: Database, record_id: UUID, duration: float, bitrate: int, sample_rate: int, channels: int
+) -> Record:
+    row = await db.fetchrow(
+        "SELECT * FROM api.record_finish($1, $2, $3, $4, $5)", record_id, duration, bitrate, sample_rate, channels
+    )
+    return Record.of(row)
+
+
+async def record_open(db: Database, record_id: UUID, user_id: int) -> Record:
+    return Record.of(await db.fetchrow("SELECT * FROM api.record_open($1, $2)", record_id, user_id))
+
+
+async def record_read(db: Database, record_id: UUID, user_id: int, from_byte: int, byte_count: int) -> bytes:
+    chunk: bytes = await db.fetchval(
+        "SELECT api.record_read($1, $2, $3, $4)", record_id, user_id, from_byte, byte_count
+    )
+    return chunk
+
+
+async def records_list(db: Database, user_id: int, token: str) -> list[Record]:
+    return [Record.of(row) for row in await db.fetch("SELECT * FROM api.records_list($1, $2)", user_id, token)]
+
+
+async def record_delete(db: Database, user_id: int, token: str, record_id: UUID) -> None:
+    await db.execute("SELECT api.record_delete($1, $2, $3)", user_id, token, record_id)
+
+
+async def storage_stats(db: Database) -> StorageStats:
+    return StorageStats(**_fields(await db.fetchrow("SELECT * FROM api.storage_stats()")))
+
+
+def _fields(row: asyncpg.Record | None) -> dict[str, Any]:
+    assert row is not None  # these functions return one row or raise
+    return dict(row)
