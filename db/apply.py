@@ -12,13 +12,17 @@ functions run with that role's rights (SECURITY DEFINER).
    handed to the owner; PUBLIC's rights taken away (connecting, temporary
    tables, creating and importing large objects); objects an earlier version
    left to another role handed to the owner.
-2. Drops the ``api`` schema, so no function stands in the way of a migration
-   (three return the view ``app.record_info``).
-3. As the owner from here on, applies the pending yoyo migrations of ``db/migrations`` (tables, append-only).
-4. Loads every ``db/functions`` file into a new ``api`` schema, on every run:
-   yoyo's own hooks run only when a migration is pending, and recreating the
-   schema is what makes a renamed or retyped function disappear instead of
-   lingering beside its successor. The service role may EXECUTE them, nothing else.
+2. Drops the ``api`` schema and the private code of ``db/private`` (views and
+   helper functions of ``app`` that hold no data), so none of it stands in the
+   way of a migration (three api functions return the view ``app.record_info``).
+3. As the owner from here on, applies the pending yoyo migrations of
+   ``db/migrations``: tables, their triggers and data, append-only.
+4. Loads every ``db/private`` file, then every ``db/functions`` file into a
+   new ``api`` schema, in one transaction, on every run: yoyo's own hooks run
+   only when a migration is pending, and recreating the code is what makes a
+   changed or retyped function take effect without a migration (a renamed
+   private one is dropped by the migration that renames it). The service role
+   may EXECUTE the api functions, nothing else.
 5. Stores ``USER_QUOTA_MB`` (when set; 0 = no quota) in ``app.settings``,
    where the api functions enforce it.
 """
@@ -39,6 +43,7 @@ from yoyo import get_backend, read_migrations
 DB_DIR = Path(__file__).resolve().parent
 MIGRATIONS_DIR = DB_DIR / "migrations"
 FUNCTIONS_DIR = DB_DIR / "functions"
+PRIVATE_DIR = DB_DIR / "private"
 
 DEFAULT_OWNER_ROLE = "mp3_owner"
 DEFAULT_SERVICE_ROLE = "mp3_service"
@@ -67,6 +72,7 @@ def apply(
     with psycopg.connect(admin_url, autocommit=True) as admin:
         prepare_database(admin, roles)
         admin.execute("DROP SCHEMA IF EXISTS api CASCADE")  # whoever an earlier version let own it
+        drop_private_code(admin)
     owner_url = as_role(admin_url, roles.owner)
     apply_migrations(owner_url, migrations_dir)
     with psycopg.connect(owner_url) as owner:
@@ -167,10 +173,13 @@ def yoyo_url(database_url: str) -> str:
 
 
 def reload_functions(connection: psycopg.Connection, service_role: str) -> None:
-    """Recreate schema ``api`` from the function files, in one transaction."""
+    """Recreate the private code and schema ``api`` from their files, in one transaction."""
     role = sql.Identifier(service_role)
     with connection.transaction():
         connection.execute("DROP SCHEMA IF EXISTS api CASCADE")
+        drop_private_code(connection)
+        for path in private_files():
+            connection.execute(path.read_text(encoding="utf-8").encode())
         connection.execute("CREATE SCHEMA api")
         connection.execute("COMMENT ON SCHEMA api IS 'Everything a client may do. See README.md.'")
         for path in function_files():
@@ -180,6 +189,23 @@ def reload_functions(connection: psycopg.Connection, service_role: str) -> None:
         connection.execute("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA api FROM PUBLIC")
         connection.execute(sql.SQL("GRANT USAGE ON SCHEMA api TO {}").format(role))
         connection.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA api TO {}").format(role))
+
+
+def drop_private_code(connection: psycopg.Connection) -> None:
+    """Drop the view or functions each ``db/private`` file defines (named ``app.<name>.sql``)."""
+    for path in private_files():
+        name = path.stem.removeprefix("app.")
+        connection.execute(sql.SQL("DROP VIEW IF EXISTS app.{}").format(sql.Identifier(name)))
+        functions = connection.execute(
+            "SELECT oid::regprocedure::text FROM pg_proc WHERE pronamespace = to_regnamespace('app') AND proname = %s",
+            [name],
+        ).fetchall()
+        for (signature,) in functions:
+            connection.execute(sql.SQL(f"DROP FUNCTION {signature}"))  # a regprocedure's text: quoted as needed
+
+
+def private_files() -> list[Path]:
+    return sorted(PRIVATE_DIR.glob("app.*.sql"))
 
 
 def function_files() -> list[Path]:

@@ -13,6 +13,13 @@ import swagger_ui
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from converter.mp3 import LAME_CBR_KBPS, MP3_SAMPLE_RATES
+from handlers.params import CHANNEL_CHOICES, MAX_TAG_CHARACTERS, TAG_FIELDS, VBR_QUALITIES
+from handlers.records import WAV_TYPES
+from handlers.shapes import RECORD_KEYS
+from handlers.users import MAX_BODY_BYTES, MAX_USERNAME_CHARACTERS
+from settings import Settings
+
 SWAGGER_ASSETS = Path(swagger_ui.__file__).resolve().parent / "static"
 DOCS_ASSETS_PREFIX = "/docs/assets"
 DOCS_INIT_PATH = DOCS_ASSETS_PREFIX + "/docs-init.js"
@@ -52,23 +59,26 @@ LEGACY_RECORD_QUERY = [
     {"name": "record_id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
     {"name": "user_id", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
 ]
-OPTIONS = {
+# Every fact below comes from the code that enforces it, never copied.
+OPTIONS: dict[str, dict[str, Any]] = {
     "bitrate": {
         "type": "integer",
-        "enum": [32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320],
-        "description": "CBR bit rate, kbit/s (default MP3_BITRATE, 192)",
+        "enum": list(LAME_CBR_KBPS),
+        "description": f"CBR bit rate, kbit/s (default MP3_BITRATE, {Settings.mp3_bitrate_kbps})",
     },
     "quality": {
         "type": "integer",
-        "minimum": 0,
-        "maximum": 9,
+        "minimum": min(VBR_QUALITIES),
+        "maximum": max(VBR_QUALITIES),
         "description": "LAME VBR quality (-V), 0 best; instead of bitrate",
     },
-    "sample_rate": {"type": "integer", "enum": [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000]},
-    "channels": {"type": "integer", "enum": [1, 2]},
-    "title": {"type": "string", "maxLength": 255},
-    "artist": {"type": "string", "maxLength": 255},
-    "album": {"type": "string", "maxLength": 255},
+    "sample_rate": {
+        "type": "integer",
+        "enum": list(MP3_SAMPLE_RATES),
+        "description": "at most the WAV's own rate (422 otherwise)",
+    },
+    "channels": {"type": "integer", "enum": list(CHANNEL_CHOICES)},
+    **{name: {"type": "string", "maxLength": MAX_TAG_CHARACTERS} for name in TAG_FIELDS},
 }
 OPTION_QUERY = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in OPTIONS.items()]
 UPLOAD_BODY = {
@@ -85,9 +95,10 @@ UPLOAD_BODY = {
                     "file": {"type": "string", "format": "binary", "description": "the WAV (any field name)"},
                 },
             },
-            "encoding": {"file": {"contentType": "audio/wav, audio/x-wav, audio/wave, application/octet-stream"}},
+            "encoding": {"file": {"contentType": ", ".join(sorted(WAV_TYPES))}},
         },
-        "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+        # The raw body: the WAV itself, credentials in headers.
+        **{media: {"schema": {"type": "string", "format": "binary"}} for media in sorted(WAV_TYPES)},
     },
 }
 UPLOAD_ERRORS = {
@@ -145,7 +156,7 @@ def _user_created(token_key: str, description: str) -> dict[str, Any]:
             "400": BAD_REQUEST,
             "408": _error("The body sent nothing for READ_TIMEOUT_S, or arrived slower than MIN_UPLOAD_KBPS"),
             "409": _error("The username is taken (without regard to case)"),
-            "413": _error("A body larger than 64 KiB"),
+            "413": _error(f"A body larger than {MAX_BODY_BYTES >> 10} KiB"),
             "415": _error("A Content-Encoding was given"),
             "503": UNAVAILABLE,
         },
@@ -301,22 +312,13 @@ def openapi_document() -> dict[str, Any]:
                 "NewUser": {
                     "type": "object",
                     "required": ["username"],
-                    "properties": {"username": {"type": "string", "minLength": 1, "maxLength": 64}},
+                    "properties": {
+                        "username": {"type": "string", "minLength": 1, "maxLength": MAX_USERNAME_CHARACTERS}
+                    },
                 },
                 "Record": {
                     "type": "object",
-                    "required": [
-                        "id",
-                        "user",
-                        "url",
-                        "filename",
-                        "size",
-                        "duration",
-                        "bitrate",
-                        "sample_rate",
-                        "channels",
-                        "created_at",
-                    ],
+                    "required": list(RECORD_KEYS),
                     "properties": {
                         "id": {"type": "string", "format": "uuid"},
                         "user": {"type": "integer"},
@@ -326,7 +328,7 @@ def openapi_document() -> dict[str, Any]:
                         "duration": {"type": "number", "description": "seconds"},
                         "bitrate": {"type": "integer", "description": "bit/s (average for VBR)"},
                         "sample_rate": {"type": "integer"},
-                        "channels": {"type": "integer", "enum": [1, 2]},
+                        "channels": {"type": "integer", "enum": list(CHANNEL_CHOICES)},
                         "created_at": {"type": "string", "format": "date-time"},
                     },
                 },

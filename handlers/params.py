@@ -26,6 +26,8 @@ MAX_BIGINT = 2**63 - 1
 MAX_BIGINT_DIGITS = len(str(MAX_BIGINT))
 TAG_FIELDS = ("title", "artist", "album")
 MAX_TAG_CHARACTERS = 255
+VBR_QUALITIES = tuple(range(10))  # LAME's -V: 0 best
+CHANNEL_CHOICES = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -103,14 +105,14 @@ def encode_options_from(values: Mapping[str, str], default_bitrate: int, filenam
     """bitrate (kbit/s, a LAME CBR rate) or quality (LAME's VBR -V 0-9), sample_rate (an MP3
     rate), channels (1 or 2), and title, artist, album for the ID3 tag."""
     bitrate = _choice(values, "bitrate", LAME_CBR_KBPS, "a LAME bit rate in kbit/s")
-    quality = _choice(values, "quality", tuple(range(10)), "a LAME VBR quality, 0 (best) to 9")
+    quality = _choice(values, "quality", VBR_QUALITIES, "a LAME VBR quality, 0 (best) to 9")
     if bitrate is not None and quality is not None:
         raise ApiError(400, "Choose bitrate (constant) or quality (variable bit rate), not both.")
     return EncodeOptions(
         bitrate_kbps=bitrate or default_bitrate,
         vbr_quality=quality,
         sample_rate=_choice(values, "sample_rate", MP3_SAMPLE_RATES, "an MP3 sample rate in Hz"),
-        channels=_choice(values, "channels", (1, 2), "1 or 2"),
+        channels=_choice(values, "channels", CHANNEL_CHOICES, "1 or 2"),
         tags={name: text for name in TAG_FIELDS if (text := _tag(values, name))},
         default_title=_printable(PurePosixPath(filename.replace("\\", "/")).stem)[:MAX_TAG_CHARACTERS] or None,
     )

@@ -13,7 +13,9 @@ from handlers.errors import ApiError
 from handlers.keys import POOL, SETTINGS
 from handlers.shapes import ok
 
-# A username is at most 64 characters; the rest is room for JSON or a form around it.
+# The longest username api.user_create accepts (the rule is the SQL's; this is for the API document).
+MAX_USERNAME_CHARACTERS = 64
+# A name, and room for JSON or a form around it.
 MAX_BODY_BYTES = 64 * 1024
 
 

@@ -1,7 +1,8 @@
 -- Per-user storage quotas, enforced by the api functions (so a psql user meets
--- them too). app.settings holds the service-wide values an administrator
--- sets (db/apply.py writes USER_QUOTA_MB here); app.users.stored_bytes is
--- kept by a trigger, so every check is one row read, not a sum over records.
+-- them too; the check itself is db/private/app.assert_within_quota.sql).
+-- app.settings holds the service-wide values an administrator sets
+-- (db/apply.py writes USER_QUOTA_MB here); app.users.stored_bytes is kept by a
+-- trigger, so every check is one row read, not a sum over records.
 
 CREATE TABLE app.settings (
     -- One row: the key can only be true.
@@ -57,32 +58,3 @@ REVOKE ALL ON FUNCTION app.count_stored_bytes() FROM PUBLIC;
 CREATE TRIGGER records_count_stored_bytes
     AFTER UPDATE OF size OR DELETE ON app.records
     FOR EACH ROW EXECUTE FUNCTION app.count_stored_bytes();
-
--- For the api functions that store bytes for a user: PT413 when the user's
--- finished records plus `adding` bytes would pass the quota.
-CREATE FUNCTION app.assert_within_quota(user_id bigint, adding bigint) RETURNS void
-    LANGUAGE plpgsql
-    STABLE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    quota bigint;
-    used bigint;
-BEGIN
-    SELECT s.user_quota_bytes INTO quota FROM app.settings AS s;
-    IF coalesce(quota, 0) = 0 THEN
-        RETURN;
-    END IF;
-    SELECT u.stored_bytes INTO used FROM app.users AS u WHERE u.id = assert_within_quota.user_id;
-    IF used + adding > quota THEN
-        RAISE EXCEPTION USING ERRCODE = 'PT413',
-            MESSAGE = format('This upload would take your storage past its quota of %s MiB (%s MiB used).',
-                             round(quota / 1048576.0, 1), round(used / 1048576.0, 1));
-    END IF;
-END;
-$$;
-
-REVOKE ALL ON FUNCTION app.assert_within_quota(bigint, bigint) FROM PUBLIC;
-
-COMMENT ON FUNCTION app.assert_within_quota(bigint, bigint) IS
-    'Raises PT413 when the user''s stored bytes plus adding would pass app.settings.user_quota_bytes.';
