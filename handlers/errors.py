@@ -158,7 +158,9 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(http_error.status, _sentence(message), headers)
     except Exception as error:
         api_error = api_error_for(error)
-        if api_error.status >= 500:
+        if api_error.status == 503:  # the database or every slot busy: an operator's concern, not a bug
+            log.warning("%s %s answered 503: %s", request.method, request.path, api_error.message)
+        elif api_error.status >= 500:
             log.error("%s %s answered %d", request.method, request.path, api_error.status, exc_info=error)
         elif isinstance(error, ConversionError) and error.detail:  # FFmpeg's words: for the log, not the client
             log.warning(

@@ -24,6 +24,8 @@ CHROMIUM_ARGS = [
 if not os.access(CHROMIUM, os.X_OK) and os.environ.get("CI") != "true":
     pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # a headless browser
+
 
 async def test_a_new_user_converts_plays_seeks_downloads_and_deletes(
     client: Client, audio: Audio, tmp_path: Path

@@ -118,6 +118,7 @@ async def test_link_uses_the_host_the_client_used_or_public_url(make_client: Mak
     assert (await response.json())["data"]["url"].startswith("https://mp3.example.org/base/record?id=")
 
 
+@pytest.mark.slow  # ten conversions
 @pytest.mark.parametrize(
     ("variant", "wav_args", "rate", "channels"),
     [

@@ -33,6 +33,8 @@ from tests.support import (
 
 SLOTS = 2  # the service_process fixture's CONVERT_CONCURRENCY
 
+pytestmark = pytest.mark.slow  # app.py run as a process, faulted
+
 
 async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
     """Like ``until``, for a check that asks the service over HTTP."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import struct
+import io
 from typing import Any
 
 import pytest
+from mutagen.mp3 import MP3, BitrateMode
+from mutagen.mp3._util import XingHeader
 
 from tests.conftest import probe
 from tests.support import Audio, Client, expect_error, local, new_user, upload
@@ -18,16 +20,16 @@ async def converted(client: Client, wav: bytes, **fields: Any) -> tuple[dict[str
     return data, await (await client.get(local(data["url"]))).read()
 
 
-def header_tag(mp3: bytes) -> tuple[bytes, int, int, int, int]:
-    """The first frame's Xing/Info tag: (kind, frames, bytes, encoder delay, padding)."""
-    start = 10 + int.from_bytes(bytes(b & 0x7F for b in mp3[6:10]), "big")  # after the ID3v2 tag
-    for side_info in (32, 17, 9):
-        at = start + 4 + side_info
-        if mp3[at : at + 4] in (b"Xing", b"Info"):
-            frames, size = struct.unpack(">II", mp3[at + 8 : at + 16])
-            delays = int.from_bytes(mp3[at + 141 : at + 144], "big")
-            return mp3[at : at + 4], frames, size, delays >> 12, delays & 0xFFF
-    raise AssertionError("no Xing/Info frame after the ID3 tag")
+def header_tag(mp3: bytes) -> Any:
+    """The first frame's Xing/Info tag as mutagen reads it (frames, bytes, LAME's delay and padding)."""
+    info: Any = MP3(io.BytesIO(mp3)).info  # type: ignore[no-untyped-call]
+    assert info.bitrate_mode in (BitrateMode.CBR, BitrateMode.VBR)  # read from the tag, not guessed
+    start = mp3.index(b"Xing" if info.bitrate_mode is BitrateMode.VBR else b"Info")
+    return XingHeader(io.BytesIO(mp3[start:]))  # type: ignore[no-untyped-call]
+
+
+def after_id3(mp3: bytes) -> int:
+    return 10 + int.from_bytes(bytes(b & 0x7F for b in mp3[6:10]), "big")
 
 
 @pytest.mark.parametrize("quality", [0, 2, 9])
@@ -35,25 +37,26 @@ async def test_vbr_quality_gets_a_xing_header_and_the_right_duration(
     client: Client, audio: Audio, quality: int
 ) -> None:
     data, mp3 = await converted(client, audio(seconds=10, extra=("-af", "volume=0.5")), quality=quality)
-    kind, frames, size, delay, _ = header_tag(mp3)
-    assert kind == b"Xing"
-    assert size == len(mp3) - (10 + int.from_bytes(bytes(b & 0x7F for b in mp3[6:10]), "big"))
-    assert delay == 576
+    tag = header_tag(mp3)
+    assert not tag.is_info  # "Xing": variable bit rate
+    assert tag.bytes == len(mp3) - after_id3(mp3)
+    assert tag.lame_header.encoder_delay_start == 576
     found = probe(mp3)
     # ffprobe reads the frame count from the header: without it, a VBR file's
     # duration is guessed from the first frame's bit rate (off by percents).
     assert found["header_duration"] == pytest.approx(10.0, abs=0.06)
     assert found["duration"] == pytest.approx(10.0, abs=0.001)  # delay and padding trimmed
-    assert frames == pytest.approx(10.0 * 44100 / 1152, abs=3)
+    assert tag.frames == pytest.approx(10.0 * 44100 / 1152, abs=3)
     assert 8000 < data["bitrate"] < 320000
 
 
 async def test_cbr_gets_an_info_header_so_players_trim_exactly(client: Client, audio: Audio) -> None:
     data, mp3 = await converted(client, audio(seconds=7), bitrate=128)
-    kind, frames, _, delay, padding = header_tag(mp3)
-    assert kind == b"Info"
+    tag = header_tag(mp3)
+    assert tag.is_info  # "Info": constant bit rate
     assert data["bitrate"] == 128000
-    assert frames * 1152 - delay - padding == 7 * 44100  # sample-exact
+    lame = tag.lame_header
+    assert tag.frames * 1152 - lame.encoder_delay_start - lame.encoder_padding_end == 7 * 44100  # sample-exact
     assert probe(mp3)["duration"] == pytest.approx(7.0, abs=0.0001)
 
 

@@ -3,6 +3,7 @@ byte, the same answer for every wrong credential, nothing secret in URLs."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
@@ -11,16 +12,19 @@ import subprocess
 import uuid
 from array import array
 
+import asyncpg
 import psycopg
 import pytest
 
 from converter.pipeline import EncodeOptions, ffmpeg_command
 from converter.wav import WavFormat
+from settings import Settings
 from tests.conftest import FFMPEG, MakeClient
 from tests.support import (
     Audio,
     Client,
     basic,
+    count,
     expect_error,
     local,
     new_user,
@@ -203,3 +207,33 @@ async def test_requests_refused_before_any_handler_are_answered_in_the_envelope(
     assert head.split()[1] == b"400", answer[:300]  # aiohttp answers these as HTTP/1.0
     assert b"Content-Type: application/json" in head
     assert body.startswith(b'{"code": 400, "status": "bad_request"')
+
+
+# --- the service role, and the logs --------------------------------------------------
+
+
+async def test_the_service_connection_cannot_read_tables_or_large_objects(
+    service_settings: Settings, admin: psycopg.Connection, client: Client, audio: Audio
+) -> None:
+    await upload(client, await new_user(client), audio())
+    object_id = count(admin, "SELECT lo_oid FROM app.records")
+    connection = await asyncpg.connect(service_settings.database_url)
+    try:
+        for query in ("SELECT * FROM app.users", "SELECT * FROM app.records", f"SELECT lo_get({object_id})"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.fetch(query)
+    finally:
+        await connection.close()
+
+
+async def test_tokens_never_appear_in_logs(client: Client, audio: Audio, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    user_id, token = await new_user(client)
+    await upload(client, (user_id, token), audio())
+    await client.get("/records", headers=basic(user_id, token))
+    await client.get("/records", headers={"user_id": str(user_id), "user_uuid": token})
+    await client.get("/records", headers=basic(user_id, str(uuid.uuid4())))
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "/records" in logged  # the access log did see the requests
+    assert token not in logged
+    assert base64.b64encode(f"{user_id}:{token}".encode()).decode() not in logged

@@ -1,45 +1,35 @@
-"""Hostile input, faults and load: nothing lost, nothing leaked, never a 500."""
+"""Hostile input over HTTP: WAVs and requests that lie, every parameter fuzzed, forms
+bent every way, inputs that once gave a 500. Nothing stored, nothing leaked, never a 5xx."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import logging
 import struct
 import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pytest_postgresql import factories
-from pytest_postgresql.executors import PostgreSQLExecutor
 
-from handlers.keys import SLOTS
-from settings import Settings
-from tests.conftest import PG_CTL, MakeClient, load_schema, probe
+from tests.conftest import probe
 from tests.support import (
     Audio,
     Client,
     basic,
-    count,
     expect_error,
     form,
-    held_body,
     local,
     multipart_head,
     new_user,
     nothing_stored,
     raw_request,
-    until,
     upload,
     wav_header,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 PASSWD = Path("/etc/passwd").read_bytes()
 
 
@@ -164,6 +154,7 @@ text = st.text(max_size=80) | st.sampled_from(
 )  # fmt: skip
 
 
+@pytest.mark.slow  # sixty requests of every kind
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(first=text, second=text, third=text, route=st.integers(min_value=0, max_value=8))
 async def test_no_parameter_of_any_endpoint_causes_a_5xx(
@@ -190,99 +181,7 @@ async def test_no_parameter_of_any_endpoint_causes_a_5xx(
         await expect_error(response, response.status)
 
 
-# --- load and fairness ----------------------------------------------------------------
-
-
-async def test_more_uploads_than_slots_wait_their_turn_and_all_are_valid(make_client: MakeClient, audio: Audio) -> None:
-    client = await make_client(convert_concurrency=2, queue_timeout_s=60)
-    user = await new_user(client)
-    responses = await asyncio.gather(*(upload(client, user, audio(seconds=2)) for _ in range(6)))
-    assert [response.status for response in responses] == [201] * 6
-    for response in responses:
-        mp3 = await (await client.get(local((await response.json())["data"]["url"]))).read()
-        assert probe(mp3)["duration"] == pytest.approx(2.0, abs=0.01)
-
-
-async def test_downloads_and_user_creation_answer_while_every_slot_converts(
-    make_client: MakeClient, audio: Audio
-) -> None:
-    client = await make_client(convert_concurrency=2)
-    user = await new_user(client)
-    stored = (await (await upload(client, user, audio())).json())["data"]
-    release = asyncio.Event()
-    headers = {**basic(*user), "Content-Type": "audio/wav"}
-    busy = [
-        asyncio.create_task(client.post("/record", data=held_body(audio(seconds=5), release), headers=headers))
-        for _ in range(2)
-    ]
-    await until(lambda: client.app[SLOTS].free == 0)
-
-    assert (await client.get(local(stored["url"]))).status == 200
-    assert (await client.post("/users", json={"username": "while-busy"})).status == 201
-    assert (await client.get("/health")).status == 200
-
-    release.set()
-    assert [(await task).status for task in busy] == [201, 201]
-
-
-# --- security -------------------------------------------------------------------------
-
-
-async def test_the_service_connection_cannot_read_tables_or_large_objects(
-    service_settings: Settings, admin: psycopg.Connection, client: Client, audio: Audio
-) -> None:
-    await upload(client, await new_user(client), audio())
-    object_id = count(admin, "SELECT lo_oid FROM app.records")
-    connection = await asyncpg.connect(service_settings.database_url)
-    try:
-        for query in ("SELECT * FROM app.users", "SELECT * FROM app.records", f"SELECT lo_get({object_id})"):
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await connection.fetch(query)
-    finally:
-        await connection.close()
-
-
-async def test_tokens_never_appear_in_logs(client: Client, audio: Audio, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    user_id, token = await new_user(client)
-    await upload(client, (user_id, token), audio())
-    await client.get("/records", headers=basic(user_id, token))
-    await client.get("/records", headers={"user_id": str(user_id), "user_uuid": token})
-    await client.get("/records", headers=basic(user_id, str(uuid.uuid4())))
-    logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert "/records" in logged  # the access log did see the requests
-    assert token not in logged
-    assert base64.b64encode(f"{user_id}:{token}".encode()).decode() not in logged
-
-
-# --- the database going away ------------------------------------------------------------
-
-stoppable_postgresql_proc = factories.postgresql_proc(executable=str(PG_CTL), port=None, load=[load_schema])
-
-
-async def test_database_stopped_then_back_the_service_recovers_by_itself(
-    stoppable_postgresql_proc: PostgreSQLExecutor, make_client: MakeClient, audio: Audio
-) -> None:
-    proc = stoppable_postgresql_proc
-    url = f"postgresql://mp3_service@{proc.host}:{proc.port}/{proc.template_dbname}"
-    client = await make_client(database_url=url)
-    user = await new_user(client)
-    stored = (await (await upload(client, user, audio())).json())["data"]
-
-    await asyncio.to_thread(proc.stop)
-    try:
-        down = await client.get("/records", headers=basic(*user))
-        await expect_error(down, 503)
-        assert down.headers["Retry-After"]
-        await expect_error(await client.get("/health"), 503)
-        await expect_error(await client.get(local(stored["url"])), 503)
-    finally:
-        await asyncio.to_thread(proc.start)
-
-    await until(lambda: True)
-    assert (await client.get("/health")).status == 200
-    assert (await client.get(local(stored["url"]))).status == 200
-    assert (await upload(client, user, audio())).status == 201
+# --- forms ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", ["/users", "/users.create", "/record", "/files.convert"])

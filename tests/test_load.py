@@ -1,0 +1,55 @@
+"""More uploads than slots, and the service answering while every slot converts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from handlers.keys import SLOTS
+from tests.conftest import MakeClient, probe
+from tests.support import (
+    Audio,
+    basic,
+    held_body,
+    local,
+    new_user,
+    until,
+    upload,
+)
+
+# --- load and fairness ----------------------------------------------------------------
+
+pytestmark = pytest.mark.slow  # many uploads at once
+
+
+async def test_more_uploads_than_slots_wait_their_turn_and_all_are_valid(make_client: MakeClient, audio: Audio) -> None:
+    client = await make_client(convert_concurrency=2, queue_timeout_s=60)
+    user = await new_user(client)
+    responses = await asyncio.gather(*(upload(client, user, audio(seconds=2)) for _ in range(6)))
+    assert [response.status for response in responses] == [201] * 6
+    for response in responses:
+        mp3 = await (await client.get(local((await response.json())["data"]["url"]))).read()
+        assert probe(mp3)["duration"] == pytest.approx(2.0, abs=0.01)
+
+
+async def test_downloads_and_user_creation_answer_while_every_slot_converts(
+    make_client: MakeClient, audio: Audio
+) -> None:
+    client = await make_client(convert_concurrency=2)
+    user = await new_user(client)
+    stored = (await (await upload(client, user, audio())).json())["data"]
+    release = asyncio.Event()
+    headers = {**basic(*user), "Content-Type": "audio/wav"}
+    busy = [
+        asyncio.create_task(client.post("/record", data=held_body(audio(seconds=5), release), headers=headers))
+        for _ in range(2)
+    ]
+    await until(lambda: client.app[SLOTS].free == 0)
+
+    assert (await client.get(local(stored["url"]))).status == 200
+    assert (await client.post("/users", json={"username": "while-busy"})).status == 201
+    assert (await client.get("/health")).status == 200
+
+    release.set()
+    assert [(await task).status for task in busy] == [201, 201]
