@@ -1,1 +1,1 @@
-"""HTTP handlers: thin layers over the api schema's functions (issue #3)."""
+"""HTTP handlers: thin layers over the api schema's functions."""
