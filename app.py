@@ -15,7 +15,7 @@ from aiohttp import web
 
 from converter.pipeline import ConverterConfig
 from handlers.errors import error_envelope
-from handlers.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
+from handlers.keys import CONVERTER, METRICS, POOL, READ_POOL, SETTINGS, SLOTS
 from handlers.metrics import Metrics
 from handlers.observe import add_request_id, configure_logging, request_log
 from handlers.page import security_headers
@@ -51,22 +51,26 @@ def init_app(settings: Settings) -> web.Application:
 
 
 async def database_pool(app: web.Application) -> AsyncIterator[None]:
-    """The pool opens after migrations ran (the run command applies them first)."""
+    """The pools open after migrations ran (the run command applies them first): the
+    primary's, and the read replica's when DATABASE_READ_URL names one (else the same)."""
     settings = app[SETTINGS]
-    app[POOL] = await asyncpg.create_pool(
-        settings.database_url,
-        # min_size=0: the service starts (and /health says 503) while the database is down.
-        min_size=0,
-        max_size=settings.convert_concurrency + SPARE_CONNECTIONS,
-        timeout=CONNECT_TIMEOUT_S,
-    )
+    app[POOL] = await _pool(settings.database_url, settings.convert_concurrency + SPARE_CONNECTIONS)
+    app[READ_POOL] = app[POOL]
+    if settings.database_read_url:
+        app[READ_POOL] = await _pool(settings.database_read_url, SPARE_CONNECTIONS)
     yield
-    try:
-        async with asyncio.timeout(CANCEL_TIMEOUT_S):
-            await app[POOL].close()
-    except TimeoutError:
-        log.warning("closing the database pool took longer than %g s; terminated", CANCEL_TIMEOUT_S)
-        app[POOL].terminate()
+    for pool in {app[READ_POOL], app[POOL]}:
+        try:
+            async with asyncio.timeout(CANCEL_TIMEOUT_S):
+                await pool.close()
+        except TimeoutError:
+            log.warning("closing a database pool took longer than %g s; terminated", CANCEL_TIMEOUT_S)
+            pool.terminate()
+
+
+async def _pool(url: str, size: int) -> asyncpg.Pool:
+    # min_size=0: the service starts (and /health says 503) while the database is down.
+    return await asyncpg.create_pool(url, min_size=0, max_size=size, timeout=CONNECT_TIMEOUT_S)
 
 
 async def serve(settings: Settings) -> None:

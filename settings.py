@@ -26,6 +26,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Settings:
     database_url: str
+    database_read_url: str | None = None  # a streaming replica for downloads and listings
     host: str = "0.0.0.0"  # noqa: S104 - a service listens on every interface by default
     port: int = 8080
     public_url: str | None = None
@@ -48,6 +49,9 @@ class Settings:
         database_url = env.get("DATABASE_URL", "")
         if urlsplit(database_url).scheme not in {"postgres", "postgresql"}:
             raise ConfigError("DATABASE_URL must be set to a postgresql:// URL (the service role's connection)")
+        read_url = env.get("DATABASE_READ_URL") or None
+        if read_url is not None and urlsplit(read_url).scheme not in {"postgres", "postgresql"}:
+            raise ConfigError("DATABASE_READ_URL must be a postgresql:// URL (a replica, as the service role)")
         public_url = env.get("PUBLIC_URL") or None
         if public_url is not None and urlsplit(public_url).scheme not in {"http", "https"}:
             raise ConfigError(f"PUBLIC_URL must be an http:// or https:// URL, not {public_url!r}")
@@ -59,6 +63,7 @@ class Settings:
             raise ConfigError(f"MP3_BITRATE must be one of {', '.join(map(str, LAME_CBR_KBPS))}, not {bitrate}")
         return cls(
             database_url=database_url,
+            database_read_url=read_url,
             host=env.get("HOST", cls.host),
             port=_number(env, "PORT", cls.port, 1, 65535),
             public_url=public_url.rstrip("/") if public_url else None,

@@ -19,8 +19,8 @@ from aiohttp import web
 
 from db import api
 from handlers.errors import ApiError, ResponseBroken
-from handlers.keys import POOL
 from handlers.params import record_id_from, user_id_from
+from handlers.reads import read
 
 READ_CHUNK = 1024 * 1024
 # Reads in flight per download, each on its own pool connection: PostgreSQL's
@@ -36,8 +36,8 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> web.StreamResponse:
-    pool = request.app[POOL]
-    record = await api.record_open(pool, record_id, user_id)
+    # The bytes come from the database that found the record (handlers/reads.py).
+    record, pool = await read(request, lambda db: api.record_open(db, record_id, user_id))
     size = record.size
     digest = record.sha256.hex()
     etag = f'"{digest}"'

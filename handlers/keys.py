@@ -11,7 +11,8 @@ from handlers.slots import ConversionSlots
 from settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", asyncpg.Pool)
+POOL = web.AppKey("pool", asyncpg.Pool)  # the primary: everything that writes
+READ_POOL = web.AppKey("read_pool", asyncpg.Pool)  # downloads and listings: a replica, or POOL
 SLOTS = web.AppKey("slots", ConversionSlots)
 METRICS = web.AppKey("metrics", Metrics)
 CONVERTER = web.AppKey("converter", ConverterConfig)

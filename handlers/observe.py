@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from db import api
 from handlers.errors import RETRY_AFTER_S, error_response
 from handlers.keys import BROKEN_OFF, METRICS, POOL, SETTINGS, SLOTS
+from handlers.reads import read
 from handlers.shapes import ok
 
 access_log = logging.getLogger("mp3.access")
@@ -49,6 +50,17 @@ async def ready(request: web.Request) -> web.Response:
     if problems:
         return error_response(503, f"Not ready: {'; '.join(problems)}.", {"Retry-After": RETRY_AFTER_S})
     return ok({"database": "ok", "ffmpeg": "ok", "free_slots": slots.free, "queued": slots.waiting})
+
+
+async def ready_for_downloads(request: web.Request) -> web.Response:
+    """GET /ready/downloads: downloads and listings can be served (the read replica or the
+    primary answers), whether or not uploads can: a balancer's check for read traffic."""
+    try:
+        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S):
+            _, pool = await read(request, api.ping)
+    except Exception:
+        return error_response(503, "Not ready: no database answers.", {"Retry-After": RETRY_AFTER_S})
+    return ok({"database": "replica" if pool is not request.app[POOL] else "primary"})
 
 
 async def health(request: web.Request) -> web.Response:

@@ -276,7 +276,12 @@ def openapi_document() -> dict[str, Any]:
                 "head": _download("Older clients' download headers", LEGACY_RECORD_QUERY),
             },
             "/health": {"get": _status("Liveness: the database answers, FFmpeg is there", {"type": "object"})},
-            "/ready": {"get": _status("Readiness: also a free conversion slot", {"type": "object"})},
+            "/ready": {"get": _status("Readiness for uploads: also a free conversion slot", {"type": "object"})},
+            "/ready/downloads": {
+                "get": _status(
+                    "Readiness for downloads and listings: the read replica or the primary", {"type": "object"}
+                )
+            },
             "/metrics": {"get": _page("Prometheus metrics", "text/plain")},
             "/openapi.json": {"get": _page("This document", "application/json")},
             "/docs": {"get": _page("Swagger UI for this document", "text/html")},

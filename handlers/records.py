@@ -22,6 +22,7 @@ from handlers.params import (
     record_id_from,
     user_id_from,
 )
+from handlers.reads import read_fresh
 from handlers.shapes import link_base, ok, record_json
 
 WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
@@ -36,7 +37,7 @@ async def upload_record(request: web.Request) -> web.Response:
 async def list_records(request: web.Request) -> web.Response:
     links = link_base(request)
     credentials = credentials_from(request)
-    records = await api.records_list(request.app[POOL], credentials.user_id, credentials.token)
+    records = await read_fresh(request, lambda db: api.records_list(db, credentials.user_id, credentials.token))
     return ok({"records": [record_json(links, record) for record in records]})
 
 

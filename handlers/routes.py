@@ -6,7 +6,7 @@ from aiohttp import web
 
 from handlers.download import download
 from handlers.legacy import setup_legacy_routes
-from handlers.observe import health, metrics, ready
+from handlers.observe import health, metrics, ready, ready_for_downloads
 from handlers.openapi import DOCS_INIT_PATH, docs, docs_init, openapi_json, setup_swagger_assets
 from handlers.page import page, page_script, page_style
 from handlers.records import delete_record, list_records, upload_record
@@ -21,6 +21,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/records", list_records)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/ready/downloads", ready_for_downloads)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs)
