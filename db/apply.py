@@ -8,7 +8,9 @@ functions run with that role's rights (SECURITY DEFINER).
 
 1. As the administrator: the owner role and the service's login role
    (``SERVICE_ROLE``, default ``mp3_service``; its password from
-   ``SERVICE_ROLE_PASSWORD`` when set), neither a superuser; the database
+   ``SERVICE_ROLE_PASSWORD`` when set), neither a superuser; with
+   ``REPLICATION_PASSWORD``, a streaming replica's login (``REPLICATION_ROLE``,
+   default ``mp3_replication``), which may replicate and nothing else; the database
    handed to the owner; PUBLIC's rights taken away (connecting, temporary
    tables, creating and importing large objects); objects an earlier version
    left to another role handed to the owner.
@@ -47,6 +49,7 @@ PRIVATE_DIR = DB_DIR / "private"
 
 DEFAULT_OWNER_ROLE = "mp3_owner"
 DEFAULT_SERVICE_ROLE = "mp3_service"
+DEFAULT_REPLICATION_ROLE = "mp3_replication"
 
 # Large-object functions PUBLIC may call by default. The service must not
 # create objects of its own (they would outlive any record), nor import files;
@@ -60,6 +63,10 @@ class Roles:
     owner: str = DEFAULT_OWNER_ROLE
     service: str = DEFAULT_SERVICE_ROLE
     service_password: str | None = None
+    # A streaming replica's login (made only when it has a password): it may
+    # replicate, and not even connect to the database.
+    replication: str = DEFAULT_REPLICATION_ROLE
+    replication_password: str | None = None
 
 
 def apply(
@@ -90,6 +97,8 @@ def prepare_database(admin: psycopg.Connection, roles: Roles) -> None:
         raise ValueError(f"run the apply command as an administrator, not as {admin.info.user}")
     ensure_role(admin, roles.owner, login=False)
     ensure_role(admin, roles.service, login=True, password=roles.service_password)
+    if roles.replication_password is not None:
+        ensure_role(admin, roles.replication, login=True, password=roles.replication_password, replication=True)
     database, owner, service = (sql.Identifier(name) for name in (admin.info.dbname, roles.owner, roles.service))
     admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, owner))
     admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
@@ -100,17 +109,15 @@ def prepare_database(admin: psycopg.Connection, roles: Roles) -> None:
     hand_over(admin, roles.owner)
 
 
-def ensure_role(admin: psycopg.Connection, role: str, *, login: bool, password: str | None = None) -> None:
+def ensure_role(
+    admin: psycopg.Connection, role: str, *, login: bool, password: str | None = None, replication: bool = False
+) -> None:
     """Create the role when missing, and make sure it has no power beyond what it is granted."""
     name = sql.Identifier(role)
     if admin.execute("SELECT FROM pg_roles WHERE rolname = %s", [role]).fetchone() is None:
         admin.execute(sql.SQL("CREATE ROLE {}").format(name))
-    attributes = "LOGIN" if login else "NOLOGIN"
-    admin.execute(
-        sql.SQL(f"ALTER ROLE {{}} {attributes} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS").format(
-            name
-        )
-    )
+    attributes = ("LOGIN" if login else "NOLOGIN") + (" REPLICATION" if replication else " NOREPLICATION")
+    admin.execute(sql.SQL(f"ALTER ROLE {{}} {attributes} NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS").format(name))
     if password is not None:
         admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
 
@@ -227,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         owner=os.environ.get("OWNER_ROLE") or DEFAULT_OWNER_ROLE,
         service=os.environ.get("SERVICE_ROLE") or DEFAULT_SERVICE_ROLE,
         service_password=os.environ.get("SERVICE_ROLE_PASSWORD") or None,
+        replication=os.environ.get("REPLICATION_ROLE") or DEFAULT_REPLICATION_ROLE,
+        replication_password=os.environ.get("REPLICATION_PASSWORD") or None,
     )
     quota = os.environ.get("USER_QUOTA_MB")
     if quota is not None and quota != "" and not (quota.isascii() and quota.isdigit()):

@@ -16,6 +16,7 @@ import pytest
 from pytest_postgresql import factories
 from pytest_postgresql.executors import PostgreSQLExecutor
 
+from db.apply import DEFAULT_REPLICATION_ROLE, Roles, apply
 from tests.conftest import PG_CTL, THROWAWAY, MakeClient, load_schema
 from tests.support import Audio, Client, basic, expect_error, free_port, local, new_user, until, upload
 
@@ -58,9 +59,13 @@ def replica(primary_proc: PostgreSQLExecutor) -> Iterator[Replica]:
     folder.chmod(0o755)
     subprocess.run(["chown", "postgres", str(folder)], check=os.geteuid() == 0)
     standby = Replica(folder / "data", free_port())
+    # The replica copies and follows as the login the apply command makes for it.
+    host, port = primary_proc.host, primary_proc.port
+    apply(f"postgresql://{primary_proc.user}@{host}:{port}/{primary_proc.template_dbname}",
+          Roles(replication_password="change-me-replication"))  # fmt: skip
     subprocess.run(
-        as_postgres(str(PG_BIN / "pg_basebackup"), "-h", primary_proc.host, "-p", str(primary_proc.port),
-                    "-U", primary_proc.user, "-D", str(standby.data), "-R", "-X", "stream", "--checkpoint=fast"),
+        as_postgres(str(PG_BIN / "pg_basebackup"), "-h", host, "-p", str(port), "-U", DEFAULT_REPLICATION_ROLE,
+                    "-D", str(standby.data), "-R", "-X", "stream", "--checkpoint=fast"),
         check=True, capture_output=True,
     )  # fmt: skip
     standby.start()

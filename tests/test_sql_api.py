@@ -14,7 +14,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from db.apply import DEFAULT_OWNER_ROLE, DEFAULT_SERVICE_ROLE, MIGRATIONS_DIR, apply, function_files
+from db.apply import (
+    DEFAULT_OWNER_ROLE,
+    DEFAULT_REPLICATION_ROLE,
+    DEFAULT_SERVICE_ROLE,
+    MIGRATIONS_DIR,
+    Roles,
+    apply,
+    function_files,
+)
 
 
 def sqlstate_of(connection: psycopg.Connection, query: str, params: Any = None) -> str | None:
@@ -469,6 +477,22 @@ def test_apply_is_repeatable_and_drops_functions_that_no_longer_have_a_file(
         len(list(MIGRATIONS_DIR.glob("*.sql"))),
     )
     assert admin.execute("SELECT rolname FROM pg_roles WHERE rolname = %s", [DEFAULT_SERVICE_ROLE]).fetchone()
+
+
+def test_the_replication_login_may_replicate_and_not_even_connect_to_the_database(admin: psycopg.Connection) -> None:
+    info = admin.info
+    apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}", Roles(replication_password="secret"))
+    row = admin.execute(
+        "SELECT rolcanlogin, rolreplication, rolsuper, rolcreatedb, rolcreaterole, rolbypassrls"
+        " FROM pg_roles WHERE rolname = %s",
+        [DEFAULT_REPLICATION_ROLE],
+    ).fetchone()
+    assert row == (True, True, False, False, False, False)
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=DEFAULT_REPLICATION_ROLE,
+                        password="secret")  # fmt: skip
+    apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")  # without the password: left alone
+    assert scalar(admin, "SELECT rolreplication FROM pg_roles WHERE rolname = %s", [DEFAULT_REPLICATION_ROLE])
 
 
 def test_a_migration_may_change_what_the_api_and_its_view_read(
