@@ -24,6 +24,9 @@ access_log = logging.getLogger("mp3.access")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# X-Forwarded-For as a balancer writes it: addresses and commas, nothing a log
+# reader could mistake for another field.
+FORWARDED_FOR = re.compile(r"[0-9A-Fa-f.:, ]{1,256}")
 DATABASE_CHECK_TIMEOUT_S = 2.0
 
 
@@ -121,8 +124,16 @@ def _log_access(
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             "bytes": sent,
             "remote": request.remote,
+            # The client behind a balancer, as the peer (remote) claims it: logged
+            # beside the peer, never in its place, since anyone may send the header.
+            "forwarded_for": _forwarded_for(request),
         },
     )
+
+
+def _forwarded_for(request: web.Request) -> str | None:
+    claimed = request.headers.get("X-Forwarded-For")
+    return claimed if claimed is not None and FORWARDED_FOR.fullmatch(claimed) else None
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -134,7 +145,7 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors (LOG_FORMAT=json)."""
 
-    FIELDS = ("request_id", "method", "path", "status", "broken_off", "duration_ms", "bytes", "remote")
+    FIELDS = ("request_id", "method", "path", "status", "broken_off", "duration_ms", "bytes", "remote", "forwarded_for")
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {

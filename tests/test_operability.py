@@ -45,6 +45,20 @@ async def test_one_access_log_line_per_request_with_its_id_and_no_credentials(
     assert token not in json.dumps(formatted)
 
 
+async def test_the_access_log_keeps_the_address_a_balancer_forwards_beside_its_own(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mp3.access")
+    await client.get("/health", headers={"X-Forwarded-For": "203.0.113.7, 10.0.0.2"})
+    await client.get("/health", headers={"X-Forwarded-For": 'x", "status": 200'})
+    forwarded, forged = (
+        json.loads(JsonFormatter().format(line)) for line in caplog.records if line.name == "mp3.access"
+    )
+    assert forwarded["forwarded_for"] == "203.0.113.7, 10.0.0.2"
+    assert forwarded["remote"] == "127.0.0.1"  # the peer, whatever it claims
+    assert forged["forwarded_for"] is None
+
+
 async def test_ready_is_503_while_every_slot_is_busy(make_client: MakeClient, audio: Audio) -> None:
     client = await make_client(convert_concurrency=1)
     ready = await client.get("/ready")
