@@ -41,6 +41,7 @@ class Record:
     channels: int
     sha256: bytes
     created_at: datetime
+    cursor: str  # opaque: pass it to records_list for the records after this one
 
     @classmethod
     def of(cls, row: asyncpg.Record | None) -> Record:
@@ -50,6 +51,7 @@ class Record:
 
 @dataclass(frozen=True)
 class UserStorage:
+    username: str
     records: int
     bytes: int
     quota_bytes: int  # 0: no quota
@@ -112,8 +114,11 @@ async def record_read(db: Database, record_id: UUID, user_id: int, from_byte: in
     return chunk
 
 
-async def records_list(db: Database, user_id: int, token: str) -> list[Record]:
-    return [Record.of(row) for row in await db.fetch("SELECT * FROM api.records_list($1, $2)", user_id, token)]
+async def records_list(
+    db: Database, user_id: int, token: str, page_size: int | None = None, cursor: str | None = None
+) -> list[Record]:
+    rows = await db.fetch("SELECT * FROM api.records_list($1, $2, $3, $4)", user_id, token, page_size, cursor)
+    return [Record.of(row) for row in rows]
 
 
 async def record_delete(db: Database, user_id: int, token: str, record_id: UUID) -> None:

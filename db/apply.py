@@ -199,8 +199,9 @@ def reload_functions(connection: psycopg.Connection, service_role: str) -> None:
 
 
 def drop_private_code(connection: psycopg.Connection) -> None:
-    """Drop the view or functions each ``db/private`` file defines (named ``app.<name>.sql``)."""
-    for path in private_files():
+    """Drop the view or functions each ``db/private`` file defines (named ``app.<name>.sql``),
+    in the reverse of the order they load in: a file may use those before it."""
+    for path in reversed(private_files()):
         name = path.stem.removeprefix("app.")
         connection.execute(sql.SQL("DROP VIEW IF EXISTS app.{}").format(sql.Identifier(name)))
         functions = connection.execute(

@@ -6,6 +6,7 @@ service itself, so /docs works with no network.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from converter.mp3 import LAME_CBR_KBPS, MP3_SAMPLE_RATES
-from handlers.params import CHANNEL_CHOICES, MAX_TAG_CHARACTERS, TAG_FIELDS, VBR_QUALITIES
+from handlers.keys import SETTINGS
+from handlers.params import (
+    CHANNEL_CHOICES,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    MAX_TAG_CHARACTERS,
+    TAG_FIELDS,
+    VBR_QUALITIES,
+)
 from handlers.records import WAV_TYPES
 from handlers.shapes import RECORD_KEYS
 from handlers.users import MAX_BODY_BYTES, MAX_USERNAME_CHARACTERS
-from settings import Settings
 
 SWAGGER_ASSETS = Path(swagger_ui.__file__).resolve().parent / "static"
 DOCS_ASSETS_PREFIX = "/docs/assets"
@@ -59,48 +67,57 @@ LEGACY_RECORD_QUERY = [
     {"name": "record_id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
     {"name": "user_id", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
 ]
+
+
 # Every fact below comes from the code that enforces it, never copied.
-OPTIONS: dict[str, dict[str, Any]] = {
-    "bitrate": {
-        "type": "integer",
-        "enum": list(LAME_CBR_KBPS),
-        "description": f"CBR bit rate, kbit/s (default MP3_BITRATE, {Settings.mp3_bitrate_kbps})",
-    },
-    "quality": {
-        "type": "integer",
-        "minimum": min(VBR_QUALITIES),
-        "maximum": max(VBR_QUALITIES),
-        "description": "LAME VBR quality (-V), 0 best; instead of bitrate",
-    },
-    "sample_rate": {
-        "type": "integer",
-        "enum": list(MP3_SAMPLE_RATES),
-        "description": "at most the WAV's own rate (422 otherwise)",
-    },
-    "channels": {"type": "integer", "enum": list(CHANNEL_CHOICES)},
-    **{name: {"type": "string", "maxLength": MAX_TAG_CHARACTERS} for name in TAG_FIELDS},
-}
-OPTION_QUERY = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in OPTIONS.items()]
-UPLOAD_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "user": {"type": "integer", "description": "with token: credentials, before the file"},
-                    "token": {"type": "string", "format": "uuid"},
-                    **OPTIONS,
-                    "file": {"type": "string", "format": "binary", "description": "the WAV (any field name)"},
-                },
-            },
-            "encoding": {"file": {"contentType": ", ".join(sorted(WAV_TYPES))}},
+def upload_options(default_kbps: int) -> dict[str, dict[str, Any]]:
+    """The conversion options, the bit rate's default being this service's MP3_BITRATE."""
+    return {
+        "bitrate": {
+            "type": "integer",
+            "enum": list(LAME_CBR_KBPS),
+            "default": default_kbps,
+            "description": "CBR bit rate, kbit/s (default: MP3_BITRATE)",
         },
-        # The raw body: the WAV itself, credentials in headers.
-        **{media: {"schema": {"type": "string", "format": "binary"}} for media in sorted(WAV_TYPES)},
-    },
-}
+        "quality": {
+            "type": "integer",
+            "minimum": min(VBR_QUALITIES),
+            "maximum": max(VBR_QUALITIES),
+            "description": "LAME VBR quality (-V), 0 best; instead of bitrate",
+        },
+        "sample_rate": {
+            "type": "integer",
+            "enum": list(MP3_SAMPLE_RATES),
+            "description": "at most the WAV's own rate (422 otherwise)",
+        },
+        "channels": {"type": "integer", "enum": list(CHANNEL_CHOICES)},
+        **{name: {"type": "string", "maxLength": MAX_TAG_CHARACTERS} for name in TAG_FIELDS},
+    }
+
+
+def upload_body(options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "user": {"type": "integer", "description": "with token: credentials, before the file"},
+                        "token": {"type": "string", "format": "uuid"},
+                        **options,
+                        "file": {"type": "string", "format": "binary", "description": "the WAV (any field name)"},
+                    },
+                },
+                "encoding": {"file": {"contentType": ", ".join(sorted(WAV_TYPES))}},
+            },
+            # The raw body: the WAV itself, credentials in headers.
+            **{media: {"schema": {"type": "string", "format": "binary"}} for media in sorted(WAV_TYPES)},
+        },
+    }
+
+
 UPLOAD_ERRORS = {
     "400": BAD_REQUEST,
     "401": UNAUTHORIZED,
@@ -188,17 +205,20 @@ def _page(summary: str, media: str) -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
+@functools.cache
+def openapi_document(default_kbps: int) -> dict[str, Any]:
+    """The document for a service whose MP3_BITRATE is default_kbps (built once; never changed)."""
     record = {"$ref": "#/components/schemas/Record"}
+    options = upload_options(default_kbps)
     upload = {
         "tags": ["records"],
         "summary": "Upload a WAV; it is converted to MP3 and stored",
         "security": [*CREDENTIALS, {}],
         "parameters": [
-            *OPTION_QUERY,
+            *({"name": name, "in": "query", "required": False, "schema": schema} for name, schema in options.items()),
             {"name": "filename", "in": "query", "required": False, "schema": {"type": "string"}},
         ],
-        "requestBody": UPLOAD_BODY,
+        "requestBody": upload_body(options),
         "responses": {
             "201": _ok(record, "The stored record") | {"headers": {"Location": {"schema": {"type": "string"}}}},
             **UPLOAD_ERRORS,
@@ -250,20 +270,80 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/records": {
+            "/users/me": {
                 "get": {
-                    "tags": ["records"],
-                    "summary": "The user's records, newest first",
+                    "tags": ["users"],
+                    "summary": "Who the credentials name, and what they store (also how to check a pair)",
                     "security": CREDENTIALS,
                     "responses": {
                         "200": _ok(
                             {
                                 "type": "object",
-                                "required": ["records"],
-                                "properties": {"records": {"type": "array", "items": record}},
+                                "required": ["id", "username", "records", "bytes", "quota_bytes"],
+                                "properties": {
+                                    "id": {"type": "integer"},
+                                    "username": {"type": "string"},
+                                    "records": {"type": "integer", "description": "finished records"},
+                                    "bytes": {"type": "integer", "description": "their MP3 bytes"},
+                                    "quota_bytes": {"type": "integer", "description": "USER_QUOTA_MB; 0: none"},
+                                },
                             },
-                            "The records",
+                            "The user and their storage",
                         ),
+                        "400": BAD_REQUEST,
+                        "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
+                    },
+                },
+            },
+            "/records": {
+                "get": {
+                    "tags": ["records"],
+                    "summary": "The user's records, newest first, a page at a time",
+                    "security": CREDENTIALS,
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_PAGE_SIZE,
+                                "default": DEFAULT_PAGE_SIZE,
+                            },
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "required": False,
+                            "description": "the previous page's next",
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{32}$"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["records", "next"],
+                                "properties": {
+                                    "records": {"type": "array", "items": record},
+                                    "next": {
+                                        "type": ["string", "null"],
+                                        "description": "the cursor of the next page; null on the last",
+                                    },
+                                },
+                            },
+                            "A page of records",
+                        )
+                        | {
+                            "headers": {
+                                "Link": {
+                                    "description": '<...>; rel="next" while a next page exists',
+                                    "schema": {"type": "string"},
+                                }
+                            }
+                        },
                         "400": BAD_REQUEST,
                         "401": UNAUTHORIZED,
                         "503": UNAVAILABLE,
@@ -352,8 +432,6 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-DOCUMENT = openapi_document()
-
 DOCS_PAGE = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -374,7 +452,7 @@ DOCS_INIT = 'window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagge
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(DOCUMENT)
+    return web.json_response(openapi_document(request.app[SETTINGS].mp3_bitrate_kbps))
 
 
 async def docs(request: web.Request) -> web.Response:

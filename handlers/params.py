@@ -28,6 +28,8 @@ TAG_FIELDS = ("title", "artist", "album")
 MAX_TAG_CHARACTERS = 255
 VBR_QUALITIES = tuple(range(10))  # LAME's -V: 0 best
 CHANNEL_CHOICES = (1, 2)
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,15 @@ def record_id_from(raw: str | None, name: str = "id") -> UUID:
         return UUID(raw)
     except ValueError:
         raise ApiError(400, f"The parameter {name} must be a record id (a UUID).") from None
+
+
+def page_size_from(raw: str | None) -> int:
+    """GET /records?limit=: how many records a page holds."""
+    if raw is None or raw == "":
+        return DEFAULT_PAGE_SIZE
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= MAX_PAGE_SIZE):
+        raise ApiError(400, f"The parameter limit must be a whole number from 1 to {MAX_PAGE_SIZE}.")
+    return int(raw)
 
 
 def header_credentials(request: web.Request) -> Credentials | None:

@@ -19,6 +19,7 @@ from handlers.params import (
     credentials_from,
     encode_options_from,
     header_credentials,
+    page_size_from,
     record_id_from,
     user_id_from,
 )
@@ -35,10 +36,23 @@ async def upload_record(request: web.Request) -> web.Response:
 
 
 async def list_records(request: web.Request) -> web.Response:
+    """A page of the user's records, newest first; the next page's cursor as
+    `next` and as a Link header (RFC 8288), as well-kept APIs page."""
     links = link_base(request)
     credentials = credentials_from(request)
-    records = await read_fresh(request, lambda db: api.records_list(db, credentials.user_id, credentials.token))
-    return ok({"records": [record_json(links, record) for record in records]})
+    page_size = page_size_from(request.query.get("limit"))
+    cursor = request.query.get("cursor") or None
+    # One record more than the page tells whether another page follows.
+    records = await read_fresh(
+        request, lambda db: api.records_list(db, credentials.user_id, credentials.token, page_size + 1, cursor)
+    )
+    page = records[:page_size]
+    next_cursor = page[-1].cursor if len(records) > page_size else None
+    headers = {}
+    if next_cursor is not None:
+        next_page = links.with_path(links.path.rstrip("/") + "/records").with_query(limit=page_size, cursor=next_cursor)
+        headers["Link"] = f'<{next_page}>; rel="next"'
+    return ok({"records": [record_json(links, record) for record in page], "next": next_cursor}, headers=headers)
 
 
 async def delete_record(request: web.Request) -> web.Response:

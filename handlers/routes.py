@@ -10,11 +10,12 @@ from handlers.observe import health, metrics, ready, ready_for_downloads
 from handlers.openapi import DOCS_INIT_PATH, docs, docs_init, openapi_json, setup_swagger_assets
 from handlers.page import page, page_script, page_style
 from handlers.records import delete_record, list_records, upload_record
-from handlers.users import create_user
+from handlers.users import create_user, current_user
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/users", create_user)
+    app.router.add_get("/users/me", current_user)
     app.router.add_post("/record", upload_record)
     app.router.add_get("/record", download)  # HEAD too
     app.router.add_delete("/record", delete_record)

@@ -1,4 +1,5 @@
-"""POST /users: create a user, show the token once."""
+"""POST /users: create a user, show the token once. GET /users/me: who the
+credentials name, and what they store."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from db import api
 from handlers.body import MultipartForm, PacedBody, multipart_boundary, pace_of
 from handlers.errors import ApiError
 from handlers.keys import POOL, SETTINGS
+from handlers.params import credentials_from
+from handlers.reads import read_fresh
 from handlers.shapes import ok
 
 # The longest username api.user_create accepts (the rule is the SQL's; this is for the API document).
@@ -22,6 +25,21 @@ MAX_BODY_BYTES = 64 * 1024
 async def create_user(request: web.Request) -> web.Response:
     user = await new_user(request)
     return ok({"id": user.id, "username": user.username, "token": str(user.token)}, status=201)
+
+
+async def current_user(request: web.Request) -> web.Response:
+    """Also how a client signs in: a wrong pair is the same 401 as anywhere."""
+    credentials = credentials_from(request)
+    storage = await read_fresh(request, lambda db: api.user_storage(db, credentials.user_id, credentials.token))
+    return ok(
+        {
+            "id": credentials.user_id,
+            "username": storage.username,
+            "records": storage.records,
+            "bytes": storage.bytes,
+            "quota_bytes": storage.quota_bytes,
+        }
+    )
 
 
 async def new_user(request: web.Request) -> api.NewUser:

@@ -133,6 +133,24 @@ def idle_in_transaction(admin: psycopg.Connection) -> int:
     )
 
 
+def finished_records(admin: psycopg.Connection, user_id: int, count: int) -> None:
+    """Many finished records at once, as rows (uploading 2,500 through the api
+    would test the upload, not the listing); several share a created_at."""
+    admin.execute(
+        """
+        WITH made AS (
+            SELECT n, lo_from_bytea(0, '\\x00') AS lo_oid FROM generate_series(1, %(count)s) AS n
+        )
+        INSERT INTO app.records (user_id, lo_oid, original_filename, size, duration, bitrate, sample_rate,
+                                 channels, sha256, created_at)
+        SELECT %(user)s, lo_oid, 'take-' || n || '.wav', 1, 1, 192000, 44100, 2, sha256('\\x00'),
+               timestamptz '2026-01-01' + (n / 3) * interval '1 second'
+        FROM made
+        """,
+        {"user": user_id, "count": count},
+    )
+
+
 def records_match_large_objects(admin: psycopg.Connection) -> bool:
     """Every record has its MP3, and no MP3 is left without a record."""
     return count(admin, "SELECT count(*) FROM app.records") == count(

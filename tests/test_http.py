@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 import uuid
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp import FormData
+from yarl import URL
 
 from handlers.keys import SLOTS
 from tests.conftest import MakeClient, probe
@@ -20,6 +22,7 @@ from tests.support import (
     basic,
     count,
     expect_error,
+    finished_records,
     form,
     held_body,
     local,
@@ -539,6 +542,56 @@ async def test_records_lists_the_users_records_newest_first(client: Client, audi
     by_headers = await client.get("/records", headers={"user_id": str(user[0]), "user_uuid": user[1]})
     assert (await by_headers.json())["data"]["records"] == [second, first]
     await expect_error(await client.get("/records"), 401)
+
+
+async def test_records_pages_see_each_record_once_newest_first_while_uploads_go_on(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    user = await new_user(client)
+    finished_records(admin, user[0], 2500)
+    wav = audio(seconds=0.2)
+    seen: list[dict[str, Any]] = []
+    added: list[str] = []
+    path = "/records?limit=100"
+    while True:
+        response = await client.get(path, headers=basic(*user))
+        assert response.status == 200
+        data = (await response.json())["data"]
+        seen.extend(data["records"])
+        if data["next"] is None:
+            assert "Link" not in response.headers
+            break
+        link = re.fullmatch(r'<(?P<url>[^>]+)>; rel="next"', response.headers["Link"])
+        assert link is not None
+        assert URL(link["url"]).query["cursor"] == data["next"]
+        path = local(link["url"])
+        added.append((await (await upload(client, user, wav)).json())["data"]["id"])
+    ids = [record["id"] for record in seen]
+    assert len(ids) == len(set(ids)) == 2500  # each once; the new ones are newer than the walk's start
+    assert len(added) == 24  # one between each two of the 25 pages
+    order = [(record["created_at"], record["id"]) for record in seen]
+    assert order == sorted(order, reverse=True)
+    newest = (await (await client.get("/records?limit=1000", headers=basic(*user))).json())["data"]
+    assert [record["id"] for record in newest["records"][:24]] == added[::-1]
+
+
+async def test_a_page_size_or_cursor_the_service_did_not_give_is_400(client: Client) -> None:
+    user = await new_user(client)
+    for query in ("limit=0", "limit=1001", "limit=ten", "limit=-5", "limit=%EF%BC%95", "cursor=garbage"):
+        response = await client.get(f"/records?{query}", headers=basic(*user))
+        assert (await expect_error(response, 400))["message"], query
+    await expect_error(await client.get("/records?cursor=garbage", headers=basic(user[0], str(uuid.uuid4()))), 401)
+
+
+async def test_users_me_names_the_user_and_their_storage(client: Client, audio: Audio) -> None:
+    user = await new_user(client, "Zoë")
+    stored = (await (await upload(client, user, audio())).json())["data"]
+    me = await client.get("/users/me", headers=basic(*user))
+    assert (await me.json())["data"] == {
+        "id": user[0], "username": "Zoë", "records": 1, "bytes": stored["size"], "quota_bytes": 0,
+    }  # fmt: skip
+    wrong = await client.get("/users/me", headers=basic(user[0], str(uuid.uuid4())))
+    assert (await expect_error(wrong, 401))["message"] == "Unknown user or wrong token."
 
 
 async def test_delete_removes_the_record_and_its_large_object(

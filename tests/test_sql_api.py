@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from db.apply import (
     apply,
     function_files,
 )
+from tests.support import finished_records
 
 
 def sqlstate_of(connection: psycopg.Connection, query: str, params: Any = None) -> str | None:
@@ -302,6 +304,84 @@ def test_records_list_is_the_users_own_newest_first(service: psycopg.Connection)
     assert sqlstate_of(service, "SELECT * FROM api.records_list(%s, %s)", [user_id, other_token]) == "PT401"
 
 
+def walk(service: psycopg.Connection, user_id: int, token: str, page_size: int, during: Any = None) -> list[Any]:
+    """Every page of a listing, following each last row's cursor; `during` runs between pages."""
+    seen: list[Any] = []
+    cursor = None
+    while True:
+        rows = service.execute(
+            "SELECT id, created_at, cursor FROM api.records_list(%s, %s, %s, %s)", [user_id, token, page_size, cursor]
+        ).fetchall()
+        seen.extend(rows)
+        if len(rows) < page_size:
+            return seen
+        cursor = rows[-1][2]
+        if during is not None:
+            during()
+
+
+def test_records_list_pages_see_every_record_once_newest_first_while_more_are_added(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    user_id, token = create_user(service)
+    finished_records(admin, user_id, 2500)
+    before = {row[0] for row in service.execute("SELECT id FROM api.records_list(%s, %s)", [user_id, token])}
+    added: list[uuid.UUID] = []
+    seen = walk(
+        service, user_id, token, 100, during=lambda: added.append(store_record(service, user_id, token, [b"n"]))
+    )
+    ids = [row[0] for row in seen]
+    assert len(ids) == len(set(ids))  # none twice
+    assert before <= set(ids)  # every record that was there, once
+    assert set(ids) - before <= set(added)  # and nothing else
+    order = [(row[1], row[0]) for row in seen]
+    assert order == sorted(order, reverse=True)  # newest first, ties by id
+    assert len(added) == 25
+
+
+def test_a_page_is_read_from_the_index_however_deep_it_is(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    user_id, token = create_user(service)
+    finished_records(admin, user_id, 2500)
+    admin.execute("ANALYZE app.records")
+    deep = service.execute(
+        "SELECT cursor FROM api.records_list(%s, %s) OFFSET 1200 LIMIT 1", [user_id, token]
+    ).fetchone()
+    assert deep is not None
+    position = admin.execute("SELECT created_at, id FROM app.listing_cursor(%s)", [deep[0]]).fetchone()
+    assert position is not None
+    # The query api.records_list runs, with the position its cursor names.
+    plan = admin.execute(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM app.record_info AS i"
+        " WHERE i.user_id = %s AND (i.created_at, i.id) < (%s, %s) ORDER BY i.created_at DESC, i.id DESC LIMIT 100",
+        [user_id, *position],
+    ).fetchone()
+    assert plan is not None
+    scans = list(plan_nodes(plan[0][0]["Plan"]))
+    index_scans = [node for node in scans if node.get("Index Name") == "records_listing_idx"]
+    # The position is an index condition: only the page's rows are read, not those before it.
+    assert any("ROW(created_at, id) < ROW(" in node.get("Index Cond", "") for node in index_scans), scans
+    assert all(node["Actual Rows"] <= 100 for node in index_scans)
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def test_records_list_refuses_a_cursor_it_did_not_give_and_a_page_size_below_one(service: psycopg.Connection) -> None:
+    user_id, token = create_user(service)
+    call = "SELECT * FROM api.records_list(%s, %s, %s, %s)"
+    # The last: a well-formed cursor of a time past what a timestamp holds.
+    for cursor in ("", "not a cursor", "A" * 31, "/" * 32, "'; DROP TABLE app.users; --", "g" + "A" * 31):
+        assert sqlstate_of(service, call, [user_id, token, 10, cursor]) == "PT400", cursor
+    assert sqlstate_of(service, call, [user_id, token, 0, None]) == "PT400"
+    # Credentials come first: a stranger learns nothing about cursors.
+    assert sqlstate_of(service, call, [user_id, "wrong", 10, "junk"]) == "PT401"
+
+
 def test_delete_unlinks_the_large_object(service: psycopg.Connection, admin: psycopg.Connection) -> None:
     user_id, token = create_user(service)
     objects_before = large_object_count(admin)
@@ -540,7 +620,12 @@ def test_the_quota_is_kept_at_begin_while_appending_and_at_finish(
     user_id, token = create_user(service)
     set_quota(admin, 1000)
     store_record(service, user_id, token, [b"x" * 600])
-    assert service.execute("SELECT * FROM api.user_storage(%s, %s)", [user_id, token]).fetchone() == (1, 600, 1000)
+    assert service.execute("SELECT * FROM api.user_storage(%s, %s)", [user_id, token]).fetchone() == (
+        "alice",
+        1,
+        600,
+        1000,
+    )
 
     # Past the quota while streaming: stopped at the append that passes it, nothing kept.
     with service.transaction(force_rollback=True):

@@ -1,9 +1,9 @@
 /**
- * What an authenticated user stores: finished records, their MP3 bytes, and
- * the quota those bytes count against (0: none).
+ * Who an authenticated user is and what they store: their name, finished
+ * records, their MP3 bytes, and the quota those bytes count against (0: none).
  */
 CREATE FUNCTION api.user_storage(user_id bigint, token text)
-RETURNS TABLE (records bigint, bytes bigint, quota_bytes bigint)
+RETURNS TABLE (username text, records bigint, bytes bigint, quota_bytes bigint)
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
@@ -14,6 +14,7 @@ BEGIN
 
     RETURN QUERY
     SELECT
+        u.username,
         (SELECT count(*) FROM app.records AS r WHERE r.user_id = user_storage.user_id AND r.size IS NOT NULL),
         u.stored_bytes,
         s.user_quota_bytes
@@ -23,4 +24,4 @@ END;
 $$;
 
 COMMENT ON FUNCTION api.user_storage(bigint, text) IS
-    'The user''s records, their bytes, and the storage quota (0: none).';
+    'The user''s name, records, their bytes, and the storage quota (0: none).';

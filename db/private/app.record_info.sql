@@ -16,7 +16,9 @@ SELECT
     sample_rate,
     channels,
     sha256,
-    created_at
+    created_at,
+    -- For api.records_list's cursor: the records after this one.
+    app.listing_cursor(created_at, id) AS cursor
 FROM app.records
 WHERE size IS NOT NULL;
 
