@@ -1,65 +1,210 @@
-// The web page's behaviour: plain DOM, no build step. Credentials live in localStorage.
+// The web page's behaviour: plain DOM, no build step, nothing inline (the page's
+// Content-Security-Policy allows none). It speaks the public API only, as curl would.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const KEY = "mp3-converter-user";
+const STORED = "mp3-converter-user"; // {id, username, token} in localStorage, once a sign-in succeeded
+const PAGE_SIZE = 50;
+// The service's own words (converter/wav.py), for a file the page refuses before sending it.
+const NOT_A_WAV = "The file is not a WAV: expected a RIFF or RF64 file of type WAVE.";
 
-function account() {
-  try { return JSON.parse(localStorage.getItem(KEY)); } catch { return null; }
+let user = null; // the signed-in user, or null
+let nextCursor = null; // the listing's next page, or null on the last
+
+// ---- talking to the service -------------------------------------------------------------------
+
+function basic(id, token) {
+  // UTF-8 then base64 (the service's WWW-Authenticate says charset="UTF-8"); btoa alone takes Latin-1 only.
+  const bytes = new TextEncoder().encode(`${id}:${token}`);
+  return "Basic " + btoa(String.fromCharCode(...bytes));
 }
 
-function authHeader(user) {
-  return "Basic " + btoa(`${user.id}:${user.token}`);
+// credentials "omit": the Authorization header is still sent, but a 401 then never makes the
+// browser pop up its own Basic-auth dialog over the page's message.
+async function call(path, options = {}, as = user) {
+  const headers = {...(options.headers || {})};
+  if (as) headers.Authorization = basic(as.id, as.token);
+  return fetch(path, {...options, headers, credentials: "omit"});
 }
 
-// Every error the service answers is {"code", "status", "message", "data"}: show its message.
+// Every error the service answers is {"code", "status", "message", "data"}: show its message,
+// and for a 503 when to try again (its Retry-After).
+function explain(status, statusText, body, retryAfter) {
+  let message = statusText || `HTTP ${status}`;
+  try { message = JSON.parse(body).message || message; } catch { /* not JSON: keep the status text */ }
+  if (status === 503 && retryAfter) message += ` Try again in ${retryAfter} s.`;
+  return message;
+}
+
 async function messageOf(response) {
-  try { return (await response.json()).message || response.statusText; } catch { return response.statusText; }
+  return explain(response.status, response.statusText, await response.text(), response.headers.get("Retry-After"));
 }
 
-function show() {
-  const user = account();
-  $("create-user").hidden = !!user;
+// ---- signing in and out -----------------------------------------------------------------------
+
+function remembered() {
+  try {
+    const stored = JSON.parse(localStorage.getItem(STORED));
+    return stored && stored.id && stored.token ? stored : null;
+  } catch { return null; }
+}
+
+// The pair is checked with GET /users/me before anything is kept in the browser.
+// Answers null when signed in, else {status, message}.
+async function signIn(candidate) {
+  const response = await call("/users/me", {}, candidate);
+  if (!response.ok) return {status: response.status, message: await messageOf(response)};
+  const {data} = await response.json();
+  adopt({id: data.id, username: data.username, token: candidate.token});
+  showStorage(data);
+  return null;
+}
+
+function adopt(account, {fresh = false} = {}) {
+  user = account;
+  localStorage.setItem(STORED, JSON.stringify(user));
+  $("token").textContent = user.token;
+  $("token-new").hidden = !fresh;
+  setTokenShown(fresh);
+  render();
+  loadRecords();
+}
+
+function signOut() {
+  user = null;
+  listing += 1; // a page still on its way is not shown to whoever signs in next
+  nextCursor = null;
+  $("more").hidden = true;
+  localStorage.removeItem(STORED);
+  $("token").textContent = "";
+  setTokenShown(false);
+  $("records").replaceChildren();
+  $("uploads").replaceChildren();
+  render();
+}
+
+function render() {
+  $("signed-out").hidden = !!user;
   $("signed-in").hidden = !user;
   $("convert").hidden = !user;
   $("library").hidden = !user;
   if (user) {
     $("who").textContent = user.username;
     $("who-id").textContent = user.id;
-    refresh();
   }
 }
+
+function setTokenShown(shown) {
+  $("token-box").hidden = !shown;
+  $("show-token").setAttribute("aria-expanded", String(shown));
+  $("show-token").textContent = shown ? "Hide token" : "Show token";
+  $("copied").textContent = "";
+}
+
+$("sign-in").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("account-error").textContent = "";
+  const problem = await signIn({id: $("sign-in-id").value.trim(), token: $("sign-in-token").value.trim()});
+  if (problem) {
+    $("account-error").textContent = problem.message;
+    $("sign-in-token").value = ""; // as a password field is after a failed sign-in, ready to type again
+    return;
+  }
+  $("sign-in").reset();
+});
 
 $("create-user").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("account-error").textContent = "";
-  const response = await fetch("/users", {
+  const response = await call("/users", {
     method: "POST",
     headers: {"Content-Type": "application/json"},
     body: JSON.stringify({username: $("username").value}),
-  });
+  }, null);
   if (!response.ok) {
     $("account-error").textContent = await messageOf(response);
     return;
   }
+  // The service shows this token once: keep it at once, with no further round trip to lose it on.
   const {data} = await response.json();
-  localStorage.setItem(KEY, JSON.stringify(data));
-  $("token").textContent = data.token;
-  $("token-once").hidden = false;
-  show();
+  $("create-user").reset();
+  adopt({id: data.id, username: data.username, token: data.token}, {fresh: true});
+  refreshStorage();
 });
 
+$("forget").addEventListener("click", signOut);
+$("show-token").addEventListener("click", () => setTokenShown($("token-box").hidden));
 $("copy-token").addEventListener("click", async () => {
-  await navigator.clipboard.writeText($("token").textContent);
-  $("copied").hidden = false;
+  try {
+    await navigator.clipboard.writeText($("token").textContent);
+    $("copied").textContent = "Copied.";
+  } catch {
+    // Clipboard access needs a secure context (https or localhost): select it for a manual copy.
+    getSelection().selectAllChildren($("token"));
+    $("copied").textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+  }
 });
 
-$("forget").addEventListener("click", () => {
-  localStorage.removeItem(KEY);
-  $("token-once").hidden = true;
-  $("records").replaceChildren();
-  show();
-});
+// ---- storage use ------------------------------------------------------------------------------
+
+function size(bytes) {
+  const units = ["bytes", "KB", "MB", "GB", "TB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) { value /= 1000; unit += 1; }
+  return unit === 0 ? `${value} bytes` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+function showStorage({records, bytes, quota_bytes: quota}) {
+  const counted = `${records} recording${records === 1 ? "" : "s"}, ${size(bytes)}`;
+  $("storage-text").textContent = quota ? `${counted} of ${size(quota)} allowed.` : `${counted}; no quota.`;
+  $("quota-meter").hidden = !quota;
+  if (quota) {
+    $("quota-meter").max = quota;
+    $("quota-meter").value = Math.min(bytes, quota);
+    $("quota-meter").high = quota * 0.9;
+  }
+}
+
+async function refreshStorage() {
+  const response = await call("/users/me");
+  if (response.ok) showStorage((await response.json()).data);
+}
+
+// ---- the options the API takes, read from its own description -----------------------------------
+
+async function loadOptions() {
+  const response = await fetch("/openapi.json");
+  if (!response.ok) return;
+  const document_ = await response.json();
+  const form = document_.paths["/record"].post.requestBody.content["multipart/form-data"].schema.properties;
+  $("encoding").options[0].textContent = `Default: ${form.bitrate.default} kbit/s`;
+  for (const kbps of form.bitrate.enum) {
+    $("bitrates").append(new Option(`${kbps} kbit/s`, `bitrate=${kbps}`));
+  }
+  for (let quality = form.quality.minimum; quality <= form.quality.maximum; quality += 1) {
+    const note = quality === form.quality.minimum ? " (best, largest)" : quality === form.quality.maximum ? " (smallest)" : "";
+    $("qualities").append(new Option(`V${quality}${note}`, `quality=${quality}`));
+  }
+  for (const rate of form.sample_rate.enum) $("sample-rate").append(new Option(`${rate} Hz`, String(rate)));
+  for (const name of ["title", "artist", "album"]) $(name).maxLength = form[name].maxLength;
+}
+
+// The fields exactly as the API takes them, before the file (the service reads them first).
+function chosenOptions() {
+  const fields = [];
+  const [name, value] = $("encoding").value.split("=");
+  if (value) fields.push([name, value]);
+  if ($("sample-rate").value) fields.push(["sample_rate", $("sample-rate").value]);
+  if ($("channels").value) fields.push(["channels", $("channels").value]);
+  for (const tag of ["title", "artist", "album"]) {
+    const text = $(tag).value.trim();
+    if (text) fields.push([tag, text]);
+  }
+  return fields;
+}
+
+// ---- uploads, each with its own outcome ---------------------------------------------------------
 
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
@@ -71,101 +216,168 @@ drop.addEventListener("drop", (event) => {
 });
 $("files").addEventListener("change", () => { [...$("files").files].forEach(upload); $("files").value = ""; });
 
-// XMLHttpRequest rather than fetch: only it reports upload progress.
-function upload(file) {
-  const user = account();
-  const row = document.createElement("div");
+function uploadRow(file) {
+  const row = document.createElement("li");
   row.className = "upload";
   const name = document.createElement("span");
+  name.className = "name";
   name.textContent = file.name;
   const bar = document.createElement("progress");
   bar.max = 100;
   bar.value = 0;
-  const percent = document.createElement("span");
-  percent.className = "percent";
-  percent.textContent = "0 %";
-  row.append(name, bar, percent);
+  bar.setAttribute("aria-label", `Upload of ${file.name}`);
+  const outcome = document.createElement("span");
+  outcome.className = "outcome";
+  outcome.textContent = "0 %";
+  row.append(name, bar, outcome);
   $("uploads").prepend(row);
+  return {
+    progress(percent) { bar.value = percent; outcome.textContent = `${percent} %`; },
+    done(record) {
+      row.dataset.done = "yes";
+      bar.value = 100;
+      outcome.textContent = `Done: ${record.filename}`;
+    },
+    failed(message) {
+      row.dataset.done = "no";
+      bar.remove();
+      outcome.className = "outcome error";
+      outcome.textContent = message;
+    },
+  };
+}
 
+// RIFF or RF64, then WAVE: the same first check the service makes, so a dropped photo is
+// refused here without sending it.
+async function looksLikeWav(file) {
+  const head = new TextDecoder("latin1").decode(await file.slice(0, 12).arrayBuffer());
+  return (head.startsWith("RIFF") || head.startsWith("RF64")) && head.slice(8, 12) === "WAVE";
+}
+
+// XMLHttpRequest rather than fetch: only it reports upload progress.
+async function upload(file) {
+  const row = uploadRow(file);
+  if (!(await looksLikeWav(file))) {
+    row.failed(NOT_A_WAV);
+    return;
+  }
   const form = new FormData();
-  form.append("user", user.id);
-  form.append("token", user.token);
-  const choice = $("bitrate").value;
-  if (choice.startsWith("v")) form.append("quality", choice.slice(1));
-  else if (choice) form.append("bitrate", choice);
+  for (const [name, value] of chosenOptions()) form.append(name, value);
   form.append("file", file, file.name);
 
   const request = new XMLHttpRequest();
   request.open("POST", "/record");
+  request.setRequestHeader("Authorization", basic(user.id, user.token));
   request.upload.addEventListener("progress", (event) => {
-    if (!event.lengthComputable) return;
-    bar.value = Math.round((event.loaded / event.total) * 100);
-    percent.textContent = `${bar.value} %`;
+    if (event.lengthComputable) row.progress(Math.round((event.loaded / event.total) * 100));
   });
   request.addEventListener("load", () => {
     if (request.status === 201) {
-      bar.value = 100;
-      percent.textContent = "100 %";
-      row.dataset.done = "yes";
-      refresh();
+      row.done(JSON.parse(request.responseText).data);
+      loadRecords();
+      refreshStorage();
     } else {
-      let message = request.statusText;
-      try { message = JSON.parse(request.responseText).message; } catch { /* keep the status text */ }
-      const error = document.createElement("span");
-      error.className = "error";
-      error.textContent = message;
-      row.replaceChildren(name, error);
+      row.failed(explain(request.status, request.statusText, request.responseText,
+        request.getResponseHeader("Retry-After")));
     }
   });
-  request.addEventListener("error", () => { percent.textContent = "failed"; });
+  request.addEventListener("error", () => row.failed("The connection to the service was lost."));
   request.send(form);
 }
 
-function seconds(value) {
-  const minutes = Math.floor(value / 60);
-  return `${minutes}:${String(Math.round(value % 60)).padStart(2, "0")}`;
+// ---- the library, a page at a time ----------------------------------------------------------------
+
+function minutes(value) {
+  const whole = Math.round(value);
+  return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
 }
 
-async function refresh() {
-  const user = account();
-  if (!user) return;
-  const response = await fetch("/records", {headers: {Authorization: authHeader(user)}});
-  $("library-error").textContent = response.ok ? "" : await messageOf(response);
-  if (!response.ok) return;
-  const {data} = await response.json();
-  const rows = data.records.map((record) => {
-    const row = document.createElement("tr");
-    row.dataset.id = record.id;
-    const name = document.createElement("td");
-    name.textContent = record.filename;
-    const length = document.createElement("td");
-    length.textContent = seconds(record.duration);
-    const listen = document.createElement("td");
-    const audio = document.createElement("audio");
-    audio.controls = true;
-    audio.preload = "metadata";
-    audio.src = record.url;
-    listen.append(audio);
-    const actions = document.createElement("td");
-    const download = document.createElement("a");
-    download.href = record.url;
-    download.textContent = "Download";
-    download.setAttribute("download", record.filename);
-    const remove = document.createElement("button");
-    remove.className = "danger";
-    remove.textContent = "Delete";
-    remove.addEventListener("click", async () => {
-      const url = new URL(record.url);
-      const answer = await fetch(`/record${url.search}`, {method: "DELETE", headers: {Authorization: authHeader(user)}});
-      if (!answer.ok) $("library-error").textContent = await messageOf(answer);
-      refresh();
-    });
-    actions.append(download, " ", remove);
-    row.append(name, length, listen, actions);
-    return row;
+function recordRow(record) {
+  const row = document.createElement("tr");
+  row.dataset.id = record.id;
+  const name = document.createElement("td");
+  name.textContent = record.filename;
+  const length = document.createElement("td");
+  length.textContent = minutes(record.duration);
+  const listen = document.createElement("td");
+  const audio = document.createElement("audio");
+  audio.controls = true;
+  audio.preload = "metadata";
+  audio.src = record.url;
+  audio.setAttribute("aria-label", `Play ${record.filename}`);
+  listen.append(audio);
+  const actions = document.createElement("td");
+  const download = document.createElement("a");
+  download.href = record.url;
+  download.textContent = "Download";
+  download.setAttribute("download", record.filename);
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "danger";
+  remove.textContent = "Delete";
+  remove.setAttribute("aria-label", `Delete ${record.filename}`);
+  remove.addEventListener("click", async () => {
+    const answer = await call(`/record?${new URLSearchParams({id: record.id, user: record.user})}`, {method: "DELETE"});
+    if (!answer.ok && answer.status !== 404) {
+      $("library-error").textContent = await messageOf(answer);
+      return;
+    }
+    row.remove();
+    $("empty").hidden = $("records").children.length > 0 || nextCursor !== null;
+    refreshStorage();
   });
-  $("records").replaceChildren(...rows);
-  $("empty").hidden = rows.length > 0;
+  actions.append(download, " ", remove);
+  row.append(name, length, listen, actions);
+  return row;
 }
 
-show();
+// From the first page (after an upload, the newest is on it), or on from the last page seen.
+// A fresh load outdates any page still on its way, so rows never mix two listings.
+let listing = 0;
+let loadingMore = false;
+async function loadRecords({more = false} = {}) {
+  if (!user || (more && (nextCursor === null || loadingMore))) return;
+  const query = new URLSearchParams({limit: String(PAGE_SIZE)});
+  if (more) query.set("cursor", nextCursor);
+  else listing += 1;
+  const mine = listing;
+  loadingMore = more;
+  const response = await call(`/records?${query}`);
+  if (more) loadingMore = false;
+  if (mine !== listing) return;
+  if (!response.ok) {
+    $("library-error").textContent = await messageOf(response);
+    return;
+  }
+  $("library-error").textContent = "";
+  const {data} = await response.json();
+  if (mine !== listing) return;
+  const rows = data.records.map(recordRow);
+  if (more) $("records").append(...rows);
+  else $("records").replaceChildren(...rows);
+  nextCursor = data.next;
+  $("more").hidden = nextCursor === null;
+  $("empty").hidden = $("records").children.length > 0;
+}
+
+$("more").addEventListener("click", () => loadRecords({more: true}));
+// The next page loads by itself when "More" scrolls into view.
+new IntersectionObserver((entries) => {
+  if (entries.some((entry) => entry.isIntersecting)) loadRecords({more: true});
+}).observe($("more"));
+
+// ---- start --------------------------------------------------------------------------------------
+
+async function start() {
+  render();
+  loadOptions();
+  const stored = remembered();
+  if (!stored) return;
+  // The stored pair is checked again: the user may have been deleted. Only a 401 forgets it;
+  // a service that is briefly down must not sign anyone out.
+  const problem = await signIn(stored);
+  if (problem && problem.status === 401) signOut();
+  if (problem) $("account-error").textContent = problem.message;
+}
+
+start();

@@ -1,16 +1,25 @@
-"""The web page in a real headless Chromium: create a user, upload, play, seek, download, delete."""
+"""The web page in a real headless Chromium, against the application configured as app.py
+runs it: a new user converts, plays, seeks, downloads and deletes; a returning user signs
+in with the pair the API gave, uploads with the API's options, pages the library, signs out."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
-from playwright.async_api import Page, async_playwright, expect
+from mutagen.mp3 import MP3, BitrateMode
+from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 
-from tests.support import Audio, Client
+from converter.wav import NOT_A_WAV
+from tests.conftest import probe
+from tests.support import Audio, Client, finished_records, new_user, upload, wav_header
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
@@ -20,6 +29,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]  # fmt: skip
+PHONE = ViewportSize(width=390, height=844)
+STORED_KEY = "mp3-converter-user"
 
 if not os.access(CHROMIUM, os.X_OK) and os.environ.get("CI") != "true":
     pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
@@ -27,59 +38,147 @@ if not os.access(CHROMIUM, os.X_OK) and os.environ.get("CI") != "true":
 pytestmark = pytest.mark.slow  # a headless browser
 
 
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
 async def test_a_new_user_converts_plays_seeks_downloads_and_deletes(
-    client: Client, audio: Audio, tmp_path: Path
+    client: Client, audio: Audio, browser: Browser, tmp_path: Path
 ) -> None:
     wav = tmp_path / "Evening Take.wav"
     wav.write_bytes(audio(seconds=4))
     base = f"http://{client.host}:{client.port}"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = await browser.new_context(accept_downloads=True)
-        page = await context.new_page()
-        try:
-            await page.goto(base + "/")
-            await page.fill("#username", "browser-user")
-            await page.click("text=Create user")
-            await expect(page.locator("#token")).to_have_text(
-                re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-            )
-            await expect(page.locator("#who")).to_have_text("browser-user")
+    page = await (await browser.new_context(accept_downloads=True)).new_page()
+    await page.goto(base + "/")
+    await page.get_by_label("Username").fill("browser-user")
+    await page.click("text=Create user")
+    await expect(page.locator("#token")).to_have_text(
+        re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    )
+    await expect(page.locator("#token-new")).to_be_visible()  # the one time it is shown
+    await expect(page.locator("#who")).to_have_text("browser-user")
 
-            await page.set_input_files("#files", str(wav))
-            await expect(page.locator(".upload .percent")).to_have_text("100 %")
-            row = page.locator("#records tr", has_text="Evening Take.mp3")
-            await expect(row).to_have_count(1)
-            await expect(row.locator("td").nth(1)).to_have_text("0:04")
+    await page.set_input_files("#files", str(wav))
+    await expect(page.locator(".upload .outcome")).to_have_text("Done: Evening Take.mp3")
+    row = page.locator("#records tr", has_text="Evening Take.mp3")
+    await expect(row).to_have_count(1)
+    await expect(row.locator("td").nth(1)).to_have_text("0:04")
+    await expect(page.locator("#storage-text")).to_have_text(re.compile(r"^1 recording, [0-9.]+ KB; no quota\.$"))
 
-            await play_and_seek(page)
+    await play_and_seek(page)
 
-            async with page.expect_download() as downloading:
-                await row.locator("text=Download").click()
-            download = await downloading.value
-            saved = tmp_path / "downloaded.mp3"
-            await download.save_as(saved)
-            url = await row.locator("audio").get_attribute("src")
-            assert url is not None
-            direct = await client.get(url.removeprefix(base))
-            assert saved.read_bytes() == await direct.read()
+    async with page.expect_download() as downloading:
+        await row.locator("text=Download").click()
+    download = await downloading.value
+    saved = tmp_path / "downloaded.mp3"
+    await download.save_as(saved)
+    url = await row.locator("audio").get_attribute("src")
+    assert url is not None
+    direct = await client.get(url.removeprefix(base))
+    assert saved.read_bytes() == await direct.read()
 
-            ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
 
-            await row.locator("text=Delete").click()
-            await expect(page.locator("#records tr")).to_have_count(0)
-            await expect(page.locator("#empty")).to_be_visible()
+    await row.get_by_role("button", name="Delete Evening Take.mp3").click()
+    await expect(page.locator("#records tr")).to_have_count(0)
+    await expect(page.locator("#empty")).to_be_visible()
+    await expect(page.locator("#storage-text")).to_have_text("0 recordings, 0 bytes; no quota.")
 
-            # Errors are the service's own words.
-            bad = tmp_path / "notes.wav"
-            bad.write_text("not audio")
-            await page.set_input_files("#files", str(bad))
-            await expect(page.locator(".upload .error")).to_have_text(
-                "The file is not a WAV: expected a RIFF or RF64 file of type WAVE."
-            )
-        finally:
-            await browser.close()
+
+async def test_a_returning_user_signs_in_uploads_with_options_pages_and_signs_out(
+    client: Client, audio: Audio, admin: psycopg.Connection, browser: Browser, tmp_path: Path
+) -> None:
+    user_id, token = await new_user(client, "curl-user")  # created the primary way, with the API
+    assert (await upload(client, (user_id, token), audio(seconds=2))).status == 201
+    finished_records(admin, user_id, 60)  # older than the upload: more than one page of 50
+    admin.execute("UPDATE app.settings SET user_quota_bytes = 50000000")
+    base = f"http://{client.host}:{client.port}"
+    page = await (await browser.new_context(viewport=PHONE, accept_downloads=True)).new_page()
+    await page.goto(base + "/")
+
+    # A wrong pair: the service's 401 message, and nothing kept in the browser.
+    await sign_in_by_keyboard(page, user_id, str(uuid.uuid4()))
+    await expect(page.locator("#account-error")).to_have_text("Unknown user or wrong token.")
+    assert await page.evaluate(f"localStorage.getItem('{STORED_KEY}')") is None
+    await expect(page.locator("#signed-in")).to_be_hidden()
+
+    await sign_in_by_keyboard(page, user_id, token)
+    await expect(page.locator("#who")).to_have_text("curl-user")
+    await expect(page.locator("#account-error")).to_have_text("")
+    await expect(page.locator("#storage-text")).to_have_text(
+        re.compile(r"^61 recordings, [0-9.]+ KB of 50 MB allowed\.$")
+    )
+    await expect(page.locator("#records tr")).to_have_count(50)  # the first page, newest first
+    await expect(page.locator("#records tr").first).to_contain_text("song.mp3")
+    await page.locator("#more").scroll_into_view_if_needed()  # the next page comes by itself
+    await expect(page.locator("#records tr")).to_have_count(61)
+    await expect(page.locator("#more")).to_be_hidden()
+
+    # The API's options, as the API takes them, in one drop with a file the service refuses
+    # and one the page refuses before sending.
+    await page.get_by_label("Encoding").select_option(label="V2")
+    await page.get_by_label("Sample rate").select_option(label="22050 Hz")
+    await page.get_by_label("Channels").select_option(label="Mono")
+    await page.get_by_label("Title").fill("Morning Song")
+    await page.get_by_label("Artist").fill("Zoë Quartet")
+    await page.get_by_label("Album").fill("Dawn")
+    good = tmp_path / "take one.wav"
+    good.write_bytes(audio(seconds=3))
+    adpcm = tmp_path / "adpcm.wav"
+    adpcm.write_bytes(wav_header(tag=2, bits=4, data_size=4000) + bytes(4000))
+    photo = tmp_path / "photo.wav"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 a JPEG, named .wav")
+    await page.set_input_files("#files", [str(good), str(adpcm), str(photo)])
+    outcomes = page.locator(".upload")
+    await expect(outcomes.filter(has_text="take one.wav").locator(".outcome")).to_have_text("Done: take one.mp3")
+    await expect(outcomes.filter(has_text="adpcm.wav").locator(".error")).to_have_text(
+        "WAV encoding 0x0002 is not supported: send PCM or floating-point samples."
+    )
+    await expect(outcomes.filter(has_text="photo.wav").locator(".error")).to_have_text(NOT_A_WAV)
+    await expect(page.locator("#records tr")).to_have_count(50)  # back to the first page, the new one on top
+
+    row = page.locator("#records tr", has_text="take one.mp3")
+    async with page.expect_download() as downloading:
+        await row.locator("text=Download").click()
+    mp3 = (await (await downloading.value).path()).read_bytes()
+    heard = probe(mp3)
+    assert (heard["sample_rate"], heard["channels"]) == (22050, 1)
+    assert {name: heard["tags"].get(name) for name in ("title", "artist", "album")} == {
+        "title": "Morning Song", "artist": "Zoë Quartet", "album": "Dawn",
+    }  # fmt: skip
+    info = MP3(io.BytesIO(mp3)).info  # type: ignore[no-untyped-call]
+    assert info is not None
+    assert info.bitrate_mode == BitrateMode.VBR
+
+    assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # nothing off-screen
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=str(ARTIFACTS / "web-page-phone.png"))
+
+    # Sign out: nothing left in the browser; sign back in: the library is there again.
+    await page.get_by_role("button", name="Forget this browser").click()
+    await expect(page.locator("#sign-in")).to_be_visible()
+    assert await page.evaluate(f"localStorage.getItem('{STORED_KEY}')") is None
+    await sign_in_by_keyboard(page, user_id, token)
+    await expect(page.locator("#records tr").first).to_contain_text("take one.mp3")
+    await page.reload()  # a returning visit: the kept pair is checked again, and still works
+    await expect(page.locator("#who")).to_have_text("curl-user")
+
+
+async def sign_in_by_keyboard(page: Page, user_id: int, token: str) -> None:
+    """The labelled fields, filled and sent from the keyboard alone."""
+    await page.get_by_label("User id").fill(str(user_id))
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_label("Token")).to_be_focused()
+    await page.keyboard.type(token)
+    await page.keyboard.press("Enter")
 
 
 async def play_and_seek(page: Page) -> None:

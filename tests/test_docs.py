@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import hdrs
 
+from converter.wav import NOT_A_WAV
 from handlers.errors import ApiError
 from handlers.openapi import DOCS_ASSETS_PREFIX
 from handlers.params import encode_options_from
@@ -79,6 +80,24 @@ async def test_the_web_page_and_its_script_are_served(client: Client) -> None:
     script = await client.get("/page.js")
     assert script.status == 200
     assert "XMLHttpRequest" in await script.text()
+
+
+async def test_the_page_refuses_a_non_wav_in_the_services_own_words(client: Client) -> None:
+    """The page checks a dropped file before sending it: its message is the service's."""
+    script = await (await client.get("/page.js")).text()
+    assert f'const NOT_A_WAV = "{NOT_A_WAV}";' in script
+
+
+async def test_the_page_reads_the_options_where_the_document_has_them(make_client: MakeClient) -> None:
+    """page.js fills its option lists from this path of /openapi.json, the default bit rate
+    being this service's MP3_BITRATE."""
+    client = await make_client(mp3_bitrate_kbps=128)
+    options = (await document(client))["paths"]["/record"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    properties = options["schema"]["properties"]
+    assert {"bitrate", "quality", "sample_rate", "channels", "title", "artist", "album"} <= set(properties)
+    assert properties["bitrate"]["default"] == 128
+    script = await (await client.get("/page.js")).text()
+    assert '.paths["/record"].post.requestBody.content["multipart/form-data"].schema.properties' in script
 
 
 # --- the document against the code: each kind of drift it once had -------------------
