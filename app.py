@@ -14,8 +14,9 @@ import asyncpg
 from aiohttp import web
 
 from converter.pipeline import ConverterConfig
+from handlers.download_cache import DownloadCache
 from handlers.errors import error_envelope
-from handlers.keys import CONVERTER, METRICS, POOL, READ_POOL, SETTINGS, SLOTS
+from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, READ_POOL, SETTINGS, SLOTS
 from handlers.metrics import Metrics
 from handlers.observe import add_request_id, configure_logging, request_log
 from handlers.page import security_headers
@@ -27,6 +28,9 @@ from settings import ConfigError, Settings
 
 # Connections beyond the conversion slots, for downloads, listings and user creation.
 SPARE_CONNECTIONS = 8
+# Of those, what downloads can never take: /health, listings and sign-ins stay quick
+# however many clients download.
+KEPT_FROM_DOWNLOADS = 2
 CONNECT_TIMEOUT_S = 5.0
 # How long cancelled uploads get to kill FFmpeg and roll back, and the pool to close.
 CANCEL_TIMEOUT_S = 3.0
@@ -45,7 +49,9 @@ def init_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics(app[SLOTS])
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(security_headers)
+    app[DOWNLOAD_READS] = asyncio.Semaphore(SPARE_CONNECTIONS - KEPT_FROM_DOWNLOADS)
     app.cleanup_ctx.append(database_pool)
+    app.cleanup_ctx.append(download_cache)
     setup_routes(app)
     return app
 
@@ -66,6 +72,25 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
         except TimeoutError:
             log.warning("closing a database pool took longer than %g s; terminated", CANCEL_TIMEOUT_S)
             pool.terminate()
+
+
+async def download_cache(app: web.Application) -> AsyncIterator[None]:
+    """The cache of repeat downloads, when DOWNLOAD_CACHE_MB allows one; removed at exit."""
+    size = app[SETTINGS].download_cache_bytes
+    if size == 0:
+        yield
+        return
+    try:
+        cache = DownloadCache(size)
+    except OSError as error:  # a read-only file system: serve every download from the database
+        log.warning("no download cache: %s", error)
+        yield
+        return
+    app[DOWNLOAD_CACHE] = cache
+    try:
+        yield
+    finally:
+        cache.close()
 
 
 async def _pool(url: str, size: int) -> asyncpg.Pool:

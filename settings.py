@@ -43,6 +43,8 @@ class Settings:
     shutdown_timeout_s: float = 30.0
     log_format: str = "text"
     ffmpeg_binary: str = "ffmpeg"
+    # Local disk for repeat downloads at sendfile speed (0: off); disposable.
+    download_cache_bytes: int = 256 << 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -79,6 +81,7 @@ class Settings:
             shutdown_timeout_s=_seconds(env, "SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s),
             log_format=log_format,
             ffmpeg_binary=find_ffmpeg(env.get("FFMPEG_BINARY")),
+            download_cache_bytes=_number(env, "DOWNLOAD_CACHE_MB", cls.download_cache_bytes >> 20, 0, 1 << 20) << 20,
         )
 
 

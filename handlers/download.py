@@ -3,7 +3,9 @@
 No token: the random record id is the secret the link carries. The metadata
 comes first (ownership is checked in SQL), then the MP3 is read back in
 chunks, each its own short statement, and written as it arrives: a slow
-client holds no transaction and the server holds one chunk at a time.
+client holds no transaction and the server holds one chunk at a time. A
+record downloaded before is sent from the local cache with sendfile
+(handlers/download_cache.py), after the same check.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import BinaryIO
 from urllib.parse import quote
 from uuid import UUID
 
-import asyncpg
 from aiohttp import web
 
 from db import api
+from handlers.download_cache import CacheFill
 from handlers.errors import ApiError, ResponseBroken
+from handlers.keys import DOWNLOAD_CACHE, DOWNLOAD_READS
 from handlers.params import record_id_from, user_id_from
 from handlers.reads import read
 
@@ -66,32 +71,54 @@ async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> w
     response.content_length = end - start + 1
     await response.prepare(request)
     if request.method != "HEAD":
-        await _stream(pool, response, record_id, user_id, start, end + 1)
+        cache = request.app.get(DOWNLOAD_CACHE)
+        cached = cache.open(digest) if cache else None
+        if cached is not None:
+            with cached:
+                await _send_file(request, response, cached, start, end + 1)
+        else:
+            whole = start == 0 and end == size - 1
+            fill = cache.fill(digest, size) if cache and whole else None
+            reads = request.app[DOWNLOAD_READS]
+
+            async def read_chunk(offset: int, count: int) -> bytes:
+                async with reads:
+                    return await api.record_read(pool, record_id, user_id, offset, count)
+
+            await _stream(response, read_chunk, start, end + 1, fill)
     await response.write_eof()
     return response
 
 
 async def _stream(
-    pool: asyncpg.Pool, response: web.StreamResponse, record_id: UUID, user_id: int, start: int, stop: int
+    response: web.StreamResponse,
+    read_chunk: Callable[[int, int], Awaitable[bytes]],
+    start: int,
+    stop: int,
+    fill: CacheFill | None,
 ) -> None:
-    """Write the bytes [start, stop), reading the next chunk while the current one is sent.
+    """Write the bytes [start, stop), reading the next chunk while the current one is sent,
+    and into the cache when this download fills it.
 
     A failure here comes after the status line (the record deleted meanwhile,
     the database gone): it can only break the response off (ResponseBroken)."""
-
-    async def read(offset: int) -> bytes:
-        return await api.record_read(pool, record_id, user_id, offset, min(READ_CHUNK, stop - offset))
-
     upcoming = iter(range(start, stop, READ_CHUNK))
     reads: deque[asyncio.Future[bytes]] = deque()
     sent = 0
     try:
         while True:
             while len(reads) < READS_AHEAD and (offset := next(upcoming, None)) is not None:
-                reads.append(asyncio.ensure_future(read(offset)))
+                reads.append(asyncio.ensure_future(read_chunk(offset, min(READ_CHUNK, stop - offset))))
             if not reads:
                 return
             chunk = await reads.popleft()
+            if fill is not None:
+                # Into the cache before the client has it: once a client holds every
+                # byte, the next download finds the file.
+                await fill.add(chunk)
+                if sent + len(chunk) == stop - start:
+                    fill.finish()
+                    fill = None
             await response.write(chunk)
             sent += len(chunk)
     except Exception as error:
@@ -99,6 +126,29 @@ async def _stream(
     finally:
         for pending in reads:  # the client went away mid-download
             pending.cancel()
+        if fill is not None:  # ended before the last byte was read
+            fill.abandon()
+
+
+async def _send_file(request: web.Request, response: web.StreamResponse, file: BinaryIO, start: int, stop: int) -> None:
+    """The bytes [start, stop) of a cached file, by the kernel's sendfile, as aiohttp's
+    FileResponse sends (it cannot be used itself: its ETag, Range and conditional
+    handling are of a file, ours are of the record)."""
+    transport = request.transport
+    try:
+        if transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        # The status line and headers are already in the transport's buffer
+        # (StreamResponse sends them at prepare); sendfile waits for them to flush.
+        await asyncio.get_running_loop().sendfile(transport, file, start, stop - start)
+    except NotImplementedError:  # a transport that cannot sendfile (TLS): in chunks
+        file.seek(start)
+        while start < stop:
+            chunk = await asyncio.to_thread(file.read, min(READ_CHUNK, stop - start))
+            await response.write(chunk)
+            start += len(chunk)
+    except Exception as error:
+        raise ResponseBroken(response, error, 0) from error
 
 
 def _wanted_range(request: web.Request, etag: str, size: int) -> tuple[int, int] | None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 from aiohttp import web
 
 from converter.pipeline import ConverterConfig
+from handlers.download_cache import DownloadCache
 from handlers.metrics import Metrics
 from handlers.slots import ConversionSlots
 from settings import Settings
@@ -16,5 +19,10 @@ READ_POOL = web.AppKey("read_pool", asyncpg.Pool)  # downloads and listings: a r
 SLOTS = web.AppKey("slots", ConversionSlots)
 METRICS = web.AppKey("metrics", Metrics)
 CONVERTER = web.AppKey("converter", ConverterConfig)
+# Absent when DOWNLOAD_CACHE_MB is 0.
+DOWNLOAD_CACHE = web.AppKey("download_cache", DownloadCache)
+# Large-object reads in flight for all downloads together: the pools' other
+# connections stay free for uploads, /health and listings however many download.
+DOWNLOAD_READS = web.AppKey("download_reads", asyncio.Semaphore)
 # Why a response that had begun was broken off (for the access log).
 BROKEN_OFF = web.RequestKey("broken_off", str)

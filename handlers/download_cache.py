@@ -1,0 +1,131 @@
+"""Repeat downloads at sendfile speed: a bounded cache of finished MP3s on local disk.
+
+Reading a large object is the slow part of a download (PostgreSQL's own read
+runs at a tenth of what the kernel's sendfile does), and a popular link costs a
+full read per listener. So the first full download of a record also writes its
+bytes to a file here, hashing them as they go; the file is admitted only when
+its bytes hash to the record's SHA-256 (what the database computed at
+record_finish), and is named by that digest. Later downloads, whole or a byte
+range, are sent from it with sendfile.
+
+Every download still calls api.record_open first, so a deleted record or
+another user's id is never served from here; the digest it returns picks the
+file. The cache is disposable: one directory per process, removed at exit, and
+losing it costs only speed, so a replica stays stateless. Least recently used
+files go first when DOWNLOAD_CACHE_MB would be passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger("mp3.download_cache")
+
+
+class DownloadCache:
+    def __init__(self, max_bytes: int, parent: str | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.directory = Path(tempfile.mkdtemp(prefix="mp3-download-cache-", dir=parent))
+        self._files: OrderedDict[str, int] = OrderedDict()  # digest → size, least recently used first
+        self._filling: dict[str, int] = {}  # digest → size, room held while a first download writes it
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(self._files.values()) + sum(self._filling.values())
+
+    def open(self, digest: str) -> BinaryIO | None:
+        """The cached MP3 of this digest, opened (an open file survives its eviction), or None."""
+        if digest not in self._files:
+            return None
+        try:
+            file = (self.directory / digest).open("rb")
+        except OSError:  # removed behind our back: forget it, read from the database
+            del self._files[digest]
+            return None
+        self._files.move_to_end(digest)
+        return file
+
+    def fill(self, digest: str, size: int) -> CacheFill | None:
+        """A writer for a first download of this record, or None when it is cached, being
+        written by another download, or too big for the cache."""
+        if digest in self._files or digest in self._filling or size > self.max_bytes:
+            return None
+        self._make_room(size)
+        self._filling[digest] = size
+        return CacheFill(self, digest, size)
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _make_room(self, size: int) -> None:
+        while self._files and self.used_bytes + size > self.max_bytes:
+            oldest, _ = self._files.popitem(last=False)
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / oldest).unlink()
+
+    def admit(self, digest: str, size: int) -> None:
+        del self._filling[digest]
+        self._files[digest] = size
+
+    def release(self, digest: str) -> None:
+        self._filling.pop(digest, None)
+
+
+class CacheFill:
+    """The bytes of one first download, written and hashed off the event loop. A disk
+    that fails (full, gone) only means the record is not cached: the download goes on."""
+
+    def __init__(self, cache: DownloadCache, digest: str, size: int) -> None:
+        self._cache = cache
+        self._digest = digest
+        self._size = size
+        self._path = cache.directory / f"{digest}.part"
+        self._file = self._path.open("wb")
+        self._hash = hashlib.sha256()
+        self._written = 0
+        self._failed = False
+
+    async def add(self, chunk: bytes) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._add, chunk)
+
+    def _add(self, chunk: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            self._file.write(chunk)
+        except OSError as error:
+            log.warning("the download cache cannot write (%s); this record is not cached", error)
+            self._failed = True
+            return
+        self._hash.update(chunk)
+        self._written += len(chunk)
+
+    def finish(self) -> None:
+        """Admit the file if it is the record's bytes exactly; otherwise drop it."""
+        try:
+            self._file.close()
+            if self._failed:
+                raise OSError("a write failed")
+            if self._written != self._size or self._hash.hexdigest() != self._digest:
+                log.warning("a download's bytes did not hash to its record's SHA-256; not cached")
+                raise OSError("not the record's bytes")
+            os.replace(self._path, self._cache.directory / self._digest)
+        except OSError:
+            self.abandon()
+            return
+        self._cache.admit(self._digest, self._size)
+
+    def abandon(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+            self._path.unlink()
+        self._cache.release(self._digest)
