@@ -28,6 +28,7 @@ from handlers.params import record_id_from, user_id_from
 from handlers.reads import read
 
 READ_CHUNK = 1024 * 1024
+SENDFILE_SLICE = 256 * 1024
 # Reads in flight per download, each on its own pool connection: PostgreSQL's
 # reading of the large object is the slow part, and two backends use two cores.
 READS_AHEAD = 2
@@ -140,7 +141,11 @@ async def _send_file(request: web.Request, response: web.StreamResponse, file: B
             raise ConnectionResetError("the client closed the connection")
         # The status line and headers are already in the transport's buffer
         # (StreamResponse sends them at prepare); sendfile waits for them to flush.
-        await asyncio.get_running_loop().sendfile(transport, file, start, stop - start)
+        # In slices: each sendfile call runs in the event loop's thread, and one
+        # unbounded call per client, many clients at once, held /health for 300 ms.
+        loop = asyncio.get_running_loop()
+        for offset in range(start, stop, SENDFILE_SLICE):
+            await loop.sendfile(transport, file, offset, min(SENDFILE_SLICE, stop - offset))
     except NotImplementedError:  # a transport that cannot sendfile (TLS): in chunks
         file.seek(start)
         while start < stop:
