@@ -42,10 +42,14 @@ def init_app(settings: Settings) -> web.Application:
     # request_log outermost: it logs the status the envelope finally answered.
     app = web.Application(middlewares=[request_log, error_envelope, refuse_tokens_in_urls])
     app[SETTINGS] = settings
-    app[CONVERTER] = ConverterConfig(
-        ffmpeg=settings.ffmpeg_binary, time_limit_s=settings.ffmpeg_timeout_s, max_seconds=settings.max_duration_s
-    )
     app[SLOTS] = ConversionSlots(settings.convert_concurrency, settings.queue_timeout_s)
+    app[CONVERTER] = ConverterConfig(
+        ffmpeg=settings.ffmpeg_binary,
+        time_limit_s=settings.ffmpeg_timeout_s,
+        max_seconds=settings.max_duration_s,
+        parallel_segments=settings.parallel_segments,
+        spare=app[SLOTS],
+    )
     app[METRICS] = Metrics(app[SLOTS])
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(security_headers)

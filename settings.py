@@ -33,6 +33,8 @@ class Settings:
     max_upload_bytes: int = 1024 * 1024 * 1024
     mp3_bitrate_kbps: int = 192
     convert_concurrency: int = os.cpu_count() or 1
+    # Encoders one upload may use at once, on slots nobody waits for (0 or 1: one).
+    parallel_segments: int = os.cpu_count() or 1
     queue_timeout_s: float = 10.0
     ffmpeg_timeout_s: float = 3600.0
     max_duration_s: float = 4 * 3600.0
@@ -72,6 +74,7 @@ class Settings:
             max_upload_bytes=_number(env, "MAX_UPLOAD_MB", cls.max_upload_bytes >> 20, 1, 1 << 20) << 20,
             mp3_bitrate_kbps=bitrate,
             convert_concurrency=_number(env, "CONVERT_CONCURRENCY", cls.convert_concurrency, 1, 1024),
+            parallel_segments=_number(env, "PARALLEL_SEGMENTS", cls.parallel_segments, 0, 64),
             queue_timeout_s=_seconds(env, "QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),
             max_duration_s=_seconds(env, "MAX_DURATION_S", cls.max_duration_s, MAX_DURATION_LIMIT_S),

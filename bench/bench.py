@@ -7,12 +7,20 @@ generates stereo 44.1 kHz 16-bit WAVs with FFmpeg, and measures, alternating
 the pairs (A B A B ...) and reporting medians:
 
 1. upload → 201 against the raw CLI `ffmpeg -f wav -i x.wav -c:a libmp3lame
-   -b:a 192k x.mp3`, for 1, 10 and 60 minutes of audio (--quick: 1 and 10);
+   -b:a 192k x.mp3`, for 1, 10 and 60 minutes of audio (--quick: 1 and 10),
+   one upload using every free core (converter/segments.py);
 2. the server's peak RSS growth over the longest upload, FFmpeg's apart;
+   then ("link") a 10-minute upload paced at 8, 15 and 30 MB/s and unpaced:
+   the time from its last byte sent to the 201;
 3. 1, 2, 4, 8 simultaneous 1-minute uploads: audio-seconds converted per wall
    second against cores x the single raw encode's speed, and the statuses;
-4. downloads of the longest stored MP3 against aiohttp's FileResponse
-   (sendfile) serving the same bytes from disk;
+   8 at once again on a service with PARALLEL_SEGMENTS=0, side by side;
+4. downloads of the longest stored MP3: the first (from the database, on a
+   service with DOWNLOAD_CACHE_MB=0) against PostgreSQL's own lo_get of it,
+   a repeat (from the download cache) against aiohttp's FileResponse
+   (sendfile) serving the same bytes from disk, with CPU seconds per GB; and
+   /health and a 5-second upload while 30 clients download a 10-minute MP3
+   in a loop, cache on and off;
 5. p50/p99 latency of GET /health and of a small download while 4 of the
    longest uploads run (60 minutes, 635 MB each; --quick: 10 minutes);
 6. wrk for 10 s each against user creation and a small download;
@@ -56,15 +64,24 @@ from pathlib import Path
 
 import psycopg
 
+from converter.segments import POST_ROLL_FRAMES
+
 ROOT = Path(__file__).resolve().parent.parent
+SEGMENT_S = 20.0  # ConverterConfig.segment_seconds, the service's default
+SEGMENT_OVERHEAD = (10 + POST_ROLL_FRAMES) * 1152 / (SEGMENT_S * 44100)  # pre- and post-roll at 44.1 kHz stereo
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 CORES = os.cpu_count() or 1
 TARGETS = {
     "upload / raw FFmpeg, 1 min (11 MB)": "≤ 1.03",
-    "upload / raw FFmpeg, 60 min (635 MB)": "≤ 1.05",
+    "upload / raw FFmpeg, 60 min (635 MB)": "≤ 0.60",
     "server RSS growth, 60 min upload": "≤ 32 MiB",
+    "last byte → 201, 10 min at 8 MB/s": "≤ 50 ms",
+    "last byte → 201 at 30 MB/s / unpaced": "≤ 2.0",
     "concurrent throughput / (cores x single raw)": "≥ 0.90",
-    "download / sendfile": "≥ 0.50",
+    "8 uploads at once: segments on / off": "≥ 0.90",
+    "first download / PostgreSQL's lo_get": "≥ 0.90",
+    "repeat download / sendfile": "≥ 0.80",
+    "/health p99, 30 downloaders, cache off": "≤ 50 ms",
     "/health p99 while 4 uploads convert": "≤ 50 ms",
     "slot free after a client's FIN": "≤ 1000 ms",
     "slot free after a client's RST": "≤ 1000 ms",
@@ -102,7 +119,7 @@ class Service:
         subprocess.run(["psql", self.owner_url, "-qc", "CHECKPOINT"], check=True)
 
 
-PARTS = ("uploads", "concurrency", "downloads", "responsiveness", "rate", "faults")
+PARTS = ("uploads", "link", "concurrency", "downloads", "responsiveness", "rate", "faults")
 
 
 def main() -> int:
@@ -124,10 +141,13 @@ def main() -> int:
             if parts & {"uploads", "downloads"}:
                 longest = upload_against_raw(report, service, wavs, folder, args.rounds)
                 digest_cost(report, service, longest, args.rounds)
+            if "link" in parts:
+                link_latency(report, service, wavs[10], folder, args.rounds)
             if "concurrency" in parts:
                 concurrency(report, service, wavs[1], folder)
             if "downloads" in parts:
                 downloads(report, service, longest, folder, args.rounds)
+                downloads_under_load(report, service, wavs[10], folder)
             if "responsiveness" in parts:
                 responsiveness(report, service, wavs[max(wavs)])
             if "rate" in parts:
@@ -170,8 +190,69 @@ def upload_against_raw(report: Report, service: Service, wavs: dict[int, Path], 
         report.figures[f"server RSS growth, {length} min upload"] = f"{growth:.1f} MiB"
     report.say()
     report.say("Each round: raw FFmpeg on the file, then the same file uploaded with `curl -T` (streamed).")
-    report.say("Peak RSS growth: the server's VmHWM after the size's uploads minus before them.\n")
+    report.say("Peak RSS growth: the server's VmHWM after the size's uploads minus before them.")
+    report.say(
+        f"On more cores (a projection, not measured): the encoding is split per {SEGMENT_S:g}-second segment and "
+        f"each later segment is encoded with about {SEGMENT_OVERHEAD:.0%} more (its pre- and post-roll), so N "
+        f"free cores take about raw x {1 + SEGMENT_OVERHEAD:.3f} / N of encoding, plus what does not split "
+        "(reading the body, joining, storing): on 4 cores a 60-minute upload would take about 0.3 x raw.\n"
+    )
     return last_url
+
+
+# --- 2b: the link the moment the last byte lands --------------------------------------------------
+
+
+def link_latency(report: Report, service: Service, wav: Path, folder: Path, rounds: int) -> None:
+    """A client at a fixed rate: from its last byte sent to the 201, against the raw encode a
+    design that converts after the upload needs from there."""
+    raw = statistics.median(
+        timed([FFMPEG, "-v", "error", "-y", "-f", "wav", "-i", str(wav), "-c:a", "libmp3lame", "-b:a", "192k",
+               str(folder / "raw.mp3")])
+        for _ in range(rounds)
+    )  # fmt: skip
+    data = wav.read_bytes()
+    report.say(f"## The link the moment the last byte lands ({len(data) / 1e6:.0f} MB, 10 minutes, medians)\n")
+    report.say("| client sends at | sending took | last byte → 201 | convert-after-upload needs (raw FFmpeg) |")
+    report.say("| --- | --- | --- | --- |")
+    after: dict[str, float] = {}
+    for rate in (8.0, 15.0, 30.0, None):
+        service.settle()
+        sends, waits = zip(*(paced_upload(service, data, rate) for _ in range(rounds)), strict=True)
+        name = f"{rate:g} MB/s" if rate else "unpaced"
+        after[name] = statistics.median(waits)
+        report.say(f"| {name} | {statistics.median(sends):.2f} s | **{after[name] * 1000:.0f} ms** | {raw:.2f} s |")
+    report.figures["last byte → 201, 10 min at 8 MB/s"] = f"{after['8 MB/s'] * 1000:.0f} ms"
+    report.figures["last byte → 201 at 30 MB/s / unpaced"] = f"{after['30 MB/s'] / after['unpaced']:.2f}"
+    report.say("\nSent from this process in 256 KiB writes, paced to the rate; the last byte is sent when the")
+    report.say("kernel takes it. Unpaced, the service reads only as fast as its encoders and a bounded read-ahead")
+    report.say("allow, so what is left after the last byte is that read-ahead's encoding.\n")
+
+
+def paced_upload(service: Service, data: bytes, mb_per_s: float | None) -> tuple[float, float]:
+    """Seconds spent sending ``data`` at ``mb_per_s`` (None: as fast as taken), and from the
+    last byte sent to the 201."""
+    chunk = 256 * 1024
+    with socket.create_connection((service.host, service.port)) as sock:
+        sock.sendall(
+            f"POST /record HTTP/1.1\r\nHost: {service.host}:{service.port}\r\nContent-Type: audio/wav\r\n"
+            f"Content-Length: {len(data)}\r\nAuthorization: Basic {service.basic}\r\nConnection: close\r\n\r\n".encode()
+        )
+        start = time.perf_counter()
+        for offset in range(0, len(data), chunk):
+            if mb_per_s:
+                delay = start + offset / (mb_per_s * 1e6) - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            sock.sendall(data[offset : offset + chunk])
+        last = time.perf_counter()
+        status = sock.recv(12)
+        answered = time.perf_counter()
+        while sock.recv(65536):
+            pass
+    if status[9:12] != b"201":
+        raise RuntimeError(f"a paced upload answered {status!r}")
+    return last - start, answered - last
 
 
 def digest_cost(report: Report, service: Service, url: str, rounds: int) -> None:
@@ -259,31 +340,151 @@ def concurrency(report: Report, service: Service, wav: Path, folder: Path) -> No
         seen = ", ".join(f"{status}x{statuses.count(status)}" for status in sorted(set(statuses)))
         report.say(f"| {count} | {wall:.2f} s | {rate:.1f} | {rate / limit:.2f} | {seen} |")
     report.figures["concurrent throughput / (cores x single raw)"] = f"{best:.2f}"
-    report.say()
+    with running_service(PARALLEL_SEGMENTS="0") as one_encoder:
+        rates = {}
+        for name, target in (("segments on", service), ("segments off", one_encoder), ("segments on ", service)):
+            target.settle()
+            start = time.perf_counter()
+            processes = [upload_process(target, wav) for _ in range(8)]
+            statuses = [finish_upload(process)[0] for process in processes]
+            rates[name] = 8 * audio_seconds / (time.perf_counter() - start)
+            setting = "0" if "off" in name else "default"
+            report.say(f"| 8, {name.strip()} (PARALLEL_SEGMENTS={setting}) | | {rates[name]:.1f} "
+                       f"| {rates[name] / limit:.2f} | {statuses.count(201)} x 201 |")  # fmt: skip
+    on = statistics.mean([rates["segments on"], rates["segments on "]])
+    report.figures["8 uploads at once: segments on / off"] = f"{on / rates['segments off']:.2f}"
+    report.say("\nWith every slot taken, an upload borrows none: it behaves as with one encoder each.\n")
 
 
 # --- 4: downloads ------------------------------------------------------------------------
 
 
 def downloads(report: Report, service: Service, url: str, folder: Path, rounds: int) -> None:
+    """First downloads (from the large object) against PostgreSQL's own read of it; repeat
+    downloads (from the download cache) against sendfile; CPU seconds per GB of each."""
     copy = folder / "stored.mp3"
-    fetch(url, copy)
-    size_mb = copy.stat().st_size / 1e6
+    fetch(url, copy)  # the first download of this record: the cache holds it from now on
+    size = copy.stat().st_size
+    record_id = url.split("id=", 1)[1].split("&", 1)[0]
     service.settle()
-    with file_server(copy) as file_url:
-        ours, theirs = [], []
+    seconds: dict[str, list[float]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}
+    with (
+        running_service(DOWNLOAD_CACHE_MB="0") as uncached,
+        file_server(copy) as file_url,
+        psycopg.connect(service.owner_url, autocommit=True) as owner,
+    ):
+        first_url = url.replace(f":{service.port}/", f":{uncached.port}/")
+        ways: dict[str, tuple[int | None, Callable[[], None]]] = {
+            "PostgreSQL's lo_get (owner, binary, to this process)": (None, lambda: lo_get(owner, record_id)),
+            "first download (the service, DOWNLOAD_CACHE_MB=0)": (
+                uncached.pid, lambda: fetch_to_null(first_url)),
+            "repeat download (the service, from its cache)": (service.pid, lambda: fetch_to_null(url)),
+            "aiohttp FileResponse (sendfile) from disk": (None, lambda: fetch_to_null(file_url)),
+        }  # fmt: skip
         for _ in range(rounds):
-            ours.append(timed(["curl", "-sSf", "-o", "/dev/null", url]))
-            theirs.append(timed(["curl", "-sSf", "-o", "/dev/null", file_url]))
-    ours_rate, their_rate = size_mb / statistics.median(ours), size_mb / statistics.median(theirs)
+            for name, (pid, run) in ways.items():
+                before = (process_cpu([pid]) if pid else 0.0, postgres_cpu())
+                started = time.perf_counter()
+                run()
+                seconds.setdefault(name, []).append(time.perf_counter() - started)
+                after = (process_cpu([pid]) if pid else 0.0, postgres_cpu())
+                cpu.setdefault(name, []).append((after[0] - before[0], after[1] - before[1]))
+    rate = {name: size / 1e6 / statistics.median(values) for name, values in seconds.items()}
+    names = list(ways)
     report.say("## Downloads\n")
-    report.say(f"A {size_mb:.0f} MB stored MP3, curl to /dev/null, medians of {rounds}:\n")
-    report.say("| server | MB/s |")
-    report.say("| --- | --- |")
-    report.say(f"| the service (large object, `api.record_read`) | {ours_rate:.0f} |")
-    report.say(f"| aiohttp `FileResponse` (sendfile) from disk | {their_rate:.0f} |")
-    report.say(f"| ratio | **{ours_rate / their_rate:.2f}** |\n")
-    report.figures["download / sendfile"] = f"{ours_rate / their_rate:.2f}"
+    report.say(
+        f"A {size / 1e6:.0f} MB stored MP3 to /dev/null (curl), medians of {rounds}, the four ways alternating:\n"
+    )
+    report.say("| way | MB/s | CPU s per GB: the service | CPU s per GB: PostgreSQL |")
+    report.say("| --- | --- | --- | --- |")
+    for name in names:
+        service_cpu = statistics.median(c[0] for c in cpu[name]) / (size / 1e9)
+        database_cpu = statistics.median(c[1] for c in cpu[name]) / (size / 1e9)
+        report.say(f"| {name} | {rate[name]:.0f} | {service_cpu:.2f} | {database_cpu:.2f} |")
+    first = rate[names[1]] / rate[names[0]]
+    repeat = rate[names[2]] / rate[names[3]]
+    report.say(f"\nFirst download / lo_get: **{first:.2f}**; repeat download / sendfile: **{repeat:.2f}**.\n")
+    report.figures["first download / PostgreSQL's lo_get"] = f"{first:.2f}"
+    report.figures["repeat download / sendfile"] = f"{repeat:.2f}"
+
+
+def downloads_under_load(report: Report, service: Service, wav: Path, folder: Path, seconds: float = 10.0) -> None:
+    """30 clients downloading a 10-minute MP3 in a loop: /health, and a 5-second upload."""
+    url = upload_answer(service, wav)["data"]["url"]
+    short = folder / "five-seconds.wav"
+    make_wav(short, 5 / 60)
+    idle_upload = statistics.median(timed_upload(service, short)[0] for _ in range(3))
+    report.say(f"## 30 clients downloading a {content_length(url) / 1e6:.0f} MB MP3 in a loop ({seconds:g} s each)\n")
+    report.say("| download cache | /health samples | p50 | p99 | a 5-second upload (idle: "
+               f"{idle_upload * 1000:.0f} ms) | downloads done |")  # fmt: skip
+    report.say("| --- | --- | --- | --- | --- | --- |")
+    with running_service(DOWNLOAD_CACHE_MB="0") as uncached:
+        for name, target in (("on", service), ("off", uncached)):
+            target_url = url.replace(f":{service.port}/", f":{target.port}/")
+            fetch_to_null(target_url)  # the first download: fills the cache where there is one
+            target.settle()
+            done = folder / f"downloads-{name}"
+            done.write_bytes(b"")
+            script = f"while :; do curl -sf -o /dev/null '{target_url}' && printf . >> '{done}'; done"
+            loops = [subprocess.Popen(["bash", "-c", script]) for _ in range(30)]
+            try:
+                latencies = []
+                connection = http.client.HTTPConnection(target.host, target.port)
+                deadline = time.monotonic() + seconds
+                upload_seconds = None
+                while time.monotonic() < deadline:
+                    started = time.perf_counter()
+                    connection.request("GET", "/health")
+                    connection.getresponse().read()
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    if upload_seconds is None and time.monotonic() > deadline - seconds / 2:
+                        upload_seconds = timed_upload(target, short)[0]
+            finally:
+                for process in loops:
+                    process.kill()
+                for process in loops:
+                    process.wait()
+            upload_ms = upload_seconds * 1000 if upload_seconds else float("nan")
+            report.say(
+                f"| {name} | {len(latencies)} | {percentile(latencies, 50):.1f} ms "
+                f"| {percentile(latencies, 99):.1f} ms | {upload_ms:.0f} ms | {done.stat().st_size} |"
+            )
+            report.figures[f"/health p99, 30 downloaders, cache {name}"] = f"{percentile(latencies, 99):.1f} ms"
+    report.say("\nDownloads' reads of large objects take at most 6 of a replica's pool connections together, so")
+    report.say("/health, listings and uploads always find one; with the cache on, repeats are sendfile.\n")
+
+
+def lo_get(owner: psycopg.Connection, record_id: str) -> None:
+    owner.execute("SELECT lo_get(lo_oid) FROM app.records WHERE id = %s", [record_id], binary=True).fetchone()
+
+
+def fetch_to_null(url: str) -> None:
+    subprocess.run(["curl", "-sSf", "-o", "/dev/null", url], check=True)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used."""
+    total = 0.0
+    for pid in pids:
+        with suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def postgres_cpu() -> float:
+    """CPU seconds used by every PostgreSQL process on this machine (the bench's cluster)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                if (entry / "comm").read_text().startswith("postgres"):
+                    pids.append(int(entry.name))
+    return process_cpu(pids)
 
 
 @contextmanager
@@ -505,7 +706,8 @@ def idle_in_transaction(owner: psycopg.Connection) -> int:
 
 
 @contextmanager
-def running_service() -> Iterator[Service]:
+def running_service(**settings: str) -> Iterator[Service]:
+    """app.py on the private cluster; ``settings``: environment variables for it alone."""
     started = subprocess.run(
         [str(ROOT / "scripts" / "local-postgres"), "start"], check=True, capture_output=True, text=True
     ).stdout
@@ -519,6 +721,7 @@ def running_service() -> Iterator[Service]:
         "PORT": str(port),
         "HOST": "127.0.0.1",
         "QUEUE_TIMEOUT_S": "120",
+        **settings,
     }
     process = subprocess.Popen(
         [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
 from converter.mp3 import Mp3Stream, mp3_sample_rate_for
+from converter.segments import SegmentedConversion, SpareSlots
 from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavFormat, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
@@ -39,6 +40,11 @@ class ConverterConfig:
     ffmpeg: str
     time_limit_s: float  # the whole conversion, upload included
     max_seconds: float  # the longest recording
+    # Encoders one upload may use at once (converter/segments.py); below 2: one.
+    parallel_segments: int = 1
+    spare: SpareSlots | None = None  # where the further encoders' slots come from
+    segment_seconds: float = 20.0
+    helper_backlog: int = PIPE_BUFFER  # samples queued for an encoder, in bytes, before a helper is sought
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class Converted:
     channels: int
     header_frame: bytes  # the Xing/LAME frame, to write over the blank at header_offset
     header_offset: int
+    joins: int = 0  # where the frames of one encoder were joined to another's (converter/segments.py)
+    forced_joins: int = 0  # of those, cut at the boundary for want of a frame that fits (may click)
 
 
 Sink = Callable[[bytes], Awaitable[None]]
@@ -83,26 +91,14 @@ async def convert(
     if declared is not None and declared > config.max_seconds:
         raise _too_long(config.max_seconds)
     chosen = choose_format(header, options)
-
-    process = await asyncio.create_subprocess_exec(
-        *ffmpeg_command(config.ffmpeg, chosen, header.format),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_confine,
-        limit=PIPE_BUFFER,  # how far our reading of stdout may run ahead of the sink
-    )
-    assert process.stdin is not None
-    process.stdin.transport.set_write_buffer_limits(high=PIPE_BUFFER)
     output = _Output(sink)
     stderr = bytearray()
     try:
         async with asyncio.timeout(config.time_limit_s):
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(_feed(process, first_samples, source, header, config.max_seconds))
-                tasks.create_task(output.collect(process))
-                tasks.create_task(_keep_tail(process, stderr))
-            returncode = await process.wait()
+            if config.parallel_segments > 1 and chosen.sample_rate == header.format.sample_rate:
+                returncode = await _encode_in_segments(first_samples, source, header, chosen, output, config)
+            else:
+                returncode = await _encode(first_samples, source, header, chosen, output, stderr, config)
     except TimeoutError:
         raise ConversionTimedOut(
             f"The conversion took longer than {config.time_limit_s:g} s and was stopped."
@@ -111,8 +107,6 @@ async def convert(
         # The first failure is the cause; the others are its consequences
         # (a dead FFmpeg breaks the pipes, a failed sink stops the reader).
         raise group.exceptions[0] from None
-    finally:
-        await _reap(process)
 
     mp3 = output.mp3
     if header.sample_frames == 0:
@@ -131,7 +125,102 @@ async def convert(
         channels=mp3.first.channels,
         header_frame=header_frame,
         header_offset=mp3.header_offset,
+        joins=output.joins,
+        forced_joins=output.forced_joins,
     )
+
+
+async def _encode(
+    first_samples: bytes,
+    source: AsyncIterator[bytes],
+    header: WavHeader,
+    chosen: EncodeOptions,
+    output: _Output,
+    stderr: bytearray,
+    config: ConverterConfig,
+) -> int:
+    """One FFmpeg for the whole upload; its exit status."""
+    assert header.format is not None
+    process = await _spawn(config.ffmpeg, chosen, header.format)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(_feed(process, first_samples, source, header, config.max_seconds))
+            tasks.create_task(output.collect(process))
+            tasks.create_task(_keep_tail(process, stderr))
+        return await process.wait()
+    finally:
+        await _reap(process)
+
+
+async def _encode_in_segments(
+    first_samples: bytes,
+    source: AsyncIterator[bytes],
+    header: WavHeader,
+    chosen: EncodeOptions,
+    output: _Output,
+    config: ConverterConfig,
+) -> int:
+    """The upload on as many encoders as keep up with it (converter/segments.py)."""
+    source_format = header.format
+    assert source_format is not None
+    assert chosen.channels is not None
+
+    encoders: list[asyncio.subprocess.Process] = []
+
+    async def spawn(first: bool) -> asyncio.subprocess.Process:
+        # Only the first encoder's output begins the file: only it writes the tags.
+        options = chosen if first else replace(chosen, tags={})
+        encoders.append(await _spawn(config.ffmpeg, options, source_format, tags=first))
+        return encoders[-1]
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            segments = SegmentedConversion(
+                source_format,
+                chosen.channels,
+                header,
+                spawn,
+                config.spare,
+                config.parallel_segments,
+                config.segment_seconds,
+                config.helper_backlog,
+                output.take,
+                tasks,
+            )
+            await segments.start()
+            assembling = tasks.create_task(segments.assemble())
+            await segments.take(first_samples)
+            async for chunk in source:
+                samples = header.feed(chunk)
+                if header.duration > config.max_seconds:
+                    raise _too_long(config.max_seconds)
+                if samples:
+                    await segments.take(samples)
+            await segments.finish()
+            await assembling
+            await output.flush()
+            output.joins = segments.joins
+            output.forced_joins = segments.forced_joins
+    finally:
+        for process in encoders:
+            await _reap(process)
+    return 0
+
+
+async def _spawn(
+    ffmpeg: str, chosen: EncodeOptions, source: WavFormat, tags: bool = True
+) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        *ffmpeg_command(ffmpeg, chosen, source, tags),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_confine,
+        limit=PIPE_BUFFER,  # how far our reading of stdout may run ahead of the sink
+    )
+    assert process.stdin is not None
+    process.stdin.transport.set_write_buffer_limits(high=PIPE_BUFFER)
+    return process
 
 
 async def sniffed(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -152,8 +241,9 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
         yield chunk
 
 
-def ffmpeg_command(ffmpeg: str, options: EncodeOptions, source: WavFormat) -> list[str]:
-    """FFmpeg told the samples' exact format and decoder, allowed to open nothing but its pipes."""
+def ffmpeg_command(ffmpeg: str, options: EncodeOptions, source: WavFormat, tags: bool = True) -> list[str]:
+    """FFmpeg told the samples' exact format and decoder, allowed to open nothing but its pipes;
+    without ``tags``, its output is frames alone (a later part of a file)."""
     command = [
         ffmpeg,
         "-nostdin",
@@ -171,7 +261,7 @@ def ffmpeg_command(ffmpeg: str, options: EncodeOptions, source: WavFormat) -> li
         "-c:a", "libmp3lame",
         # Tags are ours alone: the WAV's INFO chunk as we read it, and the request's.
         "-map_metadata", "-1",
-        "-id3v2_version", "3",  # what most players and file managers read
+        "-id3v2_version", "3" if tags else "0",  # 3: what most players and file managers read
     ]  # fmt: skip
     if options.vbr_quality is None:
         command += ["-b:a", f"{options.bitrate_kbps}k"]
@@ -213,6 +303,9 @@ class _Output:
         self.sink = sink
         self.size = 0
         self.mp3 = Mp3Stream()
+        self.joins = 0
+        self.forced_joins = 0
+        self._pending = bytearray()
 
     async def collect(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -224,6 +317,17 @@ class _Output:
                 pending.clear()
         if pending:
             await self._write(bytes(pending))
+
+    async def take(self, mp3: bytes) -> None:
+        """Bytes of the file in order, from the joined encoders (converter/segments.py)."""
+        self._pending += self.mp3.feed(mp3)
+        if len(self._pending) >= OUTPUT_CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            chunk, self._pending = bytes(self._pending), bytearray()
+            await self._write(chunk)
 
     async def _write(self, chunk: bytes) -> None:
         self.size += len(chunk)

@@ -76,6 +76,23 @@ class ConversionSlots:
         if tasks:
             await asyncio.wait(tasks, timeout=cleanup_s)
 
+    # A conversion's further encoders (converter/segments.py's SpareSlots): only
+    # slots free with nobody waiting, given back as soon as someone does.
+    async def borrow(self) -> bool:
+        if self.waiting or self.draining or self._semaphore.locked():
+            return False
+        await self._semaphore.acquire()  # free: returns at once
+        self.active += 1
+        return True
+
+    def give_back(self) -> None:
+        self.active -= 1
+        self._semaphore.release()
+
+    @property
+    def contended(self) -> bool:
+        return self.waiting > 0
+
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
         """Hold a slot for the block; NoFreeSlot after waiting queue_timeout for one."""

@@ -1,0 +1,430 @@
+"""One upload on several encoders at once, joined into one MP3 as it streams.
+
+An upload that arrives faster than one FFmpeg encodes (a LAN, curl on the same
+host) would leave the other cores idle while its client waits. So the upload's
+samples are cut into segments of ``segment_seconds`` at frame boundaries, and
+when the encoder of the current segment has fallen behind the upload (more than
+``helper_backlog`` bytes queued for it) the next segment goes to another
+encoder: one that is idle, or a new FFmpeg on a conversion slot nobody waits
+for. An upload that arrives no faster than one encoder stays on one, as before.
+
+Each later encoder begins ``pre-roll`` frames before its boundary and each
+earlier one goes on ``POST_ROLL_FRAMES`` past it, so both hold the same frames
+around it; converter/splice.py picks the frame to join at and makes the bit
+reservoir whole there. An encoder given a further segment later sees a jump in
+its input: the frames around that jump fall in the pre- and post-rolls, which
+are dropped. Frames are passed on in order as soon as no join can change them.
+
+Memory stays bounded: at most ``READ_AHEAD_BYTES`` of samples wait for the
+encoders (the upload is read no further meanwhile), and the MP3 frames held
+are those of segments encoded ahead of their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from converter.errors import ConversionError, Mp3StreamError
+from converter.splice import Frame, FrameReader, join, pre_roll_frames
+from converter.wav import WavFormat, WavHeader
+
+NEVER = 1 << 62
+POST_ROLL_FRAMES = 32  # frames an earlier encoder goes on past its boundary: where a join is sought
+READ_AHEAD_BYTES = 16 << 20  # samples queued for the encoders, at most
+STDERR_KEPT = 4096
+
+log = logging.getLogger("mp3.segments")
+
+
+class SpareSlots(Protocol):
+    """Conversion slots an upload may borrow for more encoders, and give back."""
+
+    async def borrow(self) -> bool:
+        """Take a free slot that no other upload waits for; False when there is none."""
+        ...
+
+    def give_back(self) -> None: ...
+
+    @property
+    def contended(self) -> bool:
+        """Another upload waits for a slot: borrowed ones should come back soon."""
+        ...
+
+
+def frame_samples_at(sample_rate: int) -> int:
+    return 1152 if sample_rate >= 32000 else 576  # MPEG-1 or MPEG-2/2.5 Layer III
+
+
+def segment_frames(sample_rate: int, channels: int, seconds: float) -> int:
+    """A segment's length in frames: about ``seconds``, and longer than a pre-roll and a
+    post-roll together, so an encoder's post-roll ends before it could get its next piece."""
+    wanted = round(seconds * sample_rate / frame_samples_at(sample_rate))
+    return max(pre_roll_frames(sample_rate, channels) + POST_ROLL_FRAMES + 2, wanted)
+
+
+@dataclass
+class Piece:
+    """The stretch of the upload one encoder is given in one go."""
+
+    first_frame: int  # the MP3 frame (of the whole file) its first samples make
+    start: int  # where it begins in the encoder's own input, in samples
+    end_byte: int | None = None  # where its input ends in the upload's samples (None: still open)
+    final: bool = False  # it runs to the end of the upload: the encoder's last frames are its own
+    frames: deque[Frame] = field(default_factory=deque)
+    next_frame: int = 0  # the file's frame number of frames[0]
+    complete: bool = False  # every frame of it has been read
+    passed_on: bool = False  # the file has moved on to the next piece: later frames are not wanted
+
+    def __post_init__(self) -> None:
+        self.next_frame = self.first_frame
+
+    def holds(self, frame_number: int) -> bool:
+        """Frame ``frame_number`` of the file has been read, or never will be."""
+        return self.complete or self.next_frame + len(self.frames) > frame_number
+
+
+class Encoder:
+    """One FFmpeg: the samples queued for it, and its frames sorted into its pieces."""
+
+    def __init__(self, process: asyncio.subprocess.Process, borrowed: bool, frame_samples: int) -> None:
+        self.process = process
+        self.borrowed = borrowed  # its slot is to be given back when it ends
+        self.releasing = False  # to end as soon as its last piece is fed
+        self.frame_samples = frame_samples
+        self.pieces: list[Piece] = []
+        self.fed_bytes = 0  # a chunk may end inside a sample: counted in bytes
+        self.block_align = 1
+        self.queued = 0  # bytes waiting to be written to its stdin
+        self.stderr = bytearray()
+        self.reader = FrameReader()
+        self._queue: deque[bytes] = deque()
+        self._queue_changed = asyncio.Event()
+        self._feeding_ends = False
+        self._frames_read = 0
+        self._piece_index = 0
+
+    @property
+    def open_piece(self) -> Piece | None:
+        return self.pieces[-1] if self.pieces and self.pieces[-1].end_byte is None else None
+
+    @property
+    def fed_samples(self) -> int:
+        return self.fed_bytes // self.block_align
+
+    def feed(self, samples: bytes, block_align: int) -> None:
+        self._queue.append(samples)
+        self.queued += len(samples)
+        self.fed_bytes += len(samples)
+        self.block_align = block_align
+        self._queue_changed.set()
+
+    def end_feeding(self) -> None:
+        self._feeding_ends = True
+        self._queue_changed.set()
+
+    @property
+    def feeding_ended(self) -> bool:
+        return self._feeding_ends
+
+    async def write(self, drained: asyncio.Event) -> None:
+        """The queue into FFmpeg's stdin; stdin closed once feeding ends."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        while True:
+            while self._queue:
+                chunk = self._queue.popleft()
+                try:
+                    stdin.write(chunk)
+                    await stdin.drain()
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # FFmpeg stopped reading; its exit status says why
+                self.queued -= len(chunk)
+                drained.set()
+            if self._feeding_ends:
+                break
+            self._queue_changed.clear()
+            await self._queue_changed.wait()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            stdin.close()
+            await stdin.wait_closed()
+
+    async def read(self, changed: asyncio.Event) -> None:
+        """FFmpeg's frames, each to the piece whose samples made it."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        while chunk := await stdout.read(256 * 1024):
+            for frame in self.reader.feed(chunk):
+                self._place(frame)
+            changed.set()
+        self.reader.end()
+        for piece in self.pieces:
+            piece.complete = True
+        changed.set()
+
+    async def keep_stderr(self) -> None:
+        stderr = self.process.stderr
+        assert stderr is not None
+        while chunk := await stderr.read(4096):
+            self.stderr += chunk
+            del self.stderr[:-STDERR_KEPT]
+
+    def _place(self, frame: Frame) -> None:
+        """Frame i of this encoder was made of its input's samples from i x frame_samples on."""
+        position = self._frames_read * self.frame_samples
+        self._frames_read += 1
+        while self._piece_index + 1 < len(self.pieces) and position >= self.pieces[self._piece_index + 1].start:
+            self.pieces[self._piece_index].complete = True
+            self._piece_index += 1
+        piece = self.pieces[self._piece_index]
+        last = self._piece_index + 1 == len(self.pieces)
+        beyond = last and piece.end_byte is not None and not piece.final and position >= self.fed_samples
+        if piece.passed_on or beyond:
+            return  # past the join, or LAME's last frames after a piece that does not end the file
+        piece.frames.append(frame)
+
+
+@dataclass
+class Run:
+    """Frames of the file from ``first_frame`` on come from this piece (until the next run)."""
+
+    first_frame: int
+    piece: Piece
+
+
+class SegmentedConversion:
+    """The upload's samples to encoders, their frames joined in order to ``emit``."""
+
+    def __init__(
+        self,
+        source: WavFormat,
+        out_channels: int,
+        header: WavHeader,
+        spawn: Callable[[bool], Awaitable[asyncio.subprocess.Process]],
+        spare: SpareSlots | None,
+        most_encoders: int,
+        segment_seconds: float,
+        helper_backlog: int,
+        emit: Callable[[bytes], Awaitable[None]],
+        tasks: asyncio.TaskGroup,
+    ) -> None:
+        self.format = source
+        self.header = header
+        self.frame_samples = frame_samples_at(source.sample_rate)
+        self.pre_roll = pre_roll_frames(source.sample_rate, out_channels)
+        self.segment_frames = segment_frames(source.sample_rate, out_channels, segment_seconds)
+        self.spawn = spawn
+        self.spare = spare
+        self.most_encoders = most_encoders
+        self.helper_backlog = helper_backlog
+        self.emit = emit
+        self.tasks = tasks
+        self.encoders: list[Encoder] = []
+        self.runs: list[Run] = []
+        self.read_bytes = 0  # samples read from the upload so far, in bytes
+        # Where the next encoder could begin (a pre-roll before the next segment
+        # boundary): frames before it can no longer be changed by a join.
+        self.next_decision_frame = self.segment_frames - self.pre_roll if most_encoders > 1 else NEVER
+        self.ended = False
+        self.changed = asyncio.Event()  # frames read, a join decided, an encoder done
+        self.drained = asyncio.Event()  # an encoder took queued samples
+        self.joins = 0
+        self.forced_joins = 0
+
+    # --- the upload's side ---------------------------------------------------------
+
+    async def start(self) -> None:
+        first = await self._new_encoder(borrowed=False)
+        piece = Piece(first_frame=0, start=0)
+        first.pieces.append(piece)
+        self.runs.append(Run(0, piece))
+
+    async def take(self, samples: bytes) -> None:
+        """The upload's next samples, to every encoder whose piece they belong to."""
+        block = self.format.block_align
+        frame_bytes = self.frame_samples * block
+        while samples:
+            decision = self.next_decision_frame * frame_bytes
+            cut = len(samples)
+            if self.read_bytes < decision < self.read_bytes + cut:
+                cut = decision - self.read_bytes
+            for encoder in self.encoders:
+                piece = encoder.pieces[-1] if encoder.pieces else None
+                if piece is None or piece.complete:
+                    continue
+                if piece.end_byte is None:
+                    encoder.feed(samples[:cut], block)
+                elif self.read_bytes < piece.end_byte:
+                    encoder.feed(samples[: min(cut, piece.end_byte - self.read_bytes)], block)
+            self.read_bytes += cut
+            samples = samples[cut:]
+            for encoder in self.encoders:
+                last = encoder.pieces[-1]
+                if encoder.releasing and last.end_byte is not None and self.read_bytes >= last.end_byte:
+                    encoder.releasing = False
+                    encoder.end_feeding()
+            if self.read_bytes == decision:
+                await self._decide()
+        while sum(encoder.queued for encoder in self.encoders) > READ_AHEAD_BYTES:
+            self.drained.clear()
+            await self.drained.wait()
+
+    async def finish(self) -> None:
+        """The upload ended: the current piece ends with it, the encoders flush."""
+        self.runs[-1].piece.end_byte = self.read_bytes
+        self.runs[-1].piece.final = True
+        for encoder in self.encoders:
+            encoder.end_feeding()
+        self.ended = True
+        self.next_decision_frame = NEVER
+        self.changed.set()
+
+    async def _decide(self) -> None:
+        """At a decision point: does the next segment go to another encoder?"""
+        frame_bytes = self.frame_samples * self.format.block_align
+        decision_frame = self.read_bytes // frame_bytes
+        boundary = decision_frame + self.pre_roll
+        current = self.runs[-1].piece
+        worker = next(encoder for encoder in self.encoders if current in encoder.pieces)
+        helper = None
+        declared = self.header.data_declared
+        room_left = declared is None or declared - boundary * frame_bytes > self.segment_frames * frame_bytes // 2
+        if worker.queued > self.helper_backlog and room_left:
+            helper = await self._helper(worker)
+        if helper is not None:
+            current.end_byte = (boundary + POST_ROLL_FRAMES) * frame_bytes
+            piece = Piece(first_frame=decision_frame, start=helper.fed_samples)
+            helper.pieces.append(piece)
+            self.runs.append(Run(boundary, piece))
+        self._release_spares()
+        self.next_decision_frame = decision_frame + self.segment_frames
+        self.changed.set()
+
+    async def _helper(self, busy: Encoder) -> Encoder | None:
+        idle = [
+            encoder
+            for encoder in self.encoders
+            if encoder is not busy
+            and encoder.open_piece is None
+            and not encoder.feeding_ended
+            and not (encoder.borrowed and self._contended)
+        ]
+        if idle:
+            return min(idle, key=lambda encoder: encoder.queued)
+        can_borrow = len(self.encoders) < self.most_encoders and self.spare is not None and not self._contended
+        if can_borrow and self.spare is not None and await self.spare.borrow():
+            return await self._new_encoder(borrowed=True)
+        return None
+
+    @property
+    def _contended(self) -> bool:
+        return self.spare is not None and self.spare.contended
+
+    def _release_spares(self) -> None:
+        """Another upload waits: borrowed encoders with nothing more to do finish (once
+        their post-roll is fed) and give their slots back."""
+        if not self._contended:
+            return
+        for encoder in self.encoders:
+            if encoder.borrowed and encoder.open_piece is None:
+                encoder.releasing = True
+
+    async def _new_encoder(self, borrowed: bool) -> Encoder:
+        try:
+            process = await self.spawn(not self.encoders)
+        except BaseException:
+            if borrowed and self.spare is not None:
+                self.spare.give_back()
+            raise
+        encoder = Encoder(process, borrowed, self.frame_samples)
+        self.encoders.append(encoder)
+        self.tasks.create_task(encoder.write(self.drained))
+        self.tasks.create_task(self._read(encoder))
+        self.tasks.create_task(encoder.keep_stderr())
+        return encoder
+
+    async def _read(self, encoder: Encoder) -> None:
+        try:
+            await encoder.read(self.changed)
+            await encoder.process.wait()
+        finally:
+            if encoder.borrowed and self.spare is not None:
+                encoder.borrowed = False
+                self.spare.give_back()
+        if encoder.process.returncode != 0:
+            detail = bytes(encoder.stderr).decode("utf-8", "replace").strip()
+            raise ConversionError("The WAV could not be converted: its samples could not be encoded.", detail)
+
+    # --- the MP3's side ------------------------------------------------------------
+
+    async def assemble(self) -> None:
+        """Pass frames on in the file's order, joining where the runs change."""
+        tag_sent = False
+        run_index = 0
+        while True:
+            if not tag_sent:
+                tag = self.encoders[0].reader.tag
+                if tag is None:
+                    if self._all_read():
+                        return
+                    await self._changed()
+                    continue
+                await self.emit(tag)
+                tag_sent = True
+            run = self.runs[run_index]
+            following = self.runs[run_index + 1] if run_index + 1 < len(self.runs) else None
+            hold_from = following.first_frame - self.pre_roll if following else self.next_decision_frame
+            await self._pass_on(run.piece, hold_from)
+            if following is not None and run.piece.next_frame >= hold_from:
+                if await self._join(run.piece, following.piece, hold_from):
+                    run_index += 1
+                    continue
+            elif following is None and self.ended and run.piece.complete and not run.piece.frames:
+                return
+            if self._all_read() and not run.piece.frames:
+                # Nothing more can come: better an error than an upload that never answers.
+                raise Mp3StreamError(f"The encoders' output ended at frame {run.piece.next_frame}.")
+            await self._changed()
+
+    async def _pass_on(self, piece: Piece, before: int) -> None:
+        out = bytearray()
+        while piece.frames and piece.next_frame < before:
+            out += piece.frames.popleft().data
+            piece.next_frame += 1
+        if out:
+            await self.emit(bytes(out))
+
+    async def _join(self, earlier: Piece, later: Piece, from_frame: int) -> bool:
+        """Join once both pieces hold the frames around the boundary; False: not yet."""
+        last = from_frame + self.pre_roll + POST_ROLL_FRAMES - 2
+        if not (earlier.holds(last) and later.holds(last)):
+            return False
+        before = list(earlier.frames)[: last - from_frame]
+        after = list(later.frames)[: last - from_frame]
+        at = join(before, after, self.pre_roll, len(before))
+        self.joins += 1
+        if at is None:
+            # No frame fits within the post-roll (never seen in testing): cut at the
+            # boundary, which decodes but may click; counted, and logged.
+            self.forced_joins += 1
+            log.warning("no frame to join at near frame %d", from_frame + self.pre_roll)
+            at = min(self.pre_roll, len(before), len(after))
+        await self.emit(b"".join(bytes(frame.data) for frame in before[:at]))
+        earlier.frames.clear()
+        earlier.passed_on = True
+        for _ in range(at):
+            later.frames.popleft()
+        later.next_frame = from_frame + at
+        return True
+
+    def _all_read(self) -> bool:
+        return all(piece.complete for encoder in self.encoders for piece in encoder.pieces)
+
+    async def _changed(self) -> None:
+        self.changed.clear()
+        await self.changed.wait()

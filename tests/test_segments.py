@@ -1,0 +1,225 @@
+"""One upload on several encoders (converter/segments.py, converter/splice.py), with real
+FFmpeg on short music-like recordings cut into short segments: the joined MP3 decodes
+to every sample of the WAV, sounds as a single encoding does at and between the joins,
+and its header frame counts what is there; borrowed slots come back when another
+upload waits."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import subprocess
+import tempfile
+from array import array
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mutagen.mp3 import MP3
+
+from converter.pipeline import ConverterConfig, EncodeOptions, convert
+from converter.segments import frame_samples_at, segment_frames
+from converter.splice import FrameReader
+from handlers.slots import ConversionSlots
+from tests.conftest import FFMPEG
+
+SECONDS = 16.0
+SEGMENT_S = 1.5  # ten joins at 44.1 kHz
+WINDOW_FRAMES = 12  # around each join, compared with the single encoding
+# Between two encodings of the same music, LAME's choices differ frame by frame as
+# its reservoir and analysis go their own ways: windows of this size away from any
+# join differ from the single encoding by up to ~0.6 dB at 64 kbit/s and more, and
+# by up to ~3.5 dB at 32 kbit/s stereo. A join cut without its reservoir costs 15 dB
+# and more there (measured), so these bounds still catch one.
+LOCAL_SLACK_DB = 1.0
+STARVED_LOCAL_SLACK_DB = 4.0
+
+# Decaying tones (LAME switches to short blocks for their attacks) over pink noise.
+MUSIC = (
+    "aevalsrc='0.5*sin(2*PI*t*(220+40*sin(t)))*exp(-6*mod(t,0.37))+0.3*sin(2*PI*t*1375)*exp(-30*mod(t,0.23))"
+    "|0.5*sin(2*PI*t*330)*exp(-8*mod(t,0.41))+0.2*sin(2*PI*t*2750)*exp(-40*mod(t,0.29))':s=48000:d={seconds}"
+)
+
+
+def music(folder: Path, rate: int, channels: int) -> bytes:
+    target = folder / f"music-{rate}-{channels}.wav"
+    if not target.exists():
+        subprocess.run(
+            [FFMPEG, "-loglevel", "error", "-f", "lavfi", "-i", MUSIC.format(seconds=SECONDS),
+             "-f", "lavfi", "-i", f"anoisesrc=d={SECONDS}:c=pink:a=0.05:r=48000:seed=1",
+             "-filter_complex", "[0][1]amix=inputs=2:normalize=0", "-ar", str(rate), "-ac", str(channels),
+             "-c:a", "pcm_s16le", str(target)],
+            check=True,
+        )  # fmt: skip
+    return target.read_bytes()
+
+
+class Spares:
+    """Slots to borrow, all free (ConversionSlots without other uploads)."""
+
+    def __init__(self) -> None:
+        self.lent = 0
+
+    async def borrow(self) -> bool:
+        self.lent += 1
+        return True
+
+    def give_back(self) -> None:
+        self.lent -= 1
+
+    @property
+    def contended(self) -> bool:
+        return False
+
+
+async def chunks(data: bytes, size: int = 65537) -> AsyncIterator[bytes]:
+    """As a network delivers them: chunks that end inside a sample frame."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def converted(wav: bytes, options: EncodeOptions, encoders: int, spare: Any = None) -> tuple[bytes, int]:
+    """The stored MP3 (header frame in place) and its joins; every segment boundary gets a
+    helper (helper_backlog -1) so the cuts do not depend on timing."""
+    config = ConverterConfig(
+        ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600, parallel_segments=encoders,
+        spare=spare or Spares(), segment_seconds=SEGMENT_S, helper_backlog=-1,
+    )  # fmt: skip
+    out = bytearray()
+
+    async def sink(chunk: bytes) -> None:
+        out.extend(chunk)
+
+    result = await convert(chunks(wav), sink, options, config)
+    out[result.header_offset : result.header_offset + len(result.header_frame)] = result.header_frame
+    assert result.forced_joins == 0
+    return bytes(out), result.joins
+
+
+def decoded(mp3: bytes, channels: int) -> array[int]:
+    """The samples a player plays: FFmpeg trims LAME's delay and padding as the header
+    frame says (from a file: through a pipe it cannot reach the padding at the end)."""
+    with tempfile.NamedTemporaryFile(suffix=".mp3") as file:
+        file.write(mp3)
+        file.flush()
+        result = subprocess.run(
+            [FFMPEG, "-v", "error", "-i", file.name, "-f", "s16le", "-ac", str(channels), "pipe:1"],
+            capture_output=True, check=True,
+        )  # fmt: skip
+    assert result.stderr == b"", result.stderr  # no decoding errors
+    return array("h", result.stdout)
+
+
+def options_channels(options: EncodeOptions, channels: int) -> int:
+    return options.channels or channels
+
+
+def samples_of(wav: bytes) -> array[int]:
+    return array("h", wav[wav.index(b"data") + 8 :])
+
+
+def snr_db(reference: array[int], test: array[int], start: int = 0, stop: int | None = None) -> float:
+    stop = min(len(reference), len(test)) if stop is None else stop
+    signal = sum(value * value for value in reference[start:stop])
+    noise = sum((a - b) * (a - b) for a, b in zip(reference[start:stop], test[start:stop], strict=True))
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+CASES = [
+    pytest.param(44100, 2, EncodeOptions(bitrate_kbps=192), 2, (0.05, LOCAL_SLACK_DB), id="44.1k-stereo-cbr192"),
+    pytest.param(48000, 2, EncodeOptions(vbr_quality=2), 3, (0.05, LOCAL_SLACK_DB), id="48k-stereo-vbr2-3-encoders"),
+    pytest.param(22050, 2, EncodeOptions(bitrate_kbps=64), 2, (0.05, LOCAL_SLACK_DB), id="22.05k-stereo-cbr64"),
+    pytest.param(8000, 1, EncodeOptions(bitrate_kbps=32), 2, (0.05, LOCAL_SLACK_DB), id="8k-mono-cbr32"),
+    pytest.param(44100, 1, EncodeOptions(vbr_quality=4), 2, (0.05, LOCAL_SLACK_DB), id="44.1k-mono-vbr4"),
+    # 32 kbit/s of stereo at 44.1 kHz starves LAME: two encodings of the same music that
+    # start at different places differ by a tenth of a dB either way (measured on longer
+    # files: -0.12 to +0.08), joins or not; the joins themselves are checked below as usual.
+    pytest.param(
+        44100, 2, EncodeOptions(bitrate_kbps=32), 2, (0.15, STARVED_LOCAL_SLACK_DB), id="44.1k-stereo-cbr32-starved"
+    ),
+]
+
+
+@pytest.mark.parametrize(("rate", "channels", "options", "encoders", "slack_db"), CASES)
+async def test_joined_encodings_play_every_sample_and_sound_as_one_does(
+    tmp_path_factory: pytest.TempPathFactory,
+    rate: int,
+    channels: int,
+    options: EncodeOptions,
+    encoders: int,
+    slack_db: tuple[float, float],
+) -> None:
+    wav = music(tmp_path_factory.getbasetemp(), rate, channels)
+    single, no_joins = await converted(wav, options, encoders=1)
+    joined, joins = await converted(wav, options, encoders=encoders)
+    assert no_joins == 0
+    frame_samples = frame_samples_at(rate)
+    segment = segment_frames(rate, options_channels(options, channels), SEGMENT_S) * frame_samples
+    assert joins == math.ceil(SECONDS * rate / segment - 0.5) - 1  # none in the last half segment
+
+    original, one, many = samples_of(wav), decoded(single, channels), decoded(joined, channels)
+    assert len(many) == len(one) == len(original)  # to the sample
+    # No worse than one encoding (often a little better: encoders that start afresh).
+    whole_slack, local_slack = slack_db
+    assert snr_db(original, many) >= snr_db(original, one) - whole_slack
+
+    for boundary in range(segment, (joins + 1) * segment, segment):
+        start = max(0, boundary - WINDOW_FRAMES * frame_samples) * channels
+        stop = (boundary + 2 * WINDOW_FRAMES * frame_samples) * channels
+        at_join = snr_db(original, many, start, stop)
+        assert at_join >= snr_db(original, one, start, stop) - local_slack, f"join near sample {boundary}"
+
+    frames = FrameReader().feed(joined)
+    assert len(frames) == len(FrameReader().feed(single))
+    info: Any = MP3(io.BytesIO(joined)).info  # type: ignore[no-untyped-call]
+    assert info.length == pytest.approx(len(original) / channels / rate, abs=0.001)
+
+
+async def test_a_borrowed_slot_comes_back_when_another_upload_waits(tmp_path: Path) -> None:
+    """Two slots: the upload borrows the second, then another upload starts waiting; the
+    slot is given back at the next segment boundary, long before the first upload ends."""
+    wav = music(tmp_path, 44100, 2)
+    slots = ConversionSlots(2, queue_timeout=30)
+    waiter_got_a_slot = asyncio.Event()
+    frame_bytes = 1152 * 4
+    segment = segment_frames(44100, 2, SEGMENT_S)
+    data_start = wav.index(b"data") + 8
+    before_second_decision = data_start + (2 * segment - 20) * frame_bytes
+    past_second_post_roll = data_start + (2 * segment + 40) * frame_bytes
+
+    asking = asyncio.Event()
+
+    async def other_upload() -> None:
+        asking.set()  # it runs on into turn() and waits there before anyone sees this
+        async with slots.turn():
+            waiter_got_a_slot.set()
+
+    async def source() -> AsyncIterator[bytes]:
+        yield wav[:before_second_decision]  # past the first boundary: the spare is borrowed
+        assert slots.active == 2
+        waiting = asyncio.create_task(other_upload())
+        await asking.wait()
+        assert slots.waiting == 1
+        yield wav[before_second_decision:past_second_post_roll]  # past the second: it is given back
+        async with asyncio.timeout(30):
+            await waiter_got_a_slot.wait()
+        await waiting
+        yield wav[past_second_post_roll:]
+
+    out = bytearray()
+
+    async def sink(chunk: bytes) -> None:
+        out.extend(chunk)
+
+    async with slots.turn():
+        config = ConverterConfig(
+            ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600, parallel_segments=2,
+            spare=slots, segment_seconds=SEGMENT_S, helper_backlog=-1,
+        )  # fmt: skip
+        result = await convert(source(), sink, EncodeOptions(), config)
+    assert slots.active == 0
+    assert result.joins >= 2
+    out[result.header_offset : result.header_offset + len(result.header_frame)] = result.header_frame
+    assert len(decoded(bytes(out), 2)) == len(samples_of(wav))
