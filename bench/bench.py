@@ -64,11 +64,14 @@ from pathlib import Path
 
 import psycopg
 
+from converter.pipeline import ConverterConfig
 from converter.segments import POST_ROLL_FRAMES
+from converter.splice import pre_roll_frames
 
 ROOT = Path(__file__).resolve().parent.parent
-SEGMENT_S = 20.0  # ConverterConfig.segment_seconds, the service's default
-SEGMENT_OVERHEAD = (10 + POST_ROLL_FRAMES) * 1152 / (SEGMENT_S * 44100)  # pre- and post-roll at 44.1 kHz stereo
+SEGMENT_S = ConverterConfig.segment_seconds
+# A later segment's pre- and post-roll, at 44.1 kHz stereo.
+SEGMENT_OVERHEAD = (pre_roll_frames(44100, 2) + POST_ROLL_FRAMES) * 1152 / (SEGMENT_S * 44100)
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 CORES = os.cpu_count() or 1
 TARGETS = {
@@ -195,7 +198,8 @@ def upload_against_raw(report: Report, service: Service, wavs: dict[int, Path], 
         f"On more cores (a projection, not measured): the encoding is split per {SEGMENT_S:g}-second segment and "
         f"each later segment is encoded with about {SEGMENT_OVERHEAD:.0%} more (its pre- and post-roll), so N "
         f"free cores take about raw x {1 + SEGMENT_OVERHEAD:.3f} / N of encoding, plus what does not split "
-        "(reading the body, joining, storing): on 4 cores a 60-minute upload would take about 0.3 x raw.\n"
+        "(reading the body, joining, storing), which is what this table shows beyond raw x "
+        f"{1 + SEGMENT_OVERHEAD:.3f} / 2 on two cores.\n"
     )
     return last_url
 

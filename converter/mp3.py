@@ -11,6 +11,7 @@ place (the large object is seekable even though FFmpeg's pipe is not).
 
 from __future__ import annotations
 
+import functools
 import struct
 from array import array
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class FrameHeader:
     def samples_per_frame(self) -> int:
         return 1152 if self.mpeg1 else 576
 
-    @property
+    @functools.cached_property
     def length(self) -> int:
         return self.samples_per_frame // 8 * self.bitrate // self.sample_rate + self.padding
 
@@ -76,7 +77,13 @@ def parse_header(four: bytes) -> FrameHeader | None:
     """A Layer III frame header, or None when these bytes are not one."""
     if len(four) < 4:
         return None
-    (raw,) = struct.unpack(">I", four[:4])
+    return _header_of(int.from_bytes(four[:4], "big"))
+
+
+# A stream repeats a handful of headers (CBR: two, padded or not; VBR: a few
+# dozen) tens of thousands of times: each is parsed once.
+@functools.lru_cache(maxsize=1024)
+def _header_of(raw: int) -> FrameHeader | None:
     version, layer = (raw >> 19) & 0b11, (raw >> 17) & 0b11
     bitrate_index, rate_index = (raw >> 12) & 0xF, (raw >> 10) & 0b11
     if raw >> 21 != 0x7FF or version == 1 or layer != 0b01 or bitrate_index in (0, 15) or rate_index == 3:

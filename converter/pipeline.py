@@ -43,7 +43,7 @@ class ConverterConfig:
     # Encoders one upload may use at once (converter/segments.py); below 2: one.
     parallel_segments: int = 1
     spare: SpareSlots | None = None  # where the further encoders' slots come from
-    segment_seconds: float = 20.0
+    segment_seconds: float = 30.0  # a 1-minute upload: two halves, one per core
     helper_backlog: int = PIPE_BUFFER  # samples queued for an encoder, in bytes, before a helper is sought
 
 
