@@ -14,22 +14,16 @@ FFmpeg is killed and reaped before the exception leaves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
 from converter.mp3 import Mp3Stream, mp3_sample_rate_for
+from converter.process import PIPE_BUFFER, PIPE_READ, end_input, keep_tail, reap, spawn, write
 from converter.segments import SegmentedConversion, SpareSlots
 from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavFormat, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
-PIPE_READ = 256 * 1024
-PIPE_BUFFER = 1024 * 1024  # FFmpeg's pipes, and how much of them we buffer
-FFMPEG_MEMORY_LIMIT = 1 << 30  # address space; decoding PCM to MP3 needs a few tens of MiB
-STDERR_KEPT = 4096
 MAX_PREAMBLE = 16 << 20  # header bytes read before FFmpeg starts, at most
 
 
@@ -141,15 +135,15 @@ async def _encode(
 ) -> int:
     """One FFmpeg for the whole upload; its exit status."""
     assert header.format is not None
-    process = await _spawn(config.ffmpeg, chosen, header.format)
+    process = await spawn(ffmpeg_command(config.ffmpeg, chosen, header.format))
     try:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(_feed(process, first_samples, source, header, config.max_seconds))
+            tasks.create_task(_feed(process, _samples(first_samples, source, header, config.max_seconds)))
             tasks.create_task(output.collect(process))
-            tasks.create_task(_keep_tail(process, stderr))
+            tasks.create_task(keep_tail(process, stderr))
         return await process.wait()
     finally:
-        await _reap(process)
+        await reap(process)
 
 
 async def _encode_in_segments(
@@ -167,10 +161,10 @@ async def _encode_in_segments(
 
     encoders: list[asyncio.subprocess.Process] = []
 
-    async def spawn(first: bool) -> asyncio.subprocess.Process:
+    async def spawn_encoder(first: bool) -> asyncio.subprocess.Process:
         # Only the first encoder's output begins the file: only it writes the tags.
         options = chosen if first else replace(chosen, tags={})
-        encoders.append(await _spawn(config.ffmpeg, options, source_format, tags=first))
+        encoders.append(await spawn(ffmpeg_command(config.ffmpeg, options, source_format, tags=first)))
         return encoders[-1]
 
     try:
@@ -179,7 +173,7 @@ async def _encode_in_segments(
                 source_format,
                 chosen.channels,
                 header,
-                spawn,
+                spawn_encoder,
                 config.spare,
                 config.parallel_segments,
                 config.segment_seconds,
@@ -189,13 +183,8 @@ async def _encode_in_segments(
             )
             await segments.start()
             assembling = tasks.create_task(segments.assemble())
-            await segments.take(first_samples)
-            async for chunk in source:
-                samples = header.feed(chunk)
-                if header.duration > config.max_seconds:
-                    raise _too_long(config.max_seconds)
-                if samples:
-                    await segments.take(samples)
+            async for samples in _samples(first_samples, source, header, config.max_seconds):
+                await segments.take(samples)
             await segments.finish()
             await assembling
             await output.flush()
@@ -203,24 +192,8 @@ async def _encode_in_segments(
             output.forced_joins = segments.forced_joins
     finally:
         for process in encoders:
-            await _reap(process)
+            await reap(process)
     return 0
-
-
-async def _spawn(
-    ffmpeg: str, chosen: EncodeOptions, source: WavFormat, tags: bool = True
-) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        *ffmpeg_command(ffmpeg, chosen, source, tags),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_confine,
-        limit=PIPE_BUFFER,  # how far our reading of stdout may run ahead of the sink
-    )
-    assert process.stdin is not None
-    process.stdin.transport.set_write_buffer_limits(high=PIPE_BUFFER)
-    return process
 
 
 async def sniffed(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -352,13 +325,20 @@ async def _read_header(upload: AsyncIterator[bytes], header: WavHeader) -> bytes
     return b""
 
 
-async def _feed(
-    process: asyncio.subprocess.Process,
-    first_samples: bytes,
-    upload: AsyncIterator[bytes],
-    header: WavHeader,
-    max_seconds: float,
-) -> None:
+async def _samples(
+    first: bytes, upload: AsyncIterator[bytes], header: WavHeader, max_seconds: float
+) -> AsyncIterator[bytes]:
+    """The upload's samples from the first on, stopped (RecordingTooLong) past max_seconds."""
+    yield first
+    async for chunk in upload:
+        samples = header.feed(chunk)
+        if header.duration > max_seconds:
+            raise _too_long(max_seconds)
+        if samples:
+            yield samples
+
+
+async def _feed(process: asyncio.subprocess.Process, samples: AsyncIterator[bytes]) -> None:
     """Write the upload's samples into FFmpeg's stdin, then close it.
 
     Only the writes are guarded: a broken pipe there means FFmpeg stopped
@@ -367,56 +347,10 @@ async def _feed(
     swallowing them once left FFmpeg waiting for input that never came."""
     stdin = process.stdin
     assert stdin is not None
-    if not await _write(stdin, first_samples):
-        return
-    async for chunk in upload:
-        samples = header.feed(chunk)
-        if header.duration > max_seconds:
-            raise _too_long(max_seconds)
-        if samples and not await _write(stdin, samples):
+    async for chunk in samples:
+        if not await write(stdin, chunk):
             return
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        stdin.close()
-        await stdin.wait_closed()
-
-
-async def _write(stdin: asyncio.StreamWriter, chunk: bytes) -> bool:
-    """Hand FFmpeg one chunk; False when it no longer reads."""
-    try:
-        stdin.write(chunk)
-        await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        return False
-    return True
-
-
-async def _keep_tail(process: asyncio.subprocess.Process, kept: bytearray) -> None:
-    assert process.stderr is not None
-    while chunk := await process.stderr.read(4096):
-        kept += chunk
-        del kept[:-STDERR_KEPT]
-
-
-async def _reap(process: asyncio.subprocess.Process) -> None:
-    """Kill FFmpeg if it still runs and wait for it, so no zombie or open pipe is left."""
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-    if process.stdin is not None and not process.stdin.is_closing():
-        process.stdin.close()
-    await process.wait()
-
-
-def _confine() -> None:
-    """Runs in the child before exec: bound FFmpeg's memory, and widen its pipes.
-
-    With the kernel's default 64 KiB pipes FFmpeg stalls whenever our event
-    loop is busy for a moment (a database round trip, another request); 1 MiB
-    pipes let it keep encoding meanwhile."""
-    resource.setrlimit(resource.RLIMIT_AS, (FFMPEG_MEMORY_LIMIT, FFMPEG_MEMORY_LIMIT))
-    for descriptor in (0, 1):
-        with contextlib.suppress(OSError):  # beyond /proc/sys/fs/pipe-max-size: keep the default
-            fcntl.fcntl(descriptor, fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
+    await end_input(stdin)
 
 
 def _too_long(max_seconds: float) -> RecordingTooLong:

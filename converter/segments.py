@@ -23,7 +23,6 @@ are those of segments encoded ahead of their turn.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -31,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from converter.errors import ConversionError, Mp3StreamError
+from converter.process import PIPE_READ, end_input, keep_tail, write
 from converter.splice import Frame, FrameReader, join, pre_roll_frames
 from converter.wav import WavFormat, WavHeader
 
 NEVER = 1 << 62
 POST_ROLL_FRAMES = 32  # frames an earlier encoder goes on past its boundary: where a join is sought
 READ_AHEAD_BYTES = 16 << 20  # samples queued for the encoders, at most
-STDERR_KEPT = 4096
 
 log = logging.getLogger("mp3.segments")
 
@@ -68,7 +67,7 @@ def segment_frames(sample_rate: int, channels: int, seconds: float) -> int:
     return max(pre_roll_frames(sample_rate, channels) + POST_ROLL_FRAMES + 2, wanted)
 
 
-@dataclass
+@dataclass(eq=False)  # a piece is itself: compared by identity, never by its frames
 class Piece:
     """The stretch of the upload one encoder is given in one go."""
 
@@ -92,14 +91,16 @@ class Piece:
 class Encoder:
     """One FFmpeg: the samples queued for it, and its frames sorted into its pieces."""
 
-    def __init__(self, process: asyncio.subprocess.Process, borrowed: bool, frame_samples: int) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, borrowed: bool, frame_samples: int, block_align: int
+    ) -> None:
         self.process = process
         self.borrowed = borrowed  # its slot is to be given back when it ends
         self.releasing = False  # to end as soon as its last piece is fed
         self.frame_samples = frame_samples
         self.pieces: list[Piece] = []
         self.fed_bytes = 0  # a chunk may end inside a sample: counted in bytes
-        self.block_align = 1
+        self.block_align = block_align
         self.queued = 0  # bytes waiting to be written to its stdin
         self.stderr = bytearray()
         self.reader = FrameReader()
@@ -117,11 +118,10 @@ class Encoder:
     def fed_samples(self) -> int:
         return self.fed_bytes // self.block_align
 
-    def feed(self, samples: bytes, block_align: int) -> None:
+    def feed(self, samples: bytes) -> None:
         self._queue.append(samples)
         self.queued += len(samples)
         self.fed_bytes += len(samples)
-        self.block_align = block_align
         self._queue_changed.set()
 
     def end_feeding(self) -> None:
@@ -139,10 +139,7 @@ class Encoder:
         while True:
             while self._queue:
                 chunk = self._queue.popleft()
-                try:
-                    stdin.write(chunk)
-                    await stdin.drain()
-                except (BrokenPipeError, ConnectionResetError):
+                if not await write(stdin, chunk):
                     return  # FFmpeg stopped reading; its exit status says why
                 self.queued -= len(chunk)
                 drained.set()
@@ -150,15 +147,13 @@ class Encoder:
                 break
             self._queue_changed.clear()
             await self._queue_changed.wait()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            stdin.close()
-            await stdin.wait_closed()
+        await end_input(stdin)
 
     async def read(self, changed: asyncio.Event) -> None:
         """FFmpeg's frames, each to the piece whose samples made it."""
         stdout = self.process.stdout
         assert stdout is not None
-        while chunk := await stdout.read(256 * 1024):
+        while chunk := await stdout.read(PIPE_READ):
             for frame in self.reader.feed(chunk):
                 self._place(frame)
             changed.set()
@@ -166,13 +161,6 @@ class Encoder:
         for piece in self.pieces:
             piece.complete = True
         changed.set()
-
-    async def keep_stderr(self) -> None:
-        stderr = self.process.stderr
-        assert stderr is not None
-        while chunk := await stderr.read(4096):
-            self.stderr += chunk
-            del self.stderr[:-STDERR_KEPT]
 
     def _place(self, frame: Frame) -> None:
         """Frame i of this encoder was made of its input's samples from i x frame_samples on."""
@@ -191,10 +179,12 @@ class Encoder:
 
 @dataclass
 class Run:
-    """Frames of the file from ``first_frame`` on come from this piece (until the next run)."""
+    """Frames of the file from ``first_frame`` on come from this piece of this encoder
+    (until the next run)."""
 
     first_frame: int
     piece: Piece
+    encoder: Encoder
 
 
 class SegmentedConversion:
@@ -242,12 +232,11 @@ class SegmentedConversion:
         first = await self._new_encoder(borrowed=False)
         piece = Piece(first_frame=0, start=0)
         first.pieces.append(piece)
-        self.runs.append(Run(0, piece))
+        self.runs.append(Run(0, piece, first))
 
     async def take(self, samples: bytes) -> None:
         """The upload's next samples, to every encoder whose piece they belong to."""
-        block = self.format.block_align
-        frame_bytes = self.frame_samples * block
+        frame_bytes = self.frame_samples * self.format.block_align
         while samples:
             decision = self.next_decision_frame * frame_bytes
             cut = len(samples)
@@ -258,9 +247,9 @@ class SegmentedConversion:
                 if piece is None or piece.complete:
                     continue
                 if piece.end_byte is None:
-                    encoder.feed(samples[:cut], block)
+                    encoder.feed(samples[:cut])
                 elif self.read_bytes < piece.end_byte:
-                    encoder.feed(samples[: min(cut, piece.end_byte - self.read_bytes)], block)
+                    encoder.feed(samples[: min(cut, piece.end_byte - self.read_bytes)])
             self.read_bytes += cut
             samples = samples[cut:]
             for encoder in self.encoders:
@@ -289,8 +278,7 @@ class SegmentedConversion:
         frame_bytes = self.frame_samples * self.format.block_align
         decision_frame = self.read_bytes // frame_bytes
         boundary = decision_frame + self.pre_roll
-        current = self.runs[-1].piece
-        worker = next(encoder for encoder in self.encoders if current in encoder.pieces)
+        current, worker = self.runs[-1].piece, self.runs[-1].encoder
         helper = None
         declared = self.header.data_declared
         room_left = declared is None or declared - boundary * frame_bytes > self.segment_frames * frame_bytes // 2
@@ -300,7 +288,7 @@ class SegmentedConversion:
             current.end_byte = (boundary + POST_ROLL_FRAMES) * frame_bytes
             piece = Piece(first_frame=decision_frame, start=helper.fed_samples)
             helper.pieces.append(piece)
-            self.runs.append(Run(boundary, piece))
+            self.runs.append(Run(boundary, piece, helper))
         self._release_spares()
         self.next_decision_frame = decision_frame + self.segment_frames
         self.changed.set()
@@ -341,11 +329,11 @@ class SegmentedConversion:
             if borrowed and self.spare is not None:
                 self.spare.give_back()
             raise
-        encoder = Encoder(process, borrowed, self.frame_samples)
+        encoder = Encoder(process, borrowed, self.frame_samples, self.format.block_align)
         self.encoders.append(encoder)
         self.tasks.create_task(encoder.write(self.drained))
         self.tasks.create_task(self._read(encoder))
-        self.tasks.create_task(encoder.keep_stderr())
+        self.tasks.create_task(keep_tail(encoder.process, encoder.stderr))
         return encoder
 
     async def _read(self, encoder: Encoder) -> None:

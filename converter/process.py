@@ -1,0 +1,78 @@
+"""FFmpeg as a child process: started confined, written to until it stops reading,
+its stderr's tail kept, and always reaped. The one-encoder pipeline and the
+segmented conversion (converter/segments.py) both run FFmpeg this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import resource
+
+PIPE_READ = 256 * 1024
+PIPE_BUFFER = 1024 * 1024  # FFmpeg's pipes, and how much of them we buffer
+FFMPEG_MEMORY_LIMIT = 1 << 30  # address space; decoding PCM to MP3 needs a few tens of MiB
+STDERR_KEPT = 4096
+STDERR_READ = 4096
+
+
+async def spawn(command: list[str]) -> asyncio.subprocess.Process:
+    """FFmpeg with pipes on all three streams, confined (see confine)."""
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=confine,
+        limit=PIPE_BUFFER,  # how far our reading of stdout may run ahead of the sink
+    )
+    assert process.stdin is not None
+    process.stdin.transport.set_write_buffer_limits(high=PIPE_BUFFER)
+    return process
+
+
+async def write(stdin: asyncio.StreamWriter, chunk: bytes) -> bool:
+    """Hand FFmpeg one chunk; False when it no longer reads."""
+    try:
+        stdin.write(chunk)
+        await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+async def end_input(stdin: asyncio.StreamWriter) -> None:
+    """Close FFmpeg's stdin (its end of input: it flushes and exits), whether or not it still reads."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.close()
+        await stdin.wait_closed()
+
+
+async def keep_tail(process: asyncio.subprocess.Process, kept: bytearray) -> None:
+    assert process.stderr is not None
+    while chunk := await process.stderr.read(STDERR_READ):
+        kept += chunk
+        del kept[:-STDERR_KEPT]
+
+
+async def reap(process: asyncio.subprocess.Process) -> None:
+    """Kill FFmpeg if it still runs and wait for it, so no zombie or open pipe is left."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    if process.stdin is not None and not process.stdin.is_closing():
+        process.stdin.close()
+    await process.wait()
+
+
+def confine() -> None:
+    """Runs in the child before exec: bound FFmpeg's memory, and widen its pipes.
+
+    With the kernel's default 64 KiB pipes FFmpeg stalls whenever our event
+    loop is busy for a moment (a database round trip, another request); 1 MiB
+    pipes let it keep encoding meanwhile."""
+    resource.setrlimit(resource.RLIMIT_AS, (FFMPEG_MEMORY_LIMIT, FFMPEG_MEMORY_LIMIT))
+    for descriptor in (0, 1):
+        with contextlib.suppress(OSError):  # beyond /proc/sys/fs/pipe-max-size: keep the default
+            fcntl.fcntl(descriptor, fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
