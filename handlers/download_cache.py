@@ -37,10 +37,7 @@ class DownloadCache:
         self.directory = Path(tempfile.mkdtemp(prefix="mp3-download-cache-", dir=parent))
         self._files: OrderedDict[str, int] = OrderedDict()  # digest → size, least recently used first
         self._filling: dict[str, int] = {}  # digest → size, room held while a first download writes it
-
-    @property
-    def used_bytes(self) -> int:
-        return sum(self._files.values()) + sum(self._filling.values())
+        self.used_bytes = 0  # of both, kept as they change rather than summed on every eviction
 
     def open(self, digest: str) -> BinaryIO | None:
         """The cached MP3 of this digest, opened (an open file survives its eviction), or None."""
@@ -49,7 +46,7 @@ class DownloadCache:
         try:
             file = (self.directory / digest).open("rb")
         except OSError:  # removed behind our back: forget it, read from the database
-            del self._files[digest]
+            self.used_bytes -= self._files.pop(digest)
             return None
         self._files.move_to_end(digest)
         return file
@@ -61,6 +58,7 @@ class DownloadCache:
             return None
         self._make_room(size)
         self._filling[digest] = size
+        self.used_bytes += size
         return CacheFill(self, digest, size)
 
     def close(self) -> None:
@@ -68,7 +66,8 @@ class DownloadCache:
 
     def _make_room(self, size: int) -> None:
         while self._files and self.used_bytes + size > self.max_bytes:
-            oldest, _ = self._files.popitem(last=False)
+            oldest, size_of_oldest = self._files.popitem(last=False)
+            self.used_bytes -= size_of_oldest
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / oldest).unlink()
 
@@ -77,7 +76,7 @@ class DownloadCache:
         self._files[digest] = size
 
     def release(self, digest: str) -> None:
-        self._filling.pop(digest, None)
+        self.used_bytes -= self._filling.pop(digest, 0)
 
 
 class CacheFill:

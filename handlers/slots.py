@@ -108,5 +108,4 @@ class ConversionSlots:
         try:
             yield
         finally:
-            self.active -= 1
-            self._semaphore.release()
+            self.give_back()
