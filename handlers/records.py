@@ -24,7 +24,7 @@ from handlers.params import (
     user_id_from,
 )
 from handlers.reads import read_fresh
-from handlers.shapes import link_base, ok, record_json
+from handlers.shapes import link, link_base, ok, record_json
 
 WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
 
@@ -50,8 +50,7 @@ async def list_records(request: web.Request) -> web.Response:
     next_cursor = page[-1].cursor if len(records) > page_size else None
     headers = {}
     if next_cursor is not None:
-        next_page = links.with_path(links.path.rstrip("/") + "/records").with_query(limit=page_size, cursor=next_cursor)
-        headers["Link"] = f'<{next_page}>; rel="next"'
+        headers["Link"] = f'<{link(links, "/records", limit=page_size, cursor=next_cursor)}>; rel="next"'
     return ok({"records": [record_json(links, record) for record in page], "next": next_cursor}, headers=headers)
 
 

@@ -53,8 +53,13 @@ def _valid_ip6(text: str | None) -> bool:
     return True
 
 
+def link(links: URL, path: str, **query: str | int) -> str:
+    """A URL of this service under its link base (which may itself have a path)."""
+    return str(links.with_path(links.path.rstrip("/") + path).with_query(query))
+
+
 def record_url(links: URL, record_id: object, user_id: int) -> str:
-    return str(links.with_path(links.path.rstrip("/") + "/record").with_query(id=str(record_id), user=user_id))
+    return link(links, "/record", id=str(record_id), user=user_id)
 
 
 def record_json(links: URL, record: api.Record) -> dict[str, Any]:
