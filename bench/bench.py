@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -433,23 +434,14 @@ def downloads_under_load(report: Report, service: Service, wav: Path, folder: Pa
             script = f"while :; do curl -sf -o /dev/null '{target_url}' && printf . >> '{done}'; done"
             loops = [subprocess.Popen(["bash", "-c", script]) for _ in range(30)]
             try:
-                latencies = []
-                connection = http.client.HTTPConnection(target.host, target.port)
-                deadline = time.monotonic() + seconds
-                upload_seconds = None
-                while time.monotonic() < deadline:
-                    started = time.perf_counter()
-                    connection.request("GET", "/health")
-                    connection.getresponse().read()
-                    latencies.append((time.perf_counter() - started) * 1000)
-                    if upload_seconds is None and time.monotonic() > deadline - seconds / 2:
-                        upload_seconds = timed_upload(target, short)[0]
+                upload_midway = partial(upload_time, target, short)
+                latencies, upload_seconds = health_latencies(target, seconds, halfway=upload_midway)
             finally:
                 for process in loops:
                     process.kill()
                 for process in loops:
                     process.wait()
-            upload_ms = upload_seconds * 1000 if upload_seconds else float("nan")
+            upload_ms = upload_seconds * 1000 if upload_seconds is not None else float("nan")
             report.say(
                 f"| {name} | {len(latencies)} | {percentile(latencies, 50):.1f} ms "
                 f"| {percentile(latencies, 99):.1f} ms | {upload_ms:.0f} ms | {done.stat().st_size} |"
@@ -523,10 +515,7 @@ def responsiveness(report: Report, service: Service, wav: Path) -> None:
     connection = http.client.HTTPConnection(service.host, service.port)
     while any(process.poll() is None for process in uploads):
         for name, path in (("/health", "/health"), ("small download", small_path)):
-            start = time.perf_counter()
-            connection.request("GET", path)
-            connection.getresponse().read()
-            latencies[name].append((time.perf_counter() - start) * 1000)
+            latencies[name].append(request_ms(connection, path))
     for process in uploads:
         finish_upload(process)
     report.say(f"## Responsiveness while 4 uploads of {wav.stat().st_size / 1e6:.0f} MB convert\n")
@@ -538,6 +527,34 @@ def responsiveness(report: Report, service: Service, wav: Path) -> None:
         if name == "/health":
             report.figures["/health p99 while 4 uploads convert"] = f"{p99:.1f} ms"
     report.say()
+
+
+def request_ms(connection: http.client.HTTPConnection, path: str) -> float:
+    """One GET on a kept-alive connection, answered and read: milliseconds."""
+    started = time.perf_counter()
+    connection.request("GET", path)
+    connection.getresponse().read()
+    return (time.perf_counter() - started) * 1000
+
+
+def health_latencies(
+    service: Service, seconds: float, halfway: Callable[[], float] | None = None
+) -> tuple[list[float], float | None]:
+    """GET /health as fast as it answers for ``seconds`` (milliseconds each); ``halfway``
+    runs once, halfway through, and what it measured comes back too."""
+    connection = http.client.HTTPConnection(service.host, service.port)
+    latencies = []
+    measured = None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        latencies.append(request_ms(connection, "/health"))
+        if halfway is not None and measured is None and time.monotonic() > deadline - seconds / 2:
+            measured = halfway()
+    return latencies, measured
+
+
+def upload_time(service: Service, wav: Path) -> float:
+    return timed_upload(service, wav)[0]
 
 
 def percentile(values: list[float], point: int) -> float:
@@ -657,15 +674,7 @@ def preamble_flood(report: Report, service: Service, seconds: float = 5.0, clien
     threads = [threading.Thread(target=flood, daemon=True) for _ in range(clients)]
     for thread in threads:
         thread.start()
-    latencies = []
-    connection = http.client.HTTPConnection(service.host, service.port)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        started = time.perf_counter()
-        connection.request("GET", "/health")
-        status = connection.getresponse()
-        status.read()
-        latencies.append((time.perf_counter() - started) * 1000)
+    latencies, _ = health_latencies(service, seconds)
     stop.set()
     for thread in threads:
         thread.join()
