@@ -34,3 +34,15 @@ class ConversionTimedOut(ConversionError):
 
 class Mp3StreamError(ConversionError):
     """FFmpeg's output is not the MP3 frame sequence it should be."""
+
+
+class ConversionStalled(ConversionError):
+    """Nothing moved for too long: FFmpeg hung, or the database stopped answering.
+    Not the upload's fault: worth retrying."""
+
+    def __init__(self, stall_s: float, stage: str) -> None:
+        super().__init__(
+            f"The conversion made no progress for {stall_s:g} s and was stopped; try again shortly.",
+            f"no progress for {stall_s:g} s while waiting for {stage}",
+        )
+        self.stage = stage

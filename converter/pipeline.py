@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
 from converter.mp3 import Mp3Stream, mp3_sample_rate_for
 from converter.process import PIPE_BUFFER, PIPE_READ, end_input, keep_tail, reap, spawn, write
+from converter.progress import ENCODER_INPUT, ENCODER_OUTPUT, STORING, Progress
 from converter.segments import SegmentedConversion, SpareSlots
 from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavFormat, WavHeader, looks_like_wav
 
@@ -34,6 +35,8 @@ class ConverterConfig:
     ffmpeg: str
     time_limit_s: float  # the whole conversion, upload included
     max_seconds: float  # the longest recording
+    # No progress for this long (FFmpeg hung, the database silent) fails the conversion.
+    stall_timeout_s: float = 30.0
     # Encoders one upload may use at once (converter/segments.py); below 2: one.
     parallel_segments: int = 1
     spare: SpareSlots | None = None  # where the further encoders' slots come from
@@ -73,10 +76,12 @@ async def convert(
     """Convert the WAV that ``source`` yields, handing the MP3 to ``sink`` in chunks.
 
     Raises a ConversionError (converter.errors says which) when the upload is
-    not a WAV, undecodable, silent of samples, too long or too slow. What
-    ``source`` raises (the client went away, sent too much) ends the
-    conversion too, and passes as it is.
+    not a WAV, undecodable, silent of samples, too long or too slow, or when
+    the conversion stalls (converter/progress.py). What ``source`` raises (the
+    client went away, sent too much) ends the conversion too, and passes as it is.
     """
+    progress = Progress(config.stall_timeout_s)
+    source = progress.from_client(source)
     header = WavHeader()
     first_samples = await _read_header(source, header)
     if not header.in_data or header.format is None:
@@ -85,22 +90,21 @@ async def convert(
     if declared is not None and declared > config.max_seconds:
         raise _too_long(config.max_seconds)
     chosen = choose_format(header, options)
-    output = _Output(sink)
+    output = _Output(sink, progress)
     stderr = bytearray()
     try:
         async with asyncio.timeout(config.time_limit_s):
             if config.parallel_segments > 1 and chosen.sample_rate == header.format.sample_rate:
-                returncode = await _encode_in_segments(first_samples, source, header, chosen, output, config)
+                encoding = _encode_in_segments(first_samples, source, header, chosen, output, config, progress)
             else:
-                returncode = await _encode(first_samples, source, header, chosen, output, stderr, config)
+                encoding = _encode(first_samples, source, header, chosen, output, stderr, config, progress)
+            returncode = await progress.watched(encoding)
     except TimeoutError:
         raise ConversionTimedOut(
             f"The conversion took longer than {config.time_limit_s:g} s and was stopped."
         ) from None
     except ExceptionGroup as group:
-        # The first failure is the cause; the others are its consequences
-        # (a dead FFmpeg breaks the pipes, a failed sink stops the reader).
-        raise group.exceptions[0] from None
+        raise first_failure(group) from None
 
     mp3 = output.mp3
     if header.sample_frames == 0:
@@ -132,16 +136,19 @@ async def _encode(
     output: _Output,
     stderr: bytearray,
     config: ConverterConfig,
+    progress: Progress,
 ) -> int:
     """One FFmpeg for the whole upload; its exit status."""
     assert header.format is not None
     process = await spawn(ffmpeg_command(config.ffmpeg, chosen, header.format))
     try:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(_feed(process, _samples(first_samples, source, header, config.max_seconds)))
+            samples = _samples(first_samples, source, header, config.max_seconds)
+            tasks.create_task(_feed(process, samples, progress))
             tasks.create_task(output.collect(process))
             tasks.create_task(keep_tail(process, stderr))
-        return await process.wait()
+        with progress.waiting_for(ENCODER_OUTPUT):
+            return await process.wait()
     finally:
         await reap(process)
 
@@ -153,6 +160,7 @@ async def _encode_in_segments(
     chosen: EncodeOptions,
     output: _Output,
     config: ConverterConfig,
+    progress: Progress,
 ) -> int:
     """The upload on as many encoders as keep up with it (converter/segments.py)."""
     source_format = header.format
@@ -180,6 +188,7 @@ async def _encode_in_segments(
                 config.helper_backlog,
                 output.take,
                 tasks,
+                progress,
             )
             await segments.start()
             assembling = tasks.create_task(segments.assemble())
@@ -272,8 +281,9 @@ def choose_format(header: WavHeader, options: EncodeOptions) -> EncodeOptions:
 class _Output:
     """FFmpeg's stdout, followed frame by frame, gathered into sink-sized chunks and hashed."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, progress: Progress) -> None:
         self.sink = sink
+        self.progress = progress
         self.size = 0
         self.mp3 = Mp3Stream()
         self.joins = 0
@@ -283,7 +293,12 @@ class _Output:
     async def collect(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
         pending = bytearray()
-        while chunk := await process.stdout.read(PIPE_READ):
+        while True:
+            with self.progress.waiting_for(ENCODER_OUTPUT):
+                chunk = await process.stdout.read(PIPE_READ)
+            if not chunk:
+                break
+            self.progress.moved()
             pending += self.mp3.feed(chunk)
             if len(pending) >= OUTPUT_CHUNK:
                 await self._write(bytes(pending))
@@ -304,7 +319,9 @@ class _Output:
 
     async def _write(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        await self.sink(chunk)
+        with self.progress.waiting_for(STORING):
+            await self.sink(chunk)
+        self.progress.moved()
 
 
 async def _read_header(upload: AsyncIterator[bytes], header: WavHeader) -> bytes:
@@ -338,7 +355,7 @@ async def _samples(
             yield samples
 
 
-async def _feed(process: asyncio.subprocess.Process, samples: AsyncIterator[bytes]) -> None:
+async def _feed(process: asyncio.subprocess.Process, samples: AsyncIterator[bytes], progress: Progress) -> None:
     """Write the upload's samples into FFmpeg's stdin, then close it.
 
     Only the writes are guarded: a broken pipe there means FFmpeg stopped
@@ -348,9 +365,21 @@ async def _feed(process: asyncio.subprocess.Process, samples: AsyncIterator[byte
     stdin = process.stdin
     assert stdin is not None
     async for chunk in samples:
-        if not await write(stdin, chunk):
-            return
-    await end_input(stdin)
+        with progress.waiting_for(ENCODER_INPUT):
+            if not await write(stdin, chunk):
+                return
+        progress.moved()
+    with progress.waiting_for(ENCODER_INPUT):
+        await end_input(stdin)
+
+
+def first_failure(group: BaseExceptionGroup[Exception]) -> Exception:
+    """The first failure is the cause; the others are its consequences (a dead FFmpeg
+    breaks the pipes, a failed sink stops the reader), and task groups nest."""
+    failure = group.exceptions[0]
+    while isinstance(failure, BaseExceptionGroup):
+        failure = failure.exceptions[0]
+    return failure
 
 
 def _too_long(max_seconds: float) -> RecordingTooLong:

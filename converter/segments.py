@@ -31,6 +31,7 @@ from typing import Protocol
 
 from converter.errors import ConversionError, Mp3StreamError
 from converter.process import PIPE_READ, end_input, keep_tail, write
+from converter.progress import ENCODER_INPUT, ENCODER_OUTPUT, JOINING, Changes, Progress
 from converter.splice import Frame, FrameReader, join, pre_roll_frames
 from converter.wav import WavFormat, WavHeader
 
@@ -92,9 +93,15 @@ class Encoder:
     """One FFmpeg: the samples queued for it, and its frames sorted into its pieces."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, borrowed: bool, frame_samples: int, block_align: int
+        self,
+        process: asyncio.subprocess.Process,
+        borrowed: bool,
+        frame_samples: int,
+        block_align: int,
+        progress: Progress,
     ) -> None:
         self.process = process
+        self.progress = progress
         self.borrowed = borrowed  # its slot is to be given back when it ends
         self.releasing = False  # to end as soon as its last piece is fed
         self.frame_samples = frame_samples
@@ -105,7 +112,7 @@ class Encoder:
         self.stderr = bytearray()
         self.reader = FrameReader()
         self._queue: deque[bytes] = deque()
-        self._queue_changed = asyncio.Event()
+        self._queue_changes = Changes()  # samples queued, or feeding ended
         self._feeding_ends = False
         self._frames_read = 0
         self._piece_index = 0
@@ -122,45 +129,53 @@ class Encoder:
         self._queue.append(samples)
         self.queued += len(samples)
         self.fed_bytes += len(samples)
-        self._queue_changed.set()
+        self._queue_changes.note()
 
     def end_feeding(self) -> None:
         self._feeding_ends = True
-        self._queue_changed.set()
+        self._queue_changes.note()
 
     @property
     def feeding_ended(self) -> bool:
         return self._feeding_ends
 
-    async def write(self, drained: asyncio.Event) -> None:
+    async def write(self, drained: Changes) -> None:
         """The queue into FFmpeg's stdin; stdin closed once feeding ends."""
         stdin = self.process.stdin
         assert stdin is not None
         while True:
+            seen = self._queue_changes.seen()
             while self._queue:
                 chunk = self._queue.popleft()
-                if not await write(stdin, chunk):
-                    return  # FFmpeg stopped reading; its exit status says why
+                with self.progress.waiting_for(ENCODER_INPUT):
+                    if not await write(stdin, chunk):
+                        return  # FFmpeg stopped reading; its exit status says why
+                self.progress.moved()
                 self.queued -= len(chunk)
-                drained.set()
+                drained.note()
             if self._feeding_ends:
                 break
-            self._queue_changed.clear()
-            await self._queue_changed.wait()
-        await end_input(stdin)
+            await self._queue_changes.after(seen)
+        with self.progress.waiting_for(ENCODER_INPUT):
+            await end_input(stdin)
 
-    async def read(self, changed: asyncio.Event) -> None:
+    async def read(self, changed: Changes) -> None:
         """FFmpeg's frames, each to the piece whose samples made it."""
         stdout = self.process.stdout
         assert stdout is not None
-        while chunk := await stdout.read(PIPE_READ):
+        while True:
+            with self.progress.waiting_for(ENCODER_OUTPUT):
+                chunk = await stdout.read(PIPE_READ)
+            if not chunk:
+                break
+            self.progress.moved()
             for frame in self.reader.feed(chunk):
                 self._place(frame)
-            changed.set()
+            changed.note()
         self.reader.end()
         for piece in self.pieces:
             piece.complete = True
-        changed.set()
+        changed.note()
 
     def _place(self, frame: Frame) -> None:
         """Frame i of this encoder was made of its input's samples from i x frame_samples on."""
@@ -202,6 +217,7 @@ class SegmentedConversion:
         helper_backlog: int,
         emit: Callable[[bytes], Awaitable[None]],
         tasks: asyncio.TaskGroup,
+        progress: Progress,
     ) -> None:
         self.format = source
         self.header = header
@@ -214,6 +230,7 @@ class SegmentedConversion:
         self.helper_backlog = helper_backlog
         self.emit = emit
         self.tasks = tasks
+        self.progress = progress
         self.encoders: list[Encoder] = []
         self.runs: list[Run] = []
         self.read_bytes = 0  # samples read from the upload so far, in bytes
@@ -221,8 +238,8 @@ class SegmentedConversion:
         # boundary): frames before it can no longer be changed by a join.
         self.next_decision_frame = self.segment_frames - self.pre_roll if most_encoders > 1 else NEVER
         self.ended = False
-        self.changed = asyncio.Event()  # frames read, a join decided, an encoder done
-        self.drained = asyncio.Event()  # an encoder took queued samples
+        self.changes = Changes()  # frames read, a join decided, the upload ended
+        self.drained = Changes()  # an encoder took queued samples
         self.joins = 0
         self.forced_joins = 0
 
@@ -259,9 +276,12 @@ class SegmentedConversion:
                     encoder.end_feeding()
             if self.read_bytes == decision:
                 await self._decide()
-        while sum(encoder.queued for encoder in self.encoders) > READ_AHEAD_BYTES:
-            self.drained.clear()
-            await self.drained.wait()
+        while True:
+            seen = self.drained.seen()
+            if sum(encoder.queued for encoder in self.encoders) <= READ_AHEAD_BYTES:
+                break
+            with self.progress.waiting_for(ENCODER_INPUT):
+                await self.drained.after(seen)
 
     async def finish(self) -> None:
         """The upload ended: the current piece ends with it, the encoders flush."""
@@ -271,7 +291,7 @@ class SegmentedConversion:
             encoder.end_feeding()
         self.ended = True
         self.next_decision_frame = NEVER
-        self.changed.set()
+        self.changes.note()
 
     async def _decide(self) -> None:
         """At a decision point: does the next segment go to another encoder?"""
@@ -291,7 +311,7 @@ class SegmentedConversion:
             self.runs.append(Run(boundary, piece, helper))
         self._release_spares()
         self.next_decision_frame = decision_frame + self.segment_frames
-        self.changed.set()
+        self.changes.note()
 
     async def _helper(self, busy: Encoder) -> Encoder | None:
         idle = [
@@ -329,7 +349,7 @@ class SegmentedConversion:
             if borrowed and self.spare is not None:
                 self.spare.give_back()
             raise
-        encoder = Encoder(process, borrowed, self.frame_samples, self.format.block_align)
+        encoder = Encoder(process, borrowed, self.frame_samples, self.format.block_align, self.progress)
         self.encoders.append(encoder)
         self.tasks.create_task(encoder.write(self.drained))
         self.tasks.create_task(self._read(encoder))
@@ -338,8 +358,9 @@ class SegmentedConversion:
 
     async def _read(self, encoder: Encoder) -> None:
         try:
-            await encoder.read(self.changed)
-            await encoder.process.wait()
+            await encoder.read(self.changes)
+            with self.progress.waiting_for(ENCODER_OUTPUT):
+                await encoder.process.wait()
         finally:
             if encoder.borrowed and self.spare is not None:
                 encoder.borrowed = False
@@ -351,16 +372,21 @@ class SegmentedConversion:
     # --- the MP3's side ------------------------------------------------------------
 
     async def assemble(self) -> None:
-        """Pass frames on in the file's order, joining where the runs change."""
+        """Pass frames on in the file's order, joining where the runs change.
+
+        Each round looks at the state, acts, and then waits for a change made
+        after its look: one made while it was passing frames on (awaiting the
+        database) is seen at once, never lost."""
         tag_sent = False
         run_index = 0
         while True:
+            seen = self.changes.seen()
             if not tag_sent:
                 tag = self.encoders[0].reader.tag
                 if tag is None:
                     if self._all_read():
                         return
-                    await self._changed()
+                    await self._changed_since(seen)
                     continue
                 await self.emit(tag)
                 tag_sent = True
@@ -377,7 +403,7 @@ class SegmentedConversion:
             if self._all_read() and not run.piece.frames:
                 # Nothing more can come: better an error than an upload that never answers.
                 raise Mp3StreamError(f"The encoders' output ended at frame {run.piece.next_frame}.")
-            await self._changed()
+            await self._changed_since(seen)
 
     async def _pass_on(self, piece: Piece, before: int) -> None:
         out = bytearray()
@@ -413,6 +439,6 @@ class SegmentedConversion:
     def _all_read(self) -> bool:
         return all(piece.complete for encoder in self.encoders for piece in encoder.pieces)
 
-    async def _changed(self) -> None:
-        self.changed.clear()
-        await self.changed.wait()
+    async def _changed_since(self, seen: int) -> None:
+        with self.progress.waiting_for(JOINING):
+            await self.changes.after(seen)

@@ -13,17 +13,22 @@ import subprocess
 import tempfile
 from array import array
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mutagen.mp3 import MP3
 
-from converter.pipeline import ConverterConfig, EncodeOptions, convert
-from converter.segments import frame_samples_at, segment_frames
+from converter.pipeline import ConverterConfig, EncodeOptions, choose_format, convert, ffmpeg_command
+from converter.process import reap, spawn
+from converter.progress import Progress
+from converter.segments import SegmentedConversion, frame_samples_at, segment_frames
 from converter.splice import FrameReader
+from converter.wav import WavHeader
 from handlers.slots import ConversionSlots
 from tests.conftest import FFMPEG
+from tests.support import until
 
 SECONDS = 16.0
 SEGMENT_S = 1.5  # ten joins at 44.1 kHz
@@ -223,3 +228,53 @@ async def test_a_borrowed_slot_comes_back_when_another_upload_waits(tmp_path: Pa
     assert result.joins >= 2
     out[result.header_offset : result.header_offset + len(result.header_frame)] = result.header_frame
     assert len(decoded(bytes(out), 2)) == len(samples_of(wav))
+
+
+async def test_frames_that_arrive_while_the_store_is_busy_are_not_lost(tmp_path: Path) -> None:
+    """The interleaving that hung uploads with the database a network hop away: the
+    encoders' last frames, the end of their output and the end of the upload all arrive
+    while the joined frames are being stored. The store here holds its first append of
+    frames until all of that has happened; the conversion must still finish."""
+    wav = music(tmp_path, 44100, 2)
+    header = WavHeader()
+    samples = header.feed(wav)
+    assert header.format is not None
+    source_format = header.format
+    # 320 kbit/s: FFmpeg's first 32 KiB of output (it writes no less into a pipe) ends
+    # before the first join, so the held append leaves frames of the same run to pass on.
+    chosen = choose_format(header, EncodeOptions(bitrate_kbps=320))
+    encoders: list[asyncio.subprocess.Process] = []
+
+    async def spawn_encoder(first: bool) -> asyncio.subprocess.Process:
+        options = chosen if first else replace(chosen, tags={})
+        encoders.append(await spawn(ffmpeg_command(FFMPEG, options, source_format, tags=first)))
+        return encoders[-1]
+
+    appends = 0
+    first_frames_appending = asyncio.Event()  # set once, never cleared
+
+    async def slow_store(chunk: bytes) -> None:
+        nonlocal appends
+        appends += 1
+        if appends == 2:  # the ID3 tag came first; this is the first append of frames
+            first_frames_appending.set()
+            await until(lambda: segments.ended and all(piece.complete for e in segments.encoders for piece in e.pieces))
+
+    three_seconds = 3 * 44100 * source_format.block_align
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            segments = SegmentedConversion(
+                source_format, 2, header, spawn_encoder, Spares(), 2, SEGMENT_S, -1, slow_store, tasks, Progress(60)
+            )
+            await segments.start()
+            assembling = tasks.create_task(segments.assemble())
+            await segments.take(samples[:three_seconds])
+            async with asyncio.timeout(20):
+                await first_frames_appending.wait()
+            await segments.take(samples[three_seconds:])
+            await segments.finish()
+            async with asyncio.timeout(20):  # it hung here, for ever
+                await assembling
+    finally:
+        for process in encoders:
+            await reap(process)
