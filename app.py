@@ -18,7 +18,7 @@ from handlers.download_cache import DownloadCache
 from handlers.errors import error_envelope
 from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, READ_POOL, SETTINGS, SLOTS
 from handlers.metrics import Metrics
-from handlers.observe import add_request_id, configure_logging, request_log
+from handlers.observe import add_request_id, configure_logging, log_task_chains, request_log
 from handlers.page import security_headers
 from handlers.params import refuse_tokens_in_urls
 from handlers.routes import setup_routes
@@ -47,6 +47,7 @@ def init_app(settings: Settings) -> web.Application:
         ffmpeg=settings.ffmpeg_binary,
         time_limit_s=settings.ffmpeg_timeout_s,
         max_seconds=settings.max_duration_s,
+        stall_timeout_s=settings.stall_timeout_s,
         parallel_segments=settings.parallel_segments,
         spare=app[SLOTS],
     )
@@ -64,10 +65,11 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
     """The pools open after migrations ran (the run command applies them first): the
     primary's, and the read replica's when DATABASE_READ_URL names one (else the same)."""
     settings = app[SETTINGS]
-    app[POOL] = await _pool(settings.database_url, settings.convert_concurrency + SPARE_CONNECTIONS)
+    connections = settings.convert_concurrency + SPARE_CONNECTIONS
+    app[POOL] = await _pool(settings.database_url, connections, settings.stall_timeout_s)
     app[READ_POOL] = app[POOL]
     if settings.database_read_url:
-        app[READ_POOL] = await _pool(settings.database_read_url, SPARE_CONNECTIONS)
+        app[READ_POOL] = await _pool(settings.database_read_url, SPARE_CONNECTIONS, settings.stall_timeout_s)
     yield
     for pool in {app[READ_POOL], app[POOL]}:
         try:
@@ -97,9 +99,12 @@ async def download_cache(app: web.Application) -> AsyncIterator[None]:
         cache.close()
 
 
-async def _pool(url: str, size: int) -> asyncpg.Pool:
+async def _pool(url: str, size: int, statement_timeout_s: float) -> asyncpg.Pool:
     # min_size=0: the service starts (and /health says 503) while the database is down.
-    return await asyncpg.create_pool(url, min_size=0, max_size=size, timeout=CONNECT_TIMEOUT_S)
+    # command_timeout: no statement waits for ever on a server that stopped answering.
+    return await asyncpg.create_pool(
+        url, min_size=0, max_size=size, timeout=CONNECT_TIMEOUT_S, command_timeout=statement_timeout_s
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -120,7 +125,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set)
-    await stop.wait()
+    # kill -USR1: every task's await chain to the log, to see what a hung request waits for.
+    loop.add_signal_handler(signal.SIGUSR1, log_task_chains)
+    await stop.wait()  # set by a signal handler only: nothing can set it before this wait
 
     slots = app[SLOTS]
     log.info("stopping: waiting up to %g s for %d upload(s)", settings.shutdown_timeout_s, slots.uploads)

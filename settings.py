@@ -37,6 +37,9 @@ class Settings:
     parallel_segments: int = os.cpu_count() or 1
     queue_timeout_s: float = 10.0
     ffmpeg_timeout_s: float = 3600.0
+    # A conversion in which nothing moves (FFmpeg hung, the database silent) for this
+    # long fails with 503; also the deadline of every statement sent to the primary.
+    stall_timeout_s: float = 30.0
     max_duration_s: float = 4 * 3600.0
     read_timeout_s: float = 60.0
     # A slow mobile uplink (EDGE) still sends 100+ kbit/s; a trickle below this is cut off.
@@ -77,6 +80,7 @@ class Settings:
             parallel_segments=_number(env, "PARALLEL_SEGMENTS", cls.parallel_segments, 0, 64),
             queue_timeout_s=_seconds(env, "QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),
+            stall_timeout_s=_seconds(env, "STALL_TIMEOUT_S", cls.stall_timeout_s, 3600),
             max_duration_s=_seconds(env, "MAX_DURATION_S", cls.max_duration_s, MAX_DURATION_LIMIT_S),
             read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
             min_upload_kbps=_number(env, "MIN_UPLOAD_KBPS", cls.min_upload_kbps, 0, 1 << 20),

@@ -92,19 +92,22 @@ async def convert(
     chosen = choose_format(header, options)
     output = _Output(sink, progress)
     stderr = bytearray()
+    time_limit = asyncio.timeout(config.time_limit_s)
     try:
-        async with asyncio.timeout(config.time_limit_s):
+        async with time_limit:
             if config.parallel_segments > 1 and chosen.sample_rate == header.format.sample_rate:
                 encoding = _encode_in_segments(first_samples, source, header, chosen, output, config, progress)
             else:
                 encoding = _encode(first_samples, source, header, chosen, output, stderr, config, progress)
             returncode = await progress.watched(encoding)
-    except TimeoutError:
-        raise ConversionTimedOut(
-            f"The conversion took longer than {config.time_limit_s:g} s and was stopped."
-        ) from None
-    except ExceptionGroup as group:
-        raise first_failure(group) from None
+    except (TimeoutError, ExceptionGroup) as failure:
+        if time_limit.expired():
+            raise ConversionTimedOut(
+                f"The conversion took longer than {config.time_limit_s:g} s and was stopped."
+            ) from None
+        if isinstance(failure, ExceptionGroup):
+            raise first_failure(failure) from None
+        raise  # another deadline's (a database statement's): not the conversion's own
 
     mp3 = output.mp3
     if header.sample_frames == 0:

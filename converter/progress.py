@@ -9,7 +9,9 @@ cleared before waiting would have wiped it, and the waiter slept forever.
 (samples read from the client, samples taken by FFmpeg, frames produced, bytes
 stored) says so; when none does for ``stall_s``, the conversion fails with
 ``ConversionStalled``, naming what it was waiting for. While it waits for the
-client nothing is counted: the client's pace has bounds of its own.
+client nothing is counted: the client's pace has bounds of its own. A step may
+stall while others still move (the database stops while the encoders run on):
+its own deadline, the database statement's, then ends the conversion the same way.
 """
 
 from __future__ import annotations
@@ -71,9 +73,14 @@ class Progress:
 
     @contextlib.contextmanager
     def waiting_for(self, stage: str) -> Iterator[None]:
+        """Around an await: what the conversion waits for meanwhile. A deadline of the
+        awaited step's own (a database statement's, which is ``stall_s`` too) is this
+        stage stalling."""
         self._waiting[stage] += 1
         try:
             yield
+        except TimeoutError as error:
+            raise ConversionStalled(self.stall_s, stage) from error
         finally:
             self._waiting[stage] -= 1
 

@@ -8,6 +8,9 @@ connection of a transaction the caller holds (an upload is one).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,6 +64,28 @@ class UserStorage:
 class StorageStats:
     records: int
     bytes: int
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool, deadline_s: float) -> AsyncIterator[PoolConnectionProxy]:
+    """A pool connection in a transaction: committed when the block ends, rolled back
+    when it raises (a cancellation too). A rollback the server has not finished within
+    ``deadline_s`` (it stopped answering) ends the connection instead: PostgreSQL rolls
+    back what a lost connection held, and nobody waits on a silent server."""
+    async with pool.acquire(timeout=deadline_s) as connection:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            yield connection
+        except BaseException:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    await transaction.rollback()
+            except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
+                with contextlib.suppress(asyncpg.InterfaceError):  # asyncpg may have ended it already
+                    connection.terminate()
+            raise
+        await transaction.commit()
 
 
 async def ping(db: Database) -> None:

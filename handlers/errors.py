@@ -23,7 +23,14 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
+from converter.errors import (
+    BadWav,
+    ConversionError,
+    ConversionStalled,
+    ConversionTimedOut,
+    NotAWav,
+    RecordingTooLong,
+)
 from handlers.keys import BROKEN_OFF
 from handlers.slots import NoFreeSlot, ShuttingDown, Unavailable
 
@@ -79,6 +86,7 @@ STATUS_OF: dict[type[Exception], int] = {
     BadWav: 422,  # a WAV whose header cannot describe audio to convert
     RecordingTooLong: 413,
     ConversionTimedOut: 422,
+    ConversionStalled: 503,  # FFmpeg or the database stopped moving: not the upload's fault
     ConversionError: 422,  # FFmpeg could not encode what it was given
     NoFreeSlot: 503,
     ShuttingDown: 503,
@@ -121,7 +129,9 @@ def api_error_for(error: BaseException) -> ApiError:
         return error
     status = next((STATUS_OF[kind] for kind in type(error).__mro__ if kind in STATUS_OF), None)
     if status is not None:
-        retry = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else {}
+        retry = {}
+        if status == 503:
+            retry["Retry-After"] = str(error.retry_after) if isinstance(error, Unavailable) else RETRY_AFTER_S
         return ApiError(status, str(error), retry)
     if isinstance(error, asyncpg.PostgresError):
         return _from_postgres(error)
@@ -158,7 +168,9 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(http_error.status, _sentence(message), headers)
     except Exception as error:
         api_error = api_error_for(error)
-        if api_error.status == 503:  # the database or every slot busy: an operator's concern, not a bug
+        if isinstance(error, ConversionStalled):  # something hung: an operator must look
+            log.error("%s %s answered 503: %s", request.method, request.path, error.detail)
+        elif api_error.status == 503:  # the database or every slot busy: an operator's concern, not a bug
             log.warning("%s %s answered 503: %s", request.method, request.path, api_error.message)
         elif api_error.status >= 500:
             log.error("%s %s answered %d", request.method, request.path, api_error.status, exc_info=error)

@@ -21,6 +21,12 @@ class Metrics:
             buckets=(0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
             registry=self.registry,
         )
+        self.stalls = Counter(
+            "mp3_conversion_stalls",
+            "Conversions stopped for making no progress, by what they waited for",
+            ["stage"],
+            registry=self.registry,
+        )
         self.bytes_in = Counter("mp3_upload_bytes", "WAV bytes received", registry=self.registry)
         self.bytes_out = Counter("mp3_output_bytes", "MP3 bytes stored", registry=self.registry)
         self.stored_bytes = Gauge("mp3_stored_bytes", "MP3 bytes in the database", registry=self.registry)

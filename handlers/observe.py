@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -185,3 +186,44 @@ def configure_logging(log_format: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+# --- what every task awaits, for a hang's post-mortem ------------------------------------
+
+
+def task_chains() -> str:
+    """Every task of the running loop, each with the chain of awaits it is suspended in,
+    outermost first, down to the future it waits for. A hang shows as a task whose chain
+    ends in a wait nothing will end (kill -USR1 the service's process; the test suite's
+    timeout prints the same)."""
+    lines = []
+    for task in sorted(asyncio.all_tasks(), key=lambda task: task.get_name()):
+        lines.append(f"task {task.get_name()}:")
+        lines += [f"    {step}" for step in await_chain(task.get_coro())]
+    return "\n".join(lines)
+
+
+def await_chain(awaitable: object) -> list[str]:
+    steps = []
+    while awaitable is not None:
+        if isinstance(awaitable, asyncio.Future):
+            steps.append(f"waiting for {awaitable!r}"[:300])
+            break
+        if type(awaitable).__name__ in {"async_generator_asend", "FutureIter"}:
+            # What they stand for (the generator, the future) is reachable only as a referent.
+            awaitable = next(iter(gc.get_referents(awaitable)), None)
+            continue
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
+        frame = frame or getattr(awaitable, "gi_frame", None)
+        if frame is not None:
+            steps.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}")
+        awaitable = (
+            getattr(awaitable, "cr_await", None)
+            or getattr(awaitable, "ag_await", None)
+            or getattr(awaitable, "gi_yieldfrom", None)
+        )
+    return steps
+
+
+def log_task_chains() -> None:
+    logging.getLogger("mp3.tasks").warning("every task's await chain (SIGUSR1):\n%s", task_chains())

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from yarl import URL
 
+from converter.errors import ConversionStalled
 from converter.pipeline import sniffed
 from converter.store import store_conversion
 from db import api
@@ -74,6 +75,8 @@ async def stored_upload(request: web.Request) -> tuple[api.Record, URL]:
             stored = await _convert_upload(request)
     except BaseException as error:
         metrics.conversions.labels(status=str(_outcome(request, error))).inc()
+        if isinstance(error, ConversionStalled):
+            metrics.stalls.labels(stage=error.stage).inc()
         raise
     metrics.conversions.labels(status="201").inc()
     metrics.conversion_seconds.observe(time.perf_counter() - started)
@@ -126,7 +129,7 @@ async def _convert_upload(request: web.Request) -> tuple[api.Record, URL]:
     source = await sniffed(_counted(request, chunks))  # 415 now, before waiting for a slot
     # One transaction: record_begin checks the user and creates the large
     # object; a failure anywhere after it leaves neither behind.
-    async with request.app[SLOTS].turn(), pool.acquire() as connection, connection.transaction():
+    async with request.app[SLOTS].turn(), api.transaction(pool, settings.stall_timeout_s) as connection:
         record_id = await api.record_begin(connection, credentials.user_id, credentials.token, filename)
         record = await store_conversion(connection, record_id, source, options, request.app[CONVERTER])
     return record, links

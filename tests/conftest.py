@@ -9,12 +9,17 @@ and gives each test a fresh clone of it.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, cast
 
 import psycopg
@@ -26,11 +31,41 @@ from pytest_postgresql import factories
 
 from app import init_app
 from db.apply import DEFAULT_SERVICE_ROLE, Roles, apply, prepare_database
+from handlers.observe import task_chains
 from handlers.server import make_runner
-from settings import Settings, find_ffmpeg
-from tests.support import ServiceProcess
+from settings import Settings
+from tests.support import FFMPEG, DelayingProxy, ServiceProcess
 
 PG_CTL = Path(__file__).resolve().parent / "pg_ctl_as_postgres"
+
+
+# --- a hung test fails in seconds, showing what it waits for ---------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool:
+    """pytest-timeout's per-test bound (pyproject.toml), by SIGALRM as its signal method
+    does, printing first what every asyncio task awaits: what made a hang diagnosable."""
+
+    def on_timeout(signum: int, frame: FrameType | None) -> None:
+        try:
+            chains = task_chains()
+        except RuntimeError:  # no event loop runs: the thread stacks below tell
+            chains = "(no event loop running)"
+        sys.stderr.write(f"\n+++ timeout after {settings.timeout:g} s; every task's await chain:\n{chains}\n")
+        faulthandler.dump_traceback(sys.stderr)
+        pytest.fail(f"Timeout: the test ran longer than {settings.timeout:g} s")
+
+    signal.signal(signal.SIGALRM, on_timeout)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    return True
 
 
 def load_schema(host: str, port: int, user: str, dbname: str, **_: Any) -> None:
@@ -67,20 +102,38 @@ def service(admin: psycopg.Connection) -> Iterator[psycopg.Connection]:
 
 # --- the HTTP service -----------------------------------------------------------
 
-FFMPEG = find_ffmpeg(None)
 FFPROBE = shutil.which("ffprobe") or "ffprobe"
 
 
+# The database's distance is a mode of the suite: TEST_DB_DELAY_MS=30 scripts/test runs
+# every service test with PostgreSQL's replies held that long (a database a network hop
+# away, where lost wake-ups show that localhost hides). Tests may choose their own.
+SUITE_DB_DELAY_S = float(os.environ.get("TEST_DB_DELAY_MS") or 0) / 1000
+
+
 @pytest.fixture
-def service_settings(admin: psycopg.Connection) -> Settings:
-    """Settings for a service connected, as its own role, to this test's database."""
+def database_delay_s() -> float:
+    """How long PostgreSQL's replies take to reach the service (parametrize it to choose)."""
+    return SUITE_DB_DELAY_S
+
+
+@pytest.fixture
+def database_proxy(admin: psycopg.Connection, database_delay_s: float) -> Iterator[DelayingProxy]:
+    """A proxy in front of this test's database: replies delayed, and it can freeze."""
+    proxy = DelayingProxy(admin.info.host, admin.info.port, database_delay_s).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def service_settings(admin: psycopg.Connection, database_delay_s: float, request: pytest.FixtureRequest) -> Settings:
+    """Settings for a service connected, as its own role, to this test's database (through
+    the delaying proxy when the database is to be a network hop away)."""
     info = admin.info
-    return Settings(
-        database_url=f"postgresql://{DEFAULT_SERVICE_ROLE}@{info.host}:{info.port}/{info.dbname}",
-        ffmpeg_binary=FFMPEG,
-        convert_concurrency=2,
-        queue_timeout_s=5,
-    )
+    url = f"postgresql://{DEFAULT_SERVICE_ROLE}@{info.host}:{info.port}/{info.dbname}"
+    if database_delay_s:
+        url = request.getfixturevalue("database_proxy").url(url)
+    return Settings(database_url=url, ffmpeg_binary=FFMPEG, convert_concurrency=2, queue_timeout_s=5)
 
 
 MakeClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]

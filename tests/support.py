@@ -10,9 +10,13 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import tempfile
+import threading
+from array import array
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import psycopg
@@ -20,12 +24,27 @@ from aiohttp import ClientResponse, FormData, web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from settings import Settings
+from settings import Settings, find_ffmpeg
 
 ROOT = Path(__file__).resolve().parent.parent
+FFMPEG = find_ffmpeg(None)
 
 Client = TestClient[web.Request, web.Application]
 Audio = Callable[..., bytes]
+
+
+def decoded(mp3: bytes, channels: int) -> array[int]:
+    """The samples a player plays: FFmpeg trims LAME's delay and padding as the header
+    frame says (from a file: through a pipe it cannot reach the padding at the end)."""
+    with tempfile.NamedTemporaryFile(suffix=".mp3") as file:
+        file.write(mp3)
+        file.flush()
+        result = subprocess.run(
+            [FFMPEG, "-v", "error", "-i", file.name, "-f", "s16le", "-ac", str(channels), "pipe:1"],
+            capture_output=True, check=True,
+        )  # fmt: skip
+    assert result.stderr == b"", result.stderr  # no decoding errors
+    return array("h", result.stdout)
 
 
 async def new_user(client: Client, name: str = "alice") -> tuple[int, str]:
@@ -248,3 +267,118 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+# --- the database one network hop away -----------------------------------------------
+
+
+class DelayingProxy:
+    """A TCP proxy in front of PostgreSQL that holds each of its replies for ``delay_s``
+    before passing it on, as a database one network hop away does (a container, another
+    host, a managed service), and that can freeze: hold every byte, both ways, until thawed.
+
+    It runs on an event loop of its own in a thread, so it serves the service whether
+    that runs in the test's loop, in a process of its own, or behind psycopg's blocking calls.
+    """
+
+    def __init__(self, target_host: str, target_port: int, delay_s: float) -> None:
+        self.target = (target_host, target_port)
+        self.delay_s = delay_s
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="delaying-proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+        # Set while bytes may flow; each pump re-checks it before every write, so a
+        # freeze made while a pump waits for data still holds that data.
+        self._flowing = asyncio.Event()
+        self._connections: set[asyncio.StreamWriter] = set()
+
+    def start(self) -> DelayingProxy:
+        self._thread.start()
+        self._call(self._listen())
+        return self
+
+    def stop(self) -> None:
+        self._call(self._close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def url(self, database_url: str) -> str:
+        """``database_url`` with its host and port this proxy's."""
+        parts = urlsplit(database_url)
+        credentials = parts.netloc.rpartition("@")[0]
+        return urlunsplit(parts._replace(netloc=f"{credentials}@{self.host}:{self.port}".lstrip("@")))
+
+    def freeze(self) -> None:
+        """From now on no byte passes either way, as with a server that hangs."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def thaw(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.set)
+
+    def _call(self, work: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(work, self._loop).result(10)
+
+    async def _listen(self) -> None:
+        self._flowing.set()
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._connections):
+            writer.transport.abort()
+        serving = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in serving:
+            task.cancel()
+        await asyncio.gather(*serving, return_exceptions=True)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._connections |= {client_writer, server_writer}
+        try:
+            async with asyncio.TaskGroup() as pumps:
+                pumps.create_task(self._pump(client_reader, server_writer, 0.0))
+                pumps.create_task(self._pump(server_reader, client_writer, self.delay_s))
+        except* OSError:
+            pass  # one side went away: so does the other
+        except* asyncio.CancelledError:
+            pass  # the proxy stops
+        finally:
+            for writer in (client_writer, server_writer):
+                self._connections.discard(writer)
+                writer.transport.abort()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+        """Bytes from ``reader`` to ``writer`` in order, each ``delay_s`` after it arrived."""
+        loop = asyncio.get_running_loop()
+        in_transit: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()  # (due, bytes); b"" at the end
+
+        async def deliver() -> None:
+            while True:
+                due, data = await in_transit.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                await self._flowing.wait()
+                if not data:
+                    writer.transport.abort()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        delivering = asyncio.create_task(deliver())
+        try:
+            while True:
+                data = await reader.read(65536)
+                in_transit.put_nowait((loop.time() + delay_s, data))
+                if not data:
+                    break
+            await delivering
+        finally:
+            delivering.cancel()

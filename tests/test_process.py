@@ -8,6 +8,8 @@ large objects, the log.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import socket
 import struct
@@ -19,6 +21,7 @@ import pytest
 
 from tests.support import (
     Audio,
+    DelayingProxy,
     ServiceProcess,
     alive,
     basic,
@@ -184,6 +187,112 @@ async def test_a_multipart_preamble_is_bounded_before_any_credential(
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert b"no part in its first 1024 bytes" in answer
     assert nothing_stored(admin)
+
+
+# --- conversions that stop moving -------------------------------------------------
+
+
+async def stall_counted(service: ServiceProcess, stage: str) -> float:
+    async with aiohttp.ClientSession() as session:
+        text = await (await session.get(f"{service.base}/metrics")).text()
+    prefix = f'mp3_conversion_stalls_total{{stage="{stage}"}} '
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
+def answered_503_retry_later(answer: bytes) -> None:
+    head_bytes, _, body = answer.partition(b"\r\n\r\n")
+    assert head_bytes.startswith(b"HTTP/1.1 503"), answer
+    assert b"\r\nRetry-After: " in head_bytes
+    assert json.loads(body) == {
+        "code": 503,
+        "status": "service_unavailable",
+        "message": "The conversion made no progress for 1 s and was stopped; try again shortly.",
+        "data": {},
+    }
+
+
+@pytest.mark.parametrize("encoders", ["1", "2"], ids=["one-encoder", "segment-parallel"])
+async def test_a_conversion_whose_encoder_hangs_is_answered_503_and_frees_everything(
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection, encoders: str
+) -> None:
+    """Every FFmpeg the upload starts is stopped (SIGSTOP): nothing moves, and after
+    STALL_TIMEOUT_S the upload fails as an operator can see, instead of waiting an hour."""
+    service_process.env |= {"STALL_TIMEOUT_S": "1", "PARALLEL_SEGMENTS": encoders}
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "frozen")
+    wav = audio(seconds=60)
+    stopped: set[int] = set()
+
+    async def stop_every_encoder() -> None:
+        while True:
+            for pid in set(service_process.ffmpeg_children()) - stopped:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+            await asyncio.sleep(0.01)
+
+    stopping = asyncio.create_task(stop_every_encoder())
+    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+    writer.write(head("/record", user, "audio/wav", len(wav)) + wav)
+    try:
+        answer = await asyncio.wait_for(reader.read(4096), 20)
+    finally:
+        stopping.cancel()
+        writer.close()
+
+    answered_503_retry_later(answer)
+    await everything_freed(service_process, admin)
+    assert nothing_stored(admin)
+    assert stopped
+    assert not [pid for pid in stopped if alive(pid)]
+    assert await conversions_counted(service_process, 503) == 1
+    assert await stall_counted(service_process, "FFmpeg to take the samples") == 1
+    errors = [line for line in service_process.log.read_text().splitlines() if " ERROR " in line]
+    assert errors == [errors[0]]
+    assert errors[0].endswith(
+        "POST /record answered 503: no progress for 1 s while waiting for FFmpeg to take the samples"
+    )
+
+
+async def test_an_upload_whose_database_stops_answering_is_answered_503_and_leaves_nothing(
+    service_process: ServiceProcess, database_proxy: DelayingProxy, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """PostgreSQL freezes mid-upload (every byte to and from it held): the upload fails
+    within STALL_TIMEOUT_S and its connection is ended rather than left waiting, so once
+    the database answers again nothing of the upload remains."""
+    service_process.env |= {
+        "STALL_TIMEOUT_S": "1",
+        "DATABASE_URL": database_proxy.url(service_process.env["DATABASE_URL"]),
+    }
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "unlucky")
+    wav = audio(seconds=60)
+    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+    writer.write(head("/record", user, "audio/wav", len(wav)) + wav)
+    await converting(service_process)
+    database_proxy.freeze()
+    try:
+        answer = await asyncio.wait_for(reader.read(4096), 20)
+    finally:
+        database_proxy.thaw()
+        writer.close()
+
+    answered_503_retry_later(answer)
+    await everything_freed(service_process, admin)
+    assert nothing_stored(admin)
+    assert await stall_counted(service_process, "the database to store the MP3") == 1
+    log = service_process.log.read_text()
+    assert "ERROR handlers.errors POST /record answered 503: no progress for 1 s while waiting for the database" in log
+
+
+async def test_sigusr1_logs_what_every_task_awaits(service_process: ServiceProcess) -> None:
+    """The debugging aid for a hang: each task's chain of awaits, down to what it waits for."""
+    await service_process.start()
+    service_process.signal(signal.SIGUSR1)
+    await until(lambda: "every task's await chain" in service_process.log.read_text())
+    await until(lambda: "in serve" in service_process.log.read_text())  # the main task, waiting to stop
+    assert "waiting for <Future pending" in service_process.log.read_text()
 
 
 # --- downloads that cannot continue ------------------------------------------------

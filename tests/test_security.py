@@ -19,8 +19,9 @@ import pytest
 from converter.pipeline import EncodeOptions, ffmpeg_command
 from converter.wav import WavFormat
 from settings import Settings
-from tests.conftest import FFMPEG, MakeClient
+from tests.conftest import MakeClient
 from tests.support import (
+    FFMPEG,
     Audio,
     Client,
     basic,

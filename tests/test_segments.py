@@ -10,7 +10,6 @@ import asyncio
 import io
 import math
 import subprocess
-import tempfile
 from array import array
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -27,8 +26,7 @@ from converter.segments import SegmentedConversion, frame_samples_at, segment_fr
 from converter.splice import FrameReader
 from converter.wav import WavHeader
 from handlers.slots import ConversionSlots
-from tests.conftest import FFMPEG
-from tests.support import until
+from tests.support import FFMPEG, decoded, until
 
 SECONDS = 16.0
 SEGMENT_S = 1.5  # ten joins at 44.1 kHz
@@ -101,20 +99,6 @@ async def converted(wav: bytes, options: EncodeOptions, encoders: int, spare: An
     out[result.header_offset : result.header_offset + len(result.header_frame)] = result.header_frame
     assert result.forced_joins == 0
     return bytes(out), result.joins
-
-
-def decoded(mp3: bytes, channels: int) -> array[int]:
-    """The samples a player plays: FFmpeg trims LAME's delay and padding as the header
-    frame says (from a file: through a pipe it cannot reach the padding at the end)."""
-    with tempfile.NamedTemporaryFile(suffix=".mp3") as file:
-        file.write(mp3)
-        file.flush()
-        result = subprocess.run(
-            [FFMPEG, "-v", "error", "-i", file.name, "-f", "s16le", "-ac", str(channels), "pipe:1"],
-            capture_output=True, check=True,
-        )  # fmt: skip
-    assert result.stderr == b"", result.stderr  # no decoding errors
-    return array("h", result.stdout)
 
 
 def options_channels(options: EncodeOptions, channels: int) -> int:
