@@ -120,8 +120,8 @@ async def test_the_raw_body_media_types_are_the_ones_the_service_takes(client: C
         "/record", data=audio(), headers={**basic(user_id, token), "Content-Type": "audio/x-aiff"}
     )
     await expect_error(refused, 415)
-    readme = (ROOT / "README.md").read_text()
-    assert all(f"`{media}`" in readme for media in raw_types)
+    api_page = (ROOT / "docs/api.md").read_text()
+    assert all(f"`{media}`" in api_page for media in raw_types)
 
 
 async def test_the_documented_limits_are_the_enforced_ones(client: Client) -> None:
