@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, private_cluster
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def developers_cluster() -> Iterator[tuple[dict[str, str], str]]:
-    """A private cluster as scripts/run starts one, in a folder of its own; its owner URL."""
-    folder = Path(tempfile.mkdtemp(prefix="mp3-dev-"))
-    folder.chmod(0o755)  # PostgreSQL runs as the postgres user
-    env = {**os.environ, "PGDATA_ROOT": str(folder / "pgdata"), "PGPORT": str(free_port())}
-    started = subprocess.run(
-        [ROOT / "scripts/local-postgres", "start"], env=env, capture_output=True, text=True, check=True
-    )
-    owner_url = dict(line.split("=", 1) for line in started.stdout.split())["OWNER_URL"]
-    yield env, owner_url
-    subprocess.run([ROOT / "scripts/local-postgres", "stop"], env=env, check=True)
+    with private_cluster() as cluster:
+        yield cluster
 
 
 def test_a_second_start_on_another_port_leaves_the_running_cluster_where_it_is(
