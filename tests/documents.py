@@ -19,6 +19,7 @@ column widths may differ. Everything else must be printed as shown.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -406,15 +407,26 @@ class ExampleRun:
         elif opens_psql_session(step.command):
             self.open_session(step, command)
         else:
-            shell = subprocess.run(
-                ["bash", "-c", command],
-                cwd=self.stage.workdir,
-                env=self.stage.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=120,
-            )
-            self.compare(step, shell.stdout.decode(errors="replace"))
+            self.compare(step, self.shell(command))
+
+    def shell(self, command: str, seconds: float = 120) -> str:
+        """What the command prints; whatever it left running is ended with it (its own
+        process group), so a command that starts something it does not wait for leaks nothing."""
+        shell = subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=self.stage.workdir,
+            env=self.stage.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            output, _ = shell.communicate(timeout=seconds)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait()
+        return output.decode(errors="replace")
 
     def open_session(self, step: Step, command: str) -> None:
         if self.session is not None:
