@@ -1,4 +1,4 @@
-"""The HTTP service: ``python app.py`` (configuration from the environment, see README.md)."""
+"""The HTTP service: ``python app.py`` (configuration from the environment, see docs/operations.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Configuration from the environment, validated once at start.
 
-Every variable, its default and its meaning is listed in README.md,
-"Configuration". A bad value stops the service with a message naming it.
+Every variable, its default and its meaning is listed in docs/operations.md,
+"Settings". A bad value stops the service with a message naming it.
 """
 
 from __future__ import annotations

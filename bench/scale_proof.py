@@ -1,4 +1,4 @@
-"""Proof that the scaled stack (compose.scale.yaml) does what README says.
+"""Proof that the scaled stack (compose.scale.yaml) does what docs/operations.md says.
 
     scripts/scale-proof [--skip-lag]
 
@@ -304,7 +304,7 @@ def auth(user: tuple[int, str]) -> str:
 
 
 def upload(user: tuple[int, str], wav: Path) -> tuple[int, dict]:  # type: ignore[type-arg]
-    """As README shows it: curl streams the file (and, for one over 1 MiB, waits for
+    """As docs/api.md shows it: curl streams the file (and, for one over 1 MiB, waits for
     100 Continue, so a refusal before the body is read comes back whole)."""
     result = subprocess.run(
         ["curl", "-sS", "-D", "-", "-o", "-", "-X", "POST", "-T", str(wav), "-H", "Content-Type: audio/wav",

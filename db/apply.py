@@ -188,7 +188,7 @@ def reload_functions(connection: psycopg.Connection, service_role: str) -> None:
         for path in private_files():
             connection.execute(path.read_text(encoding="utf-8").encode())
         connection.execute("CREATE SCHEMA api")
-        connection.execute("COMMENT ON SCHEMA api IS 'Everything a client may do. See README.md.'")
+        connection.execute("COMMENT ON SCHEMA api IS 'Everything a client may do. See db/README.md.'")
         for path in function_files():
             # Executed whole, never split: the bodies are dollar-quoted.
             connection.execute(path.read_text(encoding="utf-8").encode())

@@ -13,7 +13,8 @@ import sys
 import tempfile
 import threading
 from array import array
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -382,3 +383,20 @@ class DelayingProxy:
             await delivering
         finally:
             delivering.cancel()
+
+
+@contextmanager
+def private_cluster() -> Iterator[tuple[dict[str, str], str]]:
+    """A private cluster as scripts/run starts one, in a folder of its own: the environment
+    that names it (PGDATA_ROOT, PGPORT) and its administrator's URL."""
+    folder = Path(tempfile.mkdtemp(prefix="mp3-dev-"))
+    folder.chmod(0o755)  # PostgreSQL runs as the postgres user
+    env = {**os.environ, "PGDATA_ROOT": str(folder / "pgdata"), "PGPORT": str(free_port())}
+    started = subprocess.run(
+        [ROOT / "scripts/local-postgres", "start"], env=env, capture_output=True, text=True, check=True
+    )
+    owner_url = dict(line.split("=", 1) for line in started.stdout.split())["OWNER_URL"]
+    try:
+        yield env, owner_url
+    finally:
+        subprocess.run([ROOT / "scripts/local-postgres", "stop"], env=env, check=True)

@@ -1,11 +1,18 @@
-"""The API document, Swagger UI served offline, and the web page's files."""
+"""The documents against the code: the API document (/openapi.json), Swagger UI served
+offline, the web page's files; and the Markdown documents: what they name exists, and
+their examples print what they show (tests/documents.py runs them)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from aiohttp import hdrs
 
@@ -15,7 +22,39 @@ from handlers.openapi import DOCS_ASSETS_PREFIX
 from handlers.params import encode_options_from
 from handlers.records import WAV_TYPES
 from tests.conftest import MakeClient
-from tests.support import ROOT, Audio, Client, basic, expect_error, new_user, upload, wav_header
+from tests.documents import (
+    DOCUMENTS,
+    PROJECT_ROOTS,
+    ExampleRun,
+    Stage,
+    anchors,
+    blocks,
+    code,
+    examples,
+    link_targets,
+    named_files,
+    named_paths,
+    named_routes,
+    named_sql,
+    named_variables,
+    path_exists,
+    project_files,
+    prose,
+    steps,
+    table_after,
+)
+from tests.support import (
+    ROOT,
+    Audio,
+    Client,
+    basic,
+    expect_error,
+    free_port,
+    new_user,
+    private_cluster,
+    upload,
+    wav_header,
+)
 
 
 def registered_routes(client: Client) -> set[tuple[str, str]]:
@@ -120,8 +159,8 @@ async def test_the_raw_body_media_types_are_the_ones_the_service_takes(client: C
         "/record", data=audio(), headers={**basic(user_id, token), "Content-Type": "audio/x-aiff"}
     )
     await expect_error(refused, 415)
-    readme = (ROOT / "README.md").read_text()
-    assert all(f"`{media}`" in readme for media in raw_types)
+    api_page = (ROOT / "docs/api.md").read_text()
+    assert all(f"`{media}`" in api_page for media in raw_types)
 
 
 async def test_the_documented_limits_are_the_enforced_ones(client: Client) -> None:
@@ -204,3 +243,254 @@ async def test_every_status_a_route_answers_is_documented_for_it(make_client: Ma
     for method, path, call in asked:
         status = str((await call).status)
         assert status in spec["paths"][path][method]["responses"], (method, path, status)
+
+
+# --- the Markdown documents against the repository -----------------------------------
+
+
+def test_every_path_link_and_file_a_document_names_exists() -> None:
+    missing = []
+    for document in DOCUMENTS:
+        where = document.relative_to(ROOT)
+        missing += [f"{where}: {path}" for path in sorted(named_paths(document)) if not path_exists(path)]
+        missing += [f"{where}: {name}" for name in sorted(named_files(document) - project_files())]
+        for target in link_targets(document):
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (document.parent / file).resolve() if file else document
+            if not linked.exists():
+                missing.append(f"{where}: link {target}")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                missing.append(f"{where}: link {target}: no such heading")
+    assert missing == []
+
+
+def code_reading_variables() -> str:
+    """Every file that reads the environment: the service, the apply command, the
+    scripts, CI, the compose and Docker files, the benchmark and the tests."""
+    files = [ROOT / "settings.py", ROOT / "db/apply.py", ROOT / ".ci/run", ROOT / ".env.example"]
+    files += [*ROOT.glob("scripts/*"), *ROOT.glob("compose*.yaml"), *ROOT.glob("**/Dockerfile")]
+    files += [*ROOT.glob("bench/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("tests/pg_ctl_as_postgres")]
+    files += [path for path in ROOT.glob("deploy/**/*") if path.is_file()]
+    return "\n".join(path.read_text(encoding="utf-8") for path in files if path.name != "test_docs.py")
+
+
+# Named in the documents, read by what the service runs on rather than by its code:
+# Python's tempfile (where the download cache goes), the shell.
+READ_BY_OTHERS = {"TMPDIR", "PATH"}
+# Words in capitals that name no variable: SQL, HTTP, Dockerfile instructions, examples.
+NOT_VARIABLES = {"AS", "DISABLE_PAGE_SKIPPING", "GET", "HEAD", "HEALTHCHECK", "IMMUTABLE", "LIST", "STABLE"}
+NOT_VARIABLES |= {"STRASSE", "VOLATILE"}
+
+
+def test_every_setting_or_variable_a_document_names_is_read_by_the_code() -> None:
+    code = code_reading_variables()
+    unknown = [
+        f"{document.relative_to(ROOT)}: {name}"
+        for document in DOCUMENTS
+        for name in sorted(named_variables(document) - READ_BY_OTHERS - NOT_VARIABLES)
+        if not re.search(rf"\b{name}\b", code)
+    ]
+    assert unknown == []
+
+
+def settings_the_code_reads() -> set[str]:
+    """What settings.py and the apply command read from the environment."""
+    names = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', (ROOT / "settings.py").read_text()))
+    names |= set(re.findall(r'environ\.get\("([A-Z][A-Z0-9_]+)"', (ROOT / "db/apply.py").read_text()))
+    return names
+
+
+def test_the_settings_table_has_every_setting_the_code_reads() -> None:
+    """One table of settings: a new one in settings.py is a new row there."""
+    table = {cells[0].strip("`") for cells in table_after(ROOT / "docs/operations.md", "## Settings")}
+    assert settings_the_code_reads() - table == set()
+    assert "MIGRATE_DATABASE_URL" in table  # scripts/run's own
+    compose_variables = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert compose_variables - named_variables(ROOT / "docs/operations.md") == set()
+
+
+def test_every_variable_a_script_reads_is_in_the_scripts_table() -> None:
+    scripts = "\n".join(path.read_text() for path in ROOT.glob("scripts/*"))
+    read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+):?-", scripts))
+    read |= set(re.findall(r'environ\.get\("([A-Z][A-Z0-9_]+)"', "\n".join(
+        path.read_text() for path in [*ROOT.glob("bench/*.py"), *ROOT.glob("tests/test_*.py")]
+    )))  # fmt: skip
+    table = {
+        name.strip("`")
+        for cells in table_after(ROOT / "docs/development.md", "What they read, besides the service's settings:")
+        for name in cells[0].split(", ")
+    }
+    assert read - {"HOME"} - table == set()
+
+
+def test_every_api_function_and_app_object_a_document_names_exists() -> None:
+    definitions = "\n".join(
+        path.read_text() for path in [*ROOT.glob("db/migrations/*.sql"), *ROOT.glob("db/private/*.sql")]
+    )
+    missing = []
+    for document in DOCUMENTS:
+        for schema, name in sorted(named_sql(document)):
+            exists = (
+                (ROOT / "db/functions" / f"api.{name}.sql").exists()
+                if schema == "api"
+                else re.search(rf"CREATE (?:TABLE|VIEW|FUNCTION) app\.{name}\b", definitions) is not None
+            )
+            if not exists:
+                missing.append(f"{document.relative_to(ROOT)}: {schema}.{name}")
+    assert missing == []
+
+
+async def test_every_route_a_document_names_is_served(client: Client) -> None:
+    served = registered_routes(client)
+    unknown = [
+        f"{document.relative_to(ROOT)}: {method.upper()} {path}"
+        for document in DOCUMENTS
+        for method, path in sorted(named_routes(document))
+        if (method, path) not in served
+    ]
+    assert unknown == []
+
+
+def test_the_readme_gives_the_test_command_ci_runs() -> None:
+    """CI runs "the test command README.md gives": the same line in both."""
+    lines = (ROOT / ".ci/run").read_text().splitlines()
+    ci_command = next(line for line in lines if "test command" in line and not line.startswith("#"))
+    command = ci_command.split("#")[0].strip()
+    assert command == "scripts/test"
+    assert any(line.strip() == command for block in blocks(ROOT / "README.md") for line in block.text.splitlines())
+
+
+def test_the_readme_layout_names_every_part_of_the_repository() -> None:
+    layout = prose(ROOT / "README.md").split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    parts = {name for name in PROJECT_ROOTS if name not in {"README.md", ".gitignore", ".dockerignore"}}
+    parts |= {f"scripts/{path.name}" for path in ROOT.glob("scripts/*")}
+    parts |= {f"deploy/{path.name}" for path in ROOT.glob("deploy/*")}
+    parts |= {f"db/{path.name}" for path in ROOT.glob("db/*") if path.is_dir() and path.name != "__pycache__"}
+    named = {name.rstrip("/") for name in re.findall(r"`([^`]+)`", layout)} | set(re.findall(r"\]\(([^)#]+)", layout))
+    assert {part for part in parts if not any(name == part or name.startswith(f"{part}/") for name in named)} == set()
+
+
+CURL_OR_PSQL = re.compile(r"(?:^|[\s$|(])(?:curl|psql)\s", re.MULTILINE)
+
+
+def test_every_curl_or_psql_block_is_run_or_says_why_not() -> None:
+    unmarked = [
+        f"{block.document.relative_to(ROOT)}:{block.line}"
+        for document in DOCUMENTS
+        for block in blocks(document)
+        if CURL_OR_PSQL.search(block.text) and (block.info == "console") == (block.not_run is not None)
+    ]
+    assert unmarked == []
+
+
+def env_example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if re.match(r"[A-Z]", line))
+
+
+def compose_file(name: str) -> tuple[set[str], set[str]]:
+    """The services and profiles of a compose file."""
+    text = (ROOT / name).read_text()
+    services = re.findall(
+        r"^  ([\w-]+):\s*$", text.split("\nservices:\n", 1)[1].split("\nvolumes:", 1)[0], re.MULTILINE
+    )
+    return set(services), set(re.findall(r'profiles: \["([\w-]+)"\]', text))
+
+
+def test_the_examples_not_run_name_what_the_compose_stack_has() -> None:
+    env = env_example()
+    logins = {(env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]), ("mp3_service", env["SERVICE_ROLE_PASSWORD"])}
+    wrong = []
+    for document in DOCUMENTS:
+        for block in blocks(document):
+            if block.not_run is None:
+                continue
+            for user, password, port, database in re.findall(
+                r"postgresql://(\w+):([\w-]+)@[\w.]+:(\d+)/(\w+)", block.text
+            ):
+                if (user, password) not in logins or port != env["DB_PORT"] or database != env["POSTGRES_DB"]:
+                    wrong.append(f"{block.document.relative_to(ROOT)}:{block.line}: {user}@{port}/{database}")
+            for user, database in re.findall(r"psql -U (\w+) -d (\w+)", block.text):
+                if (user, database) != (env["POSTGRES_USER"], env["POSTGRES_DB"]):
+                    wrong.append(f"{block.document.relative_to(ROOT)}:{block.line}: -U {user} -d {database}")
+    assert wrong == []
+
+
+def compose_commands(document: Path) -> Iterator[list[str]]:
+    """Each `docker compose` command a document shows, as words."""
+    for text in code(document):
+        for line in text.splitlines():
+            command = line.split("#")[0].split("docker compose", 1)
+            words = shlex.split(command[1]) if len(command) == 2 else []
+            if words:  # not `docker compose` named alone
+                yield words
+
+
+def test_every_docker_compose_command_names_files_services_and_profiles_that_exist() -> None:
+    wrong = []
+    for document in DOCUMENTS:
+        for words in compose_commands(document):
+            file, profiles_named, index = "compose.yaml", set(), 0
+            while index < len(words) and words[index].startswith("-"):  # compose's own options
+                if words[index] == "-f":
+                    file = words[index + 1]
+                elif words[index] == "--profile":
+                    profiles_named.add(words[index + 1])
+                index += 2
+            subcommand, arguments = words[index], words[index + 1 :]
+            services_named = {arguments[i + 1].split("=")[0] for i, word in enumerate(arguments) if word == "--scale"}
+            operands = [word for i, word in enumerate(arguments) if not word.startswith("-") and (
+                i == 0 or arguments[i - 1] != "--scale")]  # fmt: skip
+            if subcommand in {"run", "exec"}:
+                services_named |= set(operands[:1])  # then the command run in it
+            elif subcommand in {"up", "logs", "stop", "start", "restart", "kill", "ps", "build"}:
+                services_named |= set(operands)
+            services, profiles = compose_file(file)
+            if profiles_named - profiles or services_named - services:
+                wrong.append(f"{document.relative_to(ROOT)}: docker compose {' '.join(words)}")
+    assert wrong == []
+
+
+# --- the Markdown documents' examples, run -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def readers_cluster() -> Iterator[tuple[dict[str, str], str]]:
+    """The private cluster scripts/run makes in a fresh clone, for the examples."""
+    with private_cluster() as cluster:
+        yield cluster
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("document", list(examples()), ids=lambda document: str(document.relative_to(ROOT)))
+def test_the_examples_print_what_the_document_shows(
+    document: Path, readers_cluster: tuple[dict[str, str], str], tmp_path: Path
+) -> None:
+    """Each document's examples in order, as a reader runs them after `scripts/run` in a
+    fresh clone: a fresh database, a folder of their own (song.wav is made there)."""
+    cluster_env, owner_url = readers_cluster
+    with psycopg.connect(owner_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as administrator:
+        administrator.execute("DROP DATABASE IF EXISTS mp3 WITH (FORCE)")
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / ".pgdata").symlink_to(cluster_env["PGDATA_ROOT"])
+    ports = {8080: free_port(), 8081: free_port(), 54329: int(cluster_env["PGPORT"])}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+        "LC_ALL": "C.UTF-8",
+        "PSQLRC": "/dev/null",  # psql as installed, whatever the machine's user likes
+        "PGDATA_ROOT": cluster_env["PGDATA_ROOT"],
+        "PGPORT": cluster_env["PGPORT"],
+        "HOST": "127.0.0.1",
+        "PORT": str(ports[8080]),
+    }
+    run = ExampleRun(Stage(clone, ports, env))
+    try:
+        run.start_service(str(ROOT / "scripts/run"), [8080])
+        run.run(steps(document))
+    finally:
+        run.close()
+    assert run.failures == [], "\n\n".join(run.failures)

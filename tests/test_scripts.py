@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, private_cluster
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def developers_cluster() -> Iterator[tuple[dict[str, str], str]]:
-    """A private cluster as scripts/run starts one, in a folder of its own; its owner URL."""
-    folder = Path(tempfile.mkdtemp(prefix="mp3-dev-"))
-    folder.chmod(0o755)  # PostgreSQL runs as the postgres user
-    env = {**os.environ, "PGDATA_ROOT": str(folder / "pgdata"), "PGPORT": str(free_port())}
-    started = subprocess.run(
+    with private_cluster() as cluster:
+        yield cluster
+
+
+def test_a_second_start_on_another_port_leaves_the_running_cluster_where_it_is(
+    developers_cluster: tuple[dict[str, str], str],
+) -> None:
+    """A second scripts/run with another PGPORT once restarted the shared cluster on its
+    own port and cut the first service off; now it refuses and says which port to use."""
+    env, owner_url = developers_cluster
+    with psycopg.connect(owner_url) as first_service:
+        moved = subprocess.run(
+            [ROOT / "scripts/local-postgres", "start"],
+            env={**env, "PGPORT": str(free_port())},
+            capture_output=True,
+            text=True,
+        )
+        assert moved.returncode != 0
+        assert f"already runs on port {env['PGPORT']}" in moved.stderr
+        assert f"PGPORT={env['PGPORT']}" in moved.stderr
+        assert first_service.execute("SELECT 1").fetchone() == (1,)  # still connected
+
+    again = subprocess.run(
         [ROOT / "scripts/local-postgres", "start"], env=env, capture_output=True, text=True, check=True
     )
-    owner_url = dict(line.split("=", 1) for line in started.stdout.split())["OWNER_URL"]
-    yield env, owner_url
-    subprocess.run([ROOT / "scripts/local-postgres", "stop"], env=env, check=True)
+    assert f"OWNER_URL={owner_url}" in again.stdout.split()
 
 
 def test_api_fuzz_leaves_a_developers_cluster_running_and_its_own_stopped(
