@@ -119,7 +119,9 @@ async def refuse_unmet_expectations(request: web.Request, handler: Handler) -> w
 def _without_unmet_expectation(message: RawRequestMessage) -> tuple[RawRequestMessage, str | None]:
     """The request without its Expect headers when one of them asks what the service does
     not meet, and what it asked; the request as it is otherwise."""
-    unmet = [value for value in message.headers.getall(hdrs.EXPECT, []) if value.strip().lower() != CONTINUE]
+    if hdrs.EXPECT not in message.headers:  # also aiohttp's stand-in for a request it could not parse
+        return message, None
+    unmet = [value for value in message.headers.getall(hdrs.EXPECT) if value.strip().lower() != CONTINUE]
     if not unmet:
         return message, None
     headers = CIMultiDict((name, value) for name, value in message.headers.items() if name.lower() != "expect")
