@@ -20,9 +20,9 @@ from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, PO
 from handlers.metrics import Metrics
 from handlers.observe import add_request_id, configure_logging, log_task_chains, request_log
 from handlers.page import security_headers
-from handlers.params import refuse_tokens_in_urls
+from handlers.params import refuse_encoded_paths, refuse_tokens_in_urls
 from handlers.routes import setup_routes
-from handlers.server import make_runner
+from handlers.server import make_runner, refuse_unmet_expectations
 from handlers.slots import ConversionSlots
 from settings import ConfigError, Settings
 
@@ -39,8 +39,10 @@ log = logging.getLogger("app")
 
 
 def init_app(settings: Settings) -> web.Application:
-    # request_log outermost: it logs the status the envelope finally answered.
-    app = web.Application(middlewares=[request_log, error_envelope, refuse_tokens_in_urls])
+    # request_log outermost: it logs the status the envelope finally answered; then the
+    # refusals any request may meet, before its handler.
+    refusals = [refuse_unmet_expectations, refuse_encoded_paths, refuse_tokens_in_urls]
+    app = web.Application(middlewares=[request_log, error_envelope, *refusals])
     app[SETTINGS] = settings
     app[SLOTS] = ConversionSlots(settings.convert_concurrency, settings.queue_timeout_s)
     app[CONVERTER] = ConverterConfig(

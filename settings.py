@@ -6,6 +6,7 @@ Every variable, its default and its meaning is listed in docs/operations.md,
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 from collections.abc import Mapping
@@ -14,9 +15,10 @@ from urllib.parse import urlsplit
 
 from converter.mp3 import LAME_CBR_KBPS
 
-# api.record_finish hashes the whole MP3 as one PostgreSQL value, which may be
-# 1 GB at most: 6 hours at 320 kbit/s is 864 MB.
+# The longest MAX_DURATION_S may allow: 6 hours at 320 kbit/s is 864 MB of MP3.
 MAX_DURATION_LIMIT_S = 6 * 3600
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -50,6 +52,10 @@ class Settings:
     ffmpeg_binary: str = "ffmpeg"
     # Local disk for repeat downloads at sendfile speed (0: off); disposable.
     download_cache_bytes: int = 256 << 20
+    # Peers whose X-Forwarded-For is believed (the balancer); anyone else's is ignored.
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    # False: POST /users is refused; an administrator creates accounts (api.user_create).
+    open_signup: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -65,6 +71,9 @@ class Settings:
         log_format = env.get("LOG_FORMAT") or cls.log_format
         if log_format not in {"text", "json"}:
             raise ConfigError(f"LOG_FORMAT must be text or json, not {log_format!r}")
+        signup = env.get("SIGNUP") or "open"
+        if signup not in {"open", "closed"}:
+            raise ConfigError(f"SIGNUP must be open or closed, not {signup!r}")
         bitrate = _number(env, "MP3_BITRATE", cls.mp3_bitrate_kbps, 32, 320)
         if bitrate not in LAME_CBR_KBPS:
             raise ConfigError(f"MP3_BITRATE must be one of {', '.join(map(str, LAME_CBR_KBPS))}, not {bitrate}")
@@ -89,6 +98,8 @@ class Settings:
             log_format=log_format,
             ffmpeg_binary=find_ffmpeg(env.get("FFMPEG_BINARY")),
             download_cache_bytes=_number(env, "DOWNLOAD_CACHE_MB", cls.download_cache_bytes >> 20, 0, 1 << 20) << 20,
+            trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+            open_signup=signup == "open",
         )
 
 
@@ -124,6 +135,18 @@ def _number(env: Mapping[str, str], name: str, default: int, low: int, high: int
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
     return value
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IpNetwork, ...]:
+    """Comma-separated addresses or networks: 10.0.0.7, 172.16.0.0/12, fd00::/8."""
+    found = []
+    for item in (env.get(name) or "").split(","):
+        if item.strip():
+            try:
+                found.append(ipaddress.ip_network(item.strip()))
+            except ValueError:
+                raise ConfigError(f"{name} must list IP addresses or networks (10.0.0.0/8), not {item!r}") from None
+    return tuple(found)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, highest: float = 86400) -> float:

@@ -19,7 +19,9 @@ Brings the stack up with three app replicas from the current checkout, then:
 5. the replica's lag (pg_stat_replication) while four 60-minute WAVs upload;
 6. what keeping audio in pg_largeobject costs, on what the proofs stored: its
    size against the MP3 bytes, a vacuum that reads all of it (as the one that
-   freezes does), a physical backup, and the replica rebuilt from nothing.
+   freezes does), a physical backup, and the replica rebuilt from nothing;
+7. what the stack lets through: an upload spelled POST /%72ecord is stored by no
+   backend, and the service's and replica's logins reach no other database.
 
 Prints what it sees; exits non-zero when a proof fails. Leaves the stack down.
 """
@@ -78,6 +80,7 @@ def main() -> int:
         user = wait_until(lambda: new_user(tolerate_503=True), 30)
         wavs = {minutes: make_wav(folder / f"{minutes}min.wav", minutes) for minutes in (0.5, 2)}
         uploads_spread_and_match(user, wavs[0.5])
+        what_the_stack_lets_through(user, wavs[0.5])
         a_replica_killed(user, wavs[2], wavs[0.5])
         the_primary_stopped(user, wavs[0.5])
         a_slow_upload(user, wavs[2])
@@ -266,6 +269,31 @@ def large_object_costs(user: tuple[int, str], noise: Path) -> None:
     wait_until(lambda: replica_scalar("SELECT count(*) FROM app.records") == records or None, 3600)
     seconds = time.monotonic() - started
     say(f"  db-replica rebuilt from an empty volume: {seconds:.1f} s, {per_100_gb(database, seconds)}")
+
+
+# --- 7 ------------------------------------------------------------------------------
+
+
+def what_the_stack_lets_through(user: tuple[int, str], wav: Path) -> None:
+    say("\n== a route spelled another way; logins outside their database")
+    records_before = primary_scalar("SELECT count(*) FROM app.records")
+    body = wav.read_bytes()
+    connection = http.client.HTTPConnection(HOST, PORT, timeout=120)
+    connection.putrequest("POST", "/%72ecord", skip_host=True)  # as sent, not tidied up
+    for name, value in (("Host", f"{HOST}:{PORT}"), ("Content-Type", "audio/wav"),
+                        ("Content-Length", str(len(body))), ("Authorization", auth(user))):  # fmt: skip
+        connection.putheader(name, value)
+    connection.endheaders(body)
+    status = connection.getresponse().status
+    records = primary_scalar("SELECT count(*) FROM app.records")
+    check(status == 404 and records == records_before, f"POST /%72ecord: {status}; records {records_before}, {records}")
+    database = os.environ.get("POSTGRES_DB", "mp3")
+    for role in ("mp3_service", "mp3_replication"):
+        for other in ("postgres", "template1"):
+            tried = subprocess.run([*STACK, "exec", "-T", "db", "psql", "-h", "127.0.0.1", "-U", role, "-d", other,
+                                    "-Atc", "SELECT 1"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+            denied = tried.returncode != 0 and "permission denied for database" in tried.stderr
+            check(denied, f"{role} cannot connect to {other} (its own: {database})")
 
 
 def per_100_gb(size: int, seconds: float) -> str:

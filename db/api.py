@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,10 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 Database = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
+
+# How much of an upload is read back at a time to hash it: what one value in
+# the database and in this process holds, whatever the MP3's size.
+READ_BACK_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class UserStorage:
 class StorageStats:
     records: int
     bytes: int
+    max_bytes: int  # STORAGE_MAX_GB; 0: no bound
 
 
 @contextlib.asynccontextmanager
@@ -122,10 +128,25 @@ async def record_overwrite(db: Database, record_id: UUID, at: int, chunk: bytes)
 async def record_finish(
     db: Database, record_id: UUID, duration: float, bitrate: int, sample_rate: int, channels: int
 ) -> Record:
+    """Finish the upload with what the conversion measured and the SHA-256 of what was stored."""
+    digest = await upload_sha256(db, record_id)
     row = await db.fetchrow(
-        "SELECT * FROM api.record_finish($1, $2, $3, $4, $5)", record_id, duration, bitrate, sample_rate, channels
-    )
+        "SELECT * FROM api.record_finish($1, $2, $3, $4, $5, $6)",
+        record_id, duration, bitrate, sample_rate, channels, digest,
+    )  # fmt: skip
     return Record.of(row)
+
+
+async def upload_sha256(db: Database, record_id: UUID) -> bytes:
+    """The SHA-256 of an upload in progress, read back a piece at a time (the database could
+    only hash it as one value, a GB of its memory for a 4-hour MP3). Not as it is appended:
+    the header frame is written last, at the start."""
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := await db.fetchval("SELECT api.record_read_back($1, $2, $3)", record_id, offset, READ_BACK_BYTES):
+        await asyncio.to_thread(digest.update, chunk)  # off the event loop: hashlib lets go of the GIL
+        offset += len(chunk)
+    return digest.digest()
 
 
 async def record_open(db: Database, record_id: UUID, user_id: int) -> Record:

@@ -25,8 +25,17 @@ functions run with that role's rights (SECURITY DEFINER).
    changed or retyped function take effect without a migration (a renamed
    private one is dropped by the migration that renames it). The service role
    may EXECUTE the api functions, nothing else.
-5. Stores ``USER_QUOTA_MB`` (when set; 0 = no quota) in ``app.settings``,
-   where the api functions enforce it.
+5. Stores ``USER_QUOTA_MB`` and ``STORAGE_MAX_GB`` (when set; 0 = none) in
+   ``app.settings``, where the api functions enforce them.
+
+With ``CONFINE_CLUSTER=1`` (the deployments this project makes set it: the
+private cluster of ``scripts/run``, both compose files), the cluster is taken
+to serve this service alone, and PUBLIC also loses the right to connect to its
+other databases (``postgres``, ``template1``, ...) and to make temporary tables
+there: the rights on large objects are per database, so a login that could
+reach ``postgres`` could create large objects and temporary tables in it.
+Left off by default: on a cluster shared with others, other logins may rely on
+those rights.
 """
 
 from __future__ import annotations
@@ -74,10 +83,14 @@ def apply(
     roles: Roles = Roles(),
     migrations_dir: Path = MIGRATIONS_DIR,
     user_quota_mb: int | None = None,
+    storage_max_gb: int | None = None,
+    confine_cluster: bool = False,
 ) -> None:
     """Prepare the database as the administrator, then migrate and reload the api as the owner."""
     with psycopg.connect(admin_url, autocommit=True) as admin:
         prepare_database(admin, roles)
+        if confine_cluster:
+            close_other_databases(admin)
         admin.execute("DROP SCHEMA IF EXISTS api CASCADE")  # whoever an earlier version let own it
         drop_private_code(admin)
     owner_url = as_role(admin_url, roles.owner)
@@ -86,6 +99,8 @@ def apply(
         reload_functions(owner, roles.service)
         if user_quota_mb is not None:
             owner.execute("UPDATE app.settings SET user_quota_bytes = %s", [user_quota_mb << 20])
+        if storage_max_gb is not None:
+            owner.execute("UPDATE app.settings SET storage_max_bytes = %s", [storage_max_gb << 30])
 
 
 def prepare_database(admin: psycopg.Connection, roles: Roles) -> None:
@@ -107,6 +122,17 @@ def prepare_database(admin: psycopg.Connection, roles: Roles) -> None:
         admin.execute(sql.SQL(f"REVOKE EXECUTE ON FUNCTION pg_catalog.{function} FROM PUBLIC"))
     admin.execute(sql.SQL("GRANT EXECUTE ON FUNCTION pg_catalog.lo_create(oid) TO {}").format(owner))
     hand_over(admin, roles.owner)
+
+
+def close_other_databases(admin: psycopg.Connection) -> None:
+    """PUBLIC may neither connect to the cluster's other databases nor make temporary tables
+    in them: the service's and the replica's logins then reach this database alone (the
+    replica streams over replication connections, which need no database)."""
+    others = admin.execute(
+        "SELECT datname FROM pg_database WHERE datname <> current_database() AND datallowconn"
+    ).fetchall()
+    for (name,) in others:
+        admin.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
 
 
 def ensure_role(
@@ -238,15 +264,31 @@ def main(argv: list[str] | None = None) -> int:
         replication=os.environ.get("REPLICATION_ROLE") or DEFAULT_REPLICATION_ROLE,
         replication_password=os.environ.get("REPLICATION_PASSWORD") or None,
     )
-    quota = os.environ.get("USER_QUOTA_MB")
-    if quota is not None and quota != "" and not (quota.isascii() and quota.isdigit()):
-        parser.error(f"USER_QUOTA_MB must be a whole number of MiB (0: no quota), not {quota!r}")
-    apply(args.database_url, roles, user_quota_mb=int(quota) if quota else None)
+    confine = os.environ.get("CONFINE_CLUSTER") or "0"
+    if confine not in {"0", "1"}:
+        parser.error(f"CONFINE_CLUSTER must be 1 (the cluster serves this service alone) or 0, not {confine!r}")
+    apply(
+        args.database_url,
+        roles,
+        user_quota_mb=_whole_number(parser, "USER_QUOTA_MB", "MiB (0: no quota)"),
+        storage_max_gb=_whole_number(parser, "STORAGE_MAX_GB", "GiB (0: no bound)"),
+        confine_cluster=confine == "1",
+    )
     print(
         f"database up to date; api reloaded from {len(function_files())} files, owned by {roles.owner};"
         f" role {roles.service} granted"
     )
     return 0
+
+
+def _whole_number(parser: argparse.ArgumentParser, name: str, unit: str) -> int | None:
+    """A size setting of the environment; None when unset or empty (the database's stays)."""
+    raw = os.environ.get(name) or ""
+    if raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+        parser.error(f"{name} must be a whole number of {unit}, not {raw!r}")
+    return int(raw)
 
 
 if __name__ == "__main__":

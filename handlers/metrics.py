@@ -31,6 +31,10 @@ class Metrics:
         self.bytes_out = Counter("mp3_output_bytes", "MP3 bytes stored", registry=self.registry)
         self.stored_bytes = Gauge("mp3_stored_bytes", "MP3 bytes in the database", registry=self.registry)
         self.stored_records = Gauge("mp3_stored_records", "Records in the database", registry=self.registry)
+        self.storage_max_bytes = Gauge(
+            "mp3_storage_max_bytes", "What all records may take together (STORAGE_MAX_GB; 0: no bound)",
+            registry=self.registry,
+        )  # fmt: skip
         queue = Gauge("mp3_queue_depth", "Uploads waiting for a conversion slot", registry=self.registry)
         queue.set_function(lambda: slots.waiting)
         active = Gauge("mp3_active_conversions", "Conversions running now", registry=self.registry)

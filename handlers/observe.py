@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -20,14 +21,14 @@ from handlers.errors import RETRY_AFTER_S, error_response
 from handlers.keys import BROKEN_OFF, METRICS, POOL, SETTINGS, SLOTS
 from handlers.reads import read
 from handlers.shapes import ok
+from settings import IpNetwork
 
 access_log = logging.getLogger("mp3.access")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# X-Forwarded-For as a balancer writes it: addresses and commas, nothing a log
-# reader could mistake for another field.
-FORWARDED_FOR = re.compile(r"[0-9A-Fa-f.:, ]{1,256}")
+# Proxies in a row a forwarded address may have passed (more is a forgery, or a loop).
+MAX_FORWARDING_HOPS = 8
 DATABASE_CHECK_TIMEOUT_S = 2.0
 
 
@@ -36,9 +37,10 @@ async def metrics(request: web.Request) -> web.Response:
     app_metrics = request.app[METRICS]
     try:
         async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S):
-            stored = await api.storage_stats(request.app[POOL])
+            stored = await api.storage_stats(request.app[POOL])  # one row's running totals: no scan
         app_metrics.stored_records.set(stored.records)
         app_metrics.stored_bytes.set(stored.bytes)
+        app_metrics.storage_max_bytes.set(stored.max_bytes)
     except Exception:
         logging.getLogger(__name__).warning("storage figures unavailable for /metrics")
     body = generate_latest(app_metrics.registry)
@@ -125,16 +127,42 @@ def _log_access(
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             "bytes": sent,
             "remote": request.remote,
-            # The client behind a balancer, as the peer (remote) claims it: logged
-            # beside the peer, never in its place, since anyone may send the header.
-            "forwarded_for": _forwarded_for(request),
+            # The client behind the balancer, beside the peer (remote): only what a
+            # trusted proxy says, since anyone may send the header.
+            "forwarded_for": forwarded_client(request, request.app[SETTINGS].trusted_proxies),
         },
     )
 
 
-def _forwarded_for(request: web.Request) -> str | None:
-    claimed = request.headers.get("X-Forwarded-For")
-    return claimed if claimed is not None and FORWARDED_FOR.fullmatch(claimed) else None
+def forwarded_client(request: web.Request, trusted: tuple[IpNetwork, ...]) -> str | None:
+    """The client's address as trusted proxies forwarded it (TRUSTED_PROXIES), or None when
+    the peer is no trusted proxy. Read from the right, as the proxies appended it: the
+    first address that is no trusted proxy's is the client, whatever the client wrote
+    before it (every header line counts, the client's own ones included)."""
+    if not _within(request.remote, trusted):
+        return None
+    hops = ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")
+    client = None
+    for hop in reversed(hops[-MAX_FORWARDING_HOPS:]):
+        address = _address(hop.strip())
+        if address is None:
+            return None  # garbled: no proxy of ours wrote this
+        client = str(address)
+        if not any(address in network for network in trusted):
+            return client
+    return client  # every hop a trusted proxy: the first of them is where it came from
+
+
+def _within(peer: str | None, networks: tuple[IpNetwork, ...]) -> bool:
+    address = _address(peer or "")
+    return address is not None and any(address in network for network in networks)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -122,10 +122,11 @@ UPLOAD_ERRORS = {
     "400": BAD_REQUEST,
     "401": UNAUTHORIZED,
     "408": _error("The body sent nothing for READ_TIMEOUT_S, or arrived slower than MIN_UPLOAD_KBPS"),
-    "413": _error("Larger than MAX_UPLOAD_MB"),
+    "413": _error("Larger than MAX_UPLOAD_MB, longer than MAX_DURATION_S, or past the user's quota"),
     "415": _error("Neither multipart nor WAV, the file is not a RIFF/RF64 WAVE, or a Content-Encoding was given"),
     "422": _error("A WAV that cannot be converted, holds no audio, or took longer than FFMPEG_TIMEOUT_S"),
     "503": UNAVAILABLE,
+    "507": _error("The service's storage is full (STORAGE_MAX_GB)"),
 }
 DOWNLOAD_RESPONSES = {
     "200": {
@@ -171,6 +172,7 @@ def _user_created(token_key: str, description: str) -> dict[str, Any]:
                 "The user, with its token",
             ),
             "400": BAD_REQUEST,
+            "403": _error("Sign-up is closed (SIGNUP=closed): an administrator creates accounts"),
             "408": _error("The body sent nothing for READ_TIMEOUT_S, or arrived slower than MIN_UPLOAD_KBPS"),
             "409": _error("The username is taken (without regard to case)"),
             "413": _error(f"A body larger than {MAX_BODY_BYTES >> 10} KiB"),

@@ -112,6 +112,17 @@ async def refuse_tokens_in_urls(request: web.Request, handler: Handler) -> web.S
     return await handler(request)
 
 
+@web.middleware
+async def refuse_encoded_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A path is matched as it is sent: none of ours needs percent-encoding, so a path that
+    has any (or a fragment) names no route. Decoded, POST /%72ecord would reach the uploads
+    while the balancer, which routes on the path as sent, takes it for something else
+    and passes it by the upload slots and their queue."""
+    if request.rel_url.raw_path != request.path or "#" in request.raw_path:
+        raise ApiError(404, "No such route: paths are matched as they are sent, with nothing percent-encoded.")
+    return await handler(request)
+
+
 def encode_options_from(values: Mapping[str, str], default_bitrate: int, filename: str) -> EncodeOptions:
     """bitrate (kbit/s, a LAME CBR rate) or quality (LAME's VBR -V 0-9), sample_rate (an MP3
     rate), channels (1 or 2), and title, artist, album for the ID3 tag."""

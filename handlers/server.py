@@ -4,13 +4,19 @@ prove about disconnects, stalls and limits is what users get."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from handlers.errors import error_response
+from handlers.errors import ApiError, error_response
 from handlers.keys import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -24,6 +30,10 @@ MAX_HEADERS = 64
 # After an answer to a request whose body was not read, how long the rest is
 # read and dropped so the client sees the answer rather than a reset.
 LINGERING_S = 5.0
+# The one expectation the service meets (aiohttp answers it with 100 Continue).
+CONTINUE = "100-continue"
+# What a request expected that the service does not meet, for refuse_unmet_expectations.
+UNMET_EXPECTATION = web.RequestKey("unmet_expectation", str)
 
 
 def make_runner(app: web.Application) -> web.AppRunner:
@@ -96,6 +106,29 @@ class _Connection(RequestHandler):
                 request.content.feed_eof()  # nothing more will come: no lingering read after the answer
 
 
+@web.middleware
+async def refuse_unmet_expectations(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """417 for an Expect other than 100-continue, as every other refusal: in the envelope,
+    with the request's id and its access-log line (aiohttp would answer it in plain text
+    before any middleware; the runner takes it from aiohttp's sight, see _Runner)."""
+    if UNMET_EXPECTATION in request:
+        raise ApiError(417, f"The only expectation this service meets is Expect: {CONTINUE}.")
+    return await handler(request)
+
+
+def _without_unmet_expectation(message: RawRequestMessage) -> tuple[RawRequestMessage, str | None]:
+    """The request without its Expect headers when one of them asks what the service does
+    not meet, and what it asked; the request as it is otherwise."""
+    if hdrs.EXPECT not in message.headers:  # also aiohttp's stand-in for a request it could not parse
+        return message, None
+    unmet = [value for value in message.headers.getall(hdrs.EXPECT) if value.strip().lower() != CONTINUE]
+    if not unmet:
+        return message, None
+    headers = CIMultiDict((name, value) for name, value in message.headers.items() if name.lower() != "expect")
+    raw_headers = tuple((name, value) for name, value in message.raw_headers if name.lower() != b"expect")
+    return message._replace(headers=CIMultiDictProxy(headers), raw_headers=raw_headers), unmet[0]
+
+
 class _Server(web.Server):
     def __call__(self) -> RequestHandler:
         return _Connection(self, loop=self._loop, **self._kwargs)
@@ -105,4 +138,22 @@ class _Runner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server  # the same server, making _Connection's
+        make_request = server.request_factory
+
+        def request_factory(
+            message: RawRequestMessage,
+            payload: StreamReader,
+            protocol: RequestHandler,
+            writer: AbstractStreamWriter,
+            task: asyncio.Task[None],
+        ) -> BaseRequest:
+            # aiohttp answers an Expect it does not know (417, plain text) before any
+            # middleware runs: it is not shown one, and the middleware answers instead.
+            message, unmet = _without_unmet_expectation(message)
+            request = make_request(message, payload, protocol, writer, task)
+            if unmet is not None:
+                request[UNMET_EXPECTATION] = unmet
+            return request
+
+        server.request_factory = request_factory
         return server

@@ -20,6 +20,7 @@ from handlers.shapes import ok
 MAX_USERNAME_CHARACTERS = 64
 # A name, and room for JSON or a form around it.
 MAX_BODY_BYTES = 64 * 1024
+SIGNUP_CLOSED = "Sign-up is closed on this service: an administrator creates accounts."
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -43,7 +44,11 @@ async def current_user(request: web.Request) -> web.Response:
 
 
 async def new_user(request: web.Request) -> api.NewUser:
-    """The user the request's body names, created."""
+    """The user the request's body names, created; refused, before the body is read, while
+    sign-up is closed (SIGNUP=closed: accounts are free, so only closing them bounds how
+    many quotas there are to fill)."""
+    if not request.app[SETTINGS].open_signup:
+        raise ApiError(403, SIGNUP_CLOSED)
     return await api.user_create(request.app[POOL], await _username_from(request))
 
 

@@ -107,13 +107,13 @@ async def test_a_fresh_service_answers_every_upload_with_its_database_a_hop_away
     many appends of 512 KiB whose round trips the last frames can fall into."""
     await service_process.start()
     uploads = [
-        (audio(seconds=180, rate=48000, channels=1), {"bitrate": 320}),
+        (audio(seconds=180, rate=48000, channels=1), {"bitrate": "320"}),
         (audio(seconds=95, rate=44100, channels=2), {}),
     ]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         user = await service_process.new_user(session, "distant")
 
-        async def status_of(wav: bytes, options: dict[str, int]) -> int:
+        async def status_of(wav: bytes, options: dict[str, str]) -> int:
             data = form(wav, user=user[0], token=user[1], **options)
             async with session.post(f"{service_process.base}/record", data=data) as response:
                 return response.status

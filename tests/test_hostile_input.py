@@ -3,7 +3,10 @@ bent every way, inputs that once gave a 500. Nothing stored, nothing leaked, nev
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import logging
 import struct
 import uuid
 from pathlib import Path
@@ -314,3 +317,56 @@ async def test_a_range_of_any_length_is_answered_without_a_500(client: Client, a
     else:  # to the end, or the whole file
         assert response.status in (200, 206)
         assert len(await response.read()) == data["size"]
+
+
+# --- requests a balancer and the service could read apart -------------------------------
+
+
+@pytest.mark.parametrize("path", ["/%72ecord", "/re%63ord", "/files%2Econvert", "/record#x"])
+async def test_a_route_spelled_with_percent_encoding_or_a_fragment_is_no_route(
+    client: Client, audio: Audio, admin: psycopg.Connection, path: str
+) -> None:
+    """HAProxy routes on the path as sent: POST /%72ecord went to its writes backend, by
+    the upload slots and their queue, while aiohttp decoded it into an upload."""
+    wav = audio()
+    auth = "".join(f"{name}: {value}\r\n" for name, value in basic(*await new_user(client)).items())
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: {len(wav)}\r\n{auth}"
+        "Connection: close\r\n\r\n"
+    )  # as sent: the test client would tidy the path up
+    answer = await raw_request(client, head.encode(), wav)
+    head_answered, _, body = answer.partition(b"\r\n\r\n")
+    assert head_answered.split()[1] == b"404", answer[:300]
+    assert b"percent-encoded" in body
+    assert nothing_stored(admin)
+
+
+async def test_an_expectation_other_than_100_continue_is_417_in_the_envelope_with_its_id_and_log_line(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mp3.access")
+    head = b"POST /users HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nX-Request-Id: expects-1\r\nContent-Length: 2\r\n\r\n"
+    answer = await raw_request(client, head, b"{}")
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line.split()[1] == b"417", answer[:300]
+    assert b"Content-Type: application/json" in headers
+    assert b"X-Request-Id: expects-1" in headers
+    assert json.loads(body)["status"] == "expectation_failed"
+    logged = [line for line in caplog.records if line.name == "mp3.access"]
+    assert [(line.path, line.status, line.request_id) for line in logged] == [  # type: ignore[attr-defined]
+        ("/users", 417, "expects-1")
+    ]
+
+    # The one expectation met: 100 Continue before the body is sent, then the answer.
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    body = b'{"username": "ann"}'
+    writer.write(
+        b"POST /users HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    )
+    async with asyncio.timeout(30):
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        assert (await reader.read()).startswith(b"HTTP/1.1 201 ")
+    writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 
@@ -11,7 +12,18 @@ import pytest
 from handlers.keys import SLOTS
 from handlers.observe import JsonFormatter
 from tests.conftest import MakeClient
-from tests.support import Audio, Client, basic, expect_error, held_body, local, new_user, until, upload
+from tests.support import (
+    Audio,
+    Client,
+    basic,
+    expect_error,
+    held_body,
+    local,
+    new_user,
+    raw_request,
+    until,
+    upload,
+)
 
 
 async def test_every_response_carries_a_request_id_the_clients_when_sane(client: Client, audio: Audio) -> None:
@@ -45,18 +57,28 @@ async def test_one_access_log_line_per_request_with_its_id_and_no_credentials(
     assert token not in json.dumps(formatted)
 
 
-async def test_the_access_log_keeps_the_address_a_balancer_forwards_beside_its_own(
-    client: Client, caplog: pytest.LogCaptureFixture
+async def test_the_access_log_believes_a_forwarded_address_only_from_a_trusted_proxy(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Behind HAProxy the client wrote the first X-Forwarded-For line and `option forwardfor`
+    added the true one after it: the address is read from the right, and only when the
+    peer is a proxy of TRUSTED_PROXIES."""
     caplog.set_level(logging.INFO, logger="mp3.access")
-    await client.get("/health", headers={"X-Forwarded-For": "203.0.113.7, 10.0.0.2"})
-    await client.get("/health", headers={"X-Forwarded-For": 'x", "status": 200'})
-    forwarded, forged = (
-        json.loads(JsonFormatter().format(line)) for line in caplog.records if line.name == "mp3.access"
-    )
-    assert forwarded["forwarded_for"] == "203.0.113.7, 10.0.0.2"
-    assert forwarded["remote"] == "127.0.0.1"  # the peer, whatever it claims
-    assert forged["forwarded_for"] is None
+    forged_then_appended = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 203.0.113.7\r\n"
+    untrusting = await make_client()
+    trusting = await make_client(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+    for client, headers in [
+        (untrusting, "X-Forwarded-For: 203.0.113.7\r\n"),  # anyone may send the header
+        (trusting, forged_then_appended),
+        (trusting, "X-Forwarded-For: 6.6.6.6, 203.0.113.7, 127.0.0.9\r\n"),  # through two proxies of ours
+        (trusting, "X-Forwarded-For: 203.0.113.7, unknown\r\n"),
+        (trusting, ""),
+    ]:
+        head = f"GET /health HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+        await raw_request(client, head.encode())
+    logged = [json.loads(JsonFormatter().format(line)) for line in caplog.records if line.name == "mp3.access"]
+    assert [line["forwarded_for"] for line in logged] == [None, "203.0.113.7", "203.0.113.7", None, None]
+    assert {line["remote"] for line in logged} == {"127.0.0.1"}  # the peer, whatever it claims
 
 
 async def test_ready_is_503_while_every_slot_is_busy(make_client: MakeClient, audio: Audio) -> None:

@@ -134,6 +134,32 @@ async def test_the_storage_quota_is_413_and_keeps_nothing_of_the_upload_that_pas
     assert admin.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone() == (1,)
 
 
+async def test_a_full_service_is_507_for_every_user_and_keeps_nothing_of_the_upload(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """Accounts are free, so a user's quota bounds nothing overall: STORAGE_MAX_GB does."""
+    first = await upload(client, await new_user(client), audio(seconds=2))
+    size = (await first.json())["data"]["size"]
+    admin.execute("UPDATE app.settings SET storage_max_bytes = %s", [size + 1000])
+    another = await new_user(client, "bob")
+    body = await expect_error(await upload(client, another, audio(seconds=2)), 507)
+    assert body["status"] == "insufficient_storage"
+    assert "storage is full" in body["message"]
+    assert admin.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone() == (1,)
+    metrics = await (await client.get("/metrics")).text()
+    assert f"mp3_storage_max_bytes {float(size + 1000)}" in metrics.splitlines()
+
+
+@pytest.mark.parametrize("path", ["/users", "/users.create"])
+async def test_closed_sign_up_refuses_new_accounts_before_reading_the_body(make_client: MakeClient, path: str) -> None:
+    client = await make_client(open_signup=False)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    answer = await raw_request(client, head.encode())  # the body never comes: it is not waited for
+    head_answered, _, body = answer.partition(b"\r\n\r\n")
+    assert head_answered.split()[1] == b"403", answer[:300]
+    assert b"Sign-up is closed" in body
+
+
 # --- credentials -----------------------------------------------------------------
 
 

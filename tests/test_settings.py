@@ -21,6 +21,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.download_cache_bytes == 256 << 20
     assert settings.parallel_segments == settings.convert_concurrency  # both the CPU count
     assert settings.ffmpeg_binary.endswith("ffmpeg") or "ffmpeg" in settings.ffmpeg_binary
+    assert settings.trusted_proxies == ()  # nobody's X-Forwarded-For is believed
+    assert settings.open_signup
 
 
 def test_values_are_read_from_the_environment() -> None:
@@ -37,8 +39,12 @@ def test_values_are_read_from_the_environment() -> None:
             "IDLE_TIMEOUT_S": "5",
             "DOWNLOAD_CACHE_MB": "0",
             "PARALLEL_SEGMENTS": "0",
+            "TRUSTED_PROXIES": "10.0.0.7, 172.16.0.0/12,fd00::/8",
+            "SIGNUP": "closed",
         }
     )
+    assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.7/32", "172.16.0.0/12", "fd00::/8"]
+    assert not settings.open_signup
     assert settings.parallel_segments == 0
     assert settings.download_cache_bytes == 0
     assert (settings.min_upload_kbps, settings.idle_timeout_s) == (0, 5)
@@ -65,7 +71,10 @@ def test_values_are_read_from_the_environment() -> None:
         ("PUBLIC_URL", "ftp://x"),
         ("MIN_UPLOAD_KBPS", "-1"),
         ("IDLE_TIMEOUT_S", "0"),
-        ("MAX_DURATION_S", "21601"),  # the MP3 at 320 kbit/s could pass PostgreSQL's 1 GB per value
+        ("MAX_DURATION_S", "21601"),
+        ("TRUSTED_PROXIES", "balancer"),
+        ("TRUSTED_PROXIES", "10.0.0.7/8"),  # a host, not a network: a typo more likely than a choice
+        ("SIGNUP", "invite-only"),
         ("FFMPEG_BINARY", "/nonexistent/ffmpeg"),
         ("DOWNLOAD_CACHE_MB", "-1"),
         ("PARALLEL_SEGMENTS", "-1"),

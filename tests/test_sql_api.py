@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -12,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 
+from db import api
 from db.apply import (
     DEFAULT_OWNER_ROLE,
     DEFAULT_REPLICATION_ROLE,
@@ -24,7 +28,7 @@ from db.apply import (
     apply,
     function_files,
 )
-from tests.support import finished_records
+from tests.support import ROOT, finished_records
 
 
 def sqlstate_of(connection: psycopg.Connection, query: str, params: Any = None) -> str | None:
@@ -666,7 +670,7 @@ def test_two_uploads_finishing_at_once_cannot_both_pass_the_quota(
         first.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[0]])
         outcome: list[BaseException] = []
 
-        def finish_second() -> None:  # blocks on the user's row until `first` commits
+        def finish_second() -> None:  # blocks on the locks `first` holds until it commits
             try:
                 second.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[1]])
             except psycopg.Error as error:
@@ -676,7 +680,7 @@ def test_two_uploads_finishing_at_once_cannot_both_pass_the_quota(
         finishing.start()
         waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
         deadline = time.monotonic() + 30
-        while scalar(admin, waiting, [second.info.backend_pid]) == 0:  # it waits for the user's row
+        while scalar(admin, waiting, [second.info.backend_pid]) == 0:  # it waits for `first`
             assert time.monotonic() < deadline, "the second finish never waited for the first"
         first.commit()
         finishing.join(timeout=30)
@@ -724,3 +728,199 @@ def test_overwrite_changes_only_bytes_already_written_of_an_upload_in_progress(s
         == b"\x00\x00HEAD" + bytes(4) + b"tail"
     )
     assert sqlstate_of(service, "SELECT api.record_overwrite(%s, 0, 'evil')", [record_id]) == "PT404"
+
+
+# --- what one upload may cost the database ----------------------------------------
+
+
+@pytest.mark.parametrize("duration", ["NaN", "Infinity"])
+def test_a_duration_that_is_no_finite_number_is_refused(service: psycopg.Connection, duration: str) -> None:
+    """NaN passed `duration <= 0`, and a record holding it made GET /records answer invalid JSON."""
+    user_id, token = create_user(service)
+    with service.transaction(force_rollback=True):
+        record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+        service.execute("SELECT api.record_append(%s, 'mp3')", [record_id])
+        finish = "SELECT * FROM api.record_finish(%s, %s::float8, 1, 1, 1)"
+        assert sqlstate_of(service, finish, [record_id, duration]) == "PT400"
+
+
+def test_the_digest_the_service_measured_is_stored_and_the_database_hashes_only_small_mp3s_itself(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    user_id, token = create_user(service)
+    with service.transaction():
+        record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+        service.execute("SELECT api.record_append(%s, 'mp3')", [record_id])
+        assert scalar(service, "SELECT api.record_read_back(%s, 1, 100)", [record_id]) == b"p3"
+        with pytest.raises(psycopg.Error) as raised, service.transaction():  # a savepoint
+            service.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1, 'short')", [record_id])
+        assert raised.value.sqlstate == "PT400"
+        measured = hashlib.sha256(b"mp3").digest()
+        digest = scalar(service, "SELECT sha256 FROM api.record_finish(%s, 1, 1, 1, 1, %s)", [record_id, measured])
+    assert bytes(digest) == measured
+    assert sqlstate_of(service, "SELECT api.record_read_back(%s, 0, 3)", [record_id]) == "PT404"  # finished
+
+    # Without the digest, past 64 MiB: refused rather than held whole in the backend's memory.
+    with admin.transaction(force_rollback=True):
+        record_id = scalar(admin, "SELECT api.record_begin(%s, %s, 'big.wav')", [user_id, token])
+        admin.execute("SELECT lo_put(lo_oid, %s, 'end') FROM app.records WHERE id = %s", [64 << 20, record_id])
+        assert sqlstate_of(admin, "SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [record_id]) == "PT400"
+
+
+@pytest.mark.slow
+async def test_an_mp3_larger_than_any_postgresql_value_is_finished_and_hashed_a_piece_at_a_time(
+    admin: psycopg.Connection,
+) -> None:
+    """The service's finish (db.api.record_finish) never holds the MP3 as one value: one of
+    more than 1 GiB, which no PostgreSQL value can hold, is stored with its true SHA-256.
+    Made sparse by the administrator, so no GiB is written."""
+    user_id, token = create_user(admin)
+    info = admin.info
+    connection = await asyncpg.connect(host=info.host, port=info.port, user=info.user, database=info.dbname)
+    try:
+        async with connection.transaction():
+            record_id = await api.record_begin(connection, user_id, token, "long.wav")
+            await api.record_append(connection, record_id, b"ID3")
+            sparse = "SELECT lo_put(lo_oid, $2, 'end') FROM app.records WHERE id = $1"
+            await connection.execute(sparse, record_id, 1 << 30)
+            record = await api.record_finish(connection, record_id, 4 * 3600.0, 320000, 44100, 2)
+    finally:
+        await connection.close()
+    expected = hashlib.sha256(b"ID3")  # then zeros up to 1 GiB, then "end"
+    zeros = bytes(1 << 20)
+    for _ in range((1 << 10) - 1):
+        expected.update(zeros)
+    expected.update(zeros[:-3] + b"end")
+    assert record.size == (1 << 30) + 3
+    assert record.sha256 == expected.digest()
+
+
+def set_storage_bound(admin: psycopg.Connection, max_bytes: int) -> None:
+    admin.execute("UPDATE app.settings SET storage_max_bytes = %s", [max_bytes])
+
+
+def test_the_storage_bound_counts_every_user_at_begin_while_appending_and_at_finish(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    alice, bob = create_user(service), create_user(service, "bob")
+    set_storage_bound(admin, 1000)
+    store_record(service, *alice, [b"x" * 600])
+
+    # Another user's upload passing the bound while streaming: stopped there, nothing kept.
+    with service.transaction(force_rollback=True):
+        record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'b.wav')", list(bob))
+        service.execute("SELECT api.record_append(%s, %s)", [record_id, b"y" * 300])
+        with pytest.raises(psycopg.Error) as raised:
+            service.execute("SELECT api.record_append(%s, %s)", [record_id, b"y" * 300])
+    assert raised.value.sqlstate == "PT507"
+    assert "storage is full" in (raised.value.diag.message_primary or "")
+    assert record_count(admin) == large_object_count(admin) == 1
+
+    store_record(service, *bob, [b"z" * 400])  # exactly up to the bound
+    assert sqlstate_of(service, "SELECT api.record_begin(%s, %s, 'c.wav')", list(alice)) == "PT507"
+    assert service.execute("SELECT * FROM api.storage_stats()").fetchone() == (2, 1000, 1000)
+
+    # Deleting frees the room, however it goes; 0: no bound.
+    admin.execute("DELETE FROM app.records WHERE size = 400")
+    store_record(service, *alice, [b"w" * 400])
+    admin.execute("DELETE FROM app.users WHERE username = 'alice'")  # cascades to the records
+    assert service.execute("SELECT * FROM api.storage_stats()").fetchone() == (0, 0, 1000)
+    set_storage_bound(admin, 0)
+    store_record(service, *bob, [b"v" * 5000])
+
+
+def test_two_uploads_of_two_users_finishing_at_once_cannot_both_pass_the_storage_bound(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    users = [create_user(service), create_user(service, "bob")]
+    set_storage_bound(admin, 1000)
+    info = service.info
+    first, second = (
+        psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=DEFAULT_SERVICE_ROLE) for _ in range(2)
+    )
+    with first, second:
+        uploads = []
+        for connection, user in zip((first, second), users, strict=True):
+            record_id = scalar(connection, "SELECT api.record_begin(%s, %s, 'a.wav')", list(user))
+            connection.execute("SELECT api.record_append(%s, %s)", [record_id, b"a" * 700])
+            uploads.append(record_id)
+        first.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[0]])
+        outcome: list[BaseException] = []
+
+        def finish_second() -> None:  # blocks on the service's totals until `first` commits
+            try:
+                second.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[1]])
+            except psycopg.Error as error:
+                outcome.append(error)
+
+        finishing = threading.Thread(target=finish_second)
+        finishing.start()
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
+        deadline = time.monotonic() + 30
+        while scalar(admin, waiting, [second.info.backend_pid]) == 0:
+            assert time.monotonic() < deadline, "the second finish never waited for the first"
+        first.commit()
+        finishing.join(timeout=30)
+        second.rollback()
+    assert [getattr(error, "sqlstate", None) for error in outcome] == ["PT507"]
+    assert record_count(admin) == large_object_count(admin) == 1
+
+
+def test_storage_stats_read_running_totals_and_never_the_records(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """/metrics asks it on every scrape, unauthenticated: its cost may not grow with the records."""
+    user_id, token = create_user(service)
+    finished_records(admin, user_id, 3)  # by hand, as rows: counted too
+    store_record(service, user_id, token, [b"x" * 10])
+    info = service.info
+    # A session of its own: what a backend counts is reported for all its transactions together.
+    with psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=DEFAULT_SERVICE_ROLE) as fresh:
+        assert fresh.execute("SELECT records, bytes FROM api.storage_stats()").fetchone() == (4, 13)
+        reads = fresh.execute(
+            "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables"
+            " WHERE schemaname = 'app' AND relname = 'records'"
+        ).fetchone()
+    assert reads == (0, 0)
+
+
+def test_apply_stores_the_storage_bound_it_is_given(admin: psycopg.Connection) -> None:
+    info = admin.info
+    environment = {**os.environ, "STORAGE_MAX_GB": "3"}
+    url = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+    subprocess.run([sys.executable, "-m", "db.apply", url], cwd=ROOT, env=environment, check=True, capture_output=True)
+    assert scalar(admin, "SELECT storage_max_bytes FROM app.settings") == 3 << 30
+    refused = subprocess.run([sys.executable, "-m", "db.apply", url], cwd=ROOT, capture_output=True, text=True,
+                             env={**environment, "STORAGE_MAX_GB": "lots"})  # fmt: skip
+    assert refused.returncode != 0
+    assert "STORAGE_MAX_GB must be a whole number of GiB" in refused.stderr
+
+
+# --- the cluster around the database ------------------------------------------------
+
+
+@pytest.fixture
+def cluster_reopened_afterwards(admin: psycopg.Connection) -> Iterator[None]:
+    """The test cluster is shared by every test: its other databases are opened again."""
+    yield
+    for name in ("postgres", "template1"):
+        admin.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {name} TO PUBLIC")
+
+
+@pytest.mark.usefixtures("cluster_reopened_afterwards")
+def test_a_confined_cluster_lets_the_service_and_replication_logins_into_no_other_database(
+    admin: psycopg.Connection,
+) -> None:
+    """Large-object and temporary-table rights are taken per database: a login that can reach
+    `postgres` or `template1` could make them there. With CONFINE_CLUSTER=1 (scripts/run's
+    private cluster, both compose files) it cannot connect there at all."""
+    info = admin.info
+    url = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+    environment = {**os.environ, "CONFINE_CLUSTER": "1", "REPLICATION_PASSWORD": "secret"}
+    subprocess.run([sys.executable, "-m", "db.apply", url], cwd=ROOT, env=environment, check=True, capture_output=True)
+    for database in ("postgres", "template1"):
+        for role, password in ((DEFAULT_SERVICE_ROLE, None), (DEFAULT_REPLICATION_ROLE, "secret")):
+            with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                psycopg.connect(host=info.host, port=info.port, dbname=database, user=role, password=password)
+    with psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=DEFAULT_SERVICE_ROLE) as service:
+        assert service.execute("SELECT 1").fetchone() == (1,)  # its own database still

@@ -7,8 +7,8 @@
  *
  * The file name is reduced to a safe base name (no directories, no control
  * characters, at most 255 characters); 'recording.wav' when nothing is left.
- * A user whose storage is already at its quota gets PT413 here, before any
- * conversion work.
+ * A user whose storage is already at its quota gets PT413 here, and PT507
+ * when the service's storage is full, before any conversion work.
  */
 CREATE FUNCTION api.record_begin(user_id bigint, token text, filename text)
 RETURNS uuid
@@ -23,6 +23,7 @@ DECLARE
 BEGIN
     PERFORM FROM api.user_check(user_id, token);
     PERFORM app.assert_within_quota(record_begin.user_id, 1);
+    PERFORM app.assert_within_storage_bound(1);
 
     base_name := regexp_replace(base_name, '^.*[/\\]', '');
     base_name := regexp_replace(base_name, '[[:cntrl:]]', '', 'g');

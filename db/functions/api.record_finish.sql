@@ -1,20 +1,32 @@
 /**
  * Completes an upload begun in this transaction with what the converter
- * measured, and returns the finished record. The size and the SHA-256 (the
- * download's ETag: what `sha256sum` prints for the downloaded file) are
- * computed here from the stored bytes, so they are true whoever calls this.
- * An empty object or a zero duration is PT422: there was no audio. PT413 when
- * the record would take its user past the storage quota (checked with the
- * user's row locked, so two uploads finishing at once cannot both slip in;
- * NO KEY UPDATE: it must not wait on the key-share lock every open upload's
- * foreign key holds, or two uploads of one user would deadlock).
+ * measured, and returns the finished record. The size is computed here from
+ * the stored bytes, so it is true whoever calls this.
+ *
+ * sha256 is the MP3's SHA-256 (the download's ETag: what `sha256sum` prints
+ * for the downloaded file). PostgreSQL can hash only a whole value, which for a
+ * 4-hour MP3 takes over a GB of one backend's memory, so the service passes
+ * what it measured reading the upload back a piece at a time
+ * (api.record_read_back); it is the caller's word, like every byte it wrote,
+ * and the download cache admits a file only when its bytes hash to it. NULL:
+ * computed here, for an MP3 of at most 64 MiB (PT400 beyond).
+ *
+ * An empty object or a zero duration is PT422: there was no audio; a duration
+ * that is no finite number is PT400. PT413 when the record would take its user
+ * past the storage quota, PT507 the service past its storage bound: checked
+ * with the service's totals and the user's row locked (in that order, the
+ * order the trigger that counts them updates them), so two uploads finishing
+ * at once cannot both slip in. The user's lock is NO KEY UPDATE: it must not
+ * wait on the key-share lock every open upload's foreign key holds, or two
+ * uploads of one user would deadlock.
  */
 CREATE FUNCTION api.record_finish(
     record_id uuid,
     duration double precision,
     bitrate integer,
     sample_rate integer,
-    channels integer
+    channels integer,
+    sha256 bytea DEFAULT NULL
 )
 RETURNS SETOF app.record_info
 LANGUAGE plpgsql
@@ -23,13 +35,16 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    largest_hashed_here constant bigint := 64 * 1048576;
     object_id oid;
     owner_id bigint;
     descriptor integer;
     object_size bigint;
+    digest bytea := record_finish.sha256;
 BEGIN
     object_id := app.upload_in_progress(record_id);
     SELECT r.user_id INTO owner_id FROM app.records AS r WHERE r.id = record_id;
+    PERFORM FROM app.storage FOR UPDATE;
     PERFORM FROM app.users AS u WHERE u.id = owner_id FOR NO KEY UPDATE;
 
     descriptor := lo_open(object_id, x'40000'::integer);  -- INV_READ
@@ -39,7 +54,19 @@ BEGIN
     IF object_size = 0 OR coalesce(duration, 0) <= 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'PT422', MESSAGE = 'The recording holds no audio.';
     END IF;
+    -- NaN compares above every number, so `<= 0` lets it through.
+    IF NOT duration < 'Infinity' THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'The duration must be a finite number of seconds.';
+    END IF;
+    IF digest IS NULL AND object_size > largest_hashed_here THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400',
+            MESSAGE = 'Pass the MP3''s SHA-256: the database hashes at most 64 MiB itself.';
+    END IF;
+    IF octet_length(digest) <> 32 THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'A SHA-256 has 32 bytes.';
+    END IF;
     PERFORM app.assert_within_quota(owner_id, object_size);
+    PERFORM app.assert_within_storage_bound(object_size);
 
     UPDATE app.records AS r
     SET size = object_size,
@@ -47,7 +74,7 @@ BEGIN
         bitrate = record_finish.bitrate,
         sample_rate = record_finish.sample_rate,
         channels = record_finish.channels,
-        sha256 = pg_catalog.sha256(lo_get(object_id)),
+        sha256 = coalesce(digest, pg_catalog.sha256(lo_get(object_id))),
         -- A record exists from the moment it is complete, not from when its
         -- (possibly long) upload began.
         created_at = clock_timestamp()
@@ -57,5 +84,5 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION api.record_finish(uuid, double precision, integer, integer, integer) IS
-    'Completes an upload with its measured metadata; returns the finished record.';
+COMMENT ON FUNCTION api.record_finish(uuid, double precision, integer, integer, integer, bytea) IS
+    'Completes an upload with its measured metadata and SHA-256; returns the finished record.';

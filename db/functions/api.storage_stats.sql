@@ -1,18 +1,19 @@
 /**
- * How much the service stores: finished records and their MP3 bytes. For
- * /metrics and for an admin; reveals no record, user or name.
+ * How much the service stores: finished records and their MP3 bytes, and the
+ * bound they count against (0: none). For /metrics, which anyone may ask, and
+ * for an admin: one row's running totals, never a scan of the records; reveals
+ * no record, user or name.
  */
 CREATE FUNCTION api.storage_stats()
-RETURNS TABLE (records bigint, bytes bigint)
+RETURNS TABLE (records bigint, bytes bigint, max_bytes bigint)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT count(*), coalesce(sum(r.size), 0)::bigint
-    FROM app.records AS r
-    WHERE r.size IS NOT NULL;
+    SELECT s.records, s.bytes, c.storage_max_bytes
+    FROM app.storage AS s, app.settings AS c;
 $$;
 
 COMMENT ON FUNCTION api.storage_stats() IS
-    'Counts finished records and their bytes (for /metrics).';
+    'Finished records, their bytes, and the storage bound (for /metrics).';

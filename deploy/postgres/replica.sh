@@ -13,10 +13,10 @@ if [ "$(id -u)" = 0 ]; then  # the image starts us as root: the data is the post
 fi
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    # The role exists once the primary is up and migrate has run.
-    until psql -h "$PRIMARY_HOST" -U "$REPLICATION_ROLE" -d postgres -Atqc \
-        "SELECT pg_create_physical_replication_slot('$SLOT')
-         WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '$SLOT')" >/dev/null; do
+    # The role exists once the primary is up and migrate has run. The slot is made
+    # over a replication connection: the role may connect to no database at all.
+    until pg_receivewal -h "$PRIMARY_HOST" -U "$REPLICATION_ROLE" -S "$SLOT" --create-slot --if-not-exists \
+        >/dev/null; do
         echo "waiting for the primary and its replication role" >&2
         sleep 2
     done

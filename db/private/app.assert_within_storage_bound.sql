@@ -1,0 +1,31 @@
+/**
+ * For the api functions that store bytes: PT507 when the service's finished
+ * records plus `adding` bytes would pass its storage bound (app.settings;
+ * STORAGE_MAX_GB). Reads the running total, never the records.
+ */
+CREATE FUNCTION app.assert_within_storage_bound(adding bigint) RETURNS void
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bound bigint;
+    used bigint;
+BEGIN
+    SELECT s.storage_max_bytes INTO bound FROM app.settings AS s;
+    IF coalesce(bound, 0) = 0 THEN
+        RETURN;
+    END IF;
+    SELECT s.bytes INTO used FROM app.storage AS s;
+    IF used + adding > bound THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT507',
+            MESSAGE = format('The service''s storage is full (its limit is %s GiB): no upload can be stored'
+                             ' until records are deleted.', round(bound / 1073741824.0, 1));
+    END IF;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION app.assert_within_storage_bound(bigint) FROM PUBLIC;
+
+COMMENT ON FUNCTION app.assert_within_storage_bound(bigint) IS
+    'Raises PT507 when all finished records plus adding would pass app.settings.storage_max_bytes.';

@@ -1,0 +1,96 @@
+"""The scaled stack's balancer (deploy/haproxy/haproxy.cfg), run by HAProxy itself in front
+of the service: what its frontend makes of a request the service then reads."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import psycopg
+import pytest
+
+from tests.conftest import MakeClient
+from tests.support import ROOT, Audio, Client, basic, free_port, new_user, nothing_stored
+
+HAPROXY = shutil.which("haproxy")
+if HAPROXY is None and os.environ.get("CI") != "true":
+    pytest.skip("HAProxy is not installed (apt-get install haproxy); CI installs it", allow_module_level=True)
+
+
+@pytest.fixture
+async def balanced(make_client: MakeClient, tmp_path: Path) -> AsyncIterator[tuple[Client, str]]:
+    """The service, trusting loopback as its proxy, behind the real configuration; the
+    balancer's base URL. Only where it listens and where the replicas are is changed."""
+    assert HAPROXY is not None
+    client = await make_client(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+    port = free_port()
+    replica = f"{client.host}:{client.port}"
+    config = (ROOT / "deploy/haproxy/haproxy.cfg").read_text()
+    rewritten = config.replace("bind :8080", f"bind 127.0.0.1:{port}").replace("app:8080", replica)
+    assert rewritten.count(replica) == 3  # the uploads', reads' and writes' replicas
+    (tmp_path / "haproxy.cfg").write_text(rewritten)
+    with (tmp_path / "haproxy.log").open("wb") as log:
+        balancer = await asyncio.create_subprocess_exec(
+            HAPROXY, "-db", "-f", str(tmp_path / "haproxy.cfg"),
+            env={**os.environ, "MP3_ERRORS": str(ROOT / "deploy/haproxy/errors")}, stdout=log, stderr=log,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):  # its first health checks of the replicas, 1 s apart
+                try:
+                    async with session.get(f"{base}/health") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the balancer never passed a request on: " + (tmp_path / "haproxy.log").read_text())
+        yield client, base
+    finally:
+        balancer.terminate()
+        async with asyncio.timeout(10):
+            await balancer.wait()
+
+
+async def test_the_balancer_forwards_the_clients_address_and_none_the_client_wrote(
+    balanced: tuple[Client, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`option forwardfor` appended its line after the client's own; the app read the first."""
+    _, base = balanced
+    caplog.set_level(logging.INFO, logger="mp3.access")
+    async with aiohttp.ClientSession() as session:
+        headers = {"X-Forwarded-For": "6.6.6.6", "X-Request-Id": "through-the-balancer"}
+        async with session.get(f"{base}/nowhere", headers=headers) as response:
+            assert response.status == 404
+    (logged,) = [line for line in caplog.records if getattr(line, "request_id", None) == "through-the-balancer"]
+    assert logged.forwarded_for == "127.0.0.1"  # type: ignore[attr-defined]
+
+
+async def test_an_upload_spelled_with_percent_encoding_is_stored_by_no_backend(
+    balanced: tuple[Client, str], audio: Audio, admin: psycopg.Connection
+) -> None:
+    """Routed as sent, POST /%72ecord goes to the writes backend, by the upload slots and
+    their queue: the replica refuses it there."""
+    client, base = balanced
+    wav = audio()
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    auth = "".join(f"{name}: {value}\r\n" for name, value in basic(*await new_user(client)).items())
+    writer.write(
+        f"POST /%72ecord HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: {len(wav)}\r\n{auth}"
+        "Connection: close\r\n\r\n".encode()
+        + wav
+    )
+    async with asyncio.timeout(30):
+        answer = await reader.read()
+    writer.close()
+    assert answer.split()[1] == b"404", answer[:300]
+    assert nothing_stored(admin)
