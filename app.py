@@ -56,6 +56,8 @@ def init_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics(app[SLOTS])
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(security_headers)
+    # Each permit is held for one large-object read, which has the statements' deadline
+    # (STALL_TIMEOUT_S): a download waits for a permit no longer than those reads take.
     app[DOWNLOAD_READS] = asyncio.Semaphore(SPARE_CONNECTIONS - KEPT_FROM_DOWNLOADS)
     app.cleanup_ctx.append(database_pool)
     app.cleanup_ctx.append(download_cache)
@@ -103,7 +105,8 @@ async def download_cache(app: web.Application) -> AsyncIterator[None]:
 
 async def _pool(url: str, size: int, statement_timeout_s: float) -> asyncpg.Pool:
     # min_size=0: the service starts (and /health says 503) while the database is down.
-    # command_timeout: no statement waits for ever on a server that stopped answering.
+    # command_timeout: no statement waits for ever on a server that stopped answering;
+    # with connects bounded too, a wait for a pooled connection ends when a statement does.
     return await asyncpg.create_pool(
         url, min_size=0, max_size=size, timeout=CONNECT_TIMEOUT_S, command_timeout=statement_timeout_s
     )

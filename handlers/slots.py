@@ -34,8 +34,11 @@ class ConversionSlots:
         self.active = 0
         self.waiting = 0
         self.draining = False  # set at shutdown: no new upload starts
+        # One permit per conversion slot: taken by turn() (waiting queue_timeout at most)
+        # or borrow() (never waits), given back exactly once by give_back().
         self._semaphore = asyncio.Semaphore(size)
         self._uploads: set[asyncio.Task[object]] = set()
+        # Set exactly when _uploads is empty: both change together, with no await between.
         self._no_uploads = asyncio.Event()
         self._no_uploads.set()
 
@@ -65,6 +68,7 @@ class ConversionSlots:
                 self._no_uploads.set()
 
     async def no_uploads(self) -> None:
+        """Until no upload is registered (the caller bounds it: the shutdown's grace)."""
         await self._no_uploads.wait()
 
     async def cancel_uploads(self, cleanup_s: float) -> None:
