@@ -159,6 +159,17 @@ def named_files(document: Path) -> set[str]:
     return {text for text in inline_code(document) if FILE_NAME.match(text) and "/" not in text}
 
 
+def named_tests(document: Path) -> set[str]:
+    """Test functions named alone (`test_frames_that_arrive_while_the_store_is_busy_are_not_lost`)."""
+    return {text for text in inline_code(document) if re.fullmatch(r"test_\w+", text)}
+
+
+def project_tests() -> set[str]:
+    """Every test function of tests/."""
+    text = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "tests").glob("test_*.py"))
+    return set(re.findall(r"^(?:async )?def (test_\w+)", text, re.MULTILINE))
+
+
 def project_files() -> set[str]:
     names = set()
     for root in PROJECT_ROOTS:

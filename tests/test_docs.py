@@ -36,9 +36,11 @@ from tests.documents import (
     named_paths,
     named_routes,
     named_sql,
+    named_tests,
     named_variables,
     path_exists,
     project_files,
+    project_tests,
     prose,
     steps,
     table_after,
@@ -248,12 +250,13 @@ async def test_every_status_a_route_answers_is_documented_for_it(make_client: Ma
 # --- the Markdown documents against the repository -----------------------------------
 
 
-def test_every_path_link_and_file_a_document_names_exists() -> None:
+def test_every_path_link_file_and_test_a_document_names_exists() -> None:
     missing = []
     for document in DOCUMENTS:
         where = document.relative_to(ROOT)
         missing += [f"{where}: {path}" for path in sorted(named_paths(document)) if not path_exists(path)]
         missing += [f"{where}: {name}" for name in sorted(named_files(document) - project_files())]
+        missing += [f"{where}: {name}" for name in sorted(named_tests(document) - project_tests())]
         for target in link_targets(document):
             if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
                 continue
@@ -315,7 +318,7 @@ def test_every_variable_a_script_reads_is_in_the_scripts_table() -> None:
     scripts = "\n".join(path.read_text() for path in ROOT.glob("scripts/*"))
     read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+):?-", scripts))
     read |= set(re.findall(r'environ\.get\("([A-Z][A-Z0-9_]+)"', "\n".join(
-        path.read_text() for path in [*ROOT.glob("bench/*.py"), *ROOT.glob("tests/test_*.py")]
+        path.read_text() for path in [*ROOT.glob("bench/*.py"), *ROOT.glob("tests/*.py")]
     )))  # fmt: skip
     table = {
         name.strip("`")
