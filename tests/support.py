@@ -244,6 +244,14 @@ class ServiceProcess:
             self.process.wait()
 
 
+def vm_rss_kib(pid: int) -> int:
+    """A process's resident memory, KiB, as the kernel counts it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):

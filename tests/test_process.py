@@ -116,21 +116,27 @@ async def test_an_upload_abandoned_mid_body_frees_everything_at_once(
     assert await conversions_counted(service_process, 400) == 1  # once, as the body that ended early
 
 
+@pytest.mark.parametrize("sent", ["mid-conversion", "with-the-head"])
 async def test_a_malformed_chunk_is_answered_400_and_frees_everything(
-    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection, sent: str
 ) -> None:
+    """The broken framing comes once the conversion runs, or in the same write as the
+    request's head, before any handler has started (it once waited READ_TIMEOUT_S)."""
     await service_process.start()
     async with aiohttp.ClientSession() as session:
         user = await service_process.new_user(session, "chunky")
-    wav = audio(seconds=60)[: 1 << 20]
+    # With the head: small enough to arrive in one read of the socket with it.
+    wav = audio(seconds=60)[: 1 << 20 if sent == "mid-conversion" else 100_000]
+    broken = b"zz\r\nnot a chunk\r\n"
     reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
-    writer.write(head("/record", user, "audio/wav", None) + b"%x\r\n" % len(wav) + wav + b"\r\n")
+    request = head("/record", user, "audio/wav", None) + b"%x\r\n" % len(wav) + wav + b"\r\n"
+    writer.write(request + broken if sent == "with-the-head" else request)
     await writer.drain()
-    await converting(service_process)
-
-    writer.write(b"zz\r\nnot a chunk\r\n")  # the client is still there: it gets an answer
+    if sent == "mid-conversion":
+        await converting(service_process)
+        writer.write(broken)  # the client is still there: it gets an answer
     answer = await asyncio.wait_for(reader.read(4096), 10)
-    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert answer.split(b" ", 2)[1] == b"400", answer
     assert b'"code": 400' in answer
     writer.close()
     await everything_freed(service_process, admin)
