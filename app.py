@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from converter.pipeline import ConverterConfig
+from converter.options import ConverterConfig
 from handlers.download_cache import DownloadCache
 from handlers.errors import error_envelope
 from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, READ_POOL, SETTINGS, SLOTS

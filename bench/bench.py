@@ -65,7 +65,7 @@ from pathlib import Path
 
 import psycopg
 
-from converter.pipeline import ConverterConfig
+from converter.options import ConverterConfig
 from converter.segments import POST_ROLL_FRAMES
 from converter.splice import pre_roll_frames
 

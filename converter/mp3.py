@@ -51,7 +51,7 @@ class FrameHeader:
 
     @property
     def samples_per_frame(self) -> int:
-        return 1152 if self.mpeg1 else 576
+        return samples_per_frame(self.sample_rate)
 
     @functools.cached_property
     def length(self) -> int:
@@ -71,6 +71,11 @@ class FrameHeader:
         found = parse_header(struct.pack(">I", raw))
         assert found is not None
         return found
+
+
+def samples_per_frame(sample_rate: int) -> int:
+    """Samples in a Layer III frame at this rate: MPEG-1 (32 kHz and up), else MPEG-2 and 2.5."""
+    return 1152 if sample_rate >= 32000 else 576
 
 
 def parse_header(four: bytes) -> FrameHeader | None:
@@ -179,8 +184,10 @@ class Mp3Stream:
         self._window_start += drop
         self.audio_bytes = window_end - self.header_offset
 
-    def header_frame(self, samples: int, vbr: bool) -> bytes:
-        """The Xing ("Info" for CBR) frame with LAME's delay and padding, for ``samples`` encoded samples."""
+    def header_frame(self, samples: int, vbr: bool, lead_in: int = 0) -> bytes:
+        """The Xing ("Info" for CBR) frame with LAME's delay and padding, for ``samples`` encoded
+        samples after ``lead_in`` samples of silence that are not the recording's (players skip
+        them as part of the delay)."""
         if self.first is None or self._tag_header is None:
             raise Mp3StreamError("No MP3 frame was produced.")
         tag = self._tag_header
@@ -193,12 +200,13 @@ class Mp3Stream:
         frame[at + 16 : at + 116] = self._seek_table(tag.length, total)
         frame[at + 116 : at + 120] = struct.pack(">I", 100)  # quality indicator
         lame = at + 120
-        padding = self.frames * self.first.samples_per_frame - LAME_ENCODER_DELAY - samples
+        delay = LAME_ENCODER_DELAY + lead_in
+        padding = self.frames * self.first.samples_per_frame - delay - samples
         bitrate_byte = min(255, self.first.bitrate // 1000)
         frame[lame : lame + 9] = ENCODER
         frame[lame + 9] = 0x04 if vbr else 0x01  # tag revision 0; VBR method: mtrh (LAME's -V) or CBR
         frame[lame + 20] = bitrate_byte
-        delays = (LAME_ENCODER_DELAY << 12) | max(0, min(padding, 4095))
+        delays = (delay << 12) | max(0, min(padding, 4095))
         frame[lame + 21 : lame + 24] = delays.to_bytes(3, "big")
         frame[lame + 28 : lame + 32] = struct.pack(">I", total)  # music length
         frame[lame + 34 : lame + 36] = struct.pack(">H", crc16(bytes(frame[: lame + 34])))

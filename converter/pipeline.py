@@ -1,57 +1,35 @@
 """Stream a WAV through FFmpeg into a sink, never holding the file in memory.
 
-The WAV's header is read here (converter.wav); FFmpeg gets only the samples of
-its `data` chunk, as raw PCM of the format read, with the matching PCM decoder
-forced: no WAV demuxer, no probing, no other decoder ever sees the upload.
-
-Three tasks run under one TaskGroup: the samples are written to FFmpeg's stdin
-(with drain() for backpressure), FFmpeg's stdout is gathered into chunks for
-the sink, and its stderr is kept for the log. Writing all of stdin before
-reading stdout would deadlock once the pipes fill. Whatever goes wrong,
-FFmpeg is killed and reaped before the exception leaves.
+The WAV's header is read here (converter.wav); the encoder (converter/segments.py)
+gets only the samples of its `data` chunk, and hands the MP3's bytes back in
+order; they are gathered into chunks for the sink, and followed frame by frame
+(converter.mp3) for the header frame the file needs. One loop feeds the encoder;
+one path leads out of every failure: whatever goes wrong, every FFmpeg is
+killed and reaped before the exception leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 
+from converter.command import EncoderPlan
 from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
 from converter.mp3 import Mp3Stream, mp3_sample_rate_for
-from converter.process import PIPE_BUFFER, PIPE_READ, end_input, keep_tail, reap, spawn, write
-from converter.progress import ENCODER_INPUT, ENCODER_OUTPUT, STORING, Progress
-from converter.segments import SegmentedConversion, SpareSlots
-from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavFormat, WavHeader, looks_like_wav
+from converter.options import ConverterConfig, EncodeOptions
+from converter.progress import STORING, Progress
+from converter.segments import SegmentedEncoder
+from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
+# A decoder skips LAME's delay (576) and its own (529) at the start and trims the
+# padding at the end; when both fall in one frame, as they do for a recording of
+# fewer samples than this, FFmpeg's decoder trims only the start. Such a recording
+# is encoded after this much silence, declared as part of the delay: its start then
+# falls on a frame boundary (576 + 529 + 47 = 1152, twice 576), where both trims hold.
+SHORTEST_SAMPLES = LEAD_IN_SAMPLES = 47
 MAX_PREAMBLE = 16 << 20  # header bytes read before FFmpeg starts, at most
-
-
-@dataclass(frozen=True)
-class ConverterConfig:
-    """How every conversion runs: built once from the settings when the service starts."""
-
-    ffmpeg: str
-    time_limit_s: float  # the whole conversion, upload included
-    max_seconds: float  # the longest recording
-    # No progress for this long (FFmpeg hung, the database silent) fails the conversion.
-    stall_timeout_s: float = 30.0
-    # Encoders one upload may use at once (converter/segments.py); below 2: one.
-    parallel_segments: int = 1
-    spare: SpareSlots | None = None  # where the further encoders' slots come from
-    segment_seconds: float = 30.0  # a 1-minute upload: two halves, one per core
-    helper_backlog: int = PIPE_BUFFER  # samples queued for an encoder, in bytes, before a helper is sought
-
-
-@dataclass(frozen=True)
-class EncodeOptions:
-    bitrate_kbps: int = 192
-    vbr_quality: int | None = None  # LAME's -V 0 (best) to 9: variable bit rate instead of bitrate_kbps
-    sample_rate: int | None = None  # None: the source's, when MP3 can hold it
-    channels: int | None = None  # None: mono stays mono, everything else becomes stereo
-    tags: Mapping[str, str] = field(default_factory=dict)  # ID3v2: override the WAV's own INFO tags
-    default_title: str | None = None  # the title when neither the request nor the WAV gives one
 
 
 @dataclass(frozen=True)
@@ -89,17 +67,14 @@ async def convert(
     declared = header.declared_duration
     if declared is not None and declared > config.max_seconds:
         raise _too_long(config.max_seconds)
-    chosen = choose_format(header, options)
+    plan = EncoderPlan(config.ffmpeg, header.format, choose_format(header, options))
     output = _Output(sink, progress)
-    stderr = bytearray()
     time_limit = asyncio.timeout(config.time_limit_s)
     try:
         async with time_limit:
-            if config.parallel_segments > 1 and chosen.sample_rate == header.format.sample_rate:
-                encoding = _encode_in_segments(first_samples, source, header, chosen, output, config, progress)
-            else:
-                encoding = _encode(first_samples, source, header, chosen, output, stderr, config, progress)
-            returncode = await progress.watched(encoding)
+            samples = _samples(first_samples, source, header, config.max_seconds)
+            encoding = _encode(samples, plan, config, header.data_declared, output, progress)
+            encoder, lead_in = await progress.watched(encoding)
     except (TimeoutError, ExceptionGroup) as failure:
         if time_limit.expired():
             raise ConversionTimedOut(
@@ -112,100 +87,50 @@ async def convert(
     mp3 = output.mp3
     if header.sample_frames == 0:
         raise ConversionError("The WAV holds no audio samples.")
-    if returncode != 0 or mp3.first is None:
-        detail = bytes(stderr).decode("utf-8", "replace").strip() or f"exit status {returncode}"
-        raise ConversionError("The WAV could not be converted: its samples could not be encoded.", detail)
-    samples = round(header.sample_frames * mp3.first.sample_rate / header.format.sample_rate)
+    if mp3.first is None:
+        raise ConversionError("The WAV could not be converted: its samples could not be encoded.")
+    samples_out = round(header.sample_frames * mp3.first.sample_rate / header.format.sample_rate)
     vbr = options.vbr_quality is not None
-    header_frame = mp3.header_frame(samples, vbr=vbr)
     return Converted(
         size=output.size,
-        duration=round(header.duration, 3),
+        duration=round(header.duration, 6),  # to the microsecond: one sample is never 0
         bitrate=mp3.average_bitrate if vbr else mp3.first.bitrate,
         sample_rate=mp3.first.sample_rate,
         channels=mp3.first.channels,
-        header_frame=header_frame,
+        header_frame=mp3.header_frame(samples_out, vbr=vbr, lead_in=lead_in),
         header_offset=mp3.header_offset,
-        joins=output.joins,
-        forced_joins=output.forced_joins,
+        joins=encoder.joins,
+        forced_joins=encoder.forced_joins,
     )
 
 
 async def _encode(
-    first_samples: bytes,
-    source: AsyncIterator[bytes],
-    header: WavHeader,
-    chosen: EncodeOptions,
-    output: _Output,
-    stderr: bytearray,
+    samples: AsyncIterator[bytes],
+    plan: EncoderPlan,
     config: ConverterConfig,
-    progress: Progress,
-) -> int:
-    """One FFmpeg for the whole upload; its exit status."""
-    assert header.format is not None
-    process = await spawn(ffmpeg_command(config.ffmpeg, chosen, header.format))
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            samples = _samples(first_samples, source, header, config.max_seconds)
-            tasks.create_task(_feed(process, samples, progress))
-            tasks.create_task(output.collect(process))
-            tasks.create_task(keep_tail(process, stderr))
-        with progress.waiting_for(ENCODER_OUTPUT):
-            return await process.wait()
-    finally:
-        await reap(process)
-
-
-async def _encode_in_segments(
-    first_samples: bytes,
-    source: AsyncIterator[bytes],
-    header: WavHeader,
-    chosen: EncodeOptions,
+    declared_bytes: int | None,
     output: _Output,
-    config: ConverterConfig,
     progress: Progress,
-) -> int:
-    """The upload on as many encoders as keep up with it (converter/segments.py)."""
-    source_format = header.format
-    assert source_format is not None
-    assert chosen.channels is not None
-
-    encoders: list[asyncio.subprocess.Process] = []
-
-    async def spawn_encoder(first: bool) -> asyncio.subprocess.Process:
-        # Only the first encoder's output begins the file: only it writes the tags.
-        options = chosen if first else replace(chosen, tags={})
-        encoders.append(await spawn(ffmpeg_command(config.ffmpeg, options, source_format, tags=first)))
-        return encoders[-1]
-
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            segments = SegmentedConversion(
-                source_format,
-                chosen.channels,
-                header,
-                spawn_encoder,
-                config.spare,
-                config.parallel_segments,
-                config.segment_seconds,
-                config.helper_backlog,
-                output.take,
-                tasks,
-                progress,
-            )
-            await segments.start()
-            assembling = tasks.create_task(segments.assemble())
-            async for samples in _samples(first_samples, source, header, config.max_seconds):
-                await segments.take(samples)
-            await segments.finish()
-            await assembling
-            await output.flush()
-            output.joins = segments.joins
-            output.forced_joins = segments.forced_joins
-    finally:
-        for process in encoders:
-            await reap(process)
-    return 0
+) -> tuple[SegmentedEncoder, int]:
+    """The upload's samples through its encoder into ``output``; the encoder, done, and
+    the samples of silence put before the recording (see SHORTEST_SAMPLES)."""
+    shortest = SHORTEST_SAMPLES * plan.source.block_align
+    first: bytearray | None = bytearray()  # held until the recording is known not to be that short
+    lead_in = 0
+    async with SegmentedEncoder.running(plan, config, declared_bytes, output.take, progress) as encoder:
+        async for chunk in samples:
+            if first is not None:
+                first += chunk
+                if len(first) < shortest:
+                    continue
+                chunk, first = bytes(first), None
+            await encoder.take(chunk)
+        if first:
+            lead_in = LEAD_IN_SAMPLES
+            await encoder.take(plan.source.silence(lead_in) + first)
+        await encoder.finish()
+    await output.flush()
+    return encoder, lead_in
 
 
 async def sniffed(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -226,44 +151,6 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
         yield chunk
 
 
-def ffmpeg_command(ffmpeg: str, options: EncodeOptions, source: WavFormat, tags: bool = True) -> list[str]:
-    """FFmpeg told the samples' exact format and decoder, allowed to open nothing but its pipes;
-    without ``tags``, its output is frames alone (a later part of a file)."""
-    command = [
-        ffmpeg,
-        "-nostdin",
-        "-hide_banner",
-        "-loglevel", "error",
-        "-protocol_whitelist", "pipe",
-        "-format_whitelist", source.raw_format,
-        "-codec_whitelist", source.decoder,
-        "-f", source.raw_format,
-        "-ar", str(source.sample_rate),
-        "-ch_layout", source.channel_layout,
-        "-c:a", source.decoder,
-        "-i", "pipe:0",
-        "-map", "0:a:0",
-        "-c:a", "libmp3lame",
-        # Tags are ours alone: the WAV's INFO chunk as we read it, and the request's.
-        "-map_metadata", "-1",
-        "-id3v2_version", "3" if tags else "0",  # 3: what most players and file managers read
-    ]  # fmt: skip
-    if options.vbr_quality is None:
-        command += ["-b:a", f"{options.bitrate_kbps}k"]
-    else:
-        command += ["-q:a", str(options.vbr_quality)]
-    if options.sample_rate:
-        command += ["-ar", str(options.sample_rate)]
-    if options.channels:
-        command += ["-ac", str(options.channels)]
-    for name, value in options.tags.items():
-        command += ["-metadata", f"{name}={value}"]
-    # Into a pipe FFmpeg writes every frame as it comes (one syscall, one wakeup
-    # of ours, per 26 ms of audio); unflushed, it writes 32 KiB at a time.
-    command += ["-flush_packets", "0", "-f", "mp3", "pipe:1"]
-    return command
-
-
 def choose_format(header: WavHeader, options: EncodeOptions) -> EncodeOptions:
     """Fill in what the source decides: an MP3 sample rate, at most two channels, the tags."""
     source = header.format
@@ -282,35 +169,17 @@ def choose_format(header: WavHeader, options: EncodeOptions) -> EncodeOptions:
 
 
 class _Output:
-    """FFmpeg's stdout, followed frame by frame, gathered into sink-sized chunks and hashed."""
+    """The encoder's bytes, followed frame by frame and gathered into sink-sized chunks."""
 
     def __init__(self, sink: Sink, progress: Progress) -> None:
         self.sink = sink
         self.progress = progress
         self.size = 0
         self.mp3 = Mp3Stream()
-        self.joins = 0
-        self.forced_joins = 0
         self._pending = bytearray()
 
-    async def collect(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        pending = bytearray()
-        while True:
-            with self.progress.waiting_for(ENCODER_OUTPUT):
-                chunk = await process.stdout.read(PIPE_READ)
-            if not chunk:
-                break
-            self.progress.moved()
-            pending += self.mp3.feed(chunk)
-            if len(pending) >= OUTPUT_CHUNK:
-                await self._write(bytes(pending))
-                pending.clear()
-        if pending:
-            await self._write(bytes(pending))
-
     async def take(self, mp3: bytes) -> None:
-        """Bytes of the file in order, from the joined encoders (converter/segments.py)."""
+        """The file's bytes in order, from its encoder (converter/segments.py)."""
         self._pending += self.mp3.feed(mp3)
         if len(self._pending) >= OUTPUT_CHUNK:
             await self.flush()
@@ -356,24 +225,6 @@ async def _samples(
             raise _too_long(max_seconds)
         if samples:
             yield samples
-
-
-async def _feed(process: asyncio.subprocess.Process, samples: AsyncIterator[bytes], progress: Progress) -> None:
-    """Write the upload's samples into FFmpeg's stdin, then close it.
-
-    Only the writes are guarded: a broken pipe there means FFmpeg stopped
-    reading (its exit status says why). The same exception classes raised while
-    reading the upload mean the client went away, and must end the conversion;
-    swallowing them once left FFmpeg waiting for input that never came."""
-    stdin = process.stdin
-    assert stdin is not None
-    async for chunk in samples:
-        with progress.waiting_for(ENCODER_INPUT):
-            if not await write(stdin, chunk):
-                return
-        progress.moved()
-    with progress.waiting_for(ENCODER_INPUT):
-        await end_input(stdin)
 
 
 def first_failure(group: BaseExceptionGroup[Exception]) -> Exception:

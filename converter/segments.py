@@ -1,4 +1,5 @@
-"""One upload on several encoders at once, joined into one MP3 as it streams.
+"""The encoder of an upload: its samples in (``take``, then ``finish``), the MP3's bytes
+handed on in order as they are made, on one FFmpeg or on several at once.
 
 An upload that arrives faster than one FFmpeg encodes (a LAN, curl on the same
 host) would leave the other cores idle while its client waits. So the upload's
@@ -15,6 +16,10 @@ reservoir whole there. An encoder given a further segment later sees a jump in
 its input: the frames around that jump fall in the pre- and post-rolls, which
 are dropped. Frames are passed on in order as soon as no join can change them.
 
+With ``parallel_segments`` below 2 (or a sample rate to change, where frames do
+not fall on the source's samples) there is one encoder and one run, and frames
+pass straight on: the same shape, with nothing to join.
+
 Memory stays bounded: at most ``READ_AHEAD_BYTES`` of samples wait for the
 encoders (the upload is read no further meanwhile), and the MP3 frames held
 are those of segments encoded ahead of their turn.
@@ -23,17 +28,19 @@ are those of segments encoded ahead of their turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from converter.command import EncoderPlan
 from converter.errors import ConversionError, Mp3StreamError
-from converter.process import PIPE_READ, end_input, keep_tail, write
+from converter.mp3 import samples_per_frame
+from converter.options import ConverterConfig
+from converter.process import PIPE_READ, end_input, keep_tail, reap, write
 from converter.progress import ENCODER_INPUT, ENCODER_OUTPUT, JOINING, Changes, Progress
 from converter.splice import Frame, FrameReader, join, pre_roll_frames
-from converter.wav import WavFormat, WavHeader
 
 NEVER = 1 << 62
 POST_ROLL_FRAMES = 32  # frames an earlier encoder goes on past its boundary: where a join is sought
@@ -42,29 +49,10 @@ READ_AHEAD_BYTES = 16 << 20  # samples queued for the encoders, at most
 log = logging.getLogger("mp3.segments")
 
 
-class SpareSlots(Protocol):
-    """Conversion slots an upload may borrow for more encoders, and give back."""
-
-    async def borrow(self) -> bool:
-        """Take a free slot that no other upload waits for; False when there is none."""
-        ...
-
-    def give_back(self) -> None: ...
-
-    @property
-    def contended(self) -> bool:
-        """Another upload waits for a slot: borrowed ones should come back soon."""
-        ...
-
-
-def frame_samples_at(sample_rate: int) -> int:
-    return 1152 if sample_rate >= 32000 else 576  # MPEG-1 or MPEG-2/2.5 Layer III
-
-
 def segment_frames(sample_rate: int, channels: int, seconds: float) -> int:
     """A segment's length in frames: about ``seconds``, and longer than a pre-roll and a
     post-roll together, so an encoder's post-roll ends before it could get its next piece."""
-    wanted = round(seconds * sample_rate / frame_samples_at(sample_rate))
+    wanted = round(seconds * sample_rate / samples_per_frame(sample_rate))
     return max(pre_roll_frames(sample_rate, channels) + POST_ROLL_FRAMES + 2, wanted)
 
 
@@ -89,7 +77,7 @@ class Piece:
         return self.complete or self.next_frame + len(self.frames) > frame_number
 
 
-class Encoder:
+class EncoderProcess:
     """One FFmpeg: the samples queued for it, and its frames sorted into its pieces."""
 
     def __init__(
@@ -199,49 +187,77 @@ class Run:
 
     first_frame: int
     piece: Piece
-    encoder: Encoder
+    encoder: EncoderProcess
 
 
-class SegmentedConversion:
-    """The upload's samples to encoders, their frames joined in order to ``emit``."""
+class SegmentedEncoder:
+    """An upload's samples to its encoders, their frames joined in order to ``emit``.
+
+    Made by ``running``; ``take`` the samples as they arrive, then ``finish``: it
+    returns once every frame has been handed on."""
 
     def __init__(
         self,
-        source: WavFormat,
-        out_channels: int,
-        header: WavHeader,
-        spawn: Callable[[bool], Awaitable[asyncio.subprocess.Process]],
-        spare: SpareSlots | None,
-        most_encoders: int,
-        segment_seconds: float,
-        helper_backlog: int,
+        plan: EncoderPlan,
+        config: ConverterConfig,
+        declared_bytes: int | None,  # the WAV's data size when its header states it
         emit: Callable[[bytes], Awaitable[None]],
-        tasks: asyncio.TaskGroup,
         progress: Progress,
+        tasks: asyncio.TaskGroup,
     ) -> None:
+        source, out_channels = plan.source, plan.options.channels
+        assert out_channels is not None  # chosen for the source before any encoder starts
+        self.plan = plan
         self.format = source
-        self.header = header
-        self.frame_samples = frame_samples_at(source.sample_rate)
+        self.frame_samples = samples_per_frame(source.sample_rate)
         self.pre_roll = pre_roll_frames(source.sample_rate, out_channels)
-        self.segment_frames = segment_frames(source.sample_rate, out_channels, segment_seconds)
-        self.spawn = spawn
-        self.spare = spare
-        self.most_encoders = most_encoders
-        self.helper_backlog = helper_backlog
+        self.segment_frames = segment_frames(source.sample_rate, out_channels, config.segment_seconds)
+        self.spare = config.spare
+        # Frames fall on the source's samples only when the rate stays: else one encoder.
+        resampled = plan.options.sample_rate != source.sample_rate
+        self.most_encoders = 1 if resampled else config.parallel_segments
+        self.helper_backlog = config.helper_backlog
+        self.declared_bytes = declared_bytes
         self.emit = emit
-        self.tasks = tasks
         self.progress = progress
-        self.encoders: list[Encoder] = []
+        self.tasks = tasks
+        self.encoders: list[EncoderProcess] = []
         self.runs: list[Run] = []
+        self.run_index = 0  # the run whose frames are being passed on
         self.read_bytes = 0  # samples read from the upload so far, in bytes
         # Where the next encoder could begin (a pre-roll before the next segment
         # boundary): frames before it can no longer be changed by a join.
-        self.next_decision_frame = self.segment_frames - self.pre_roll if most_encoders > 1 else NEVER
+        self.next_decision_frame = self.segment_frames - self.pre_roll if self.most_encoders > 1 else NEVER
         self.ended = False
         self.changes = Changes()  # frames read, a join decided, the upload ended
         self.drained = Changes()  # an encoder took queued samples
         self.joins = 0
         self.forced_joins = 0
+        self._assembling: asyncio.Task[None] | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(
+        cls,
+        plan: EncoderPlan,
+        config: ConverterConfig,
+        declared_bytes: int | None,
+        emit: Callable[[bytes], Awaitable[None]],
+        progress: Progress,
+    ) -> AsyncIterator[SegmentedEncoder]:
+        """An encoder with its first FFmpeg started. When the block ends, its tasks have
+        ended and every FFmpeg it started is reaped (killed first if it still runs),
+        whether the block finished the upload or failed."""
+        started: list[EncoderProcess] = []
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                encoder = cls(plan, config, declared_bytes, emit, progress, tasks)
+                started = encoder.encoders
+                await encoder.start()
+                yield encoder
+        finally:
+            for process in started:
+                await reap(process.process)
 
     # --- the upload's side ---------------------------------------------------------
 
@@ -250,6 +266,7 @@ class SegmentedConversion:
         piece = Piece(first_frame=0, start=0)
         first.pieces.append(piece)
         self.runs.append(Run(0, piece, first))
+        self._assembling = self.tasks.create_task(self._assemble())
 
     async def take(self, samples: bytes) -> None:
         """The upload's next samples, to every encoder whose piece they belong to."""
@@ -284,7 +301,9 @@ class SegmentedConversion:
                 await self.drained.after(seen)
 
     async def finish(self) -> None:
-        """The upload ended: the current piece ends with it, the encoders flush."""
+        """The upload ended: the current piece ends with it, the encoders flush, and
+        every frame is handed on before this returns."""
+        self._take_back_unfinished_handover()
         self.runs[-1].piece.end_byte = self.read_bytes
         self.runs[-1].piece.final = True
         for encoder in self.encoders:
@@ -292,6 +311,22 @@ class SegmentedConversion:
         self.ended = True
         self.next_decision_frame = NEVER
         self.changes.note()
+        assert self._assembling is not None
+        await self._assembling
+
+    def _take_back_unfinished_handover(self) -> None:
+        """The upload ended before the earlier encoder's post-roll did: no join can be
+        made there (its frames past the end would be dropped, and the helper holds
+        too little or nothing), so the earlier encoder keeps the end of the file."""
+        if len(self.runs) < 2 or self.run_index == len(self.runs) - 1:
+            return  # no handover, or it is joined already
+        earlier, later = self.runs[-2].piece, self.runs[-1].piece
+        assert earlier.end_byte is not None
+        if self.read_bytes >= earlier.end_byte:
+            return
+        self.runs.pop()
+        later.passed_on = True  # whatever its encoder still makes is not wanted
+        earlier.end_byte = None
 
     async def _decide(self) -> None:
         """At a decision point: does the next segment go to another encoder?"""
@@ -300,7 +335,7 @@ class SegmentedConversion:
         boundary = decision_frame + self.pre_roll
         current, worker = self.runs[-1].piece, self.runs[-1].encoder
         helper = None
-        declared = self.header.data_declared
+        declared = self.declared_bytes
         room_left = declared is None or declared - boundary * frame_bytes > self.segment_frames * frame_bytes // 2
         if worker.queued > self.helper_backlog and room_left:
             helper = await self._helper(worker)
@@ -313,7 +348,7 @@ class SegmentedConversion:
         self.next_decision_frame = decision_frame + self.segment_frames
         self.changes.note()
 
-    async def _helper(self, busy: Encoder) -> Encoder | None:
+    async def _helper(self, busy: EncoderProcess) -> EncoderProcess | None:
         idle = [
             encoder
             for encoder in self.encoders
@@ -342,21 +377,21 @@ class SegmentedConversion:
             if encoder.borrowed and encoder.open_piece is None:
                 encoder.releasing = True
 
-    async def _new_encoder(self, borrowed: bool) -> Encoder:
+    async def _new_encoder(self, borrowed: bool) -> EncoderProcess:
         try:
-            process = await self.spawn(not self.encoders)
+            process = await self.plan.start(first=not self.encoders)
         except BaseException:
             if borrowed and self.spare is not None:
                 self.spare.give_back()
             raise
-        encoder = Encoder(process, borrowed, self.frame_samples, self.format.block_align, self.progress)
+        encoder = EncoderProcess(process, borrowed, self.frame_samples, self.format.block_align, self.progress)
         self.encoders.append(encoder)
         self.tasks.create_task(encoder.write(self.drained))
         self.tasks.create_task(self._read(encoder))
         self.tasks.create_task(keep_tail(encoder.process, encoder.stderr))
         return encoder
 
-    async def _read(self, encoder: Encoder) -> None:
+    async def _read(self, encoder: EncoderProcess) -> None:
         try:
             await encoder.read(self.changes)
             with self.progress.waiting_for(ENCODER_OUTPUT):
@@ -371,14 +406,13 @@ class SegmentedConversion:
 
     # --- the MP3's side ------------------------------------------------------------
 
-    async def assemble(self) -> None:
+    async def _assemble(self) -> None:
         """Pass frames on in the file's order, joining where the runs change.
 
         Each round looks at the state, acts, and then waits for a change made
         after its look: one made while it was passing frames on (awaiting the
         database) is seen at once, never lost."""
         tag_sent = False
-        run_index = 0
         while True:
             seen = self.changes.seen()
             if not tag_sent:
@@ -390,13 +424,13 @@ class SegmentedConversion:
                     continue
                 await self.emit(tag)
                 tag_sent = True
-            run = self.runs[run_index]
-            following = self.runs[run_index + 1] if run_index + 1 < len(self.runs) else None
+            run = self.runs[self.run_index]
+            following = self.runs[self.run_index + 1] if self.run_index + 1 < len(self.runs) else None
             hold_from = following.first_frame - self.pre_roll if following else self.next_decision_frame
             await self._pass_on(run.piece, hold_from)
             if following is not None and run.piece.next_frame >= hold_from:
                 if await self._join(run.piece, following.piece, hold_from):
-                    run_index += 1
+                    self.run_index += 1
                     continue
             elif following is None and self.ended and run.piece.complete and not run.piece.frames:
                 return

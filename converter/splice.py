@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from converter.errors import Mp3StreamError
-from converter.mp3 import FrameHeader, id3v2_size, parse_header
+from converter.mp3 import FrameHeader, id3v2_size, parse_header, samples_per_frame
 
 # Block types by the one before: normal (0) or stop (3) are followed by normal or
 # start (1); start or short (2) by short or stop.
@@ -117,8 +117,7 @@ def pre_roll_frames(sample_rate: int, channels: int) -> int:
     """Frames a later encoding must begin before its boundary: two for LAME's
     analysis to settle, and enough of the smallest frames to hold a whole reservoir."""
     mpeg1 = sample_rate >= 32000
-    samples = 1152 if mpeg1 else 576
-    smallest = samples // 8 * _LOWEST_KBPS[mpeg1] * 1000 // sample_rate
+    smallest = samples_per_frame(sample_rate) // 8 * _LOWEST_KBPS[mpeg1] * 1000 // sample_rate
     side_info = (17 if channels == 1 else 32) if mpeg1 else (9 if channels == 1 else 17)
     reservoir = 511 if mpeg1 else 255
     return 2 + math.ceil(reservoir / (smallest - 4 - side_info))

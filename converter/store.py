@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from uuid import UUID
 
-from converter.pipeline import ConverterConfig, EncodeOptions, convert
+from converter.options import ConverterConfig, EncodeOptions
+from converter.pipeline import convert
 from db import api
 
 

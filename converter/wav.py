@@ -40,9 +40,18 @@ INFO_TAGS = {
 
 MAX_BUFFERED_CHUNK = 1 << 20  # fmt/ds64/LIST chunks larger than this are skipped, not read
 MAX_CHANNELS = 64
+# Channel counts beyond 8 that FFmpeg 5.1 has a layout of its own for (hexadecagonal, 22.2).
+FFMPEG_DEFAULT_LAYOUTS = {16, 24}
+# Speaker bits (WAVE_FORMAT_EXTENSIBLE's, and FFmpeg's): the front three, and the pairs
+# that FFmpeg's resampler mixes down only together (libswresample's sane_layout).
+FRONT_SPEAKERS = 0x7  # front left, right and centre
+SPEAKER_PAIRS = (0x3, 0xC0, 0x30, 0x600)  # front, front of centre, back, side: left and right
 # Below MP3's lowest rate a WAV would be resampled up: work per uploaded byte
 # that the file does not carry (and no recorder writes such files).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 768_000
+
+# The byte of silence where it is not 0: unsigned 8-bit PCM's middle, G.711's zero levels.
+SILENT_BYTE = {(FORMAT_PCM, 1): 0x80, (FORMAT_ALAW, 1): 0xD5, (FORMAT_MULAW, 1): 0xFF}
 
 # FFmpeg's raw demuxer and PCM decoder for each sample encoding and width (bytes).
 RAW_FORMATS = {
@@ -55,6 +64,11 @@ RAW_FORMATS = {
     (FORMAT_ALAW, 1): ("alaw", "pcm_alaw"),
     (FORMAT_MULAW, 1): ("mulaw", "pcm_mulaw"),
 }
+
+
+def can_mix_down(mask: int) -> bool:
+    """FFmpeg can mix these speakers down: a front one at least, and no pair half present."""
+    return bool(mask & FRONT_SPEAKERS) and all((mask & pair) in (0, pair) for pair in SPEAKER_PAIRS)
 
 
 def looks_like_wav(first_bytes: bytes) -> bool:
@@ -81,10 +95,24 @@ class WavFormat:
 
     @property
     def channel_layout(self) -> str:
-        """The speaker layout FFmpeg should assume: the file's mask when it names one per channel."""
-        if self.channel_mask and self.channel_mask.bit_count() == self.channels:
-            return f"0x{self.channel_mask:x}"
-        return f"{self.channels}c"
+        """The speaker layout FFmpeg should assume: the file's mask when it names one speaker
+        per channel in a layout FFmpeg can mix down; else FFmpeg's usual layout for the count
+        where it has one; else none (``speakers_unknown``: converter/command.py mixes them)."""
+        mask = self.channel_mask
+        if mask and mask.bit_count() == self.channels and can_mix_down(mask):
+            return f"0x{mask:x}"
+        if self.channels <= 8 or self.channels in FFMPEG_DEFAULT_LAYOUTS:
+            return f"{self.channels}c"
+        return f"{self.channels} channels"
+
+    def silence(self, sample_frames: int) -> bytes:
+        """That many sample frames of silence in this encoding (not zeros for all of them)."""
+        byte = SILENT_BYTE.get((self.format_tag, self.block_align // self.channels), 0)
+        return bytes([byte]) * (sample_frames * self.block_align)
+
+    @property
+    def speakers_unknown(self) -> bool:
+        return self.channel_layout.endswith(" channels")
 
 
 @dataclass

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 from aiohttp import web
 
-from converter.pipeline import ConverterConfig
+from converter.options import ConverterConfig
 from handlers.download_cache import DownloadCache
 from handlers.metrics import Metrics
 from handlers.slots import ConversionSlots

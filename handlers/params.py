@@ -12,7 +12,7 @@ from aiohttp import BasicAuth, hdrs, web
 from aiohttp.typedefs import Handler
 
 from converter.mp3 import LAME_CBR_KBPS, MP3_SAMPLE_RATES
-from converter.pipeline import EncodeOptions
+from converter.options import EncodeOptions
 from handlers.errors import ApiError, unauthorized
 
 # A token as api.user_check reads it: a UUID, hyphens optional, braces only in pairs.

@@ -41,7 +41,7 @@ def decoded(mp3: bytes, channels: int) -> array[int]:
         file.write(mp3)
         file.flush()
         result = subprocess.run(
-            [FFMPEG, "-v", "error", "-i", file.name, "-f", "s16le", "-ac", str(channels), "pipe:1"],
+            [FFMPEG, "-v", "error", "-f", "mp3", "-i", file.name, "-f", "s16le", "-ac", str(channels), "pipe:1"],
             capture_output=True, check=True,
         )  # fmt: skip
     assert result.stderr == b"", result.stderr  # no decoding errors

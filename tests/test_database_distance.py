@@ -21,7 +21,8 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from app import init_app
-from converter.segments import frame_samples_at, segment_frames
+from converter.mp3 import samples_per_frame
+from converter.segments import segment_frames
 from handlers.keys import CONVERTER
 from settings import Settings
 from tests.conftest import ServiceTestServer
@@ -79,7 +80,7 @@ async def test_an_upload_answers_and_decodes_to_every_sample_near_or_far_from_it
     channels: int,
     past_boundary: int,
 ) -> None:
-    frame = frame_samples_at(rate)
+    frame = samples_per_frame(rate)
     samples = 2 * segment_frames(rate, channels, SEGMENT_S) * frame + past_boundary * (frame + frame // 2)
     wav = exact_wav(audio, rate, channels, samples)
     user = await new_user(client, "far")

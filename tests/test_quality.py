@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import math
+from array import array
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ from mutagen.mp3 import MP3, BitrateMode
 from mutagen.mp3._util import XingHeader
 
 from tests.conftest import probe
-from tests.support import Audio, Client, expect_error, local, new_user, upload
+from tests.support import Audio, Client, decoded, expect_error, local, new_user, upload, wav_header
 
 
 async def converted(client: Client, wav: bytes, **fields: Any) -> tuple[dict[str, Any], bytes]:
@@ -97,3 +99,33 @@ async def test_request_fields_override_tags_and_the_title_falls_back_to_the_file
     response = await upload(client, await new_user(client, "bob"), audio(), filename="Morning Song.wav")
     mp3 = await (await client.get(local((await response.json())["data"]["url"]))).read()
     assert probe(mp3)["tags"]["title"] == "Morning Song"
+
+
+def tone(channels: int, rate: int, samples: int) -> bytes:
+    """A WAV of exactly ``samples`` sample frames: a different tone in each channel."""
+    frames = array("h", bytes(2 * channels * samples))
+    for n in range(samples):
+        for channel in range(channels):
+            frames[n * channels + channel] = int(8000 * math.sin(2 * math.pi * (200 + 50 * channel) * n / rate))
+    return wav_header(channels=channels, rate=rate, data_size=len(frames) * 2) + frames.tobytes()
+
+
+@pytest.mark.parametrize("samples", [1, 2, 4, 10, 46, 47, 48])
+@pytest.mark.parametrize("rate", [8000, 22050, 44100])
+async def test_the_shortest_recordings_play_every_sample_and_no_more(client: Client, samples: int, rate: int) -> None:
+    """Down to one sample: no 'holds no audio' for a duration rounded to 0, and no 529
+    decoder samples left in by a decoder that cannot trim both ends of one frame."""
+    data, mp3 = await converted(client, tone(1, rate, samples))
+    assert data["duration"] == round(samples / rate, 6)
+    assert len(decoded(mp3, 1)) == samples
+
+
+@pytest.mark.parametrize("channels", [3, 8, 9, 10, 12, 16, 17, 18, 19, 24, 25, 32, 33, 63, 64])
+async def test_every_channel_count_the_header_check_accepts_converts_to_stereo(client: Client, channels: int) -> None:
+    """FFmpeg names no layout for most counts above 8 (it refused '9c'); the first 18 take
+    WAVE_FORMAT_EXTENSIBLE's speaker positions, and beyond them the channels are mixed
+    down alternately to left and right."""
+    samples = 800
+    data, mp3 = await converted(client, tone(channels, 8000, samples))
+    assert data["channels"] == 2
+    assert len(decoded(mp3, 2)) == 2 * samples

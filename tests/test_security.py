@@ -16,7 +16,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from converter.pipeline import EncodeOptions, ffmpeg_command
+from converter.command import ffmpeg_command
+from converter.options import EncodeOptions
 from converter.wav import WavFormat
 from settings import Settings
 from tests.conftest import MakeClient

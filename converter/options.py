@@ -1,0 +1,51 @@
+"""What a conversion is asked for (``EncodeOptions``, per upload) and how every
+conversion runs (``ConverterConfig``, built once from the settings)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from converter.process import PIPE_BUFFER
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    bitrate_kbps: int = 192
+    vbr_quality: int | None = None  # LAME's -V 0 (best) to 9: variable bit rate instead of bitrate_kbps
+    sample_rate: int | None = None  # None: the source's, when MP3 can hold it
+    channels: int | None = None  # None: mono stays mono, everything else becomes stereo
+    tags: Mapping[str, str] = field(default_factory=dict)  # ID3v2: override the WAV's own INFO tags
+    default_title: str | None = None  # the title when neither the request nor the WAV gives one
+
+
+class SpareSlots(Protocol):
+    """Conversion slots an upload may borrow for more encoders, and give back."""
+
+    async def borrow(self) -> bool:
+        """Take a free slot that no other upload waits for; False when there is none."""
+        ...
+
+    def give_back(self) -> None: ...
+
+    @property
+    def contended(self) -> bool:
+        """Another upload waits for a slot: borrowed ones should come back soon."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConverterConfig:
+    """How every conversion runs: built once from the settings when the service starts."""
+
+    ffmpeg: str
+    time_limit_s: float  # the whole conversion, upload included
+    max_seconds: float  # the longest recording
+    # No progress for this long (FFmpeg hung, the database silent) fails the conversion.
+    stall_timeout_s: float = 30.0
+    # Encoders one upload may use at once (converter/segments.py); below 2: one.
+    parallel_segments: int = 1
+    spare: SpareSlots | None = None  # where the further encoders' slots come from
+    segment_seconds: float = 30.0  # a 1-minute upload: two halves, one per core
+    helper_backlog: int = PIPE_BUFFER  # samples queued for an encoder, in bytes, before a helper is sought
