@@ -26,7 +26,7 @@ from handlers.server import make_runner, refuse_unmet_expectations
 from handlers.slots import ConversionSlots
 from settings import ConfigError, Settings
 
-# Connections beyond the conversion slots, for downloads, listings and user creation.
+# Connections beyond the uploads', for downloads, listings and user creation.
 SPARE_CONNECTIONS = 8
 # Of those, what downloads can never take: /health, listings and sign-ins stay quick
 # however many clients download.
@@ -44,7 +44,9 @@ def init_app(settings: Settings) -> web.Application:
     refusals = [refuse_unmet_expectations, refuse_encoded_paths, refuse_tokens_in_urls]
     app = web.Application(middlewares=[request_log, error_envelope, *refusals])
     app[SETTINGS] = settings
-    app[SLOTS] = ConversionSlots(settings.convert_concurrency, settings.queue_timeout_s)
+    app[SLOTS] = ConversionSlots(
+        settings.convert_concurrency, settings.queue_timeout_s, settings.uploads_at_once, settings.user_max_uploads
+    )
     app[CONVERTER] = ConverterConfig(
         ffmpeg=settings.ffmpeg_binary,
         time_limit_s=settings.ffmpeg_timeout_s,
@@ -69,7 +71,7 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
     """The pools open after migrations ran (the run command applies them first): the
     primary's, and the read replica's when DATABASE_READ_URL names one (else the same)."""
     settings = app[SETTINGS]
-    connections = settings.convert_concurrency + SPARE_CONNECTIONS
+    connections = settings.uploads_at_once + SPARE_CONNECTIONS  # an upload holds one throughout
     app[POOL] = await _pool(settings.database_url, connections, settings.stall_timeout_s)
     app[READ_POOL] = app[POOL]
     if settings.database_read_url:

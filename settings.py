@@ -35,6 +35,10 @@ class Settings:
     max_upload_bytes: int = 1024 * 1024 * 1024
     mp3_bitrate_kbps: int = 192
     convert_concurrency: int = os.cpu_count() or 1
+    # Uploads in progress at once, however slowly they arrive (0: four per conversion slot),
+    # and one user's: each holds an FFmpeg and a database connection.
+    max_uploads: int = 0
+    user_max_uploads: int = 2
     # Encoders one upload may use at once, on slots nobody waits for (0 or 1: one).
     parallel_segments: int = os.cpu_count() or 1
     queue_timeout_s: float = 10.0
@@ -56,6 +60,10 @@ class Settings:
     trusted_proxies: tuple[IpNetwork, ...] = ()
     # False: POST /users is refused; an administrator creates accounts (api.user_create).
     open_signup: bool = True
+
+    @property
+    def uploads_at_once(self) -> int:
+        return self.max_uploads or 4 * self.convert_concurrency
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -86,6 +94,8 @@ class Settings:
             max_upload_bytes=_number(env, "MAX_UPLOAD_MB", cls.max_upload_bytes >> 20, 1, 1 << 20) << 20,
             mp3_bitrate_kbps=bitrate,
             convert_concurrency=_number(env, "CONVERT_CONCURRENCY", cls.convert_concurrency, 1, 1024),
+            max_uploads=_number(env, "MAX_UPLOADS", cls.max_uploads, 0, 4096),
+            user_max_uploads=_number(env, "USER_MAX_UPLOADS", cls.user_max_uploads, 1, 4096),
             parallel_segments=_number(env, "PARALLEL_SEGMENTS", cls.parallel_segments, 0, 64),
             queue_timeout_s=_seconds(env, "QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),

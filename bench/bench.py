@@ -635,7 +635,7 @@ def early_endings(report: Report, service: Service, wav: Path, rounds: int = 5) 
                 else:
                     sock.close()
                 pending: dict[str, Callable[[], bool]] = {
-                    "slot": lambda: free_slots(ready) == CORES,
+                    "slot": lambda: all_slots_free(ready),
                     "ffmpeg": lambda: not ffmpeg_children(service.pid),
                     "transaction": lambda: idle_in_transaction(owner) == 0,
                 }
@@ -701,11 +701,11 @@ def ffmpeg_children(pid: int) -> list[str]:
     return found
 
 
-def free_slots(connection: http.client.HTTPConnection) -> int:
+def all_slots_free(connection: http.client.HTTPConnection) -> bool:
     connection.request("GET", "/ready")
     response = connection.getresponse()
-    body = json.loads(response.read())
-    return int(body["data"]["free_slots"]) if response.status == 200 else 0
+    data = json.loads(response.read())["data"] if response.status == 200 else {}
+    return bool(data) and data["free_slots"] == data["slots"]
 
 
 def idle_in_transaction(owner: psycopg.Connection) -> int:

@@ -35,6 +35,19 @@ class SpareSlots(Protocol):
         ...
 
 
+class CpuShare(Protocol):
+    """An upload's turn on the CPU: taken while it feeds its encoder, lent to another
+    upload while it waits for its client."""
+
+    async def working(self) -> None:
+        """Until the upload may feed its encoder (at once, mostly)."""
+        ...
+
+    def waiting(self) -> None:
+        """The upload now waits for its client."""
+        ...
+
+
 @dataclass(frozen=True)
 class ConverterConfig:
     """How every conversion runs: built once from the settings when the service starts."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from converter.command import EncoderPlan
 from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
 from converter.mp3 import Mp3Stream, mp3_sample_rate_for
-from converter.options import ConverterConfig, EncodeOptions
+from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.progress import STORING, Progress
 from converter.segments import SegmentedEncoder
 from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavHeader, looks_like_wav
@@ -49,7 +49,11 @@ Sink = Callable[[bytes], Awaitable[None]]
 
 
 async def convert(
-    source: AsyncIterator[bytes], sink: Sink, options: EncodeOptions, config: ConverterConfig
+    source: AsyncIterator[bytes],
+    sink: Sink,
+    options: EncodeOptions,
+    config: ConverterConfig,
+    share: CpuShare | None = None,
 ) -> Converted:
     """Convert the WAV that ``source`` yields, handing the MP3 to ``sink`` in chunks.
 
@@ -57,9 +61,10 @@ async def convert(
     not a WAV, undecodable, silent of samples, too long or too slow, or when
     the conversion stalls (converter/progress.py). What ``source`` raises (the
     client went away, sent too much) ends the conversion too, and passes as it is.
+    Samples go to the encoder while the upload has its ``share`` of the CPU.
     """
     progress = Progress(config.stall_timeout_s)
-    source = progress.from_client(source)
+    source = progress.from_client(source, share)
     header = WavHeader()
     first_samples = await _read_header(source, header)
     if not header.in_data or header.format is None:

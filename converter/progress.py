@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import NoReturn, TypeVar
 
 from converter.errors import ConversionStalled
+from converter.options import CpuShare
 
 T = TypeVar("T")
 
@@ -32,6 +33,7 @@ ENCODER_INPUT = "FFmpeg to take the samples"
 ENCODER_OUTPUT = "FFmpeg to produce frames"
 JOINING = "the encoders' frames to join"
 CLIENT = "the client to send"
+TURN = "its turn on the CPU"  # other uploads are encoding meanwhile: not a stall either
 STAGES = (STORING, ENCODER_INPUT, ENCODER_OUTPUT, JOINING)
 
 
@@ -84,15 +86,22 @@ class Progress:
         finally:
             self._waiting[stage] -= 1
 
-    async def from_client(self, upload: AsyncIterator[T]) -> AsyncIterator[T]:
-        """The upload's chunks; the time spent waiting for them is the client's, not ours."""
+    async def from_client(self, upload: AsyncIterator[T], share: CpuShare | None = None) -> AsyncIterator[T]:
+        """The upload's chunks, each once the upload has its ``share`` of the CPU; the time
+        spent waiting for them, and for its turn, is not the conversion's."""
         while True:
+            if share is not None:
+                share.waiting()
             with self.waiting_for(CLIENT):
                 try:
                     chunk = await anext(upload)
                 except StopAsyncIteration:
                     break
             self.moved()
+            if share is not None:
+                with self.waiting_for(TURN):
+                    await share.working()
+                self.moved()
             yield chunk
 
     async def watched(self, work: Awaitable[T]) -> T:
@@ -107,8 +116,8 @@ class Progress:
     async def _watch(self) -> NoReturn:
         while True:
             await asyncio.sleep(max(0.0, self._moved_at + self.stall_s - self._loop.time()))
-            if self._waiting[CLIENT]:
-                self.moved()  # the client's silence is bounded where its body is read
+            if self._waiting[CLIENT] or self._waiting[TURN]:
+                self.moved()  # the client's silence is bounded where its body is read; turns come round
             elif self._loop.time() - self._moved_at >= self.stall_s:
                 raise ConversionStalled(self.stall_s, self.stalled_stage())
 

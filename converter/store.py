@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from uuid import UUID
 
-from converter.options import ConverterConfig, EncodeOptions
+from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.pipeline import convert
 from db import api
 
@@ -24,13 +24,14 @@ async def store_conversion(
     source: AsyncIterator[bytes],
     options: EncodeOptions,
     config: ConverterConfig,
+    share: CpuShare,
 ) -> api.Record:
     """Convert ``source`` into the record begun as ``record_id``; the finished record."""
 
     async def append(chunk: bytes) -> None:
         await api.record_append(connection, record_id, chunk)
 
-    converted = await convert(source, append, options, config)
+    converted = await convert(source, append, options, config, share)
     await api.record_overwrite(connection, record_id, converted.header_offset, converted.header_frame)
     return await api.record_finish(
         connection, record_id, converted.duration, converted.bitrate, converted.sample_rate, converted.channels

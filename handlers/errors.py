@@ -32,7 +32,7 @@ from converter.errors import (
     RecordingTooLong,
 )
 from handlers.keys import BROKEN_OFF
-from handlers.slots import NoFreeSlot, ShuttingDown, Unavailable
+from handlers.slots import NoFreeSlot, ShuttingDown, TooManyOfYours, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ STATUS_OF: dict[type[Exception], int] = {
     ConversionStalled: 503,  # FFmpeg or the database stopped moving: not the upload's fault
     ConversionError: 422,  # FFmpeg could not encode what it was given
     NoFreeSlot: 503,
+    TooManyOfYours: 503,
     ShuttingDown: 503,
 }
 

@@ -35,7 +35,11 @@ class Metrics:
             "mp3_storage_max_bytes", "What all records may take together (STORAGE_MAX_GB; 0: no bound)",
             registry=self.registry,
         )  # fmt: skip
-        queue = Gauge("mp3_queue_depth", "Uploads waiting for a conversion slot", registry=self.registry)
-        queue.set_function(lambda: slots.waiting)
-        active = Gauge("mp3_active_conversions", "Conversions running now", registry=self.registry)
-        active.set_function(lambda: slots.active)
+        queue = Gauge("mp3_queue_depth", "Uploads waiting to start", registry=self.registry)
+        queue.set_function(lambda: slots.queued)
+        active = Gauge("mp3_active_conversions", "Uploads in progress", registry=self.registry)
+        active.set_function(lambda: slots.in_progress)
+        encoding = Gauge("mp3_encoding_turns", "Conversion slots in use: turns on the CPU", registry=self.registry)
+        encoding.set_function(lambda: slots.active)
+        turn_waits = Gauge("mp3_turn_waits", "Uploads waiting for their turn on the CPU", registry=self.registry)
+        turn_waits.set_function(lambda: slots.waiting)

@@ -52,10 +52,12 @@ async def ready(request: web.Request) -> web.Response:
     problems = await health_problems(request)
     slots = request.app[SLOTS]
     if slots.free == 0:
-        problems.append(f"all {slots.size} conversion slots are busy")
+        problems.append(f"all {slots.max_uploads} upload places are taken")
     if problems:
         return error_response(503, f"Not ready: {'; '.join(problems)}.", {"Retry-After": RETRY_AFTER_S})
-    return ok({"database": "ok", "ffmpeg": "ok", "free_slots": slots.free, "queued": slots.waiting})
+    return ok(
+        {"database": "ok", "ffmpeg": "ok", "free_slots": slots.free, "slots": slots.max_uploads, "queued": slots.queued}
+    )
 
 
 async def ready_for_downloads(request: web.Request) -> web.Response:

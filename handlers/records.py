@@ -129,9 +129,10 @@ async def _convert_upload(request: web.Request) -> tuple[api.Record, URL]:
     source = await sniffed(_counted(request, chunks))  # 415 now, before waiting for a slot
     # One transaction: record_begin checks the user and creates the large
     # object; a failure anywhere after it leaves neither behind.
-    async with request.app[SLOTS].turn(), api.transaction(pool, settings.stall_timeout_s) as connection:
-        record_id = await api.record_begin(connection, credentials.user_id, credentials.token, filename)
-        record = await store_conversion(connection, record_id, source, options, request.app[CONVERTER])
+    slots = request.app[SLOTS]
+    async with slots.admitted(credentials.user_id) as turn, api.transaction(pool, settings.stall_timeout_s) as db:
+        record_id = await api.record_begin(db, credentials.user_id, credentials.token, filename)
+        record = await store_conversion(db, record_id, source, options, request.app[CONVERTER], turn)
     return record, links
 
 

@@ -1,12 +1,31 @@
-"""A bounded number of conversions at once, a bounded wait for a turn, and
-the register of uploads in progress that a shutdown waits for, then cancels."""
+"""Who may upload now, and who may encode now: admission by what an upload costs.
+
+An upload in progress holds an FFmpeg and a database connection whatever its
+pace: at most ``max_uploads`` at once, and ``per_user`` of one user's, each a
+bounded wait (``queue_timeout``) and then 503. Encoding takes a core only while
+samples arrive, so the ``size`` conversion slots are turns on the CPU, held
+while an upload feeds its encoder: one that has waited for its client for
+``IDLE_GRACE_S`` gives its turn back (a trickle holds none: two from one free
+account once blocked every upload for an hour), and one that has held a turn
+for ``QUANTUM_S`` while another upload waits goes to the back of the queue.
+Turns are never refused: they come round.
+
+Also the register of uploads in progress that a shutdown waits for, then cancels.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import math
+from collections import Counter
 from collections.abc import AsyncIterator
+
+# An upload that waits this long for its client lends its turn (a fast client's next
+# chunk is never that far off).
+IDLE_GRACE_S = 0.25
+# An upload holding a turn this long while another waits for one gives it up in turn.
+QUANTUM_S = 1.0
 
 
 class Unavailable(Exception):
@@ -22,21 +41,35 @@ class NoFreeSlot(Unavailable):
         super().__init__("Every conversion slot is busy; try again shortly.", waited)
 
 
+class TooManyOfYours(Unavailable):
+    def __init__(self, waited: float, most: int) -> None:
+        super().__init__(f"You have {most} uploads in progress already; let one finish first.", waited)
+
+
 class ShuttingDown(Unavailable):
     def __init__(self) -> None:
         super().__init__("The service is shutting down; try again shortly.", 1)
 
 
 class ConversionSlots:
-    def __init__(self, size: int, queue_timeout: float) -> None:
+    def __init__(self, size: int, queue_timeout: float, max_uploads: int | None = None, per_user: int = 2) -> None:
         self.size = size
         self.queue_timeout = queue_timeout
-        self.active = 0
-        self.waiting = 0
+        self.max_uploads = max_uploads or 4 * size
+        self.per_user = per_user
+        self.active = 0  # turns held: by uploads feeding their encoders, and by borrowed encoders
+        self.waiting = 0  # uploads waiting for a turn
+        self.queued = 0  # uploads waiting for a place
+        self.in_progress = 0  # uploads holding a place
         self.draining = False  # set at shutdown: no new upload starts
-        # One permit per conversion slot: taken by turn() (waiting queue_timeout at most)
+        # One permit per turn: taken by Turn.working() (FIFO: every waiter's turn comes)
         # or borrow() (never waits), given back exactly once by give_back().
-        self._semaphore = asyncio.Semaphore(size)
+        self._turns = asyncio.Semaphore(size)
+        # One permit per upload place, taken by admitted() waiting queue_timeout at most.
+        self._places = asyncio.Semaphore(self.max_uploads)
+        self._per_user: Counter[int] = Counter()
+        # Changes whenever one of a user's uploads ends: a user's waiting upload re-checks.
+        self._user_left = asyncio.Condition()
         self._uploads: set[asyncio.Task[object]] = set()
         # Set exactly when _uploads is empty: both change together, with no await between.
         self._no_uploads = asyncio.Event()
@@ -44,11 +77,12 @@ class ConversionSlots:
 
     @property
     def free(self) -> int:
-        return self.size - self.active
+        """Uploads that would be admitted now (what /ready reports)."""
+        return self.max_uploads - self.in_progress
 
     @property
     def uploads(self) -> int:
-        """Uploads from the first byte read to the answer, with a slot or not."""
+        """Uploads from the first byte read to the answer, admitted or not."""
         return len(self._uploads)
 
     @contextlib.asynccontextmanager
@@ -80,36 +114,102 @@ class ConversionSlots:
         if tasks:
             await asyncio.wait(tasks, timeout=cleanup_s)
 
+    @contextlib.asynccontextmanager
+    async def admitted(self, user_id: int) -> AsyncIterator[Turn]:
+        """A place for this user's upload for the block (NoFreeSlot, TooManyOfYours after
+        queue_timeout), and its turn on the CPU, taken as it works (see Turn)."""
+        if self.draining:
+            raise ShuttingDown
+        deadline = asyncio.timeout(self.queue_timeout)
+        self.queued += 1
+        try:
+            async with deadline, self._user_left:
+                await self._user_left.wait_for(lambda: self._per_user[user_id] < self.per_user)
+                self._per_user[user_id] += 1
+        except TimeoutError:
+            self.queued -= 1
+            raise TooManyOfYours(self.queue_timeout, self.per_user) from None
+        try:
+            try:
+                async with asyncio.timeout_at(deadline.when()):
+                    await self._places.acquire()
+            except TimeoutError:
+                raise NoFreeSlot(self.queue_timeout) from None
+            finally:
+                self.queued -= 1
+            self.in_progress += 1
+            turn = Turn(self)
+            try:
+                yield turn
+            finally:
+                turn.end()
+                self.in_progress -= 1
+                self._places.release()
+        finally:
+            self._per_user[user_id] -= 1
+            async with self._user_left:
+                self._user_left.notify_all()
+
     # A conversion's further encoders (converter/segments.py's SpareSlots): only
-    # slots free with nobody waiting, given back as soon as someone does.
+    # turns free with nobody waiting, given back as soon as someone does.
     async def borrow(self) -> bool:
-        if self.waiting or self.draining or self._semaphore.locked():
+        if self.waiting or self.draining or self._turns.locked():
             return False
-        await self._semaphore.acquire()  # free: returns at once
+        await self._turns.acquire()  # free: returns at once
         self.active += 1
         return True
 
     def give_back(self) -> None:
         self.active -= 1
-        self._semaphore.release()
+        self._turns.release()
 
     @property
     def contended(self) -> bool:
         return self.waiting > 0
 
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        """Hold a slot for the block; NoFreeSlot after waiting queue_timeout for one."""
+    async def _take_turn(self) -> None:
         self.waiting += 1
         try:
-            async with asyncio.timeout(self.queue_timeout):
-                await self._semaphore.acquire()
-        except TimeoutError:
-            raise NoFreeSlot(self.queue_timeout) from None
+            await self._turns.acquire()
         finally:
             self.waiting -= 1
         self.active += 1
-        try:
-            yield
-        finally:
-            self.give_back()
+
+
+class Turn:
+    """One upload's turn on the CPU (converter/options.py's CpuShare)."""
+
+    def __init__(self, slots: ConversionSlots) -> None:
+        self._slots = slots
+        self._loop = asyncio.get_running_loop()
+        self._held_since: float | None = None  # None: not held
+        self._lending: asyncio.TimerHandle | None = None
+
+    async def working(self) -> None:
+        """Until this upload may feed its encoder: at once while it holds its turn
+        (unless it has had it QUANTUM_S and another upload waits), else when its turn comes."""
+        if self._lending is not None:
+            self._lending.cancel()
+            self._lending = None
+        if self._held_since is not None:
+            if not (self._slots.contended and self._loop.time() - self._held_since > QUANTUM_S):
+                return
+            self._give_back()
+        await self._slots._take_turn()
+        self._held_since = self._loop.time()
+
+    def waiting(self) -> None:
+        """The upload waits for its client: past IDLE_GRACE_S its turn goes to another."""
+        if self._held_since is not None and self._lending is None:
+            self._lending = self._loop.call_later(IDLE_GRACE_S, self._give_back)
+
+    def end(self) -> None:
+        if self._lending is not None:
+            self._lending.cancel()
+        self._give_back()
+
+    def _give_back(self) -> None:
+        self._lending = None
+        if self._held_since is not None:
+            self._held_since = None
+            self._slots.give_back()

@@ -219,11 +219,11 @@ class ServiceProcess:
         created = await (await session.post(f"{self.base}/users", json={"username": name})).json()
         return created["data"]["id"], created["data"]["token"]
 
-    async def free_slots(self, session: aiohttp.ClientSession) -> int:
-        """What /ready tells a load balancer: conversion slots free (0 when it answers 503)."""
+    async def all_slots_free(self, session: aiohttp.ClientSession) -> bool:
+        """What /ready tells a load balancer: no upload holds a place."""
         async with session.get(f"{self.base}/ready") as response:
-            body = await response.json()
-            return int(body["data"]["free_slots"]) if response.status == 200 else 0
+            data = (await response.json())["data"] if response.status == 200 else {}
+            return bool(data) and data["free_slots"] == data["slots"]
 
     def ffmpeg_children(self) -> list[int]:
         """FFmpeg processes the service has started and not yet reaped."""

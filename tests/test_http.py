@@ -369,13 +369,13 @@ async def test_upload_over_the_limit_is_cut_off_with_413_while_streaming(
 async def test_every_slot_busy_past_the_queue_timeout_is_503_with_retry_after(
     make_client: MakeClient, audio: Audio
 ) -> None:
-    client = await make_client(convert_concurrency=1, queue_timeout_s=0.2)
+    client = await make_client(convert_concurrency=1, max_uploads=1, queue_timeout_s=0.2)
     user_id, token = await new_user(client)
     wav = audio()
     release = asyncio.Event()
     headers = {**basic(user_id, token), "Content-Type": "audio/wav"}
     first = asyncio.create_task(client.post("/record", data=held_body(wav, release), headers=headers))
-    await until(lambda: client.app[SLOTS].active == 1)
+    await until(lambda: client.app[SLOTS].in_progress == 1)
 
     refused = await client.post("/record", data=wav, headers=headers)
     await expect_error(refused, 503)

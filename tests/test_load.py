@@ -36,7 +36,7 @@ async def test_more_uploads_than_slots_wait_their_turn_and_all_are_valid(make_cl
 async def test_downloads_and_user_creation_answer_while_every_slot_converts(
     make_client: MakeClient, audio: Audio
 ) -> None:
-    client = await make_client(convert_concurrency=2)
+    client = await make_client(convert_concurrency=2, max_uploads=2)
     user = await new_user(client)
     stored = (await (await upload(client, user, audio())).json())["data"]
     release = asyncio.Event()
@@ -53,3 +53,18 @@ async def test_downloads_and_user_creation_answer_while_every_slot_converts(
 
     release.set()
     assert [(await task).status for task in busy] == [201, 201]
+
+
+async def test_more_uploads_than_slots_take_turns_instead_of_waiting_for_a_free_one(
+    make_client: MakeClient, audio: Audio
+) -> None:
+    """One conversion slot, two long uploads at once: both start, and share the CPU by
+    turns (held past a quantum while another waits, a turn goes round). Neither waits for
+    the other to end, which took longer than the queue timeout."""
+    client = await make_client(convert_concurrency=1, queue_timeout_s=1)
+    wav = audio(seconds=600, rate=48000, channels=1)
+    users = [await new_user(client, name) for name in ("first", "second")]
+    responses = await asyncio.gather(
+        *(client.post("/record", data=wav, headers={**basic(*user), "Content-Type": "audio/wav"}) for user in users)
+    )
+    assert [response.status for response in responses] == [201, 201]

@@ -82,7 +82,7 @@ async def test_the_access_log_believes_a_forwarded_address_only_from_a_trusted_p
 
 
 async def test_ready_is_503_while_every_slot_is_busy(make_client: MakeClient, audio: Audio) -> None:
-    client = await make_client(convert_concurrency=1)
+    client = await make_client(convert_concurrency=1, max_uploads=1)
     ready = await client.get("/ready")
     assert ready.status == 200
     assert (await ready.json())["data"]["free_slots"] == 1
@@ -95,7 +95,7 @@ async def test_ready_is_503_while_every_slot_is_busy(make_client: MakeClient, au
     await until(lambda: client.app[SLOTS].free == 0)
     not_ready = await client.get("/ready")
     body = await expect_error(not_ready, 503)
-    assert "slots are busy" in body["message"]
+    assert body["message"] == "Not ready: all 1 upload places are taken."
     assert (await client.get("/health")).status == 200  # alive, just busy
     release.set()
     assert (await busy).status == 201

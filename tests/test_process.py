@@ -26,15 +26,15 @@ from tests.support import (
     alive,
     basic,
     count,
+    expect_error,
     form,
     held_body,
     idle_in_transaction,
     nothing_stored,
     records_match_large_objects,
     until,
+    wav_header,
 )
-
-SLOTS = 2  # the service_process fixture's CONVERT_CONCURRENCY
 
 pytestmark = pytest.mark.slow  # app.py run as a process, faulted
 
@@ -54,7 +54,7 @@ async def everything_freed(service: ServiceProcess, admin: psycopg.Connection) -
             return (
                 not service.ffmpeg_children()
                 and idle_in_transaction(admin) == 0
-                and await service.free_slots(session) == SLOTS
+                and await service.all_slots_free(session)
             )
 
         await eventually(freed)
@@ -193,6 +193,53 @@ async def test_a_multipart_preamble_is_bounded_before_any_credential(
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert b"no part in its first 1024 bytes" in answer
     assert nothing_stored(admin)
+
+
+# --- uploads that share the service -----------------------------------------------
+
+
+async def trickling(service: ServiceProcess, user: tuple[int, str], stop: asyncio.Event) -> bytes:
+    """A chunked raw upload of an 8 kHz 8-bit mono WAV of unknown length: 900 bytes every
+    0.1 s (72 kbit/s, above MIN_UPLOAD_KBPS) until ``stop``; what the service answered then."""
+    reader, writer = await asyncio.open_connection(service.host, service.port)
+    header = wav_header(channels=1, rate=8000, bits=8)[:-4] + b"\xff\xff\xff\xff"  # a data size it cannot know
+    writer.write(head("/record", user, "audio/wav", None) + b"%x\r\n%s\r\n" % (len(header), header))
+    while not stop.is_set():
+        writer.write(b"384\r\n" + b"\x80" * 900 + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+    writer.write(b"0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(4096), 20)
+    writer.close()
+    return answer
+
+
+async def test_slow_uploads_of_one_account_keep_no_other_upload_waiting(
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """Two trickles from one account once held both conversion slots, for up to an hour:
+    every other upload got 503. A trickle holds no turn on the CPU, and one account holds
+    at most USER_MAX_UPLOADS places."""
+    service_process.env |= {"QUEUE_TIMEOUT_S": "2"}  # two slots (CONVERT_CONCURRENCY), 8 places
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        slow, other = await service_process.new_user(session, "slow"), await service_process.new_user(session, "other")
+        stop = asyncio.Event()
+        trickles = [asyncio.create_task(trickling(service_process, slow, stop)) for _ in range(2)]
+        await until(lambda: len(service_process.ffmpeg_children()) == 2)
+
+        quick = form(audio(seconds=20), user=other[0], token=other[1])
+        async with session.post(f"{service_process.base}/record", data=quick) as response:
+            assert response.status == 201, await response.text()
+        third = form(audio(), user=slow[0], token=slow[1])
+        async with session.post(f"{service_process.base}/record", data=third) as refused:
+            body = await expect_error(refused, 503)
+            assert body["message"] == "You have 2 uploads in progress already; let one finish first."
+
+        stop.set()
+        answers = await asyncio.gather(*trickles)
+    assert [answer.split(b" ", 2)[1] for answer in answers] == [b"201", b"201"]
+    await everything_freed(service_process, admin)
 
 
 # --- conversions that stop moving -------------------------------------------------

@@ -185,8 +185,9 @@ async def test_a_borrowed_slot_comes_back_when_another_upload_waits(tmp_path: Pa
     asking = asyncio.Event()
 
     async def other_upload() -> None:
-        asking.set()  # it runs on into turn() and waits there before anyone sees this
-        async with slots.turn():
+        async with slots.admitted(user_id=2) as turn:
+            asking.set()  # it runs on into working() and waits there before anyone sees this
+            await turn.working()
             waiter_got_a_slot.set()
 
     async def source() -> AsyncIterator[bytes]:
@@ -206,12 +207,12 @@ async def test_a_borrowed_slot_comes_back_when_another_upload_waits(tmp_path: Pa
     async def sink(chunk: bytes) -> None:
         out.extend(chunk)
 
-    async with slots.turn():
+    async with slots.admitted(user_id=1) as turn:
         config = ConverterConfig(
             ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600, parallel_segments=2,
             spare=slots, segment_seconds=SEGMENT_S, helper_backlog=-1,
         )  # fmt: skip
-        result = await convert(source(), sink, EncodeOptions(), config)
+        result = await convert(source(), sink, EncodeOptions(), config, turn)
     assert slots.active == 0
     assert result.joins >= 2
     out[result.header_offset : result.header_offset + len(result.header_frame)] = result.header_frame
