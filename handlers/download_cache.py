@@ -45,8 +45,11 @@ class DownloadCache:
             return None
         try:
             file = (self.directory / digest).open("rb")
-        except OSError:  # removed behind our back: forget it, read from the database
+        except FileNotFoundError:  # removed behind our back: forget it, read from the database
             self.used_bytes -= self._files.pop(digest)
+            return None
+        except OSError as error:  # no file descriptor left, say: the file is still there
+            log.warning("the download cache cannot open a file (%s); served from the database", error)
             return None
         self._files.move_to_end(digest)
         return file
@@ -57,9 +60,14 @@ class DownloadCache:
         if digest in self._files or digest in self._filling or size > self.max_bytes:
             return None
         self._make_room(size)
+        try:
+            fill = CacheFill(self, digest, size)
+        except OSError as error:  # the directory gone (a tmp cleaner), a full disk, no file descriptor left
+            log.warning("the download cache cannot write (%s); this download is not cached", error)
+            return None
         self._filling[digest] = size
         self.used_bytes += size
-        return CacheFill(self, digest, size)
+        return fill
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -68,7 +76,7 @@ class DownloadCache:
         while self._files and self.used_bytes + size > self.max_bytes:
             oldest, size_of_oldest = self._files.popitem(last=False)
             self.used_bytes -= size_of_oldest
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or the disk failing: forgotten either way
                 (self.directory / oldest).unlink()
 
     def admit(self, digest: str, size: int) -> None:

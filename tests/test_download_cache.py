@@ -5,6 +5,7 @@ the service, then app.py as a real process."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,16 @@ async def test_a_failing_disk_only_means_not_cached(tmp_path: Path) -> None:
     assert cache.open(digest_of(data)) is None
 
 
+async def test_a_cache_directory_that_is_gone_holds_no_room_and_nothing_is_cached(tmp_path: Path) -> None:
+    cache = DownloadCache(10_000, str(tmp_path))
+    data = b"c" * 3000
+    shutil.rmtree(cache.directory)  # a tmp cleaner
+    assert cache.fill(digest_of(data), len(data)) is None
+    assert cache.used_bytes == 0
+    cache.directory.mkdir()
+    assert await filled(cache, data)  # not held back by the failed attempt
+
+
 # --- the service ------------------------------------------------------------------------
 
 
@@ -121,6 +132,27 @@ async def test_a_repeat_download_comes_from_the_cache_byte_for_byte(
     assert (status, part) == (206, first[100:1100])
     head = await client.head(local(data["url"]))
     assert head.headers["ETag"] == f'"{digest_of(first)}"'
+
+
+async def test_a_cache_that_cannot_be_written_serves_the_download_whole_and_uncached(
+    client: Client, audio: Audio
+) -> None:
+    """A first download while the cache's directory is gone (a tmp cleaner, a full
+    disk): the MP3 alone, exactly, never an error inside its body."""
+    user = await new_user(client)
+    data: dict[str, Any] = (await (await upload(client, user, audio(seconds=2))).json())["data"]
+    cache = client.app[DOWNLOAD_CACHE]
+    shutil.rmtree(cache.directory)
+    response = await client.get(local(data["url"]))
+    body = await response.read()
+    assert response.status == 200
+    assert len(body) == data["size"]
+    assert response.headers["ETag"] == f'"{digest_of(body)}"'
+    assert cache.used_bytes == 0  # nothing held for a file that was never written
+
+    cache.directory.mkdir()  # the directory is back: the record is cached again
+    assert await downloaded(client, data["url"]) == (200, body)
+    assert [path.name for path in cache.directory.iterdir()] == [digest_of(body)]
 
 
 async def test_the_cache_never_serves_past_the_ownership_check(
