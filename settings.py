@@ -42,6 +42,8 @@ class Settings:
     # A slow mobile uplink (EDGE) still sends 100+ kbit/s; a trickle below this is cut off.
     min_upload_kbps: int = 64
     idle_timeout_s: float = 15.0
+    # A download's client that accepts none of a 256 KiB slice for this long is cut off.
+    send_timeout_s: float = 60.0
     shutdown_timeout_s: float = 30.0
     log_format: str = "text"
     ffmpeg_binary: str = "ffmpeg"
@@ -81,6 +83,7 @@ class Settings:
             read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
             min_upload_kbps=_number(env, "MIN_UPLOAD_KBPS", cls.min_upload_kbps, 0, 1 << 20),
             idle_timeout_s=_seconds(env, "IDLE_TIMEOUT_S", cls.idle_timeout_s),
+            send_timeout_s=_seconds(env, "SEND_TIMEOUT_S", cls.send_timeout_s),
             shutdown_timeout_s=_seconds(env, "SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s),
             log_format=log_format,
             ffmpeg_binary=find_ffmpeg(env.get("FFMPEG_BINARY")),

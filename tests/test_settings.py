@@ -19,6 +19,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (settings.read_timeout_s, settings.min_upload_kbps, settings.idle_timeout_s) == (60, 64, 15)
     assert settings.max_duration_s == 4 * 3600
     assert settings.download_cache_bytes == 256 << 20
+    assert settings.send_timeout_s == 60
     assert settings.parallel_segments == settings.convert_concurrency  # both the CPU count
     assert settings.ffmpeg_binary.endswith("ffmpeg") or "ffmpeg" in settings.ffmpeg_binary
 
@@ -37,8 +38,10 @@ def test_values_are_read_from_the_environment() -> None:
             "IDLE_TIMEOUT_S": "5",
             "DOWNLOAD_CACHE_MB": "0",
             "PARALLEL_SEGMENTS": "0",
+            "SEND_TIMEOUT_S": "7.5",
         }
     )
+    assert settings.send_timeout_s == 7.5
     assert settings.parallel_segments == 0
     assert settings.download_cache_bytes == 0
     assert (settings.min_upload_kbps, settings.idle_timeout_s) == (0, 5)
@@ -65,6 +68,7 @@ def test_values_are_read_from_the_environment() -> None:
         ("PUBLIC_URL", "ftp://x"),
         ("MIN_UPLOAD_KBPS", "-1"),
         ("IDLE_TIMEOUT_S", "0"),
+        ("SEND_TIMEOUT_S", "0"),
         ("MAX_DURATION_S", "21601"),  # the MP3 at 320 kbit/s could pass PostgreSQL's 1 GB per value
         ("FFMPEG_BINARY", "/nonexistent/ffmpeg"),
         ("DOWNLOAD_CACHE_MB", "-1"),
