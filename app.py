@@ -16,11 +16,12 @@ from aiohttp import web
 from converter.pipeline import ConverterConfig
 from handlers.download_cache import DownloadCache
 from handlers.errors import error_envelope
-from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, READ_POOL, SETTINGS, SLOTS
+from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, REPLICA, SETTINGS, SLOTS
 from handlers.metrics import Metrics
 from handlers.observe import add_request_id, configure_logging, request_log
 from handlers.page import security_headers
 from handlers.params import refuse_tokens_in_urls
+from handlers.replica import ReadReplica, replica_pool
 from handlers.routes import setup_routes
 from handlers.server import make_runner
 from handlers.slots import ConversionSlots
@@ -62,14 +63,23 @@ def init_app(settings: Settings) -> web.Application:
 
 async def database_pool(app: web.Application) -> AsyncIterator[None]:
     """The pools open after migrations ran (the run command applies them first): the
-    primary's, and the read replica's when DATABASE_READ_URL names one (else the same)."""
+    primary's, and the read replica's when DATABASE_READ_URL names one, with its watcher
+    (handlers/replica.py), which measures it once before the first request."""
     settings = app[SETTINGS]
     app[POOL] = await _pool(settings.database_url, settings.convert_concurrency + SPARE_CONNECTIONS)
-    app[READ_POOL] = app[POOL]
+    pools = [app[POOL]]
+    watcher = None
     if settings.database_read_url:
-        app[READ_POOL] = await _pool(settings.database_read_url, SPARE_CONNECTIONS)
+        pools.append(await replica_pool(settings.database_read_url, SPARE_CONNECTIONS))
+        app[REPLICA] = replica = ReadReplica(pools[-1], settings.replica_max_lag_s)
+        await replica.probe(app[POOL])
+        watcher = asyncio.create_task(replica.watch(app[POOL]))
     yield
-    for pool in {app[READ_POOL], app[POOL]}:
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    for pool in pools:
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT_S):
                 await pool.close()

@@ -27,6 +27,8 @@ class ConfigError(Exception):
 class Settings:
     database_url: str
     database_read_url: str | None = None  # a streaming replica for downloads and listings
+    # How far behind the primary the replica may be and still serve a download's bytes.
+    replica_max_lag_s: float = 5.0
     host: str = "0.0.0.0"  # noqa: S104 - a service listens on every interface by default
     port: int = 8080
     public_url: str | None = None
@@ -70,6 +72,7 @@ class Settings:
         return cls(
             database_url=database_url,
             database_read_url=read_url,
+            replica_max_lag_s=_seconds(env, "REPLICA_MAX_LAG_S", cls.replica_max_lag_s, 3600),
             host=env.get("HOST", cls.host),
             port=_number(env, "PORT", cls.port, 1, 65535),
             public_url=public_url.rstrip("/") if public_url else None,

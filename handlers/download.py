@@ -24,12 +24,11 @@ from uuid import UUID
 
 from aiohttp import web
 
-from db import api
 from handlers.download_cache import CacheFill
 from handlers.errors import ApiError, ResponseBroken
 from handlers.keys import DOWNLOAD_CACHE, DOWNLOAD_READS
 from handlers.params import record_id_from, user_id_from
-from handlers.reads import read
+from handlers.reads import open_for_download, read_bytes
 from handlers.send import Sender
 
 READ_CHUNK = 1024 * 1024
@@ -46,8 +45,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> web.StreamResponse:
-    # The bytes come from the database that found the record (handlers/reads.py).
-    record, pool = await read(request, lambda db: api.record_open(db, record_id, user_id))
+    record = await open_for_download(request, record_id, user_id)
     size = record.size
     digest = record.sha256.hex()
     etag = f'"{digest}"'
@@ -89,7 +87,7 @@ async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> w
 
             async def read_chunk(offset: int, count: int) -> bytes:
                 async with reads:
-                    return await api.record_read(pool, record_id, user_id, offset, count)
+                    return await read_bytes(request, record_id, user_id, offset, count)
 
             await _stream(send, read_chunk, start, end + 1, fill)
     await response.write_eof()

@@ -20,6 +20,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.max_duration_s == 4 * 3600
     assert settings.download_cache_bytes == 256 << 20
     assert settings.send_timeout_s == 60
+    assert settings.replica_max_lag_s == 5
     assert settings.parallel_segments == settings.convert_concurrency  # both the CPU count
     assert settings.ffmpeg_binary.endswith("ffmpeg") or "ffmpeg" in settings.ffmpeg_binary
 
@@ -39,8 +40,10 @@ def test_values_are_read_from_the_environment() -> None:
             "DOWNLOAD_CACHE_MB": "0",
             "PARALLEL_SEGMENTS": "0",
             "SEND_TIMEOUT_S": "7.5",
+            "REPLICA_MAX_LAG_S": "0.5",
         }
     )
+    assert settings.replica_max_lag_s == 0.5
     assert settings.send_timeout_s == 7.5
     assert settings.parallel_segments == 0
     assert settings.download_cache_bytes == 0
@@ -69,6 +72,8 @@ def test_values_are_read_from_the_environment() -> None:
         ("MIN_UPLOAD_KBPS", "-1"),
         ("IDLE_TIMEOUT_S", "0"),
         ("SEND_TIMEOUT_S", "0"),
+        ("REPLICA_MAX_LAG_S", "0"),
+        ("REPLICA_MAX_LAG_S", "3601"),
         ("MAX_DURATION_S", "21601"),  # the MP3 at 320 kbit/s could pass PostgreSQL's 1 GB per value
         ("FFMPEG_BINARY", "/nonexistent/ffmpeg"),
         ("DOWNLOAD_CACHE_MB", "-1"),
