@@ -14,7 +14,7 @@ import asyncpg
 from aiohttp import web
 
 from converter.pipeline import ConverterConfig
-from handlers.download_cache import DownloadCache
+from handlers.download_cache import DownloadCache, dropping_deleted_records
 from handlers.errors import error_envelope
 from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, REPLICA, SETTINGS, SLOTS
 from handlers.metrics import Metrics
@@ -102,7 +102,8 @@ async def download_cache(app: web.Application) -> AsyncIterator[None]:
         return
     app[DOWNLOAD_CACHE] = cache
     try:
-        yield
+        async with dropping_deleted_records(cache, app[SETTINGS].database_url):
+            yield
     finally:
         cache.close()
 

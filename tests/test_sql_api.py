@@ -406,6 +406,20 @@ def test_deleting_rows_by_hand_also_unlinks_their_objects(
     assert record_count(admin) == 0
 
 
+def test_every_deletion_of_a_finished_record_is_announced_with_its_digest(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """On mp3_record_deleted, at commit: the services drop the file from their download caches."""
+    user_id, token = create_user(service)
+    first = store_record(service, user_id, token, [b"first"])
+    store_record(service, user_id, token, [b"second"])
+    service.execute("LISTEN mp3_record_deleted")
+    service.execute("SELECT api.record_delete(%s, %s, %s)", [user_id, token, first])
+    admin.execute("DELETE FROM app.users WHERE id = %s", [user_id])  # by hand, cascading
+    announced = [notify.payload for notify in service.notifies(timeout=10, stop_after=2)]
+    assert announced == [hashlib.sha256(b"first").hexdigest(), hashlib.sha256(b"second").hexdigest()]
+
+
 def test_another_users_record_is_indistinguishable_from_a_missing_one(service: psycopg.Connection) -> None:
     user_id, token = create_user(service)
     other_id, other_token = create_user(service, "mallory")
