@@ -84,7 +84,10 @@ class ReadReplica:
     async def watch(self, primary: asyncpg.Pool) -> None:
         while True:
             await asyncio.sleep(self.probe_interval_s)
-            await self.probe(primary)
+            try:
+                await self.probe(primary)
+            except Exception:  # a bug: logged, and the watch goes on (the replica ages meanwhile)
+                log.exception("measuring the read replica failed")
 
     async def probe(self, primary: asyncpg.Pool) -> None:
         """Measure the replica's lag now; never raises (a failure means it does not serve)."""
