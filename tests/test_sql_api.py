@@ -24,7 +24,7 @@ from db.apply import (
     apply,
     function_files,
 )
-from tests.support import finished_records
+from tests.support import finished_records, store_record
 
 
 def sqlstate_of(connection: psycopg.Connection, query: str, params: Any = None) -> str | None:
@@ -44,15 +44,6 @@ def create_user(service: psycopg.Connection, name: str = "alice") -> tuple[int, 
     row = service.execute("SELECT id, token FROM api.user_create(%s)", [name]).fetchone()
     assert row is not None
     return row[0], str(row[1])
-
-
-def store_record(service: psycopg.Connection, user_id: int, token: str, chunks: list[bytes]) -> uuid.UUID:
-    with service.transaction():
-        record_id: uuid.UUID = scalar(service, "SELECT api.record_begin(%s, %s, %s)", [user_id, token, "song.wav"])
-        for chunk in chunks:
-            service.execute("SELECT api.record_append(%s, %s)", [record_id, chunk])
-        service.execute("SELECT * FROM api.record_finish(%s, 12.5, 192000, 44100, 2)", [record_id])
-    return record_id
 
 
 def large_object_count(admin: psycopg.Connection) -> int:
