@@ -14,13 +14,14 @@ import asyncpg
 from aiohttp import web
 
 from converter.options import ConverterConfig
-from handlers.download_cache import DownloadCache
+from handlers.download_cache import DownloadCache, dropping_deleted_records
 from handlers.errors import error_envelope
-from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, READ_POOL, SETTINGS, SLOTS
+from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, REPLICA, SETTINGS, SLOTS
 from handlers.metrics import Metrics
 from handlers.observe import add_request_id, configure_logging, log_task_chains, request_log
 from handlers.page import security_headers
 from handlers.params import refuse_encoded_paths, refuse_tokens_in_urls
+from handlers.replica import ReadReplica, replica_pool
 from handlers.routes import setup_routes
 from handlers.server import make_runner, refuse_unmet_expectations
 from handlers.slots import ConversionSlots
@@ -69,15 +70,24 @@ def init_app(settings: Settings) -> web.Application:
 
 async def database_pool(app: web.Application) -> AsyncIterator[None]:
     """The pools open after migrations ran (the run command applies them first): the
-    primary's, and the read replica's when DATABASE_READ_URL names one (else the same)."""
+    primary's, and the read replica's when DATABASE_READ_URL names one, with its watcher
+    (handlers/replica.py), which measures it once before the first request."""
     settings = app[SETTINGS]
     connections = settings.uploads_at_once + SPARE_CONNECTIONS  # an upload holds one throughout
     app[POOL] = await _pool(settings.database_url, connections, settings.stall_timeout_s)
-    app[READ_POOL] = app[POOL]
+    pools = [app[POOL]]
+    watcher = None
     if settings.database_read_url:
-        app[READ_POOL] = await _pool(settings.database_read_url, SPARE_CONNECTIONS, settings.stall_timeout_s)
+        pools.append(await replica_pool(settings.database_read_url, SPARE_CONNECTIONS))
+        app[REPLICA] = replica = ReadReplica(pools[-1], settings.replica_max_lag_s)
+        await replica.probe(app[POOL])
+        watcher = asyncio.create_task(replica.watch(app[POOL]))
     yield
-    for pool in {app[READ_POOL], app[POOL]}:
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    for pool in pools:
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT_S):
                 await pool.close()
@@ -100,7 +110,8 @@ async def download_cache(app: web.Application) -> AsyncIterator[None]:
         return
     app[DOWNLOAD_CACHE] = cache
     try:
-        yield
+        async with dropping_deleted_records(cache, app[SETTINGS].database_url):
+            yield
     finally:
         cache.close()
 

@@ -29,6 +29,8 @@ class ConfigError(Exception):
 class Settings:
     database_url: str
     database_read_url: str | None = None  # a streaming replica for downloads and listings
+    # How far behind the primary the replica may be and still serve a download's bytes.
+    replica_max_lag_s: float = 5.0
     host: str = "0.0.0.0"  # noqa: S104 - a service listens on every interface by default
     port: int = 8080
     public_url: str | None = None
@@ -51,6 +53,8 @@ class Settings:
     # A slow mobile uplink (EDGE) still sends 100+ kbit/s; a trickle below this is cut off.
     min_upload_kbps: int = 64
     idle_timeout_s: float = 15.0
+    # A download's client that accepts none of a 256 KiB slice for this long is cut off.
+    send_timeout_s: float = 60.0
     shutdown_timeout_s: float = 30.0
     log_format: str = "text"
     ffmpeg_binary: str = "ffmpeg"
@@ -88,6 +92,7 @@ class Settings:
         return cls(
             database_url=database_url,
             database_read_url=read_url,
+            replica_max_lag_s=_seconds(env, "REPLICA_MAX_LAG_S", cls.replica_max_lag_s, 3600),
             host=env.get("HOST", cls.host),
             port=_number(env, "PORT", cls.port, 1, 65535),
             public_url=public_url.rstrip("/") if public_url else None,
@@ -104,6 +109,7 @@ class Settings:
             read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
             min_upload_kbps=_number(env, "MIN_UPLOAD_KBPS", cls.min_upload_kbps, 0, 1 << 20),
             idle_timeout_s=_seconds(env, "IDLE_TIMEOUT_S", cls.idle_timeout_s),
+            send_timeout_s=_seconds(env, "SEND_TIMEOUT_S", cls.send_timeout_s),
             shutdown_timeout_s=_seconds(env, "SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s),
             log_format=log_format,
             ffmpeg_binary=find_ffmpeg(env.get("FFMPEG_BINARY")),

@@ -99,6 +99,19 @@ async def ping(db: Database) -> None:
     await db.fetchval("SELECT 1")
 
 
+async def wal_written(db: Database) -> int:
+    """Where a primary's WAL stands, in bytes: every commit anyone has seen is before it.
+    (PostgreSQL's, not an api function: a fact about the server, as ping is.)"""
+    position: int = await db.fetchval("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint")
+    return position
+
+
+async def wal_replayed(db: Database) -> int | None:
+    """How far a standby has replayed its primary's WAL, in bytes; None on a server that is none."""
+    position: int | None = await db.fetchval("SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint")
+    return position
+
+
 async def user_create(db: Database, name: str) -> NewUser:
     row = await db.fetchrow("SELECT * FROM api.user_create($1)", name)
     return NewUser(**_fields(row))

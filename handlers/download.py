@@ -6,6 +6,10 @@ chunks, each its own short statement, and written as it arrives: a slow
 client holds no transaction and the server holds one chunk at a time. A
 record downloaded before is sent from the local cache with sendfile
 (handlers/download_cache.py), after the same check.
+
+Bytes go out through handlers/send.py: a client that reads slowly is served
+however long its download lasts, one that stops reading is cut off after
+SEND_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -20,15 +24,14 @@ from uuid import UUID
 
 from aiohttp import web
 
-from db import api
 from handlers.download_cache import CacheFill
 from handlers.errors import ApiError, ResponseBroken
 from handlers.keys import DOWNLOAD_CACHE, DOWNLOAD_READS
 from handlers.params import record_id_from, user_id_from
-from handlers.reads import read
+from handlers.reads import open_for_download, read_bytes
+from handlers.send import Sender
 
 READ_CHUNK = 1024 * 1024
-SENDFILE_SLICE = 256 * 1024
 # Reads in flight per download, each on its own pool connection: PostgreSQL's
 # reading of the large object is the slow part, and two backends use two cores.
 READS_AHEAD = 2
@@ -42,8 +45,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> web.StreamResponse:
-    # The bytes come from the database that found the record (handlers/reads.py).
-    record, pool = await read(request, lambda db: api.record_open(db, record_id, user_id))
+    record = await open_for_download(request, record_id, user_id)
     size = record.size
     digest = record.sha256.hex()
     etag = f'"{digest}"'
@@ -72,11 +74,12 @@ async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> w
     response.content_length = end - start + 1
     await response.prepare(request)
     if request.method != "HEAD":
+        send = Sender(request, response)
         cache = request.app.get(DOWNLOAD_CACHE)
         cached = cache.open(digest) if cache else None
         if cached is not None:
             with cached:
-                await _send_file(request, response, cached, start, end + 1)
+                await _send_file(send, cached, start, end + 1)
         else:
             whole = start == 0 and end == size - 1
             fill = cache.fill(digest, size) if cache and whole else None
@@ -84,15 +87,15 @@ async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> w
 
             async def read_chunk(offset: int, count: int) -> bytes:
                 async with reads:
-                    return await api.record_read(pool, record_id, user_id, offset, count)
+                    return await read_bytes(request, record_id, user_id, offset, count)
 
-            await _stream(response, read_chunk, start, end + 1, fill)
+            await _stream(send, read_chunk, start, end + 1, fill)
     await response.write_eof()
     return response
 
 
 async def _stream(
-    response: web.StreamResponse,
+    send: Sender,
     read_chunk: Callable[[int, int], Awaitable[bytes]],
     start: int,
     stop: int,
@@ -120,10 +123,10 @@ async def _stream(
                 if sent + len(chunk) == stop - start:
                     fill.finish()
                     fill = None
-            await response.write(chunk)
+            await send.write(chunk)
             sent += len(chunk)
     except Exception as error:
-        raise ResponseBroken(response, error, sent) from error
+        raise ResponseBroken(send.response, error, sent) from error
     finally:
         for pending in reads:  # the client went away mid-download
             pending.cancel()
@@ -131,29 +134,23 @@ async def _stream(
             fill.abandon()
 
 
-async def _send_file(request: web.Request, response: web.StreamResponse, file: BinaryIO, start: int, stop: int) -> None:
+async def _send_file(send: Sender, file: BinaryIO, start: int, stop: int) -> None:
     """The bytes [start, stop) of a cached file, by the kernel's sendfile, as aiohttp's
     FileResponse sends (it cannot be used itself: its ETag, Range and conditional
     handling are of a file, ours are of the record)."""
-    transport = request.transport
     try:
-        if transport is None:
-            raise ConnectionResetError("the client closed the connection")
-        # The status line and headers are already in the transport's buffer
-        # (StreamResponse sends them at prepare); sendfile waits for them to flush.
-        # In slices: each sendfile call runs in the event loop's thread, and one
-        # unbounded call per client, many clients at once, held /health for 300 ms.
-        loop = asyncio.get_running_loop()
-        for offset in range(start, stop, SENDFILE_SLICE):
-            await loop.sendfile(transport, file, offset, min(SENDFILE_SLICE, stop - offset))
-    except NotImplementedError:  # a transport that cannot sendfile (TLS): in chunks
-        file.seek(start)
-        while start < stop:
-            chunk = await asyncio.to_thread(file.read, min(READ_CHUNK, stop - start))
-            await response.write(chunk)
-            start += len(chunk)
+        try:
+            # The status line and headers are already in the transport's buffer
+            # (StreamResponse sends them at prepare); sendfile waits for them to flush.
+            await send.sendfile(file, start, stop)
+        except NotImplementedError:  # a transport that cannot sendfile (TLS): in chunks
+            file.seek(start)
+            while start < stop:
+                chunk = await asyncio.to_thread(file.read, min(READ_CHUNK, stop - start))
+                await send.write(chunk)
+                start += len(chunk)
     except Exception as error:
-        raise ResponseBroken(response, error, 0) from error
+        raise ResponseBroken(send.response, error, 0) from error
 
 
 def _wanted_range(request: web.Request, etag: str, size: int) -> tuple[int, int] | None:

@@ -13,6 +13,11 @@ another user's id is never served from here; the digest it returns picks the
 file. The cache is disposable: one directory per process, removed at exit, and
 losing it costs only speed, so a replica stays stateless. Least recently used
 files go first when DOWNLOAD_CACHE_MB would be passed.
+
+A deleted record's file goes at once, in every process: the database announces
+each deletion (channel mp3_record_deleted, the MP3's digest; migration 0006)
+and ``dropping_deleted_records`` listens. While it cannot listen (the database
+restarting), deletions go unheard, so on listening again it empties the cache.
 """
 
 from __future__ import annotations
@@ -25,10 +30,20 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+import asyncpg
+
 log = logging.getLogger("mp3.download_cache")
+
+DELETIONS_CHANNEL = "mp3_record_deleted"
+LISTENER_NAME = "mp3 download cache"
+# The listening connection: how often it is checked (a connection can die
+# without a word), and how long a connect or a check may take.
+LISTEN_CHECK_INTERVAL_S = 5.0
+LISTEN_TIMEOUT_S = 5.0
 
 
 class DownloadCache:
@@ -37,6 +52,7 @@ class DownloadCache:
         self.directory = Path(tempfile.mkdtemp(prefix="mp3-download-cache-", dir=parent))
         self._files: OrderedDict[str, int] = OrderedDict()  # digest → size, least recently used first
         self._filling: dict[str, int] = {}  # digest → size, room held while a first download writes it
+        self._dropped_while_filling: set[str] = set()  # deleted meanwhile: not to be admitted
         self.used_bytes = 0  # of both, kept as they change rather than summed on every eviction
 
     def open(self, digest: str) -> BinaryIO | None:
@@ -45,8 +61,11 @@ class DownloadCache:
             return None
         try:
             file = (self.directory / digest).open("rb")
-        except OSError:  # removed behind our back: forget it, read from the database
+        except FileNotFoundError:  # removed behind our back: forget it, read from the database
             self.used_bytes -= self._files.pop(digest)
+            return None
+        except OSError as error:  # no file descriptor left, say: the file is still there
+            log.warning("the download cache cannot open a file (%s); served from the database", error)
             return None
         self._files.move_to_end(digest)
         return file
@@ -57,9 +76,29 @@ class DownloadCache:
         if digest in self._files or digest in self._filling or size > self.max_bytes:
             return None
         self._make_room(size)
+        try:
+            fill = CacheFill(self, digest, size)
+        except OSError as error:  # the directory gone (a tmp cleaner), a full disk, no file descriptor left
+            log.warning("the download cache cannot write (%s); this download is not cached", error)
+            return None
         self._filling[digest] = size
         self.used_bytes += size
-        return CacheFill(self, digest, size)
+        return fill
+
+    def drop(self, digest: str) -> None:
+        """Its record was deleted: the file goes, and a first download writing it is not admitted.
+        Anything else (any text can be announced) names no file and changes nothing."""
+        size = self._files.pop(digest, None)
+        if size is not None:
+            self.used_bytes -= size
+            with contextlib.suppress(OSError):
+                (self.directory / digest).unlink()
+        if digest in self._filling:
+            self._dropped_while_filling.add(digest)
+
+    def clear(self) -> None:
+        for digest in list(self._files) + list(self._filling):
+            self.drop(digest)
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -68,15 +107,20 @@ class DownloadCache:
         while self._files and self.used_bytes + size > self.max_bytes:
             oldest, size_of_oldest = self._files.popitem(last=False)
             self.used_bytes -= size_of_oldest
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or the disk failing: forgotten either way
                 (self.directory / oldest).unlink()
 
-    def admit(self, digest: str, size: int) -> None:
+    def admit(self, digest: str, size: int) -> bool:
+        """The file named by the digest is written: kept, unless its record was deleted meanwhile."""
+        if digest in self._dropped_while_filling:
+            return False
         del self._filling[digest]
         self._files[digest] = size
+        return True
 
     def release(self, digest: str) -> None:
         self.used_bytes -= self._filling.pop(digest, 0)
+        self._dropped_while_filling.discard(digest)
 
 
 class CacheFill:
@@ -117,14 +161,80 @@ class CacheFill:
             if self._written != self._size or self._hash.hexdigest() != self._digest:
                 log.warning("a download's bytes did not hash to its record's SHA-256; not cached")
                 raise OSError("not the record's bytes")
-            os.replace(self._path, self._cache.directory / self._digest)
+            final = self._cache.directory / self._digest
+            os.replace(self._path, final)
         except OSError:
             self.abandon()
             return
-        self._cache.admit(self._digest, self._size)
+        if not self._cache.admit(self._digest, self._size):
+            with contextlib.suppress(OSError):
+                final.unlink()
+            self._cache.release(self._digest)
 
     def abandon(self) -> None:
         with contextlib.suppress(OSError):
             self._file.close()
             self._path.unlink()
         self._cache.release(self._digest)
+
+
+@contextlib.asynccontextmanager
+async def dropping_deleted_records(cache: DownloadCache, database_url: str) -> AsyncIterator[None]:
+    """While in it, each record deleted anywhere leaves the cache at once."""
+    listener = _DeletionListener(cache, database_url)
+    await listener.listen()  # before the first download: no deletion goes unheard from the start
+    keeping = asyncio.create_task(listener.keep_listening())
+    try:
+        yield
+    finally:
+        keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
+        listener.stop()
+
+
+class _DeletionListener:
+    def __init__(self, cache: DownloadCache, database_url: str) -> None:
+        self._cache = cache
+        self._url = database_url
+        self._connection: asyncpg.Connection | None = None
+
+    async def listen(self) -> None:
+        try:
+            connection = await asyncpg.connect(
+                self._url,
+                timeout=LISTEN_TIMEOUT_S,
+                command_timeout=LISTEN_TIMEOUT_S,
+                server_settings={"application_name": LISTENER_NAME},  # what pg_stat_activity shows
+            )
+        except Exception as error:
+            log.warning("the download cache cannot hear of deletions (%s); it is emptied when it can", error)
+            return
+        try:
+            await connection.add_listener(DELETIONS_CHANNEL, self._deleted)
+        except Exception as error:
+            log.warning("the download cache cannot hear of deletions (%s); it is emptied when it can", error)
+            connection.terminate()
+            return
+        self._connection = connection
+        self._cache.clear()  # what was deleted while nobody listened
+
+    async def keep_listening(self) -> None:
+        while True:
+            await asyncio.sleep(LISTEN_CHECK_INTERVAL_S)
+            if self._connection is not None:
+                try:
+                    await self._connection.fetchval("SELECT 1", timeout=LISTEN_TIMEOUT_S)
+                    continue
+                except Exception as error:
+                    log.warning("the download cache stopped hearing of deletions (%s)", error)
+                    self.stop()
+            await self.listen()
+
+    def stop(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    def _deleted(self, connection: object, pid: int, channel: str, digest: object) -> None:
+        self._cache.drop(str(digest))

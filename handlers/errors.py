@@ -12,10 +12,13 @@ text, a stack trace, SQL) ever reaches the client.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http
 import logging
 import re
 import socket
+import struct
 from collections.abc import Mapping
 
 import asyncpg
@@ -31,7 +34,7 @@ from converter.errors import (
     NotAWav,
     RecordingTooLong,
 )
-from handlers.keys import BROKEN_OFF
+from handlers.keys import BROKEN_OFF, SETTINGS
 from handlers.slots import NoFreeSlot, ShuttingDown, TooManyOfYours, Unavailable
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,10 @@ class ResponseBroken(Exception):
         self.response = response
         self.cause = cause
         self.sent = sent  # body bytes written before it broke
+
+
+class ClientNotReading(Exception):
+    """A client that took none of a response's bytes for SEND_TIMEOUT_S: it is cut off."""
 
 
 class ApiError(Exception):
@@ -151,14 +158,15 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
     except ResponseBroken as broken:
         if isinstance(broken.cause, ConnectionError):
             why, unexpected = "the client closed the connection", None
+        elif isinstance(broken.cause, ClientNotReading):
+            why, unexpected = str(broken.cause), None
         else:
             cause = api_error_for(broken.cause)
             why, unexpected = cause.message, (broken.cause if cause.status >= 500 else None)
         request[BROKEN_OFF] = f"after {broken.sent} bytes: {why}"
         log.warning("%s %s broke off %s", request.method, request.path, request[BROKEN_OFF], exc_info=unexpected)
         broken.response.force_close()
-        if request.transport is not None:
-            request.transport.close()  # after what was sent: the client sees a body shorter than announced
+        _end_connection(request, at_once=isinstance(broken.cause, ClientNotReading))
         return broken.response
     except web.HTTPException as http_error:
         if http_error.status < 400:
@@ -180,6 +188,30 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
                 "%s %s answered %d; FFmpeg said: %s", request.method, request.path, api_error.status, error.detail
             )
         return error_response(api_error.status, api_error.message, api_error.headers)
+
+
+def _end_connection(request: web.Request, at_once: bool) -> None:
+    """Closed after what was sent, so the client sees a body shorter than announced;
+    reset when that is not taken within SEND_TIMEOUT_S, or at once for a client that
+    stopped reading."""
+    transport = request.transport
+    if transport is None:
+        return
+    if at_once:
+        _reset(transport)
+        return
+    transport.close()
+    asyncio.get_running_loop().call_later(request.app[SETTINGS].send_timeout_s, _reset, transport)
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """End a connection with a reset: a plain close leaves the kernel sending what
+    it holds for minutes to a client that reads nothing; a reset frees it now."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.fileno() != -1:  # -1: closed already
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _sentence(text: str) -> str:

@@ -10,12 +10,14 @@ from aiohttp import web
 from converter.options import ConverterConfig
 from handlers.download_cache import DownloadCache
 from handlers.metrics import Metrics
+from handlers.replica import ReadReplica
 from handlers.slots import ConversionSlots
 from settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)  # the primary: everything that writes
-READ_POOL = web.AppKey("read_pool", asyncpg.Pool)  # downloads and listings: a replica, or POOL
+# Absent without DATABASE_READ_URL.
+REPLICA = web.AppKey("replica", ReadReplica)  # downloads' bytes, and reads while POOL is down
 SLOTS = web.AppKey("slots", ConversionSlots)
 METRICS = web.AppKey("metrics", Metrics)
 CONVERTER = web.AppKey("converter", ConverterConfig)

@@ -17,9 +17,10 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from db import api
+from db.deadline import within
 from handlers.errors import RETRY_AFTER_S, error_response
 from handlers.keys import BROKEN_OFF, METRICS, POOL, SETTINGS, SLOTS
-from handlers.reads import read
+from handlers.reads import where_downloads_read
 from handlers.shapes import ok
 from settings import IpNetwork
 
@@ -36,8 +37,7 @@ async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format."""
     app_metrics = request.app[METRICS]
     try:
-        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S):
-            stored = await api.storage_stats(request.app[POOL])  # one row's running totals: no scan
+        stored = await within(DATABASE_CHECK_TIMEOUT_S, request.app[POOL], api.storage_stats)  # running totals
         app_metrics.stored_records.set(stored.records)
         app_metrics.stored_bytes.set(stored.bytes)
         app_metrics.storage_max_bytes.set(stored.max_bytes)
@@ -61,14 +61,14 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def ready_for_downloads(request: web.Request) -> web.Response:
-    """GET /ready/downloads: downloads and listings can be served (the read replica or the
-    primary answers), whether or not uploads can: a balancer's check for read traffic."""
+    """GET /ready/downloads: downloads and listings can be served (from the read replica
+    or the primary), whether or not uploads can: a balancer's check for read traffic.
+    A frozen replica holds it up not at all, a frozen primary DATABASE_CHECK_TIMEOUT_S."""
     try:
-        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S):
-            _, pool = await read(request, api.ping)
+        database = await where_downloads_read(request, DATABASE_CHECK_TIMEOUT_S)
     except Exception:
         return error_response(503, "Not ready: no database answers.", {"Retry-After": RETRY_AFTER_S})
-    return ok({"database": "replica" if pool is not request.app[POOL] else "primary"})
+    return ok({"database": database})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -82,8 +82,7 @@ async def health(request: web.Request) -> web.Response:
 async def health_problems(request: web.Request) -> list[str]:
     problems = []
     try:
-        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S):
-            await api.ping(request.app[POOL])
+        await within(DATABASE_CHECK_TIMEOUT_S, request.app[POOL], api.ping)
     except Exception:
         problems.append("the database does not answer")
     if not os.access(request.app[SETTINGS].ffmpeg_binary, os.X_OK):

@@ -1,13 +1,13 @@
-"""Reads on the read replica when there is one, and on the primary when it must.
+"""Reads on the read replica when it may serve them, and on the primary when it must.
 
-Downloads (``read``) go to the replica: they are the heavy reads. The replica
-replays the primary's commits a moment later, so what it has not seen yet may
-exist: a record uploaded a moment ago (PT404), a user just created (PT401).
-On such a miss the primary is asked, so a download right after its upload's
-201 never fails for the replica's lag; it costs a second lookup only for what
-truly does not exist. (Waiting for the upload's commit LSN would need the
-client to carry it, and would wait as long as the lag.) When the replica does
-not answer at all, the primary serves.
+A download is authorised on the primary (``open_for_download``): a record
+deleted there is 404 at once, however far behind the replica is. Its bytes,
+the heavy part, come from the replica while it serves (handlers/replica.py:
+it answers, and lags by at most REPLICA_MAX_LAG_S), so a download under way
+when its record is deleted stops within that bound too. A chunk the replica
+has not replayed yet (an upload of a moment ago) is read from the primary, so
+a download right after its upload's 201 never waits for the replica's lag.
+While the primary does not answer, the replica authorises and serves alone.
 
 Listings (``read_fresh``) go to the primary: a listing right after an upload
 must show it, and a replica cannot know what it has not seen. They turn to
@@ -19,45 +19,64 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+from uuid import UUID
 
 import asyncpg
 from aiohttp import web
 
-from handlers.keys import POOL, READ_POOL
+from db import api
+from db.deadline import UNREACHABLE, within
+from handlers.keys import POOL, REPLICA
 
 T = TypeVar("T")
 
-# A replica that cannot answer: gone, starting up, unreachable.
-UNREACHABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-)
-NOT_SEEN_YET = frozenset({"PT404", "PT401"})
+# A record the replica has not replayed yet, or (deleted and replayed) no more.
+NOT_THERE = "PT404"
 
 
-async def read_fresh(request: web.Request, call: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+async def read_fresh(request: web.Request, call: Callable[[api.Database], Awaitable[T]]) -> T:
     """``call`` on the primary, else (the primary down) on the replica."""
-    replica, primary = request.app[READ_POOL], request.app[POOL]
+    replica = request.app.get(REPLICA)
     try:
-        return await call(primary)
+        return await call(request.app[POOL])
     except UNREACHABLE:
-        if replica is primary:
+        if replica is None or not replica.answers:
             raise
-    return await call(replica)
+    return await replica.call(call)
 
 
-async def read(request: web.Request, call: Callable[[asyncpg.Pool], Awaitable[T]]) -> tuple[T, asyncpg.Pool]:
-    """``call`` on the replica, else on the primary; its result and the pool that gave it."""
-    replica, primary = request.app[READ_POOL], request.app[POOL]
-    if replica is not primary:
+async def open_for_download(request: web.Request, record_id: UUID, user_id: int) -> api.Record:
+    """The record, as the primary has it now; as the replica has it while the primary is down."""
+    return await read_fresh(request, lambda db: api.record_open(db, record_id, user_id))
+
+
+async def read_bytes(request: web.Request, record_id: UUID, user_id: int, offset: int, count: int) -> bytes:
+    """Bytes of a record's MP3: from the replica while it serves, else from the primary
+    (or, the primary down, from the replica whatever its lag)."""
+    replica = request.app.get(REPLICA)
+    if replica is not None and replica.serves():
         try:
-            return await call(replica), replica
+            return await replica.call(lambda db: api.record_read(db, record_id, user_id, offset, count))
         except UNREACHABLE:
             pass
         except asyncpg.PostgresError as error:
-            if error.sqlstate not in NOT_SEEN_YET:
+            if error.sqlstate != NOT_THERE:
                 raise
-    return await call(primary), primary
+    return await read_fresh(request, lambda db: api.record_read(db, record_id, user_id, offset, count))
+
+
+async def where_downloads_read(request: web.Request, timeout_s: float) -> str:
+    """Where downloads' bytes come from now, "replica" or "primary", asked of no server
+    while the replica serves (its watcher knows); TimeoutError or the database's error
+    when neither answers within ``timeout_s``."""
+    replica = request.app.get(REPLICA)
+    if replica is not None and replica.serves():
+        return "replica"
+    try:
+        await within(timeout_s, request.app[POOL], api.ping)
+        return "primary"
+    except Exception:
+        if replica is None or not replica.answers:
+            raise
+    await replica.call(api.ping)  # the primary down: the replica serves alone
+    return "replica"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from array import array
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -169,6 +170,18 @@ def finished_records(admin: psycopg.Connection, user_id: int, count: int) -> Non
         """,
         {"user": user_id, "count": count},
     )
+
+
+def store_record(service: psycopg.Connection, user_id: int, token: str, chunks: list[bytes]) -> uuid.UUID:
+    """A record of these bytes, stored as the service stores an upload, from psql."""
+    with service.transaction():
+        row = service.execute("SELECT api.record_begin(%s, %s, %s)", [user_id, token, "song.wav"]).fetchone()
+        assert row is not None
+        record_id: uuid.UUID = row[0]
+        for chunk in chunks:
+            service.execute("SELECT api.record_append(%s, %s)", [record_id, chunk])
+        service.execute("SELECT * FROM api.record_finish(%s, 12.5, 192000, 44100, 2)", [record_id])
+    return record_id
 
 
 def records_match_large_objects(admin: psycopg.Connection) -> bool:

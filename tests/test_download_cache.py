@@ -5,6 +5,7 @@ the service, then app.py as a real process."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from handlers.download_cache import DownloadCache
+from handlers.download_cache import LISTENER_NAME, DownloadCache
 from handlers.keys import DOWNLOAD_CACHE
 from tests.conftest import MakeClient
-from tests.support import Audio, Client, ServiceProcess, basic, local, new_user, upload
+from tests.support import Audio, Client, ServiceProcess, basic, local, new_user, until, upload
 
 # --- the cache alone ---------------------------------------------------------------
 
@@ -89,6 +90,35 @@ async def test_a_failing_disk_only_means_not_cached(tmp_path: Path) -> None:
     assert cache.open(digest_of(data)) is None
 
 
+async def test_a_cache_directory_that_is_gone_holds_no_room_and_nothing_is_cached(tmp_path: Path) -> None:
+    cache = DownloadCache(10_000, str(tmp_path))
+    data = b"c" * 3000
+    shutil.rmtree(cache.directory)  # a tmp cleaner
+    assert cache.fill(digest_of(data), len(data)) is None
+    assert cache.used_bytes == 0
+    cache.directory.mkdir()
+    assert await filled(cache, data)  # not held back by the failed attempt
+
+
+async def test_a_dropped_digest_leaves_the_cache_and_one_being_written_is_not_admitted(tmp_path: Path) -> None:
+    cache = DownloadCache(10_000, str(tmp_path))
+    kept, deleted, filling = b"k" * 1000, b"d" * 1000, b"f" * 1000
+    assert await filled(cache, kept)
+    assert await filled(cache, deleted)
+    fill = cache.fill(digest_of(filling), len(filling))
+    assert fill is not None
+    await fill.add(filling)
+    cache.drop(digest_of(deleted))
+    cache.drop(digest_of(filling))  # its record deleted while a first download writes it
+    cache.drop("../../etc/passwd")  # anyone may announce any text: it names no file
+    fill.finish()
+    assert [path.name for path in cache.directory.iterdir()] == [digest_of(kept)]
+    assert cache.used_bytes == len(kept)
+    assert await filled(cache, filling)  # a record with those bytes, uploaded again, is cached again
+    cache.clear()
+    assert (list(cache.directory.iterdir()), cache.used_bytes) == ([], 0)
+
+
 # --- the service ------------------------------------------------------------------------
 
 
@@ -123,6 +153,27 @@ async def test_a_repeat_download_comes_from_the_cache_byte_for_byte(
     assert head.headers["ETag"] == f'"{digest_of(first)}"'
 
 
+async def test_a_cache_that_cannot_be_written_serves_the_download_whole_and_uncached(
+    client: Client, audio: Audio
+) -> None:
+    """A first download while the cache's directory is gone (a tmp cleaner, a full
+    disk): the MP3 alone, exactly, never an error inside its body."""
+    user = await new_user(client)
+    data: dict[str, Any] = (await (await upload(client, user, audio(seconds=2))).json())["data"]
+    cache = client.app[DOWNLOAD_CACHE]
+    shutil.rmtree(cache.directory)
+    response = await client.get(local(data["url"]))
+    body = await response.read()
+    assert response.status == 200
+    assert len(body) == data["size"]
+    assert response.headers["ETag"] == f'"{digest_of(body)}"'
+    assert cache.used_bytes == 0  # nothing held for a file that was never written
+
+    cache.directory.mkdir()  # the directory is back: the record is cached again
+    assert await downloaded(client, data["url"]) == (200, body)
+    assert [path.name for path in cache.directory.iterdir()] == [digest_of(body)]
+
+
 async def test_the_cache_never_serves_past_the_ownership_check(
     client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
@@ -134,6 +185,40 @@ async def test_the_cache_never_serves_past_the_ownership_check(
     deleted = await client.delete(f"/record?id={data['id']}", headers=basic(*user))
     assert deleted.status == 204
     assert (await downloaded(client, data["url"]))[0] == 404
+
+
+async def test_a_deleted_records_file_leaves_the_cache_however_it_was_deleted(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """By the api, or by an admin deleting its user in pgAdmin: the MP3 does not stay on
+    the service's disk until it happens to be evicted."""
+    cache = client.app[DOWNLOAD_CACHE]
+    user = await new_user(client)
+    other = await new_user(client, "bob")
+    mine: dict[str, Any] = (await (await upload(client, user, audio(seconds=2))).json())["data"]
+    theirs: dict[str, Any] = (await (await upload(client, other, audio(seconds=3))).json())["data"]
+    for record in (mine, theirs):
+        assert (await downloaded(client, record["url"]))[0] == 200
+    assert len(list(cache.directory.iterdir())) == 2
+
+    assert (await client.delete(f"/record?id={mine['id']}", headers=basic(*user))).status == 204
+    await until(lambda: len(list(cache.directory.iterdir())) == 1)
+    admin.execute("DELETE FROM app.users WHERE id = %s", [other[0]])
+    await until(lambda: list(cache.directory.iterdir()) == [])
+    assert cache.used_bytes == 0
+
+
+async def test_deletions_it_could_not_hear_of_empty_the_cache_when_it_hears_again(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """The database restarted (its sessions ended): a deletion announced meanwhile reached no one."""
+    cache = client.app[DOWNLOAD_CACHE]
+    user = await new_user(client)
+    data: dict[str, Any] = (await (await upload(client, user, audio(seconds=2))).json())["data"]
+    assert (await downloaded(client, data["url"]))[0] == 200
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", [LISTENER_NAME])
+    assert (await client.delete(f"/record?id={data['id']}", headers=basic(*user))).status == 204
+    await until(lambda: list(cache.directory.iterdir()) == [])
 
 
 async def test_a_range_first_download_streams_without_filling_and_zero_turns_it_off(

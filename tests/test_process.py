@@ -32,6 +32,7 @@ from tests.support import (
     idle_in_transaction,
     nothing_stored,
     records_match_large_objects,
+    store_record,
     until,
     wav_header,
 )
@@ -386,6 +387,66 @@ async def test_a_download_that_cannot_continue_breaks_off_and_never_sends_a_seco
     log = service_process.log.read_text()
     assert "GET /record 200 broken off after" in log
     assert "No such record." in log
+
+
+TCP_CLOSE = 7  # tcp_info's state of a socket the peer has reset
+
+
+def reset_by_peer(sock: socket.socket) -> bool:
+    """The kernel's view, asked without reading a byte: the server reset this connection."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == TCP_CLOSE
+
+
+def stalled_download(service: ServiceProcess, request: bytes) -> socket.socket:
+    """A client that asks for a download, then never reads (a 4 KB receive buffer, full at once)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((service.host, service.port))
+    sock.sendall(request)
+    return sock
+
+
+async def test_a_client_that_stops_reading_a_download_is_cut_off_and_a_slow_reader_is_not(
+    service_process: ServiceProcess, service: psycopg.Connection
+) -> None:
+    service_process.env |= {"SEND_TIMEOUT_S": "2"}
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "listener")
+    # 7 MiB: more than the kernel's buffers and the service's read-ahead hold (stored
+    # from psql: what the bytes are does not matter here, FFmpeg need not make them).
+    size = 7 << 20
+    record_id = store_record(service, *user, [os.urandom(1 << 20) for _ in range(size >> 20)])
+    path = f"/record?id={record_id}&user={user[0]}"
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    stalled = [stalled_download(service_process, request) for _ in range(4)]  # read from the database
+
+    # Meanwhile a client that reads 64 KiB every 100 ms: its download lasts five
+    # times SEND_TIMEOUT_S, and it gets every byte.
+    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    body = b""
+    while piece := await reader.read(65536):
+        body += piece
+        if len(body) >= size:
+            break
+        await asyncio.sleep(0.1)  # the client's pace
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) == size
+
+    async with aiohttp.ClientSession() as session, session.get(service_process.base + path) as whole:
+        assert len(await whole.read()) == size  # now in the download cache
+    stalled.append(stalled_download(service_process, request))  # sent with sendfile, from the cache
+    try:
+        await until(lambda: all(reset_by_peer(sock) for sock in stalled))
+    finally:
+        for sock in stalled:
+            sock.close()
+    log = service_process.log.read_text()
+    assert log.count("GET /record 200 broken off after") == len(stalled)
+    assert "the client took almost nothing for 2 s" in log
 
 
 # --- connections that never finish a request ----------------------------------------

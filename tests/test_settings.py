@@ -19,6 +19,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (settings.read_timeout_s, settings.min_upload_kbps, settings.idle_timeout_s) == (60, 64, 15)
     assert settings.max_duration_s == 4 * 3600
     assert settings.download_cache_bytes == 256 << 20
+    assert settings.send_timeout_s == 60
+    assert settings.replica_max_lag_s == 5
     assert settings.parallel_segments == settings.convert_concurrency  # both the CPU count
     assert settings.ffmpeg_binary.endswith("ffmpeg") or "ffmpeg" in settings.ffmpeg_binary
     assert settings.trusted_proxies == ()  # nobody's X-Forwarded-For is believed
@@ -41,10 +43,14 @@ def test_values_are_read_from_the_environment() -> None:
             "PARALLEL_SEGMENTS": "0",
             "TRUSTED_PROXIES": "10.0.0.7, 172.16.0.0/12,fd00::/8",
             "SIGNUP": "closed",
+            "SEND_TIMEOUT_S": "7.5",
+            "REPLICA_MAX_LAG_S": "0.5",
         }
     )
     assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.7/32", "172.16.0.0/12", "fd00::/8"]
     assert not settings.open_signup
+    assert settings.replica_max_lag_s == 0.5
+    assert settings.send_timeout_s == 7.5
     assert settings.parallel_segments == 0
     assert settings.download_cache_bytes == 0
     assert (settings.min_upload_kbps, settings.idle_timeout_s) == (0, 5)
@@ -71,7 +77,10 @@ def test_values_are_read_from_the_environment() -> None:
         ("PUBLIC_URL", "ftp://x"),
         ("MIN_UPLOAD_KBPS", "-1"),
         ("IDLE_TIMEOUT_S", "0"),
-        ("MAX_DURATION_S", "21601"),
+        ("SEND_TIMEOUT_S", "0"),
+        ("REPLICA_MAX_LAG_S", "0"),
+        ("REPLICA_MAX_LAG_S", "3601"),
+        ("MAX_DURATION_S", "21601"),  # the MP3 at 320 kbit/s could pass PostgreSQL's 1 GB per value
         ("TRUSTED_PROXIES", "balancer"),
         ("TRUSTED_PROXIES", "10.0.0.7/8"),  # a host, not a network: a typo more likely than a choice
         ("SIGNUP", "invite-only"),

@@ -28,7 +28,7 @@ from db.apply import (
     apply,
     function_files,
 )
-from tests.support import ROOT, finished_records
+from tests.support import ROOT, finished_records, store_record
 
 
 def sqlstate_of(connection: psycopg.Connection, query: str, params: Any = None) -> str | None:
@@ -48,15 +48,6 @@ def create_user(service: psycopg.Connection, name: str = "alice") -> tuple[int, 
     row = service.execute("SELECT id, token FROM api.user_create(%s)", [name]).fetchone()
     assert row is not None
     return row[0], str(row[1])
-
-
-def store_record(service: psycopg.Connection, user_id: int, token: str, chunks: list[bytes]) -> uuid.UUID:
-    with service.transaction():
-        record_id: uuid.UUID = scalar(service, "SELECT api.record_begin(%s, %s, %s)", [user_id, token, "song.wav"])
-        for chunk in chunks:
-            service.execute("SELECT api.record_append(%s, %s)", [record_id, chunk])
-        service.execute("SELECT * FROM api.record_finish(%s, 12.5, 192000, 44100, 2)", [record_id])
-    return record_id
 
 
 def large_object_count(admin: psycopg.Connection) -> int:
@@ -408,6 +399,20 @@ def test_deleting_rows_by_hand_also_unlinks_their_objects(
     admin.execute("DELETE FROM app.users WHERE id = %s", [user_id])
     assert large_object_count(admin) == objects_before
     assert record_count(admin) == 0
+
+
+def test_every_deletion_of_a_finished_record_is_announced_with_its_digest(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """On mp3_record_deleted, at commit: the services drop the file from their download caches."""
+    user_id, token = create_user(service)
+    first = store_record(service, user_id, token, [b"first"])
+    store_record(service, user_id, token, [b"second"])
+    service.execute("LISTEN mp3_record_deleted")
+    service.execute("SELECT api.record_delete(%s, %s, %s)", [user_id, token, first])
+    admin.execute("DELETE FROM app.users WHERE id = %s", [user_id])  # by hand, cascading
+    announced = [notify.payload for notify in service.notifies(timeout=10, stop_after=2)]
+    assert announced == [hashlib.sha256(b"first").hexdigest(), hashlib.sha256(b"second").hexdigest()]
 
 
 def test_another_users_record_is_indistinguishable_from_a_missing_one(service: psycopg.Connection) -> None:

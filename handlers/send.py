@@ -1,0 +1,91 @@
+"""Sending a download's bytes to a client that may stop reading.
+
+A write waits while the client's receive window is shut. A client that never
+reads again would hold its connection, a chunk of our memory and the kernel's
+socket buffers (megabytes on a fast link) for ever, so every SEND_TIMEOUT_S a
+write waits, the client must have acknowledged MIN_TAKEN more bytes, or it is
+cut off (ClientNotReading; handlers/errors.py resets the connection). Progress
+is what the client acknowledged, as the kernel counts it (Linux's tcp_info),
+not whether one write finished: the kernel wakes a writer only once a third
+of its send buffer is free, which on a fast link is more than a slow reader
+takes in a minute. Where tcp_info is not to be had, each slice must be taken
+within SEND_TIMEOUT_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import Awaitable
+from typing import BinaryIO
+
+from aiohttp import web
+
+from handlers.errors import ClientNotReading
+from handlers.keys import SETTINGS
+
+# One write or sendfile call. Also the bound on each sendfile call's time in the
+# event loop's thread: one call for a whole file per client, many clients at
+# once, held /health for 300 ms.
+SEND_SLICE = 256 * 1024
+# What a client must take in each SEND_TIMEOUT_S: 64 KiB in the default 60 s is
+# 9 kbit/s, far below the slowest MP3 a player streams.
+MIN_TAKEN = 64 * 1024
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a u64 at this offset (Linux 4.1+).
+TCP_INFO = getattr(socket, "TCP_INFO", None)
+BYTES_ACKED_AT = 120
+TCP_INFO_SIZE = BYTES_ACKED_AT + 8
+
+
+class Sender:
+    """Writes one download's bytes, cutting its client off when it stops taking them."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self.request = request
+        self.response = response
+        self.timeout_s = request.app[SETTINGS].send_timeout_s
+        transport = request.transport
+        self._socket = transport.get_extra_info("socket") if transport is not None else None
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        for offset in range(0, len(view), SEND_SLICE):
+            await self._taken(self.response.write(view[offset : offset + SEND_SLICE]))
+
+    async def sendfile(self, file: BinaryIO, start: int, stop: int) -> None:
+        """By the kernel's sendfile; NotImplementedError for a transport that cannot (TLS)."""
+        transport = self.request.transport
+        if transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        loop = asyncio.get_running_loop()
+        for offset in range(start, stop, SEND_SLICE):
+            await self._taken(loop.sendfile(transport, file, offset, min(SEND_SLICE, stop - offset)))
+
+    async def _taken(self, sending: Awaitable[object]) -> None:
+        # Done once the kernel has the slice; cancelled on any way out before that.
+        task = asyncio.ensure_future(sending)
+        try:
+            while True:
+                acked = self._acked()
+                done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+                if done:
+                    task.result()  # its failure, if it failed
+                    return
+                now_acked = self._acked()
+                if acked is None or now_acked is None or now_acked - acked < MIN_TAKEN:
+                    raise ClientNotReading(f"the client took almost nothing for {self.timeout_s:g} s")
+        finally:
+            task.cancel()
+
+    def _acked(self) -> int | None:
+        """Bytes of this connection the client has acknowledged; None where the kernel does not say."""
+        if self._socket is None or TCP_INFO is None:
+            return None
+        try:
+            info = self._socket.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_SIZE)
+        except OSError:
+            return None
+        if len(info) < TCP_INFO_SIZE:
+            return None
+        return int.from_bytes(info[BYTES_ACKED_AT:TCP_INFO_SIZE], sys.byteorder)
