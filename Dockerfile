@@ -15,6 +15,7 @@ RUN pip install --no-cache-dir --disable-pip-version-check -r requirements.txt
 
 COPY app.py settings.py ./
 COPY handlers/ handlers/
+COPY service/ service/
 COPY converter/ converter/
 COPY db/ db/
 

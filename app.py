@@ -14,17 +14,18 @@ import asyncpg
 from aiohttp import web
 
 from converter.options import ConverterConfig
-from handlers.download_cache import DownloadCache, dropping_deleted_records
 from handlers.errors import error_envelope
-from handlers.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, REPLICA, SETTINGS, SLOTS
-from handlers.metrics import Metrics
-from handlers.observe import add_request_id, configure_logging, log_task_chains, request_log
+from handlers.observe import add_request_id, request_log
 from handlers.page import security_headers
 from handlers.params import refuse_encoded_paths, refuse_tokens_in_urls
-from handlers.replica import ReadReplica, replica_pool
 from handlers.routes import setup_routes
 from handlers.server import make_runner, refuse_unmet_expectations
-from handlers.slots import ConversionSlots
+from service.download_cache import DownloadCache, dropping_deleted_records
+from service.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, REPLICA, SETTINGS, SLOTS
+from service.logs import configure_logging, log_task_chains
+from service.metrics import Metrics
+from service.replica import ReadReplica, replica_pool
+from service.slots import ConversionSlots
 from settings import ConfigError, Settings
 
 # Connections beyond the uploads', for downloads, listings and user creation.
@@ -71,7 +72,7 @@ def init_app(settings: Settings) -> web.Application:
 async def database_pool(app: web.Application) -> AsyncIterator[None]:
     """The pools open after migrations ran (the run command applies them first): the
     primary's, and the read replica's when DATABASE_READ_URL names one, with its watcher
-    (handlers/replica.py), which measures it once before the first request."""
+    (service/replica.py), which measures it once before the first request."""
     settings = app[SETTINGS]
     connections = settings.uploads_at_once + SPARE_CONNECTIONS  # an upload holds one throughout
     app[POOL] = await _pool(settings.database_url, connections, settings.stall_timeout_s)

@@ -5,7 +5,7 @@ comes first (ownership is checked in SQL), then the MP3 is read back in
 chunks, each its own short statement, and written as it arrives: a slow
 client holds no transaction and the server holds one chunk at a time. A
 record downloaded before is sent from the local cache with sendfile
-(handlers/download_cache.py), after the same check.
+(service/download_cache.py), after the same check.
 
 Bytes go out through handlers/send.py: a client that reads slowly is served
 however long its download lasts, one that stops reading is cut off after
@@ -24,12 +24,12 @@ from uuid import UUID
 
 from aiohttp import web
 
-from handlers.download_cache import CacheFill
 from handlers.errors import ApiError, ResponseBroken
-from handlers.keys import DOWNLOAD_CACHE, DOWNLOAD_READS
 from handlers.params import record_id_from, user_id_from
 from handlers.reads import open_for_download, read_bytes
 from handlers.send import Sender
+from service.download_cache import CacheFill
+from service.keys import DOWNLOAD_CACHE, DOWNLOAD_READS
 
 READ_CHUNK = 1024 * 1024
 # Reads in flight per download, each on its own pool connection: PostgreSQL's

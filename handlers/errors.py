@@ -34,8 +34,8 @@ from converter.errors import (
     NotAWav,
     RecordingTooLong,
 )
-from handlers.keys import BROKEN_OFF, SETTINGS
-from handlers.slots import NoFreeSlot, ShuttingDown, TooManyOfYours, Unavailable
+from service.keys import BROKEN_OFF, SETTINGS
+from service.slots import NoFreeSlot, ShuttingDown, TooManyOfYours, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -1,21 +1,14 @@
-"""The OpenAPI 3.1 description of every route, served at /openapi.json, and /docs.
-
-Swagger UI's files come from the swagger-ui-py package and are served by the
-service itself, so /docs works with no network.
-"""
+"""The OpenAPI 3.1 description of every route, served at /openapi.json (and shown by
+/docs, handlers/swagger.py): one builder per tag of routes."""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
-import swagger_ui
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from converter.mp3 import LAME_CBR_KBPS, MP3_SAMPLE_RATES
-from handlers.keys import SETTINGS
 from handlers.params import (
     CHANNEL_CHOICES,
     DEFAULT_PAGE_SIZE,
@@ -26,11 +19,9 @@ from handlers.params import (
 )
 from handlers.records import WAV_TYPES
 from handlers.shapes import RECORD_KEYS
+from handlers.swagger import DOCS_ASSETS_PREFIX
 from handlers.users import MAX_BODY_BYTES, MAX_USERNAME_CHARACTERS
-
-SWAGGER_ASSETS = Path(swagger_ui.__file__).resolve().parent / "static"
-DOCS_ASSETS_PREFIX = "/docs/assets"
-DOCS_INIT_PATH = DOCS_ASSETS_PREFIX + "/docs-init.js"
+from service.keys import SETTINGS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -208,11 +199,62 @@ def _page(summary: str, media: str) -> dict[str, Any]:
 
 
 @functools.cache
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[SETTINGS].mp3_bitrate_kbps))
+
+
 def openapi_document(default_kbps: int) -> dict[str, Any]:
     """The document for a service whose MP3_BITRATE is default_kbps (built once; never changed)."""
-    record = {"$ref": "#/components/schemas/Record"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "MP3 converter",
+            "version": "1.0.0",
+            "description": "Upload WAV recordings, get MP3 download links. Every JSON answer uses one envelope.",
+        },
+        "paths": _users() | _records(default_kbps) | _older_clients(default_kbps) | _operations() | _pages(),
+        "components": _components(),
+    }
+
+
+RECORD = {"$ref": "#/components/schemas/Record"}
+
+
+def _users() -> dict[str, Any]:
+    return {
+        "/users": {"post": _user_created("token", "Create a user")},
+        "/users/me": {
+            "get": {
+                "tags": ["users"],
+                "summary": "Who the credentials name, and what they store (also how to check a pair)",
+                "security": CREDENTIALS,
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "required": ["id", "username", "records", "bytes", "quota_bytes"],
+                            "properties": {
+                                "id": {"type": "integer"},
+                                "username": {"type": "string"},
+                                "records": {"type": "integer", "description": "finished records"},
+                                "bytes": {"type": "integer", "description": "their MP3 bytes"},
+                                "quota_bytes": {"type": "integer", "description": "USER_QUOTA_MB; 0: none"},
+                            },
+                        },
+                        "The user and their storage",
+                    ),
+                    "400": BAD_REQUEST,
+                    "401": UNAUTHORIZED,
+                    "503": UNAVAILABLE,
+                },
+            },
+        },
+    }
+
+
+def _upload(default_kbps: int) -> dict[str, Any]:
     options = upload_options(default_kbps)
-    upload = {
+    return {
         "tags": ["records"],
         "summary": "Upload a WAV; it is converted to MP3 and stored",
         "security": [*CREDENTIALS, {}],
@@ -222,11 +264,91 @@ def openapi_document(default_kbps: int) -> dict[str, Any]:
         ],
         "requestBody": upload_body(options),
         "responses": {
-            "201": _ok(record, "The stored record") | {"headers": {"Location": {"schema": {"type": "string"}}}},
+            "201": _ok(RECORD, "The stored record") | {"headers": {"Location": {"schema": {"type": "string"}}}},
             **UPLOAD_ERRORS,
         },
     }
-    legacy_upload = upload | {
+
+
+def _records(default_kbps: int) -> dict[str, Any]:
+    return {
+        "/record": {
+            "post": _upload(default_kbps),
+            "get": _download("Download an MP3 (the record id is the secret)", RECORD_QUERY),
+            "head": _download("The download's headers", RECORD_QUERY),
+            "delete": {
+                "tags": ["records"],
+                "summary": "Delete a record and its MP3",
+                "security": CREDENTIALS,
+                "parameters": RECORD_QUERY,
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    "400": BAD_REQUEST,
+                    "401": UNAUTHORIZED,
+                    "404": NOT_FOUND,
+                    "503": UNAVAILABLE,
+                },
+            },
+        },
+        "/records": {
+            "get": {
+                "tags": ["records"],
+                "summary": "The user's records, newest first, a page at a time",
+                "security": CREDENTIALS,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE_SIZE,
+                            "default": DEFAULT_PAGE_SIZE,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "the previous page's next",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{32}$"},
+                    },
+                ],
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "required": ["records", "next"],
+                            "properties": {
+                                "records": {"type": "array", "items": RECORD},
+                                "next": {
+                                    "type": ["string", "null"],
+                                    "description": "the cursor of the next page; null on the last",
+                                },
+                            },
+                        },
+                        "A page of records",
+                    )
+                    | {
+                        "headers": {
+                            "Link": {
+                                "description": '<...>; rel="next" while a next page exists',
+                                "schema": {"type": "string"},
+                            }
+                        }
+                    },
+                    "400": BAD_REQUEST,
+                    "401": UNAUTHORIZED,
+                    "503": UNAVAILABLE,
+                },
+            },
+        },
+    }
+
+
+def _older_clients(default_kbps: int) -> dict[str, Any]:
+    legacy_upload = _upload(default_kbps) | {
         "summary": "Older clients' upload: answers {status, url}",
         "responses": {
             "201": {
@@ -245,239 +367,92 @@ def openapi_document(default_kbps: int) -> dict[str, Any]:
         },
     }
     return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "MP3 converter",
-            "version": "1.0.0",
-            "description": "Upload WAV recordings, get MP3 download links. Every JSON answer uses one envelope.",
-        },
-        "paths": {
-            "/users": {"post": _user_created("token", "Create a user")},
-            "/users.create": {"post": _user_created("uuid", "Older clients' user creation (the token as uuid)")},
-            "/record": {
-                "post": upload,
-                "get": _download("Download an MP3 (the record id is the secret)", RECORD_QUERY),
-                "head": _download("The download's headers", RECORD_QUERY),
-                "delete": {
-                    "tags": ["records"],
-                    "summary": "Delete a record and its MP3",
-                    "security": CREDENTIALS,
-                    "parameters": RECORD_QUERY,
-                    "responses": {
-                        "204": {"description": "Deleted"},
-                        "400": BAD_REQUEST,
-                        "401": UNAUTHORIZED,
-                        "404": NOT_FOUND,
-                        "503": UNAVAILABLE,
-                    },
-                },
-            },
-            "/users/me": {
-                "get": {
-                    "tags": ["users"],
-                    "summary": "Who the credentials name, and what they store (also how to check a pair)",
-                    "security": CREDENTIALS,
-                    "responses": {
-                        "200": _ok(
-                            {
-                                "type": "object",
-                                "required": ["id", "username", "records", "bytes", "quota_bytes"],
-                                "properties": {
-                                    "id": {"type": "integer"},
-                                    "username": {"type": "string"},
-                                    "records": {"type": "integer", "description": "finished records"},
-                                    "bytes": {"type": "integer", "description": "their MP3 bytes"},
-                                    "quota_bytes": {"type": "integer", "description": "USER_QUOTA_MB; 0: none"},
-                                },
-                            },
-                            "The user and their storage",
-                        ),
-                        "400": BAD_REQUEST,
-                        "401": UNAUTHORIZED,
-                        "503": UNAVAILABLE,
-                    },
-                },
-            },
-            "/records": {
-                "get": {
-                    "tags": ["records"],
-                    "summary": "The user's records, newest first, a page at a time",
-                    "security": CREDENTIALS,
-                    "parameters": [
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": MAX_PAGE_SIZE,
-                                "default": DEFAULT_PAGE_SIZE,
-                            },
-                        },
-                        {
-                            "name": "cursor",
-                            "in": "query",
-                            "required": False,
-                            "description": "the previous page's next",
-                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{32}$"},
-                        },
-                    ],
-                    "responses": {
-                        "200": _ok(
-                            {
-                                "type": "object",
-                                "required": ["records", "next"],
-                                "properties": {
-                                    "records": {"type": "array", "items": record},
-                                    "next": {
-                                        "type": ["string", "null"],
-                                        "description": "the cursor of the next page; null on the last",
-                                    },
-                                },
-                            },
-                            "A page of records",
-                        )
-                        | {
-                            "headers": {
-                                "Link": {
-                                    "description": '<...>; rel="next" while a next page exists',
-                                    "schema": {"type": "string"},
-                                }
-                            }
-                        },
-                        "400": BAD_REQUEST,
-                        "401": UNAUTHORIZED,
-                        "503": UNAVAILABLE,
-                    },
-                },
-            },
-            "/files.convert": {"post": legacy_upload},
-            "/files.record": {
-                "get": _download("Older clients' download", LEGACY_RECORD_QUERY),
-                "head": _download("Older clients' download headers", LEGACY_RECORD_QUERY),
-            },
-            "/health": {"get": _status("Liveness: the database answers, FFmpeg is there", {"type": "object"})},
-            "/ready": {"get": _status("Readiness for uploads: also a free conversion slot", {"type": "object"})},
-            "/ready/downloads": {
-                "get": _status(
-                    "Readiness for downloads and listings: the read replica or the primary", {"type": "object"}
-                )
-            },
-            "/metrics": {"get": _page("Prometheus metrics", "text/plain")},
-            "/openapi.json": {"get": _page("This document", "application/json")},
-            "/docs": {"get": _page("Swagger UI for this document", "text/html")},
-            DOCS_ASSETS_PREFIX + "/{filename}": {
-                "get": {
-                    "tags": ["pages"],
-                    "summary": "Swagger UI's own files, served locally",
-                    "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {"200": {"description": "A file"}, "404": _error("No such file")},
-                },
-            },
-            "/": {"get": _page("The web page: create a user, upload, play, download, delete", "text/html")},
-            "/page.js": {"get": _page("The web page's script", "text/javascript")},
-            "/page.css": {"get": _page("The web page's style", "text/css")},
-        },
-        "components": {
-            "securitySchemes": {
-                "basic": {"type": "http", "scheme": "basic", "description": "user id : token"},
-                "userHeaders": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "user_uuid",
-                    "description": "the token, with the user id in the header user_id",
-                },
-            },
-            "headers": {
-                "WWW-Authenticate": {"schema": {"type": "string"}},
-                "Retry-After": {"schema": {"type": "integer"}},
-                "ETag": {"schema": {"type": "string"}},
-                "Content-Disposition": {"schema": {"type": "string"}},
-            },
-            "schemas": {
-                "NewUser": {
-                    "type": "object",
-                    "required": ["username"],
-                    "properties": {
-                        "username": {"type": "string", "minLength": 1, "maxLength": MAX_USERNAME_CHARACTERS}
-                    },
-                },
-                "Record": {
-                    "type": "object",
-                    "required": list(RECORD_KEYS),
-                    "properties": {
-                        "id": {"type": "string", "format": "uuid"},
-                        "user": {"type": "integer"},
-                        "url": {"type": "string", "description": "the download link"},
-                        "filename": {"type": "string"},
-                        "size": {"type": "integer", "description": "MP3 bytes"},
-                        "duration": {"type": "number", "description": "seconds"},
-                        "bitrate": {"type": "integer", "description": "bit/s (average for VBR)"},
-                        "sample_rate": {"type": "integer"},
-                        "channels": {"type": "integer", "enum": list(CHANNEL_CHOICES)},
-                        "created_at": {"type": "string", "format": "date-time"},
-                    },
-                },
-                "Error": {
-                    "type": "object",
-                    "required": ["code", "status", "message", "data"],
-                    "properties": {
-                        "code": {"type": "integer", "description": "the HTTP status"},
-                        "status": {"type": "string", "description": "snake_case reason"},
-                        "message": {"type": "string", "description": "a human sentence"},
-                        "data": {"type": "object", "maxProperties": 0},
-                    },
-                },
-            },
+        "/users.create": {"post": _user_created("uuid", "Older clients' user creation (the token as uuid)")},
+        "/files.convert": {"post": legacy_upload},
+        "/files.record": {
+            "get": _download("Older clients' download", LEGACY_RECORD_QUERY),
+            "head": _download("Older clients' download headers", LEGACY_RECORD_QUERY),
         },
     }
 
 
-DOCS_PAGE = f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>MP3 converter API</title>
-<link rel="stylesheet" href="{DOCS_ASSETS_PREFIX}/swagger-ui.css">
-</head>
-<body>
-<div id="swagger-ui"></div>
-<script src="{DOCS_ASSETS_PREFIX}/swagger-ui-bundle.js"></script>
-<script src="{DOCS_INIT_PATH}"></script>
-</body>
-</html>
-"""
-
-# Kept out of the page so the page needs no inline script.
-DOCS_INIT = 'window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});\n'
+def _operations() -> dict[str, Any]:
+    return {
+        "/health": {"get": _status("Liveness: the database answers, FFmpeg is there", {"type": "object"})},
+        "/ready": {"get": _status("Readiness for uploads: also a free conversion slot", {"type": "object"})},
+        "/ready/downloads": {
+            "get": _status("Readiness for downloads and listings: the read replica or the primary", {"type": "object"})
+        },
+        "/metrics": {"get": _page("Prometheus metrics", "text/plain")},
+    }
 
 
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(request.app[SETTINGS].mp3_bitrate_kbps))
+def _pages() -> dict[str, Any]:
+    return {
+        "/openapi.json": {"get": _page("This document", "application/json")},
+        "/docs": {"get": _page("Swagger UI for this document", "text/html")},
+        DOCS_ASSETS_PREFIX + "/{filename}": {
+            "get": {
+                "tags": ["pages"],
+                "summary": "Swagger UI's own files, served locally",
+                "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "A file"}, "404": _error("No such file")},
+            },
+        },
+        "/": {"get": _page("The web page: create a user, upload, play, download, delete", "text/html")},
+        "/page.js": {"get": _page("The web page's script", "text/javascript")},
+        "/page.css": {"get": _page("The web page's style", "text/css")},
+    }
 
 
-async def docs(request: web.Request) -> web.Response:
-    return web.Response(text=DOCS_PAGE, content_type="text/html")
-
-
-async def docs_init(request: web.Request) -> web.Response:
-    return web.Response(text=DOCS_INIT, content_type="text/javascript")
-
-
-def setup_swagger_assets(app: web.Application) -> None:
-    """A route for each of Swagger UI's files, served by aiohttp's FileResponse.
-
-    Not app.router.add_static: it answers a missing file with an empty 404,
-    where every error of the service is in the JSON envelope; and with no path
-    parameter there is nothing to traverse out of the folder with."""
-    for path in sorted(SWAGGER_ASSETS.iterdir()):
-        if path.is_file():
-            app.router.add_get(f"{DOCS_ASSETS_PREFIX}/{path.name}", _file_handler(path))
-
-
-def _file_handler(path: Path) -> Handler:
-    async def serve(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
-
-    return serve
+def _components() -> dict[str, Any]:
+    return {
+        "securitySchemes": {
+            "basic": {"type": "http", "scheme": "basic", "description": "user id : token"},
+            "userHeaders": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "user_uuid",
+                "description": "the token, with the user id in the header user_id",
+            },
+        },
+        "headers": {
+            "WWW-Authenticate": {"schema": {"type": "string"}},
+            "Retry-After": {"schema": {"type": "integer"}},
+            "ETag": {"schema": {"type": "string"}},
+            "Content-Disposition": {"schema": {"type": "string"}},
+        },
+        "schemas": {
+            "NewUser": {
+                "type": "object",
+                "required": ["username"],
+                "properties": {"username": {"type": "string", "minLength": 1, "maxLength": MAX_USERNAME_CHARACTERS}},
+            },
+            "Record": {
+                "type": "object",
+                "required": list(RECORD_KEYS),
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "user": {"type": "integer"},
+                    "url": {"type": "string", "description": "the download link"},
+                    "filename": {"type": "string"},
+                    "size": {"type": "integer", "description": "MP3 bytes"},
+                    "duration": {"type": "number", "description": "seconds"},
+                    "bitrate": {"type": "integer", "description": "bit/s (average for VBR)"},
+                    "sample_rate": {"type": "integer"},
+                    "channels": {"type": "integer", "enum": list(CHANNEL_CHOICES)},
+                    "created_at": {"type": "string", "format": "date-time"},
+                },
+            },
+            "Error": {
+                "type": "object",
+                "required": ["code", "status", "message", "data"],
+                "properties": {
+                    "code": {"type": "integer", "description": "the HTTP status"},
+                    "status": {"type": "string", "description": "snake_case reason"},
+                    "message": {"type": "string", "description": "a human sentence"},
+                    "data": {"type": "object", "maxProperties": 0},
+                },
+            },
+        },
+    }

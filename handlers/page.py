@@ -10,10 +10,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-HERE = Path(__file__).resolve().parent
-PAGE = (HERE / "page.html").read_text(encoding="utf-8")
-SCRIPT = (HERE / "page.js").read_text(encoding="utf-8")
-STYLE = (HERE / "page.css").read_text(encoding="utf-8")
+STATIC = Path(__file__).resolve().parent / "static"
+PAGE = (STATIC / "page.html").read_text(encoding="utf-8")
+SCRIPT = (STATIC / "page.js").read_text(encoding="utf-8")
+STYLE = (STATIC / "page.css").read_text(encoding="utf-8")
 
 # Scripts, styles and fetches from this origin only (Swagger UI's icons are
 # data: images; recordings play from this origin); no frames, no plugins.

@@ -81,10 +81,14 @@ def header_credentials(request: web.Request) -> Credentials | None:
     return None
 
 
-def credentials_from(request: web.Request, fields: Mapping[str, str] | None = None) -> Credentials:
-    """Credentials from the headers, else from the form fields user and token (multipart uploads)."""
-    fields = fields or {}
-    from_headers = header_credentials(request)
+def credentials_from(request: web.Request) -> Credentials:
+    """Credentials from the headers (401 without)."""
+    return credentials_given(header_credentials(request), {})
+
+
+def credentials_given(from_headers: Credentials | None, fields: Mapping[str, str]) -> Credentials:
+    """The headers' credentials, else the form fields user and token (multipart uploads);
+    400 when both are given and differ."""
     given_as_fields = "user" in fields or "token" in fields
     if from_headers is None:
         if not given_as_fields:

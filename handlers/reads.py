@@ -2,7 +2,7 @@
 
 A download is authorised on the primary (``open_for_download``): a record
 deleted there is 404 at once, however far behind the replica is. Its bytes,
-the heavy part, come from the replica while it serves (handlers/replica.py:
+the heavy part, come from the replica while it serves (service/replica.py:
 it answers, and lags by at most REPLICA_MAX_LAG_S), so a download under way
 when its record is deleted stops within that bound too. A chunk the replica
 has not replayed yet (an upload of a moment ago) is read from the primary, so
@@ -26,7 +26,7 @@ from aiohttp import web
 
 from db import api
 from db.deadline import UNREACHABLE, within
-from handlers.keys import POOL, REPLICA
+from service.keys import POOL, REPLICA
 
 T = TypeVar("T")
 

@@ -7,17 +7,17 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from prometheus_client import Counter
 from yarl import URL
 
 from converter.errors import ConversionStalled
 from converter.pipeline import sniffed
-from converter.store import store_conversion
 from db import api
 from handlers.body import DEFAULT_FILENAME, MultipartForm, PacedBody, multipart_boundary, pace_of
 from handlers.errors import CLIENT_GONE, ApiError, api_error_for, unauthorized
-from handlers.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
 from handlers.params import (
     credentials_from,
+    credentials_given,
     encode_options_from,
     header_credentials,
     page_size_from,
@@ -26,6 +26,8 @@ from handlers.params import (
 )
 from handlers.reads import read_fresh
 from handlers.shapes import link, link_base, ok, record_json
+from handlers.store import Upload, store
+from service.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
 
 WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
 
@@ -92,52 +94,58 @@ def _outcome(request: web.Request, error: BaseException) -> int:
 
 
 async def _convert_upload(request: web.Request) -> tuple[api.Record, URL]:
-    """Everything a client can make us do before it is authenticated is bounded,
-    and credentials sent in headers are checked before a byte of the body is read."""
     settings = request.app[SETTINGS]
-    pool = request.app[POOL]
     links = link_base(request)  # a Host no link can be built from is refused before any work
-    body = PacedBody(request, pace_of(settings), settings.max_upload_bytes)
-    credentials = header_credentials(request)
-    if credentials is not None:
-        await api.user_check(pool, credentials.user_id, credentials.token)
+    upload = await upload_from(request)
+    # One transaction: record_begin checks the user and creates the large
+    # object; a failure anywhere after it leaves neither behind.
+    slots, pool = request.app[SLOTS], request.app[POOL]
+    async with (
+        slots.admitted(upload.credentials.user_id) as turn,
+        api.transaction(pool, settings.stall_timeout_s) as connection,
+    ):
+        record = await store(connection, upload, request.app[CONVERTER], turn)
+    return record, links
 
-    options_given: dict[str, str] = dict(request.query)
+
+async def upload_from(request: web.Request) -> Upload:
+    """The upload a POST states: who sends it, the options asked for, and its WAV.
+
+    Everything a client can make us do before it is authenticated is bounded,
+    credentials sent in headers are checked before a byte of the body is read,
+    and a body that does not begin like a WAV is refused (415) before any wait
+    for a slot."""
+    settings = request.app[SETTINGS]
+    body = PacedBody(request, pace_of(settings), settings.max_upload_bytes)
+    from_headers = header_credentials(request)
+    if from_headers is not None:
+        await api.user_check(request.app[POOL], from_headers.user_id, from_headers.token)
+    fields: dict[str, str] = {}
     boundary = multipart_boundary(request)
     if boundary is not None:
         form = MultipartForm(body, boundary)
-        fields: dict[str, str] = {}
         file_part = await form.fields_until_file(fields)
         if file_part is None:
             raise ApiError(400, "No file found: send the WAV as a multipart part with a filename.")
         filename, chunks = file_part.filename or DEFAULT_FILENAME, form.file_data()
-        options_given |= fields
-        given = credentials_from(request, fields)  # the headers', or the fields' (400 when they differ)
-        if credentials is None:
-            credentials = given
-            await api.user_check(pool, credentials.user_id, credentials.token)
+        credentials = credentials_given(from_headers, fields)
+        if from_headers is None:
+            await api.user_check(request.app[POOL], credentials.user_id, credentials.token)
     elif request.content_type in WAV_TYPES:
-        if credentials is None:
+        if from_headers is None:
             raise unauthorized()
-        filename, chunks = options_given.get("filename") or DEFAULT_FILENAME, body.chunks()
+        credentials = from_headers
+        filename, chunks = request.query.get("filename") or DEFAULT_FILENAME, body.chunks()
     else:
         raise ApiError(
             415, "Send the WAV as a multipart/form-data file part, or as the body with Content-Type audio/wav."
         )
-
-    options = encode_options_from(options_given, settings.mp3_bitrate_kbps, filename)
-    source = await sniffed(_counted(request, chunks))  # 415 now, before waiting for a slot
-    # One transaction: record_begin checks the user and creates the large
-    # object; a failure anywhere after it leaves neither behind.
-    slots = request.app[SLOTS]
-    async with slots.admitted(credentials.user_id) as turn, api.transaction(pool, settings.stall_timeout_s) as db:
-        record_id = await api.record_begin(db, credentials.user_id, credentials.token, filename)
-        record = await store_conversion(db, record_id, source, options, request.app[CONVERTER], turn)
-    return record, links
+    options = encode_options_from(dict(request.query) | fields, settings.mp3_bitrate_kbps, filename)
+    counted = _counted(request.app[METRICS].bytes_in, chunks)
+    return Upload(credentials, filename, options, await sniffed(counted))
 
 
-async def _counted(request: web.Request, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    received = request.app[METRICS].bytes_in
+async def _counted(received: Counter, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     async for chunk in chunks:
         received.inc(len(chunk))
         yield chunk

@@ -7,9 +7,10 @@ from aiohttp import web
 from handlers.download import download
 from handlers.legacy import setup_legacy_routes
 from handlers.observe import health, metrics, ready, ready_for_downloads
-from handlers.openapi import DOCS_INIT_PATH, docs, docs_init, openapi_json, setup_swagger_assets
+from handlers.openapi import openapi_json
 from handlers.page import page, page_script, page_style
 from handlers.records import delete_record, list_records, upload_record
+from handlers.swagger import DOCS_INIT_PATH, docs, docs_init, setup_swagger_assets
 from handlers.users import create_user, current_user
 
 

@@ -23,7 +23,7 @@ from typing import BinaryIO
 from aiohttp import web
 
 from handlers.errors import ClientNotReading
-from handlers.keys import SETTINGS
+from service.keys import SETTINGS
 
 # One write or sendfile call. Also the bound on each sendfile call's time in the
 # event loop's thread: one call for a whole file per client, many clients at

@@ -17,7 +17,7 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from handlers.errors import ApiError, error_response
-from handlers.keys import SETTINGS
+from service.keys import SETTINGS
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from yarl import URL
 
 from db import api
 from handlers.errors import ApiError
-from handlers.keys import SETTINGS
+from service.keys import SETTINGS
 
 WILDCARD = "0.0.0.0"  # noqa: S104 - compared against, never bound to
 # RFC 3986 host (a name, IPv4, or [IPv6]) and optional port, as a Host header carries them.

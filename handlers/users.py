@@ -11,10 +11,10 @@ from aiohttp import web
 from db import api
 from handlers.body import MultipartForm, PacedBody, multipart_boundary, pace_of
 from handlers.errors import ApiError
-from handlers.keys import POOL, SETTINGS
 from handlers.params import credentials_from
 from handlers.reads import read_fresh
 from handlers.shapes import ok
+from service.keys import POOL, SETTINGS
 
 # The longest username api.user_create accepts (the rule is the SQL's; this is for the API document).
 MAX_USERNAME_CHARACTERS = 64

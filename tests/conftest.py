@@ -31,8 +31,8 @@ from pytest_postgresql import factories
 
 from app import init_app
 from db.apply import DEFAULT_SERVICE_ROLE, Roles, apply, prepare_database
-from handlers.observe import task_chains
 from handlers.server import make_runner
+from service.logs import task_chains
 from settings import Settings
 from tests.support import FFMPEG, DelayingProxy, ServiceProcess
 

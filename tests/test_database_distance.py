@@ -23,7 +23,7 @@ from pytest_aiohttp import AiohttpClient
 from app import init_app
 from converter.mp3 import samples_per_frame
 from converter.segments import segment_frames
-from handlers.keys import CONVERTER
+from service.keys import CONVERTER
 from settings import Settings
 from tests.conftest import ServiceTestServer
 from tests.support import (

@@ -18,9 +18,9 @@ from aiohttp import hdrs
 
 from converter.wav import NOT_A_WAV
 from handlers.errors import ApiError
-from handlers.openapi import DOCS_ASSETS_PREFIX
 from handlers.params import encode_options_from
 from handlers.records import WAV_TYPES
+from handlers.swagger import DOCS_ASSETS_PREFIX
 from tests.conftest import MakeClient
 from tests.documents import (
     DOCUMENTS,

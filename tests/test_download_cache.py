@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from handlers.download_cache import LISTENER_NAME, DownloadCache
-from handlers.keys import DOWNLOAD_CACHE
+from service.download_cache import LISTENER_NAME, DownloadCache
+from service.keys import DOWNLOAD_CACHE
 from tests.conftest import MakeClient
 from tests.support import Audio, Client, ServiceProcess, basic, local, new_user, until, upload
 

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import FormData
 from yarl import URL
 
-from handlers.keys import SLOTS
+from service.keys import SLOTS
 from tests.conftest import MakeClient, probe
 from tests.support import (
     Audio,

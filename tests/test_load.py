@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from handlers.keys import SLOTS
+from service.keys import SLOTS
 from tests.conftest import MakeClient, probe
 from tests.support import (
     Audio,

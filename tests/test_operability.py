@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from handlers.keys import SLOTS
-from handlers.observe import JsonFormatter
+from service.keys import SLOTS
+from service.logs import JsonFormatter
 from tests.conftest import MakeClient
 from tests.support import (
     Audio,

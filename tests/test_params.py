@@ -12,9 +12,9 @@ from aiohttp.test_utils import make_mocked_request
 from converter.mp3 import LAME_CBR_KBPS
 from handlers.download import _wanted_range, content_disposition
 from handlers.errors import ApiError
-from handlers.keys import SETTINGS
 from handlers.params import TOKEN, encode_options_from, header_credentials, user_id_from
 from handlers.shapes import link_base
+from service.keys import SETTINGS
 from settings import Settings
 
 SIZE = 1000

@@ -29,7 +29,7 @@ from converter.progress import Progress
 from converter.segments import POST_ROLL_FRAMES, SegmentedEncoder, segment_frames
 from converter.splice import FrameReader, pre_roll_frames
 from converter.wav import WavHeader
-from handlers.slots import ConversionSlots
+from service.slots import ConversionSlots
 from tests.support import FFMPEG, decoded, until
 
 SECONDS = 16.0

@@ -8,10 +8,10 @@ import asyncpg
 from aiohttp import web
 
 from converter.options import ConverterConfig
-from handlers.download_cache import DownloadCache
-from handlers.metrics import Metrics
-from handlers.replica import ReadReplica
-from handlers.slots import ConversionSlots
+from service.download_cache import DownloadCache
+from service.metrics import Metrics
+from service.replica import ReadReplica
+from service.slots import ConversionSlots
 from settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)

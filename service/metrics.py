@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from handlers.slots import ConversionSlots
+from service.slots import ConversionSlots
 
 
 class Metrics:
