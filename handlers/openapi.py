@@ -198,11 +198,11 @@ def _page(summary: str, media: str) -> dict[str, Any]:
     }
 
 
-@functools.cache
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app[SETTINGS].mp3_bitrate_kbps))
 
 
+@functools.cache
 def openapi_document(default_kbps: int) -> dict[str, Any]:
     """The document for a service whose MP3_BITRATE is default_kbps (built once; never changed)."""
     return {

@@ -338,7 +338,8 @@ def test_every_api_function_and_app_object_a_document_names_exists() -> None:
             exists = (
                 (ROOT / "db/functions" / f"api.{name}.sql").exists()
                 if schema == "api"
-                else re.search(rf"CREATE (?:TABLE|VIEW|FUNCTION) app\.{name}\b", definitions) is not None
+                else re.search(rf"CREATE (?:OR REPLACE )?(?:TABLE|VIEW|FUNCTION) app\.{name}\b", definitions)
+                is not None
             )
             if not exists:
                 missing.append(f"{document.relative_to(ROOT)}: {schema}.{name}")

@@ -3,7 +3,9 @@
 -- the channel mp3_record_deleted with the MP3's SHA-256 in hex: each service
 -- process drops that file from its download cache at once, rather than
 -- keeping a deleted recording on its disk until it is evicted.
-CREATE FUNCTION app.announce_record_deleted() RETURNS trigger
+--
+-- Written to apply again over itself: an early build numbered it 0006.
+CREATE OR REPLACE FUNCTION app.announce_record_deleted() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -15,7 +17,7 @@ $$;
 
 REVOKE ALL ON FUNCTION app.announce_record_deleted() FROM PUBLIC;
 
-CREATE TRIGGER records_announce_deletion
+CREATE OR REPLACE TRIGGER records_announce_deletion
     AFTER DELETE ON app.records
     FOR EACH ROW
     WHEN (OLD.sha256 IS NOT NULL)  -- an unfinished upload was never downloaded
