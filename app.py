@@ -20,6 +20,7 @@ from handlers.page import security_headers
 from handlers.params import refuse_encoded_paths, refuse_tokens_in_urls
 from handlers.routes import setup_routes
 from handlers.server import make_runner, refuse_unmet_expectations
+from handlers.uploads import tus_resumable
 from service.download_cache import DownloadCache, dropping_deleted_records
 from service.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, REPLICA, SETTINGS, SLOTS
 from service.logs import configure_logging, log_task_chains
@@ -60,6 +61,7 @@ def init_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics(app[SLOTS])
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(tus_resumable)
     # Each permit is held for one large-object read, which has the statements' deadline
     # (STALL_TIMEOUT_S): a download waits for a permit no longer than those reads take.
     app[DOWNLOAD_READS] = asyncio.Semaphore(SPARE_CONNECTIONS - KEPT_FROM_DOWNLOADS)

@@ -48,6 +48,8 @@ class Settings:
     # A conversion in which nothing moves (FFmpeg hung, the database silent) for this
     # long fails with 503; also the deadline of every statement sent to the primary.
     stall_timeout_s: float = 30.0
+    # A resumable upload nobody writes to for this long is removed, with its MP3 so far.
+    upload_expiry_s: float = 24 * 3600.0
     max_duration_s: float = 4 * 3600.0
     read_timeout_s: float = 60.0
     # A slow mobile uplink (EDGE) still sends 100+ kbit/s; a trickle below this is cut off.
@@ -105,6 +107,7 @@ class Settings:
             queue_timeout_s=_seconds(env, "QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),
             stall_timeout_s=_seconds(env, "STALL_TIMEOUT_S", cls.stall_timeout_s, 3600),
+            upload_expiry_s=_seconds(env, "UPLOAD_EXPIRY_S", cls.upload_expiry_s, 30 * 86400),
             max_duration_s=_seconds(env, "MAX_DURATION_S", cls.max_duration_s, MAX_DURATION_LIMIT_S),
             read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
             min_upload_kbps=_number(env, "MIN_UPLOAD_KBPS", cls.min_upload_kbps, 0, 1 << 20),

@@ -137,7 +137,10 @@ class Mp3Stream:
         self._window = bytearray()  # bytes not yet walked through, from _window_start
         self._window_start = 0
         self._next_frame = 0  # stream position of the next frame header
-        self._offsets = array("Q")  # stream position of every frame, for the seek table
+        # Every frame's position from the first audio frame, for the seek table; from
+        # frame _offsets_from on, for a stream resumed there (the caller has the rest).
+        self._offsets = array("Q")
+        self._offsets_from = 0
 
     @property
     def average_bitrate(self) -> int:
@@ -146,6 +149,28 @@ class Mp3Stream:
             return 0
         seconds = self.frames * self.first.samples_per_frame / self.first.sample_rate
         return round(self.audio_bytes * 8 / seconds)
+
+    @classmethod
+    def resumed(cls, first_header: int, header_offset: int, frames: int, file_offset: int) -> Mp3Stream:
+        """A stream that goes on at frame ``frames``, which begins at ``file_offset`` of a file
+        whose ID3v2 tag ends at ``header_offset`` (converter/resume.py)."""
+        stream = cls()
+        first = _header_of(first_header)
+        if first is None:
+            raise Mp3StreamError("A resumed stream's first header is not a frame header.")
+        stream.first, stream.header_offset = first, header_offset
+        stream._tag_header = _header_frame_header(first)
+        position = file_offset - stream._tag_header.length  # FFmpeg's stream has no header frame
+        stream._next_frame = stream._window_start = position
+        stream.frames = stream._offsets_from = frames
+        stream.audio_bytes = position - header_offset
+        return stream
+
+    def file_offsets(self, last: int) -> list[int]:
+        """Where the last ``last`` frames start in the file (the header frame in place)."""
+        assert self._tag_header is not None
+        base = self.header_offset + self._tag_header.length
+        return [base + offset for offset in self._offsets[-last:]] if last else []
 
     def feed(self, chunk: bytes) -> bytes:
         if self.first is None:
@@ -184,10 +209,11 @@ class Mp3Stream:
         self._window_start += drop
         self.audio_bytes = window_end - self.header_offset
 
-    def header_frame(self, samples: int, vbr: bool, lead_in: int = 0) -> bytes:
+    def header_frame(self, samples: int, vbr: bool, lead_in: int = 0, earlier: array[int] | None = None) -> bytes:
         """The Xing ("Info" for CBR) frame with LAME's delay and padding, for ``samples`` encoded
         samples after ``lead_in`` samples of silence that are not the recording's (players skip
-        them as part of the delay)."""
+        them as part of the delay). A resumed stream needs the positions of the frames before
+        it resumed (``earlier``, from the first audio frame) for its seek table."""
         if self.first is None or self._tag_header is None:
             raise Mp3StreamError("No MP3 frame was produced.")
         tag = self._tag_header
@@ -197,7 +223,10 @@ class Mp3Stream:
         at = 4 + tag.side_info_bytes
         frame[at : at + 8] = (b"Xing" if vbr else b"Info") + struct.pack(">I", XING_FLAGS)
         frame[at + 8 : at + 16] = struct.pack(">II", self.frames, total)
-        frame[at + 16 : at + 116] = self._seek_table(tag.length, total)
+        offsets = self._offsets if earlier is None else earlier[: self._offsets_from] + self._offsets
+        if len(offsets) != self.frames:
+            raise Mp3StreamError(f"The seek table needs {self.frames} frame positions, not {len(offsets)}.")
+        frame[at + 16 : at + 116] = self._seek_table(tag.length, total, offsets)
         frame[at + 116 : at + 120] = struct.pack(">I", 100)  # quality indicator
         lame = at + 120
         delay = LAME_ENCODER_DELAY + lead_in
@@ -212,14 +241,22 @@ class Mp3Stream:
         frame[lame + 34 : lame + 36] = struct.pack(">H", crc16(bytes(frame[: lame + 34])))
         return bytes(frame)
 
-    def _seek_table(self, tag_length: int, total: int) -> bytes:
+    def _seek_table(self, tag_length: int, total: int, offsets: array[int]) -> bytes:
         """Entry i: where i % of the playing time starts, as a fraction (/256) of the file."""
         entries = bytearray(TOC_ENTRIES)
         for i in range(TOC_ENTRIES):
             frame_index = min(self.frames - 1, i * self.frames // TOC_ENTRIES)
-            position = tag_length + self._offsets[frame_index]
+            position = tag_length + offsets[frame_index]
             entries[i] = min(255, position * 256 // total)
         return bytes(entries)
+
+
+def header_frame_length(first_header: int) -> int:
+    """The length of the header frame of a stream whose first frame has this header."""
+    first = _header_of(first_header)
+    if first is None:
+        raise Mp3StreamError("Not a frame header.")
+    return _header_frame_header(first).length
 
 
 def _header_frame_header(first: FrameHeader) -> FrameHeader:

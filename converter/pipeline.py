@@ -11,15 +11,18 @@ killed and reaped before the exception leaves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from converter.command import EncoderPlan
 from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
-from converter.mp3 import Mp3Stream, mp3_sample_rate_for
+from converter.mp3 import Mp3Stream, mp3_sample_rate_for, samples_per_frame
 from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.progress import STORING, Progress
+from converter.resume import TAIL_FRAMES, Checkpoint, Resumable, resume_frame_for
 from converter.segments import SegmentedEncoder
+from converter.splice import Frame
 from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
@@ -54,6 +57,7 @@ async def convert(
     options: EncodeOptions,
     config: ConverterConfig,
     share: CpuShare | None = None,
+    resumable: Resumable | None = None,
 ) -> Converted:
     """Convert the WAV that ``source`` yields, handing the MP3 to ``sink`` in chunks.
 
@@ -62,11 +66,20 @@ async def convert(
     the conversion stalls (converter/progress.py). What ``source`` raises (the
     client went away, sent too much) ends the conversion too, and passes as it is.
     Samples go to the encoder while the upload has its ``share`` of the CPU.
+
+    A ``resumable`` conversion goes on from what an earlier request stored (its
+    source then begins at that checkpoint's wav_offset), commits checkpoints as it
+    goes, and when its source ends early it keeps what it can: converter/resume.py.
     """
     progress = Progress(config.stall_timeout_s)
     source = progress.from_client(source, share)
-    header = WavHeader()
-    first_samples = await _read_header(source, header)
+    previous = resumable.previous if resumable else None
+    if previous is None:
+        header = WavHeader()
+        wav_header, first_samples = await _read_header(source, header, keep=resumable is not None)
+    else:
+        header = WavHeader.resumed(previous.wav_header, 0)
+        wav_header, first_samples = previous.wav_header, b""
     if not header.in_data or header.format is None:
         raise BadWav("The WAV has no 'data' chunk: it holds no audio.")
     declared = header.declared_duration
@@ -74,11 +87,19 @@ async def convert(
         raise _too_long(config.max_seconds)
     plan = EncoderPlan(config.ffmpeg, header.format, choose_format(header, options))
     output = _Output(sink, progress)
+    stored: tuple[int, list[Frame]] | None = None
+    if resumable is not None:
+        output.checkpoints = _Checkpoints(resumable, plan, wav_header, previous)
+        if previous is not None and previous.resume_frame:
+            stored = previous.resume_frame, resumable.stored
+            header.data_seen = previous.resume_frame * samples_per_frame(header.format.sample_rate)
+            header.data_seen *= header.format.block_align
+            output.resume_at(previous)
     time_limit = asyncio.timeout(config.time_limit_s)
     try:
         async with time_limit:
             samples = _samples(first_samples, source, header, config.max_seconds)
-            encoding = _encode(samples, plan, config, header.data_declared, output, progress)
+            encoding = _encode(samples, plan, config, header.data_declared, output, progress, stored)
             encoder, lead_in = await progress.watched(encoding)
     except (TimeoutError, ExceptionGroup) as failure:
         if time_limit.expired():
@@ -96,13 +117,16 @@ async def convert(
         raise ConversionError("The WAV could not be converted: its samples could not be encoded.")
     samples_out = round(header.sample_frames * mp3.first.sample_rate / header.format.sample_rate)
     vbr = options.vbr_quality is not None
+    earlier = None
+    if stored is not None and resumable is not None:
+        earlier = await resumable.earlier_offsets(stored[0])
     return Converted(
         size=output.size,
         duration=round(header.duration, 6),  # to the microsecond: one sample is never 0
         bitrate=mp3.average_bitrate if vbr else mp3.first.bitrate,
         sample_rate=mp3.first.sample_rate,
         channels=mp3.first.channels,
-        header_frame=mp3.header_frame(samples_out, vbr=vbr, lead_in=lead_in),
+        header_frame=mp3.header_frame(samples_out, vbr=vbr, lead_in=lead_in, earlier=earlier),
         header_offset=mp3.header_offset,
         joins=encoder.joins,
         forced_joins=encoder.forced_joins,
@@ -116,20 +140,27 @@ async def _encode(
     declared_bytes: int | None,
     output: _Output,
     progress: Progress,
+    stored: tuple[int, list[Frame]] | None,
 ) -> tuple[SegmentedEncoder, int]:
     """The upload's samples through its encoder into ``output``; the encoder, done, and
     the samples of silence put before the recording (see SHORTEST_SAMPLES)."""
     shortest = SHORTEST_SAMPLES * plan.source.block_align
-    first: bytearray | None = bytearray()  # held until the recording is known not to be that short
+    # Held until the recording is known not to be that short (a resumed one is not).
+    first: bytearray | None = bytearray() if stored is None else None
     lead_in = 0
-    async with SegmentedEncoder.running(plan, config, declared_bytes, output.take, progress) as encoder:
-        async for chunk in samples:
-            if first is not None:
-                first += chunk
-                if len(first) < shortest:
-                    continue
-                chunk, first = bytes(first), None
-            await encoder.take(chunk)
+    running = SegmentedEncoder.running(plan, config, declared_bytes, output.take, progress, stored)
+    async with running as encoder:
+        try:
+            async for chunk in samples:
+                if first is not None:
+                    first += chunk
+                    if len(first) < shortest:
+                        continue
+                    chunk, first = bytes(first), None
+                await encoder.take(chunk)
+        except BaseException:
+            await output.keep_what_can_be_kept(encoder)
+            raise
         if first:
             lead_in = LEAD_IN_SAMPLES
             await encoder.take(plan.source.silence(lead_in) + first)
@@ -174,25 +205,47 @@ def choose_format(header: WavHeader, options: EncodeOptions) -> EncodeOptions:
 
 
 class _Output:
-    """The encoder's bytes, followed frame by frame and gathered into sink-sized chunks."""
+    """The encoder's bytes, followed frame by frame and gathered into sink-sized chunks;
+    for a resumable conversion, checkpoints after them."""
 
     def __init__(self, sink: Sink, progress: Progress) -> None:
         self.sink = sink
         self.progress = progress
-        self.size = 0
+        self.size = 0  # where the file's next byte goes
         self.mp3 = Mp3Stream()
+        self.checkpoints: _Checkpoints | None = None
         self._pending = bytearray()
+
+    def resume_at(self, previous: Checkpoint) -> None:
+        """Go on writing at the previous checkpoint's resume_frame (the bytes before it stay)."""
+        self.mp3 = Mp3Stream.resumed(
+            previous.first_header, previous.header_offset, previous.resume_frame, previous.resume_at
+        )
+        self.size = previous.resume_at
 
     async def take(self, mp3: bytes) -> None:
         """The file's bytes in order, from its encoder (converter/segments.py)."""
         self._pending += self.mp3.feed(mp3)
-        if len(self._pending) >= OUTPUT_CHUNK:
+        if len(self._pending) >= OUTPUT_CHUNK or (self.checkpoints is not None and self.checkpoints.due()):
             await self.flush()
+            if self.checkpoints is not None:
+                await self.checkpoints.take(self)
 
     async def flush(self) -> None:
         if self._pending:
             chunk, self._pending = bytes(self._pending), bytearray()
             await self._write(chunk)
+
+    async def keep_what_can_be_kept(self, encoder: SegmentedEncoder) -> None:
+        """The upload's source ended early: for a resumable conversion, its encoders flush
+        what they were given and a last checkpoint stores it, within the grace allowed."""
+        if self.checkpoints is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.checkpoints.resumable.grace_s):
+                await encoder.finish()
+                await self.flush()
+                await self.checkpoints.take(self, last=True)
 
     async def _write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -201,22 +254,74 @@ class _Output:
         self.progress.moved()
 
 
-async def _read_header(upload: AsyncIterator[bytes], header: WavHeader) -> bytes:
+class _Checkpoints:
+    """A resumable conversion's checkpoints: each at a frame boundary, at most every
+    ``every_s``, and only one that moves it on (converter/resume.py)."""
+
+    def __init__(self, resumable: Resumable, plan: EncoderPlan, wav_header: bytes, previous: Checkpoint | None):
+        self.resumable = resumable
+        self.plan = plan
+        self.wav_header = wav_header
+        self.offset = previous.wav_offset if previous is not None else 0
+        self.frames = previous.frames if previous is not None else 0
+        self._loop = asyncio.get_running_loop()
+        self._next = self._loop.time()
+        self.splittable = plan.options.sample_rate == plan.source.sample_rate
+
+    def due(self) -> bool:
+        return self._loop.time() >= self._next
+
+    async def take(self, output: _Output, last: bool = False) -> None:
+        if not (last or self.due()):
+            return
+        self._next = self._loop.time() + self.resumable.every_s
+        checkpoint = self.at(output)
+        # Never a step back: a resumed stream rewrites the frames from its resume_frame on,
+        # and commits once it holds more than the last checkpoint did.
+        moves_on = checkpoint.wav_offset > self.offset or checkpoint.frames > self.frames
+        if moves_on and checkpoint.wav_offset >= self.offset:
+            await self.resumable.commit(checkpoint)
+            self.offset, self.frames = checkpoint.wav_offset, checkpoint.frames
+
+    def at(self, output: _Output) -> Checkpoint:
+        mp3, source = output.mp3, self.plan.source
+        assert self.plan.options.channels is not None
+        # A resampled stream cannot be joined mid-way: it starts afresh, its header kept.
+        resume = resume_frame_for(mp3.frames, source.sample_rate, self.plan.options.channels) if self.splittable else 0
+        tail = mp3.file_offsets(min(TAIL_FRAMES, len(mp3._offsets))) if mp3.first is not None else []
+        frame_bytes = samples_per_frame(source.sample_rate) * source.block_align
+        return Checkpoint(
+            wav_header=self.wav_header,
+            frames=mp3.frames,
+            size=output.size,
+            first_header=mp3.first.raw if mp3.first is not None else 0,
+            header_offset=mp3.header_offset,
+            tail=tuple(tail),
+            resume_frame=resume,
+            wav_offset=len(self.wav_header) + resume * frame_bytes,
+        )
+
+
+async def _read_header(upload: AsyncIterator[bytes], header: WavHeader, keep: bool) -> tuple[bytes, bytes]:
     """Read the upload up to the start of its samples, so the format is known before
-    FFmpeg starts and a file that is no WAV never reaches it; the first samples."""
+    FFmpeg starts and a file that is no WAV never reaches it: the header's bytes when
+    asked to ``keep`` them (a resumable upload stores them), and the first samples."""
+    kept = bytearray()
     read = 0
     async for chunk in upload:
         read += len(chunk)
+        if keep:
+            kept += chunk
         samples = header.feed(chunk)
         if header.in_data:
-            return samples
+            return bytes(kept[: len(kept) - len(samples)]), samples
         if read > MAX_PREAMBLE:
             break
     if not header.started:
         raise NotAWav(NOT_A_WAV)
     if read > MAX_PREAMBLE:
         raise BadWav(f"No 'data' chunk in the first {MAX_PREAMBLE >> 20} MiB of the WAV.")
-    return b""
+    return bytes(kept), b""
 
 
 async def _samples(

@@ -183,11 +183,11 @@ class EncoderProcess:
 @dataclass
 class Run:
     """Frames of the file from ``first_frame`` on come from this piece of this encoder
-    (until the next run)."""
+    (until the next run); no encoder: frames stored before a resume (converter/resume.py)."""
 
     first_frame: int
     piece: Piece
-    encoder: EncoderProcess
+    encoder: EncoderProcess | None
 
 
 class SegmentedEncoder:
@@ -233,6 +233,7 @@ class SegmentedEncoder:
         self.drained = Changes()  # an encoder took queued samples
         self.joins = 0
         self.forced_joins = 0
+        self.tag_sent = False  # the file's ID3v2 tag has been passed on (or was stored before)
         self._assembling: asyncio.Task[None] | None = None
 
     @classmethod
@@ -244,16 +245,18 @@ class SegmentedEncoder:
         declared_bytes: int | None,
         emit: Callable[[bytes], Awaitable[None]],
         progress: Progress,
+        stored: tuple[int, list[Frame]] | None = None,
     ) -> AsyncIterator[SegmentedEncoder]:
-        """An encoder with its first FFmpeg started. When the block ends, its tasks have
-        ended and every FFmpeg it started is reaped (killed first if it still runs),
-        whether the block finished the upload or failed."""
+        """An encoder with its first FFmpeg started; with ``stored`` (a frame number and the
+        frames stored from it on), one that goes on from there, joined onto those frames.
+        When the block ends, its tasks have ended and every FFmpeg it started is reaped
+        (killed first if it still runs), whether the block finished the upload or failed."""
         started: list[EncoderProcess] = []
         try:
             async with asyncio.TaskGroup() as tasks:
                 encoder = cls(plan, config, declared_bytes, emit, progress, tasks)
                 started = encoder.encoders
-                await encoder.start()
+                await (encoder.start() if stored is None else encoder.resume(*stored))
                 yield encoder
         finally:
             for process in started:
@@ -266,6 +269,26 @@ class SegmentedEncoder:
         piece = Piece(first_frame=0, start=0)
         first.pieces.append(piece)
         self.runs.append(Run(0, piece, first))
+        self._assembling = self.tasks.create_task(self._assemble())
+
+    async def resume(self, first_frame: int, stored: list[Frame]) -> None:
+        """Go on from frame ``first_frame``: the upload's samples from there on go to a new
+        encoder, joined onto the ``stored`` frames (those from first_frame on) as a helper is
+        joined onto the encoder before it, a pre-roll after first_frame."""
+        self.tag_sent = True
+        boundary = first_frame + self.pre_roll
+        frame_bytes = self.frame_samples * self.format.block_align
+        earlier = Piece(first_frame=first_frame, start=0, end_byte=(first_frame + len(stored)) * frame_bytes)
+        earlier.frames.extend(stored)
+        earlier.complete = True
+        self.runs.append(Run(first_frame, earlier, None))
+        encoder = await self._new_encoder(borrowed=False)
+        piece = Piece(first_frame=first_frame, start=0)
+        encoder.pieces.append(piece)
+        self.runs.append(Run(boundary, piece, encoder))
+        self.read_bytes = first_frame * frame_bytes
+        if self.most_encoders > 1:
+            self.next_decision_frame = boundary + self.segment_frames - self.pre_roll
         self._assembling = self.tasks.create_task(self._assemble())
 
     async def take(self, samples: bytes) -> None:
@@ -318,8 +341,8 @@ class SegmentedEncoder:
         """The upload ended before the earlier encoder's post-roll did: no join can be
         made there (its frames past the end would be dropped, and the helper holds
         too little or nothing), so the earlier encoder keeps the end of the file."""
-        if len(self.runs) < 2 or self.run_index == len(self.runs) - 1:
-            return  # no handover, or it is joined already
+        if len(self.runs) < 2 or self.run_index == len(self.runs) - 1 or self.runs[-2].encoder is None:
+            return  # no handover, it is joined already, or onto stored frames that cannot go on
         earlier, later = self.runs[-2].piece, self.runs[-1].piece
         assert earlier.end_byte is not None
         if self.read_bytes >= earlier.end_byte:
@@ -334,6 +357,7 @@ class SegmentedEncoder:
         decision_frame = self.read_bytes // frame_bytes
         boundary = decision_frame + self.pre_roll
         current, worker = self.runs[-1].piece, self.runs[-1].encoder
+        assert worker is not None  # the last run is always an encoder's: stored frames come first
         helper = None
         declared = self.declared_bytes
         room_left = declared is None or declared - boundary * frame_bytes > self.segment_frames * frame_bytes // 2
@@ -379,7 +403,7 @@ class SegmentedEncoder:
 
     async def _new_encoder(self, borrowed: bool) -> EncoderProcess:
         try:
-            process = await self.plan.start(first=not self.encoders)
+            process = await self.plan.start(first=not self.encoders and not self.tag_sent)
         except BaseException:
             if borrowed and self.spare is not None:
                 self.spare.give_back()
@@ -412,10 +436,9 @@ class SegmentedEncoder:
         Each round looks at the state, acts, and then waits for a change made
         after its look: one made while it was passing frames on (awaiting the
         database) is seen at once, never lost."""
-        tag_sent = False
         while True:
             seen = self.changes.seen()
-            if not tag_sent:
+            if not self.tag_sent:
                 tag = self.encoders[0].reader.tag
                 if tag is None:
                     if self._all_read():
@@ -423,7 +446,7 @@ class SegmentedEncoder:
                     await self._changed_since(seen)
                     continue
                 await self.emit(tag)
-                tag_sent = True
+                self.tag_sent = True
             run = self.runs[self.run_index]
             following = self.runs[self.run_index + 1] if self.run_index + 1 < len(self.runs) else None
             hold_from = following.first_frame - self.pre_roll if following else self.next_decision_frame

@@ -156,6 +156,15 @@ class WavHeader:
     def duration(self) -> float:
         return self.sample_frames / self.format.sample_rate if self.format else 0.0
 
+    @classmethod
+    def resumed(cls, header: bytes, data_seen: int) -> WavHeader:
+        """The header of a WAV read before, ``data_seen`` bytes into its samples."""
+        read = cls()
+        if read.feed(header) or not read.in_data:
+            raise BadWav("A stored WAV header does not end where its samples begin.")
+        read.data_seen = data_seen
+        return read
+
     def feed(self, data: bytes) -> bytes:
         """Take the upload's next bytes; return those that are samples of the `data` chunk."""
         if self._in_data:

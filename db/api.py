@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -186,6 +187,123 @@ async def record_delete(db: Database, user_id: int, token: str, record_id: UUID)
 
 async def storage_stats(db: Database) -> StorageStats:
     return StorageStats(**_fields(await db.fetchrow("SELECT * FROM api.storage_stats()")))
+
+
+# --- resumable uploads (tus, handlers/uploads.py) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumableUpload:
+    """A resumable upload as its owner sees it (api.upload_open)."""
+
+    upload_offset: int
+    upload_length: int | None  # None while the client defers it
+    expires_at: datetime
+    filename: str
+    options: dict[str, str]
+    record_id: UUID | None  # once finished
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a PATCH takes over (api.upload_claim): its generation, and what to go on from."""
+
+    generation: int
+    upload_length: int | None
+    filename: str
+    options: dict[str, str]
+    wav_header: bytes | None
+    progress: dict[str, Any] | None
+    record_id: UUID | None
+
+
+@dataclass(frozen=True)
+class UploadInProgress:
+    id: UUID
+    filename: str
+    upload_offset: int
+    upload_length: int | None
+    mp3_bytes: int
+    created_at: datetime
+    expires_at: datetime
+    record_id: UUID | None
+
+
+async def upload_create(
+    db: Database,
+    user_id: int,
+    token: str,
+    filename: str,
+    options: dict[str, str],
+    upload_length: int | None,
+    lifetime_s: float,
+    most_open: int,
+) -> tuple[UUID, datetime]:
+    row = await db.fetchrow(
+        "SELECT * FROM api.upload_create($1, $2, $3, $4, $5, $6, $7)",
+        user_id, token, filename, json.dumps(options), upload_length, lifetime_s, most_open,
+    )  # fmt: skip
+    fields = _fields(row)
+    return fields["id"], fields["expires_at"]
+
+
+async def upload_open(db: Database, user_id: int, token: str, upload_id: UUID) -> ResumableUpload:
+    fields = _fields(await db.fetchrow("SELECT * FROM api.upload_open($1, $2, $3)", user_id, token, upload_id))
+    return ResumableUpload(**fields | {"options": json.loads(fields["options"])})
+
+
+async def upload_claim(
+    db: Database, user_id: int, token: str, upload_id: UUID, offset: int, length: int | None, lifetime_s: float
+) -> Claim:
+    row = await db.fetchrow(
+        "SELECT * FROM api.upload_claim($1, $2, $3, $4, $5, $6)", user_id, token, upload_id, offset, length, lifetime_s
+    )
+    fields = _fields(row)
+    progress = json.loads(fields["progress"]) if fields["progress"] is not None else None
+    return Claim(**fields | {"options": json.loads(fields["options"]), "progress": progress})
+
+
+async def upload_checkpoint(
+    db: Database,
+    upload_id: UUID,
+    generation: int,
+    at: int,
+    chunk: bytes,
+    offset: int,
+    progress: dict[str, Any],
+    wav_header: bytes | None,
+    lifetime_s: float,
+) -> None:
+    await db.execute(
+        "SELECT api.upload_checkpoint($1, $2, $3, $4, $5, $6, $7, $8)",
+        upload_id, generation, at, chunk, offset, json.dumps(progress), wav_header, lifetime_s,
+    )  # fmt: skip
+
+
+async def upload_read_back(db: Database, upload_id: UUID, generation: int, from_byte: int, byte_count: int) -> bytes:
+    chunk: bytes = await db.fetchval(
+        "SELECT api.upload_read_back($1, $2, $3, $4)", upload_id, generation, from_byte, byte_count
+    )
+    return chunk
+
+
+async def upload_record_begin(db: Database, upload_id: UUID, generation: int) -> UUID:
+    record_id: UUID = await db.fetchval("SELECT api.upload_record_begin($1, $2)", upload_id, generation)
+    return record_id
+
+
+async def upload_delete(db: Database, user_id: int, token: str, upload_id: UUID) -> None:
+    await db.execute("SELECT api.upload_delete($1, $2, $3)", user_id, token, upload_id)
+
+
+async def uploads_list(db: Database, user_id: int, token: str) -> list[UploadInProgress]:
+    rows = await db.fetch("SELECT * FROM api.uploads_list($1, $2)", user_id, token)
+    return [UploadInProgress(**dict(row)) for row in rows]
+
+
+async def uploads_sweep(db: Database, most: int) -> int:
+    swept: int = await db.fetchval("SELECT api.uploads_sweep($1)", most)
+    return swept
 
 
 def _fields(row: asyncpg.Record | None) -> dict[str, Any]:

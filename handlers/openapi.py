@@ -20,6 +20,7 @@ from handlers.params import (
 from handlers.records import WAV_TYPES
 from handlers.shapes import RECORD_KEYS
 from handlers.swagger import DOCS_ASSETS_PREFIX
+from handlers.uploads import TUS_VERSION
 from handlers.users import MAX_BODY_BYTES, MAX_USERNAME_CHARACTERS
 from service.keys import SETTINGS
 
@@ -212,7 +213,12 @@ def openapi_document(default_kbps: int) -> dict[str, Any]:
             "version": "1.0.0",
             "description": "Upload WAV recordings, get MP3 download links. Every JSON answer uses one envelope.",
         },
-        "paths": _users() | _records(default_kbps) | _older_clients(default_kbps) | _operations() | _pages(),
+        "paths": _users()
+        | _records(default_kbps)
+        | _resumable_uploads()
+        | _older_clients(default_kbps)
+        | _operations()
+        | _pages(),
         "components": _components(),
     }
 
@@ -340,6 +346,88 @@ def _records(default_kbps: int) -> dict[str, Any]:
                     },
                     "400": BAD_REQUEST,
                     "401": UNAUTHORIZED,
+                    "503": UNAVAILABLE,
+                },
+            },
+        },
+    }
+
+
+def _resumable_uploads() -> dict[str, Any]:
+    """tus 1.0.0 (handlers/uploads.py); its headers are the protocol's, documented there."""
+    tus = {"name": "Tus-Resumable", "in": "header", "required": True, "schema": {"const": TUS_VERSION}}
+    upload_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    unsupported = _error("Another Tus-Resumable than 1.0.0", "Tus-Version")
+    gone = _error("Expired: UPLOAD_EXPIRY_S without a request writing to it")
+    statuses = {"400": BAD_REQUEST, "401": UNAUTHORIZED, "404": NOT_FOUND, "410": gone, "412": unsupported}
+
+    def tus_operation(summary: str, responses: dict[str, Any], *parameters: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "tags": ["resumable uploads"],
+            "summary": summary,
+            "security": CREDENTIALS,
+            "parameters": [tus, *parameters],
+            "responses": statuses | responses | {"503": UNAVAILABLE},
+        }
+
+    def header(name: str, description: str, required: bool = False) -> dict[str, Any]:
+        schema = {"type": "string", "pattern": "^[0-9]{1,19}$"}
+        return {"name": name, "in": "header", "required": required, "description": description, "schema": schema}
+
+    length = header("Upload-Length", "the WAV's size in bytes")
+    return {
+        "/uploads": {
+            "options": {
+                "tags": ["resumable uploads"],
+                "summary": "What this server speaks: Tus-Version, Tus-Extension, Tus-Max-Size",
+                "responses": {"204": {"description": "Discovery"}},
+            },
+            "post": tus_operation(
+                "Create an upload (options and filename in Upload-Metadata)",
+                {
+                    "201": {"description": "Created: its URL in Location"},
+                    "413": _error("Upload-Length over MAX_UPLOAD_MB, or past the user's quota", "Tus-Max-Size"),
+                    "429": _error("The user has 16 uploads in progress already"),
+                    "507": _error("The service's storage is full (STORAGE_MAX_GB)"),
+                },
+                length,
+                {"name": "Upload-Defer-Length", "in": "header", "required": False, "schema": {"const": "1"}},
+                {"name": "Upload-Metadata", "in": "header", "required": False, "schema": {"type": "string"}},
+            ),
+        },
+        "/uploads/{id}": {
+            "head": tus_operation(
+                "The upload's offset: what is durable", {"200": {"description": "Its offset"}}, upload_id
+            ),
+            "patch": tus_operation(
+                "Send the WAV on from the upload's offset",
+                {
+                    "204": {"description": "The offset now; Record-Location once the upload is finished"},
+                    "408": UPLOAD_ERRORS["408"],
+                    "409": _error("Upload-Offset is not the upload's"),
+                    "413": UPLOAD_ERRORS["413"],
+                    "415": _error("Not application/offset+octet-stream, or the WAV is no WAV"),
+                    "422": UPLOAD_ERRORS["422"],
+                    "423": _error("Another request took the upload over"),
+                    "507": UPLOAD_ERRORS["507"],
+                },
+                upload_id,
+                header("Upload-Offset", "the upload's offset, as HEAD answers it", required=True),
+                length,
+            ),
+            "delete": tus_operation("End the upload (termination)", {"204": {"description": "Ended"}}, upload_id),
+            "get": {
+                "tags": ["resumable uploads"],
+                "summary": "A finished upload's record, as POST /record answers it",
+                "security": CREDENTIALS,
+                "parameters": [upload_id],
+                "responses": {
+                    "200": _ok(RECORD, "The record"),
+                    "400": BAD_REQUEST,
+                    "401": UNAUTHORIZED,
+                    "404": NOT_FOUND,
+                    "409": _error("Not finished yet"),
+                    "410": gone,
                     "503": UNAVAILABLE,
                 },
             },

@@ -1,6 +1,8 @@
 """An upload stored as a record: the conversion inside the upload's transaction.
 
 ``Upload`` is what a request asks to store, checked (handlers/records.py builds it).
+A resumable upload (handlers/uploads.py) is stored a checkpoint at a time:
+``CheckpointedUpload``.
 
 In a transaction the caller holds, the record is begun (api.record_begin, which
 checks the user and creates the large object); every MP3 chunk FFmpeg produces
@@ -12,12 +14,19 @@ large object.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
 
 from converter.options import ConverterConfig, CpuShare, EncodeOptions
-from converter.pipeline import convert
+from converter.pipeline import Converted, convert
+from converter.resume import Checkpoint, Resumable, frame_offsets, stored_frames
+from converter.splice import Frame
 from db import api
+from db.api import READ_BACK_BYTES
 from handlers.params import Credentials
 
 
@@ -46,3 +55,73 @@ async def store(connection: api.Database, upload: Upload, config: ConverterConfi
     return await api.record_finish(
         connection, record_id, converted.duration, converted.bitrate, converted.sample_rate, converted.channels
     )
+
+
+class CheckpointedUpload:
+    """A resumable upload's MP3 stored a checkpoint at a time (converter/resume.py): the
+    bytes handed on since the last checkpoint and the checkpoint itself in one short
+    transaction, each carrying the generation its PATCH claimed, so that a PATCH another
+    has since taken over writes nothing more. The last one makes the MP3 a record."""
+
+    def __init__(self, pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, lifetime_s: float) -> None:
+        self.pool = pool
+        self.upload_id = upload_id
+        self.claim = claim
+        self.lifetime_s = lifetime_s
+        self.previous = (
+            Checkpoint.from_json(claim.progress, claim.wav_header)
+            if claim.progress is not None and claim.wav_header is not None
+            else None
+        )
+        self.header_stored = claim.wav_header is not None
+        self.pending = bytearray()  # handed on since the last checkpoint, from pending_at
+        self.pending_at = self.previous.resume_at if self.previous is not None else 0
+        self.committed = self.previous.wav_offset if self.previous is not None else 0  # the offset as stored
+
+    async def resumable(self) -> Resumable:
+        """What the conversion goes on from: the frames stored from the resume point on."""
+        stored: list[Frame] = []
+        previous = self.previous
+        if previous is not None and previous.resume_frame:  # else it starts afresh, from the first sample
+            stored = stored_frames(await self._read(previous.resume_at, previous.size))
+        return Resumable(previous, stored, self.earlier_offsets, self.commit)
+
+    async def sink(self, chunk: bytes) -> None:
+        self.pending += chunk
+
+    async def commit(self, checkpoint: Checkpoint) -> None:
+        header = None if self.header_stored else checkpoint.wav_header
+        await api.upload_checkpoint(
+            self.pool, self.upload_id, self.claim.generation, self.pending_at, bytes(self.pending),
+            checkpoint.wav_offset, checkpoint.to_json(), header, self.lifetime_s,
+        )  # fmt: skip
+        self.header_stored = True
+        self.pending_at, self.pending = checkpoint.size, bytearray()
+        self.committed = checkpoint.wav_offset
+
+    async def earlier_offsets(self, frames: int) -> array[int]:
+        assert self.previous is not None
+        return frame_offsets(await self._read(self.previous.first_frame_at, self.previous.resume_at))[:frames]
+
+    async def finish(self, converted: Converted) -> api.Record:
+        """The last bytes stored and the MP3 made a record, in one transaction."""
+        assert self.claim.upload_length is not None
+        async with api.transaction(self.pool, self.lifetime_s) as db:
+            await api.upload_checkpoint(
+                db, self.upload_id, self.claim.generation, self.pending_at, bytes(self.pending),
+                self.claim.upload_length, {}, None, self.lifetime_s,
+            )  # fmt: skip
+            record_id = await api.upload_record_begin(db, self.upload_id, self.claim.generation)
+            await api.record_overwrite(db, record_id, converted.header_offset, converted.header_frame)
+            return await api.record_finish(
+                db, record_id, converted.duration, converted.bitrate, converted.sample_rate, converted.channels
+            )
+
+    async def _read(self, start: int, stop: int) -> bytes:
+        read = bytearray()
+        while start + len(read) < stop:
+            count = min(READ_BACK_BYTES, stop - start - len(read))
+            read += await api.upload_read_back(
+                self.pool, self.upload_id, self.claim.generation, start + len(read), count
+            )
+        return bytes(read)

@@ -27,6 +27,12 @@ class Metrics:
             ["stage"],
             registry=self.registry,
         )
+        self.upload_patches = Counter(
+            "mp3_upload_patches",
+            "Resumable uploads' PATCH requests, by status answered",
+            ["status"],
+            registry=self.registry,
+        )
         self.bytes_in = Counter("mp3_upload_bytes", "WAV bytes received", registry=self.registry)
         self.bytes_out = Counter("mp3_output_bytes", "MP3 bytes stored", registry=self.registry)
         self.stored_bytes = Gauge("mp3_stored_bytes", "MP3 bytes in the database", registry=self.registry)

@@ -315,6 +315,9 @@ class DelayingProxy:
         # freeze made while a pump waits for data still holds that data.
         self._flowing = asyncio.Event()
         self._connections: set[asyncio.StreamWriter] = set()
+        # Each new connection is cut (reset, both ways) once its client has sent this many
+        # bytes: a network that drops mid-request. None: never.
+        self.cut_after_bytes: int | None = None
 
     def start(self) -> DelayingProxy:
         self._thread.start()
@@ -367,7 +370,7 @@ class DelayingProxy:
         self._connections |= {client_writer, server_writer}
         try:
             async with asyncio.TaskGroup() as pumps:
-                pumps.create_task(self._pump(client_reader, server_writer, 0.0))
+                pumps.create_task(self._pump(client_reader, server_writer, 0.0, self.cut_after_bytes))
                 pumps.create_task(self._pump(server_reader, client_writer, self.delay_s))
         except* OSError:
             pass  # one side went away: so does the other
@@ -378,8 +381,11 @@ class DelayingProxy:
                 self._connections.discard(writer)
                 writer.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
-        """Bytes from ``reader`` to ``writer`` in order, each ``delay_s`` after it arrived."""
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float, cut_after: int | None = None
+    ) -> None:
+        """Bytes from ``reader`` to ``writer`` in order, each ``delay_s`` after it arrived;
+        after ``cut_after`` bytes the connection is reset."""
         loop = asyncio.get_running_loop()
         in_transit: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()  # (due, bytes); b"" at the end
 
@@ -396,8 +402,15 @@ class DelayingProxy:
 
         delivering = asyncio.create_task(deliver())
         try:
+            passed = 0
             while True:
                 data = await reader.read(65536)
+                if cut_after is not None and passed + len(data) >= cut_after:
+                    in_transit.put_nowait((loop.time() + delay_s, data[: cut_after - passed]))
+                    in_transit.put_nowait((loop.time() + delay_s, b""))  # then a reset, that way
+                    await delivering
+                    raise ConnectionResetError("the proxy cut the connection")
+                passed += len(data)
                 in_transit.put_nowait((loop.time() + delay_s, data))
                 if not data:
                     break

@@ -1,0 +1,129 @@
+"""A conversion that stops and goes on later, in another request or on another process.
+
+A resumable upload (tus, handlers/uploads.py) commits its MP3 a piece at a
+time. At each checkpoint the converter says what the MP3 holds and where a
+later request goes on from (``Checkpoint``, stored with the upload as JSON):
+a later encoder is joined onto the frames already stored exactly as segments
+are joined (converter/segments.py), ``POST_ROLL_FRAMES`` before the last
+stored frame, after a pre-roll of its own. Its first samples are therefore
+those of frame ``resume_frame``: the client sends the WAV again from there
+(``wav_offset``, the upload's offset: what is durable), about a second of
+audio before where it stopped. The frames stored from ``resume_frame`` on
+are rewritten by the join.
+
+An offset never decreases: a checkpoint is taken only when it moves the
+offset on. Before enough frames are stored for a join, a later request
+starts afresh from the first sample, the WAV's header kept.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from converter.errors import Mp3StreamError
+from converter.mp3 import header_frame_length, parse_header
+from converter.segments import POST_ROLL_FRAMES
+from converter.splice import Frame, FrameReader, pre_roll_frames
+
+# File offsets of the last frames a checkpoint keeps: a resume's earlier frames
+# (its pre-roll and post-roll, 87 + 32 at 24 kHz stereo) fall among them.
+TAIL_FRAMES = 128
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a resumable conversion's MP3 holds at a frame boundary, and where to go on from."""
+
+    wav_header: bytes  # the WAV's bytes before its first sample
+    frames: int = 0  # audio frames in the MP3 (after the header frame's room)
+    size: int = 0  # the MP3's bytes
+    first_header: int = 0  # the first audio frame's 32 header bits
+    header_offset: int = 0  # where the Xing/LAME frame goes: right after the ID3v2 tag
+    tail: tuple[int, ...] = field(default=())  # file offsets of the last frames stored, oldest first
+    resume_frame: int = 0  # the first frame a later request's encoder makes (0: it starts afresh)
+    wav_offset: int = 0  # the WAV's bytes before that frame's samples: the upload's offset
+    joins: int = 0
+    forced_joins: int = 0
+
+    @property
+    def first_frame_at(self) -> int:
+        """The file offset of the first audio frame (after the tag and the header frame's room)."""
+        return self.header_offset + header_frame_length(self.first_header)
+
+    @property
+    def resume_at(self) -> int:
+        """The file offset a later request writes from (the frames before it stay)."""
+        if self.resume_frame == 0:
+            return 0
+        return self.tail[self.resume_frame - (self.frames - len(self.tail))]
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the WAV's header, which is stored once, apart."""
+        return {
+            "version": VERSION,
+            "frames": self.frames,
+            "size": self.size,
+            "first_header": self.first_header,
+            "header_offset": self.header_offset,
+            "tail": list(self.tail),
+            "resume_frame": self.resume_frame,
+            "wav_offset": self.wav_offset,
+            "joins": self.joins,
+            "forced_joins": self.forced_joins,
+        }
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any] | str, wav_header: bytes) -> Checkpoint:
+        values = json.loads(stored) if isinstance(stored, str) else dict(stored)
+        if values.pop("version", None) != VERSION:
+            raise ValueError("a checkpoint of another version")
+        return cls(wav_header=wav_header, **values | {"tail": tuple(values["tail"])})
+
+
+def resume_frame_for(frames: int, sample_rate: int, channels: int) -> int:
+    """Where a later encoder starts, given the frames stored: a pre-roll before the
+    boundary that lies a post-roll before the last stored frame (0 while too few)."""
+    return max(0, frames - POST_ROLL_FRAMES - pre_roll_frames(sample_rate, channels))
+
+
+def frame_offsets(frames: bytes) -> array[int]:
+    """Where each frame of ``frames`` (a run of whole frames, as stored from a checkpoint's
+    first_frame_at) begins, from the first: a seek table's positions."""
+    offsets = array("Q")
+    at = 0
+    while at < len(frames):
+        header = parse_header(frames[at : at + 4])
+        if header is None:
+            raise Mp3StreamError(f"Stored frames lost MP3 frame sync at byte {at}.")
+        offsets.append(at)
+        at += header.length
+    return offsets
+
+
+def stored_frames(tail_bytes: bytes) -> list[Frame]:
+    """The stored frames from a checkpoint's resume_at on, as the join needs them."""
+    reader = FrameReader()
+    reader.tag = b""  # no ID3v2 tag in the middle of a file
+    frames = reader.feed(tail_bytes)
+    reader.end()
+    return frames
+
+
+@dataclass
+class Resumable:
+    """What a resumable conversion needs from its caller, who stores it (handlers/uploads.py)."""
+
+    previous: Checkpoint | None  # stored by an earlier request; None for a new upload
+    stored: list[Frame]  # the stored frames from previous.resume_frame on (converter: stored_frames)
+    # Where frames 0 to n-1 begin, from the first audio frame: for the seek table, once the
+    # stream ends (a resumed stream followed only the frames from its resume_frame on).
+    earlier_offsets: Callable[[int], Awaitable[array[int]]]
+    # Store the MP3's bytes handed to the sink since the last commit, and this checkpoint.
+    commit: Callable[[Checkpoint], Awaitable[None]]
+    every_s: float = 1.0  # at most one checkpoint so often
+    grace_s: float = 3.0  # for the last one, when the request ends early

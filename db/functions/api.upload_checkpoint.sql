@@ -1,0 +1,55 @@
+/**
+ * A checkpoint of a PATCH (which claimed `generation`): writes `chunk` into the
+ * upload's MP3 at byte `at`, which then ends after it, and stores the
+ * converter's `progress` at the new `upload_offset` (which may not go back) and
+ * the WAV's header once. PT423 when another request has claimed the upload
+ * since; PT413 past the user's quota (this and the user's other uploads in
+ * progress count), PT507 past the service's bound. Extends the expiry.
+ */
+CREATE FUNCTION api.upload_checkpoint(
+    upload_id uuid,
+    generation bigint,
+    at bigint,
+    chunk bytea,
+    upload_offset bigint,
+    progress jsonb,
+    wav_header bytea,
+    lifetime_s double precision
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    the_upload app.uploads := app.upload_writer(upload_id, generation);
+    new_size bigint := at + coalesce(octet_length(chunk), 0);
+    others bigint;
+    descriptor integer;
+BEGIN
+    IF at IS NULL OR at < 0 OR upload_offset IS NULL OR upload_offset < the_upload.upload_offset THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'A checkpoint writes from 0 on and never goes back.';
+    END IF;
+    SELECT coalesce(sum(u.mp3_bytes), 0) INTO others
+    FROM app.uploads AS u
+    WHERE u.user_id = the_upload.user_id AND u.id <> the_upload.id AND u.record_id IS NULL;
+    PERFORM app.assert_within_quota(the_upload.user_id, others + new_size);
+    PERFORM app.assert_within_storage_bound(new_size);
+    descriptor := lo_open(the_upload.lo_oid, x'20000'::integer);  -- INV_WRITE
+    PERFORM lo_lseek64(descriptor, at, 0);  -- SEEK_SET
+    PERFORM lowrite(descriptor, coalesce(chunk, ''::bytea));
+    PERFORM lo_truncate64(descriptor, new_size);
+    PERFORM lo_close(descriptor);
+    UPDATE app.uploads AS u
+    SET upload_offset = upload_checkpoint.upload_offset,
+        progress = upload_checkpoint.progress,
+        wav_header = coalesce(u.wav_header, upload_checkpoint.wav_header),
+        mp3_bytes = new_size,
+        expires_at = now() + make_interval(secs => lifetime_s)
+    WHERE u.id = the_upload.id;
+END;
+$$;
+
+COMMENT ON FUNCTION api.upload_checkpoint(uuid, bigint, bigint, bytea, bigint, jsonb, bytea, double precision) IS
+    'Writes a PATCH''s MP3 bytes at a byte offset and stores its checkpoint; PT423 once another took the upload.';

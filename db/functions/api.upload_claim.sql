@@ -1,0 +1,62 @@
+/**
+ * A PATCH takes a resumable upload over (tus): it must send the WAV from the
+ * upload's offset (PT409 otherwise, nothing changed). Returns the generation its
+ * checkpoints must carry (any older request's no longer match: it writes
+ * nothing more), the length (set now when it was deferred and the PATCH gives
+ * it; PT400 to change one already set or to set one below the offset), and
+ * what the converter needs to go on: the options, the WAV's header and the last
+ * checkpoint. Extends the expiry.
+ * A finished upload is PT409 to any PATCH but one at its end.
+ */
+CREATE FUNCTION api.upload_claim(
+    user_id bigint,
+    token text,
+    upload_id uuid,
+    upload_offset bigint,
+    given_length bigint,
+    lifetime_s double precision
+)
+RETURNS TABLE (
+    generation bigint,
+    upload_length bigint,
+    filename text,
+    options jsonb,
+    wav_header bytea,
+    progress jsonb,
+    record_id uuid
+)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    the_upload app.uploads := app.upload_of(user_id, token, upload_id);
+BEGIN
+    SELECT * INTO the_upload FROM app.uploads AS u WHERE u.id = the_upload.id FOR UPDATE;
+    IF the_upload.upload_offset <> upload_claim.upload_offset THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT409',
+            MESSAGE = format('The upload''s offset is %s, not %s: send from there.', the_upload.upload_offset,
+                             upload_claim.upload_offset);
+    END IF;
+    IF given_length IS NOT NULL AND given_length < the_upload.upload_offset THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'The upload''s length is less than its offset.';
+    END IF;
+    IF given_length IS NOT NULL AND the_upload.upload_length IS NOT NULL AND given_length <> the_upload.upload_length THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'The upload''s length is set already.';
+    END IF;
+    IF the_upload.record_id IS NULL THEN
+        UPDATE app.uploads AS u
+        SET generation = u.generation + 1,
+            upload_length = coalesce(u.upload_length, given_length),
+            expires_at = now() + make_interval(secs => lifetime_s)
+        WHERE u.id = the_upload.id
+        RETURNING * INTO the_upload;
+    END IF;
+    RETURN QUERY SELECT the_upload.generation, the_upload.upload_length, the_upload.filename, the_upload.options,
+                        the_upload.wav_header, the_upload.progress, the_upload.record_id;
+END;
+$$;
+
+COMMENT ON FUNCTION api.upload_claim(bigint, text, uuid, bigint, bigint, double precision) IS
+    'A PATCH takes an upload over at its offset; returns its generation and what the converter goes on from.';

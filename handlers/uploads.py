@@ -1,0 +1,271 @@
+"""Resumable uploads: the tus 1.0.0 protocol at /uploads (https://tus.io/protocols/resumable-upload),
+extensions creation, creation-defer-length, expiration and termination.
+
+POST /uploads creates an upload (its options and file name in Upload-Metadata);
+each PATCH sends the WAV on from the upload's offset, and is converted as it
+arrives, as POST /record's body is. The offset is what is durable: the WAV's
+bytes whose MP3 is committed in PostgreSQL (converter/resume.py), a second or
+so behind what was sent, and it never goes back. Any replica can take the
+next PATCH: everything it needs is in the upload's row. A PATCH takes the
+upload over from any older one still running (handlers/store.py's
+CheckpointedUpload: the older writes nothing more). When the last byte is in,
+the MP3 becomes a record: the last PATCH's answer names it (Record-Location),
+and GET /uploads/<id> answers it as POST /record does.
+
+Credentials as for POST /record (Basic id:token, or the older headers), never
+in a URL; another user's upload is 404, as a missing one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from aiohttp import web
+from yarl import URL
+
+from converter.pipeline import convert
+from db import api
+from handlers.body import PacedBody, pace_of, too_large
+from handlers.errors import ApiError
+from handlers.params import TAG_FIELDS, Credentials, credentials_from, encode_options_from
+from handlers.reads import read_fresh
+from handlers.shapes import link, link_base, ok, record_json, record_url
+from handlers.store import CheckpointedUpload
+from service.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
+from settings import Settings
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,creation-defer-length,expiration,termination"
+PATCH_TYPE = "application/offset+octet-stream"
+# What Upload-Metadata may carry: POST /record's options and the file's name. Other
+# keys (Uppy's filetype, say) are ignored.
+METADATA_KEYS = ("filename", "bitrate", "quality", "sample_rate", "channels", *TAG_FIELDS)
+MAX_METADATA_BYTES = 8192
+METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and comma
+MOST_OPEN_UPLOADS = 16  # a user's unfinished uploads at once
+DIGITS = 19  # an offset or a length: a bigint at most
+
+
+class PatchEnded(Exception):
+    """A PATCH's body ended before the upload's end: what it brought is kept (converter/resume.py)."""
+
+
+async def tus_options(request: web.Request) -> web.Response:
+    """OPTIONS /uploads: what this server speaks (no credentials needed)."""
+    return web.Response(status=204, headers=_discovery(request.app[SETTINGS]))
+
+
+async def create_upload(request: web.Request) -> web.Response:
+    """POST /uploads: a new upload; Location is where to send it."""
+    _speaks_tus(request)
+    settings = request.app[SETTINGS]
+    credentials = credentials_from(request)
+    length = _whole_number(request, "Upload-Length")
+    deferred = request.headers.get("Upload-Defer-Length")
+    if length is None and deferred != "1":
+        raise ApiError(400, "Give the WAV's size in Upload-Length, or Upload-Defer-Length: 1 to give it later.")
+    if length is not None and deferred is not None:
+        raise ApiError(400, "Give Upload-Length or Upload-Defer-Length, not both.")
+    if length is not None and length > settings.max_upload_bytes:
+        raise _too_large(settings)
+    if request.content_length:
+        raise ApiError(
+            400, "Send the WAV in PATCH requests: a POST to /uploads carries no body (creation-with-upload)."
+        )
+    metadata = _metadata(request.headers.get("Upload-Metadata", ""))
+    filename = metadata.pop("filename", "") or "recording.wav"
+    encode_options_from(metadata, settings.mp3_bitrate_kbps, filename)  # 400 for a bad one, now
+    upload_id, expires_at = await api.upload_create(
+        request.app[POOL], credentials.user_id, credentials.token, filename, metadata, length,
+        settings.upload_expiry_s, MOST_OPEN_UPLOADS,
+    )  # fmt: skip
+    location = link(link_base(request), f"/uploads/{upload_id}")
+    return web.Response(status=201, headers={"Location": location, "Upload-Expires": _http_date(expires_at)})
+
+
+async def head_upload(request: web.Request) -> web.Response:
+    """HEAD /uploads/<id>: how far it is (what is durable), never from a replica."""
+    _speaks_tus(request)
+    upload = await _opened(request)
+    headers = {"Upload-Offset": str(upload.upload_offset), "Cache-Control": "no-store"}
+    if upload.upload_length is None:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(upload.upload_length)
+    if upload.record_id is None:
+        headers["Upload-Expires"] = _http_date(upload.expires_at)
+    return web.Response(status=200, headers=headers)
+
+
+async def get_upload(request: web.Request) -> web.Response:
+    """GET /uploads/<id>: once finished, its record, as POST /record answers it."""
+    upload = await _opened(request)
+    record_id = upload.record_id
+    if record_id is None:
+        length = "an unknown number" if upload.upload_length is None else str(upload.upload_length)
+        raise ApiError(409, f"The upload is not finished: {upload.upload_offset} of {length} bytes are in.")
+    credentials = credentials_from(request)
+    record = await read_fresh(request, lambda db: api.record_open(db, record_id, credentials.user_id))
+    data = record_json(link_base(request), record)
+    return ok(data, headers={"Location": data["url"], "Cache-Control": "no-store"})
+
+
+async def delete_upload(request: web.Request) -> web.Response:
+    """DELETE /uploads/<id> (termination): gone, with its MP3 so far."""
+    _speaks_tus(request)
+    credentials = credentials_from(request)
+    await api.upload_delete(request.app[POOL], credentials.user_id, credentials.token, _upload_id(request))
+    return web.Response(status=204)
+
+
+async def patch_upload(request: web.Request) -> web.Response:
+    """PATCH /uploads/<id>: the WAV on from the upload's offset, converted as it arrives."""
+    _speaks_tus(request)
+    if request.content_type != PATCH_TYPE:
+        raise ApiError(415, f"Send a PATCH's body as {PATCH_TYPE}.")
+    offset = _whole_number(request, "Upload-Offset")
+    if offset is None:
+        raise ApiError(400, "A PATCH needs Upload-Offset: the upload's offset, as HEAD answers it.")
+    length = _whole_number(request, "Upload-Length")  # an upload that deferred its length gives it now
+    settings = request.app[SETTINGS]
+    if length is not None and length > settings.max_upload_bytes:
+        raise _too_large(settings)
+    credentials = credentials_from(request)
+    links = link_base(request)  # a Host no link can be built from is refused before any work
+    metrics = request.app[METRICS]
+    async with request.app[SLOTS].upload():
+        try:
+            response = await _patched(request, credentials, offset, length, links)
+        except BaseException as error:
+            status = error.status if isinstance(error, ApiError) else 500
+            metrics.upload_patches.labels(status=str(status)).inc()
+            raise
+    metrics.upload_patches.labels(status=str(response.status)).inc()
+    return response
+
+
+async def _patched(
+    request: web.Request, credentials: Credentials, offset: int, length: int | None, links: URL
+) -> web.Response:
+    settings, pool = request.app[SETTINGS], request.app[POOL]
+    upload_id = _upload_id(request)
+    claim = await api.upload_claim(
+        pool, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
+    )
+    if claim.record_id is not None:  # finished already: a PATCH at its end, with nothing more
+        return _progressed(offset, settings, record_url(links, claim.record_id, credentials.user_id))
+    total = claim.upload_length
+    remaining = settings.max_upload_bytes - offset if total is None else total - offset
+    body = PacedBody(request, pace_of(settings), remaining)  # 413 for a Content-Length beyond it
+    options = encode_options_from(claim.options, settings.mp3_bitrate_kbps, claim.filename)
+    store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s)
+    resumable = await store.resumable()
+    async with request.app[SLOTS].admitted(credentials.user_id) as turn:
+        source = _patch_body(body, offset, total)
+        try:
+            converted = await convert(source, store.sink, options, request.app[CONVERTER], turn, resumable)
+        except PatchEnded:
+            if not store.header_stored:
+                raise ApiError(
+                    400, "Send the WAV's whole header in the first PATCH: its samples' format must be known."
+                ) from None
+            return _progressed(store.committed, settings)
+        record = await store.finish(converted)
+    assert total is not None  # the body ended at it
+    return _progressed(total, settings, record_url(links, record.id, credentials.user_id))
+
+
+async def _patch_body(body: PacedBody, offset: int, total: int | None) -> AsyncIterator[bytes]:
+    """The PATCH's bytes; PatchEnded at its end unless it ends the upload."""
+    async for chunk in body.chunks():
+        yield chunk
+    if total is None or offset + body.received < total:
+        raise PatchEnded
+
+
+def _progressed(offset: int, settings: Settings, record_link: str | None = None) -> web.Response:
+    """A PATCH's answer: the upload's offset now, and once finished its record's link."""
+    headers = {"Upload-Offset": str(offset), "Cache-Control": "no-store"}
+    if record_link is None:
+        expires = datetime.now(UTC) + timedelta(seconds=settings.upload_expiry_s)
+        headers["Upload-Expires"] = _http_date(expires)
+    else:
+        headers["Record-Location"] = record_link
+    return web.Response(status=204, headers=headers)
+
+
+async def _opened(request: web.Request) -> api.ResumableUpload:
+    credentials = credentials_from(request)
+    return await api.upload_open(request.app[POOL], credentials.user_id, credentials.token, _upload_id(request))
+
+
+def _upload_id(request: web.Request) -> UUID:
+    try:
+        return UUID(request.match_info["id"])
+    except ValueError:
+        raise ApiError(404, "No such upload.") from None
+
+
+def _speaks_tus(request: web.Request) -> None:
+    version = request.headers.get("Tus-Resumable")
+    if version != TUS_VERSION:
+        raise ApiError(412, f"This server speaks tus {TUS_VERSION}: send Tus-Resumable: {TUS_VERSION}.",
+                       {"Tus-Version": TUS_VERSION})  # fmt: skip
+
+
+def _whole_number(request: web.Request, name: str) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= DIGITS):
+        raise ApiError(400, f"{name} must be a whole number of bytes.")
+    return int(raw)
+
+
+def _metadata(header: str) -> dict[str, str]:
+    """Upload-Metadata: comma-separated `key base64value` pairs (tus 1.0.0); the known keys."""
+    if len(header) > MAX_METADATA_BYTES:
+        raise ApiError(400, f"Upload-Metadata is longer than {MAX_METADATA_BYTES} bytes.")
+    found: dict[str, str] = {}
+    for pair in filter(None, (item.strip() for item in header.split(","))):
+        key, _, encoded = pair.partition(" ")
+        if not METADATA_KEY.fullmatch(key) or key in found:
+            raise ApiError(400, "Upload-Metadata must be comma-separated pairs of a key and its base64 value.")
+        try:
+            value = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ApiError(400, f"Upload-Metadata's {key} is not base64 of UTF-8 text.") from None
+        if key in METADATA_KEYS:
+            found[key] = value
+    return found
+
+
+def _discovery(settings: Settings) -> dict[str, str]:
+    return {
+        "Tus-Resumable": TUS_VERSION,
+        "Tus-Version": TUS_VERSION,
+        "Tus-Extension": TUS_EXTENSIONS,
+        "Tus-Max-Size": str(settings.max_upload_bytes),
+    }
+
+
+def _too_large(settings: Settings) -> ApiError:
+    error = too_large(settings.max_upload_bytes)
+    error.headers["Tus-Max-Size"] = str(settings.max_upload_bytes)
+    return error
+
+
+def _http_date(moment: datetime) -> str:
+    return email.utils.format_datetime(moment.astimezone(UTC), usegmt=True)
+
+
+async def tus_resumable(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer under /uploads says the protocol's version, errors too."""
+    if request.path == "/uploads" or request.path.startswith("/uploads/"):
+        response.headers["Tus-Resumable"] = TUS_VERSION

@@ -1,0 +1,139 @@
+"""A resumable conversion (converter/resume.py) cut off and resumed, with real FFmpeg and
+a large object kept in memory the way the database keeps it: wherever the cuts fall, the
+MP3 decodes to exactly the WAV's samples and sounds as a single encoding does, and each
+resume asks the client for about a second of audio again."""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from converter.options import ConverterConfig, EncodeOptions
+from converter.pipeline import convert
+from converter.resume import Checkpoint, Resumable, frame_offsets, stored_frames
+from tests.support import FFMPEG, decoded
+from tests.test_segments import SEGMENT_S, Spares, music, samples_of, snr_db
+
+# One encoder at a time: a resume's join is then the only one, to compare with a single
+# encoding; and segments joined at every boundary besides.
+ONE_ENCODER = ConverterConfig(ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600)
+SEGMENTED = ConverterConfig(
+    ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600, parallel_segments=2,
+    spare=Spares(), segment_seconds=SEGMENT_S, helper_backlog=-1,
+)  # fmt: skip
+
+
+class ClientGone(Exception):
+    """The connection dropped: what a PATCH's body raises when its client goes."""
+
+
+class StoredUpload:
+    """An upload's large object and last checkpoint, as the database keeps them."""
+
+    def __init__(self) -> None:
+        self.mp3 = bytearray()
+        self.checkpoint: Checkpoint | None = None
+        self.pending = bytearray()
+        self.pending_at = 0
+
+    def resumable(self) -> Resumable:
+        previous = self.checkpoint
+        self.pending, self.pending_at = bytearray(), previous.resume_at if previous else 0
+        stored = []
+        if previous is not None and previous.resume_frame > 0:  # else it starts afresh
+            stored = stored_frames(bytes(self.mp3[previous.resume_at : previous.size]))
+        return Resumable(previous, stored, self.earlier_offsets, self.commit, every_s=0.0)
+
+    async def sink(self, chunk: bytes) -> None:
+        self.pending += chunk
+
+    async def commit(self, checkpoint: Checkpoint) -> None:
+        self.mp3[self.pending_at :] = self.pending
+        assert len(self.mp3) == checkpoint.size
+        self.pending_at, self.pending, self.checkpoint = checkpoint.size, bytearray(), checkpoint
+
+    async def earlier_offsets(self, frames: int) -> array[int]:
+        assert self.checkpoint is not None
+        return frame_offsets(bytes(self.mp3[self.checkpoint.first_frame_at : self.checkpoint.resume_at]))[:frames]
+
+    def finish(self, header_frame: bytes, at: int) -> bytes:
+        self.mp3[self.pending_at :] = self.pending
+        self.mp3[at : at + len(header_frame)] = header_frame
+        return bytes(self.mp3)
+
+
+async def sent(wav: bytes, start: int, cut: int | None) -> AsyncIterator[bytes]:
+    """The WAV from ``start`` in network-sized chunks; the connection drops at byte ``cut``."""
+    end = len(wav) if cut is None else cut
+    for at in range(start, end, 65537):
+        yield wav[at : min(at + 65537, end)]
+    if cut is not None:
+        raise ClientGone
+
+
+async def upload_with_cuts(
+    wav: bytes, cuts: list[int], options: EncodeOptions, config: ConverterConfig = ONE_ENCODER
+) -> tuple[bytes, list[int]]:
+    """Upload the WAV, the connection dropping at each of ``cuts`` (increasing byte offsets of
+    the WAV), resuming each time from the offset the upload reports; the MP3, and the bytes
+    sent again after each cut."""
+    stored = StoredUpload()
+    resent = []
+    offset = 0
+    for cut in [*cuts, None]:
+        if cut is not None and cut <= offset:
+            continue
+        resumable = stored.resumable()
+        try:
+            converted = await convert(sent(wav, offset, cut), stored.sink, options, config, resumable=resumable)
+        except ClientGone:
+            assert stored.checkpoint is not None
+            assert cut is not None
+            assert stored.checkpoint.wav_offset >= offset  # an offset never goes back
+            resent.append(cut - stored.checkpoint.wav_offset)
+            offset = stored.checkpoint.wav_offset
+            continue
+        return stored.finish(converted.header_frame, converted.header_offset), resent
+    raise AssertionError("the last request did not finish the upload")
+
+
+async def single(wav: bytes, options: EncodeOptions) -> bytes:
+    out = bytearray()
+
+    async def sink(chunk: bytes) -> None:
+        out.extend(chunk)
+
+    converted = await convert(sent(wav, 0, None), sink, options, ONE_ENCODER)
+    out[converted.header_offset : converted.header_offset + len(converted.header_frame)] = converted.header_frame
+    return bytes(out)
+
+
+@settings(max_examples=12, deadline=None)
+@given(cuts=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=3))
+async def test_an_upload_cut_off_anywhere_and_resumed_plays_every_sample_as_one_encoding_does(
+    tmp_path_factory: pytest.TempPathFactory, cuts: list[float]
+) -> None:
+    wav = music(tmp_path_factory.getbasetemp(), 44100, 2)
+    options = EncodeOptions(bitrate_kbps=128)
+    mp3, resent = await upload_with_cuts(wav, sorted(int(len(wav) * cut) for cut in cuts), options)
+    original, played = samples_of(wav), decoded(mp3, 2)
+    assert len(played) == len(original)
+    one = decoded(await single(wav, options), 2)
+    assert snr_db(original, played) >= snr_db(original, one) - 0.05
+    second = 44100 * 4
+    assert all(again <= 2 * second for again in resent)  # about a second, at most two
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(48000, 1), (22050, 2)])
+async def test_resumes_join_at_every_mpeg_version_and_channel_count(tmp_path: Path, rate: int, channels: int) -> None:
+    """And with segments joined besides, on two encoders."""
+    wav = music(tmp_path, rate, channels)
+    cuts = [len(wav) // 3, 2 * len(wav) // 3]
+    mp3, resent = await upload_with_cuts(wav, cuts, EncodeOptions(vbr_quality=2), SEGMENTED)
+    assert len(resent) == 2
+    assert len(decoded(mp3, channels)) == len(samples_of(wav))

@@ -1,0 +1,257 @@
+"""Resumable uploads, tus 1.0.0 at /uploads (handlers/uploads.py), as a client speaks it:
+creation, HEAD, PATCH from the offset, termination, expiry, every status the protocol
+gives, and a PATCH cut short and resumed; the record at the end plays every sample."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import psycopg
+import pytest
+
+from service.keys import SLOTS
+from tests.support import (
+    Audio,
+    Client,
+    basic,
+    count,
+    decoded,
+    expect_error,
+    held_body,
+    local,
+    new_user,
+    records_match_large_objects,
+    until,
+)
+
+TUS = {"Tus-Resumable": "1.0.0"}
+PATCH = {"Content-Type": "application/offset+octet-stream"}
+
+
+def metadata(**values: str) -> str:
+    return ",".join(f"{key} {base64.b64encode(value.encode()).decode()}" for key, value in values.items())
+
+
+async def created(client: Client, user: tuple[int, str], length: int | None, **values: str) -> str:
+    """A new upload's path."""
+    headers = {**basic(*user), **TUS, "Upload-Metadata": metadata(filename="take.wav", **values)}
+    headers |= {"Upload-Length": str(length)} if length is not None else {"Upload-Defer-Length": "1"}
+    response = await client.post("/uploads", headers=headers)
+    assert response.status == 201, await response.text()
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    assert response.headers["Upload-Expires"].endswith(" GMT")
+    return local(response.headers["Location"])
+
+
+async def patch(client: Client, user: tuple[int, str], path: str, offset: int, body: Any, **headers: str) -> Any:
+    return await client.patch(
+        path, data=body, headers={**basic(*user), **TUS, **PATCH, "Upload-Offset": str(offset), **headers}
+    )
+
+
+async def head_status(client: Client, user: tuple[int, str], path: str, **headers: str) -> int:
+    """A HEAD's status (its answer has no body: no envelope to read)."""
+    response = await client.head(path, headers={**basic(*user), **headers})
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    return response.status
+
+
+async def offset_of(client: Client, user: tuple[int, str], path: str) -> int:
+    response = await client.head(path, headers={**basic(*user), **TUS})
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    return int(response.headers["Upload-Offset"])
+
+
+async def test_options_say_what_the_server_speaks(client: Client) -> None:
+    response = await client.options("/uploads")
+    assert response.status == 204
+    assert response.headers["Tus-Version"] == "1.0.0"
+    assert set(response.headers["Tus-Extension"].split(",")) == {
+        "creation", "creation-defer-length", "expiration", "termination"
+    }  # fmt: skip
+    assert int(response.headers["Tus-Max-Size"]) == 1024 << 20
+
+
+async def test_an_upload_in_two_patches_is_a_record_that_plays_every_sample(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path = await created(client, user, len(wav), bitrate="128", title="Take one")
+    first = await patch(client, user, path, 0, wav[: len(wav) * 2 // 5])
+    assert first.status == 204
+    offset = int(first.headers["Upload-Offset"])
+    assert 0 < offset < len(wav) * 2 // 5  # what is durable: a second or so behind what was sent
+    assert len(wav) * 2 // 5 - offset <= 2 * 44100 * 4
+    assert first.headers["Upload-Expires"].endswith(" GMT")
+    assert await offset_of(client, user, path) == offset
+
+    unfinished = await client.get(path, headers=basic(*user))
+    assert "18 bytes are in" not in (await expect_error(unfinished, 409))["message"]
+
+    last = await patch(client, user, path, offset, wav[offset:])
+    assert last.status == 204, await last.text()
+    assert int(last.headers["Upload-Offset"]) == len(wav)
+    record = (await (await client.get(path, headers=basic(*user))).json())["data"]
+    assert last.headers["Record-Location"] == record["url"]
+    assert record["bitrate"] == 128000
+    assert record["filename"] == "take.mp3"
+    mp3 = await (await client.get(local(record["url"]))).read()
+    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+    assert count(admin, "SELECT count(*) FROM app.uploads WHERE lo_oid IS NOT NULL") == 0
+    assert records_match_large_objects(admin)
+
+
+async def test_a_patch_cut_off_keeps_what_it_could_and_the_upload_resumes(client: Client, audio: Audio) -> None:
+    """The client goes away mid-PATCH: what was converted is kept, and the next PATCH
+    goes on from the offset HEAD reports."""
+    user = await new_user(client)
+    wav = audio(seconds=30)
+    path = await created(client, user, len(wav))
+    release = asyncio.Event()
+    cut_off = asyncio.create_task(patch(client, user, path, 0, held_body(wav, release, len(wav) // 2)))
+    durable = 0
+
+    async def checkpointed() -> bool:
+        nonlocal durable
+        durable = await offset_of(client, user, path)
+        return durable > 0
+
+    async with asyncio.timeout(20):
+        while not await checkpointed():  # noqa: ASYNC110 - the service's progress offers no event
+            await asyncio.sleep(0.02)
+    cut_off.cancel()  # the connection drops
+    with pytest.raises(asyncio.CancelledError):
+        await cut_off
+    await until(lambda: client.app[SLOTS].in_progress == 0)
+    offset = await offset_of(client, user, path)
+    assert durable <= offset <= len(wav) // 2
+    finished = await patch(client, user, path, offset, wav[offset:])
+    assert finished.status == 204
+    record = (await (await client.get(path, headers=basic(*user))).json())["data"]
+    assert len(decoded(await (await client.get(local(record["url"]))).read(), 2)) == 30 * 44100 * 2
+
+
+async def test_a_deferred_length_is_given_by_a_later_patch(client: Client, audio: Audio) -> None:
+    user = await new_user(client)
+    wav = audio(seconds=5)
+    path = await created(client, user, None)
+    head = await client.head(path, headers={**basic(*user), **TUS})
+    assert head.headers["Upload-Defer-Length"] == "1"
+    first = await patch(client, user, path, 0, wav[:200_000])
+    offset = int(first.headers["Upload-Offset"])
+    last = await patch(client, user, path, offset, wav[offset:], **{"Upload-Length": str(len(wav))})
+    assert int(last.headers["Upload-Offset"]) == len(wav)
+    assert "Record-Location" in last.headers
+
+
+async def test_an_offset_that_is_not_the_uploads_is_409_and_changes_nothing(client: Client, audio: Audio) -> None:
+    user = await new_user(client)
+    wav = audio(seconds=5)
+    path = await created(client, user, len(wav))
+    body = await expect_error(await patch(client, user, path, 1000, wav[1000:]), 409)
+    assert body["message"] == "The upload's offset is 0, not 1000: send from there."
+    assert await offset_of(client, user, path) == 0
+
+
+async def test_what_the_protocol_refuses(client: Client, audio: Audio) -> None:
+    user = await new_user(client)
+    wav = audio(seconds=2)
+    path = await created(client, user, len(wav))
+    no_version = await client.head(path, headers=basic(*user))
+    assert no_version.status == 412
+    assert no_version.headers["Tus-Version"] == "1.0.0"
+    await expect_error(await client.delete(path, headers=basic(*user)), 412)
+    wrong_type = await client.patch(path, data=wav, headers={**basic(*user), **TUS, "Upload-Offset": "0"})
+    await expect_error(wrong_type, 415)
+    too_long = await client.post("/uploads", headers={**basic(*user), **TUS, "Upload-Length": str(2 << 30)})
+    await expect_error(too_long, 413)
+    assert too_long.headers["Tus-Max-Size"] == str(1024 << 20)
+    await expect_error(await client.post("/uploads", headers={**basic(*user), **TUS}), 400)  # no length
+    await expect_error(await client.post("/uploads", headers={**TUS, "Upload-Length": "10"}), 401)
+    bad_metadata = {**basic(*user), **TUS, "Upload-Length": "10", "Upload-Metadata": "bitrate not-base64!"}
+    await expect_error(await client.post("/uploads", headers=bad_metadata), 400)
+    bad_option = {**basic(*user), **TUS, "Upload-Length": "10", "Upload-Metadata": metadata(bitrate="100")}
+    await expect_error(await client.post("/uploads", headers=bad_option), 400)
+    other = await new_user(client, "other")
+    assert await head_status(client, other, path, **TUS) == 404  # another user's: as if absent
+    assert await head_status(client, user, "/uploads/0c6f4f58-0000-4000-8000-000000000000", **TUS) == 404
+    not_a_wav = await created(client, user, 100_000)
+    await expect_error(await patch(client, user, not_a_wav, 0, b"\x00" * 100_000), 415)
+
+
+async def test_an_expired_upload_is_410_and_swept_with_its_mp3(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    user = await new_user(client)
+    wav = audio(seconds=10)
+    path = await created(client, user, len(wav))
+    await patch(client, user, path, 0, wav[: len(wav) // 2])
+    admin.execute("UPDATE app.uploads SET expires_at = now() - interval '1 second'")
+    assert await head_status(client, user, path, **TUS) == 410
+    await expect_error(await patch(client, user, path, 0, wav), 410)
+    assert count(admin, "SELECT api.uploads_sweep(10)") == 1
+    assert count(admin, "SELECT count(*) FROM app.uploads") == 0
+    assert count(admin, "SELECT count(*) FROM pg_largeobject_metadata") == 0
+    assert await head_status(client, user, path, **TUS) == 404
+
+
+async def test_termination_removes_the_upload_and_its_mp3(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    user = await new_user(client)
+    wav = audio(seconds=10)
+    path = await created(client, user, len(wav))
+    await patch(client, user, path, 0, wav[: len(wav) // 2])
+    deleted = await client.delete(path, headers={**basic(*user), **TUS})
+    assert deleted.status == 204
+    assert deleted.headers["Tus-Resumable"] == "1.0.0"
+    assert await head_status(client, user, path, **TUS) == 404
+    assert count(admin, "SELECT count(*) FROM pg_largeobject_metadata") == 0
+
+
+async def test_a_newer_patch_takes_the_upload_over_and_the_older_writes_nothing_more(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """Two PATCHes of one upload at once (a client that retried while its first request
+    still ran): the newer goes on, the older is told it no longer writes (423)."""
+    user = await new_user(client)
+    wav = audio(seconds=30)
+    path = await created(client, user, len(wav))
+    release = asyncio.Event()
+    older = asyncio.create_task(patch(client, user, path, 0, held_body(wav, release, len(wav) // 3)))
+    await until(lambda: client.app[SLOTS].in_progress == 1)
+    newer = await patch(client, user, path, 0, wav)
+    assert newer.status == 204
+    assert int(newer.headers["Upload-Offset"]) == len(wav)
+    release.set()
+    await expect_error(await older, 423)
+    record = (await (await client.get(path, headers=basic(*user))).json())["data"]
+    assert len(decoded(await (await client.get(local(record["url"]))).read(), 2)) == 30 * 44100 * 2
+    assert records_match_large_objects(admin)
+
+
+async def test_one_user_holds_sixteen_unfinished_uploads_at_most(client: Client) -> None:
+    user = await new_user(client)
+    for _ in range(16):
+        await created(client, user, 1000)
+    refused = await client.post("/uploads", headers={**basic(*user), **TUS, "Upload-Length": "1000"})
+    assert (await expect_error(refused, 429))["message"].startswith("You have 16 uploads in progress")
+
+
+def test_psql_lists_a_users_uploads_and_terminates_one(service: psycopg.Connection) -> None:
+    user_id, _, token = service.execute("SELECT * FROM api.user_create('ann')").fetchone() or ()
+    upload_id, _ = (
+        service.execute(
+            "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 1000, 3600, 16)", (user_id, str(token))
+        ).fetchone()
+        or ()
+    )
+    listed = service.execute("SELECT id, filename, upload_offset, upload_length FROM api.uploads_list(%s, %s)",
+                             (user_id, str(token))).fetchall()  # fmt: skip
+    assert listed == [(upload_id, "take.wav", 0, 1000)]
+    service.execute("SELECT api.upload_delete(%s, %s, %s)", (user_id, str(token), upload_id))
+    assert service.execute("SELECT * FROM api.uploads_list(%s, %s)", (user_id, str(token))).fetchall() == []
