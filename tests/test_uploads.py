@@ -6,15 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
+import signal
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
+import requests
+from tusclient.client import TusClient
+from tusclient.exceptions import TusCommunicationError, TusUploadFailed
+from tusclient.uploader.uploader import Uploader
 
 from service.keys import SLOTS
+from settings import Settings
 from tests.support import (
     Audio,
     Client,
+    DelayingProxy,
+    ServiceProcess,
     basic,
     count,
     decoded,
@@ -255,3 +266,103 @@ def test_psql_lists_a_users_uploads_and_terminates_one(service: psycopg.Connecti
     assert listed == [(upload_id, "take.wav", 0, 1000)]
     service.execute("SELECT api.upload_delete(%s, %s, %s)", (user_id, str(token), upload_id))
     assert service.execute("SELECT * FROM api.uploads_list(%s, %s)", (user_id, str(token))).fetchall() == []
+
+
+# --- tuspy, a real client, against app.py as a real process ------------------------------
+
+
+def tus_uploader(base: str, user: tuple[int, str], wav: bytes, url: str | None = None) -> Uploader:
+    """tuspy's uploader of this WAV, one PATCH for what is left (its default), no retries;
+    with ``url``, for an upload begun before (it asks HEAD for the offset first)."""
+    client = TusClient(f"{base}/uploads", headers=basic(*user))
+    return client.uploader(file_stream=io.BytesIO(wav), url=url, metadata={"filename": "take.wav"})
+
+
+def uploads_with_cuts(base: str, user: tuple[int, str], wav: bytes, proxy: DelayingProxy, cuts: list[int]) -> str:
+    """Upload through ``proxy``, the network dropping after each of ``cuts`` bytes of a
+    request, resuming each time; the record's link."""
+    url = None
+    for cut in [*cuts, None]:
+        proxy.cut_after_bytes = cut
+        uploader = tus_uploader(f"http://{proxy.host}:{proxy.port}", user, wav, url)
+        try:
+            uploader.upload()
+        except (TusCommunicationError, TusUploadFailed, requests.RequestException):
+            url = uploader.url
+            continue
+        assert uploader.request is not None
+        return str(uploader.request.response_headers["record-location"])
+    raise AssertionError("the upload did not finish")
+
+
+@pytest.mark.slow
+async def test_tuspy_resumes_after_the_network_drops_at_any_offset(
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+) -> None:
+    await service_process.start()
+    proxy = DelayingProxy(service_process.host, service_process.port, 0.0).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            user = await service_process.new_user(session, "train")
+        wav = audio(seconds=90)
+        cuts = [len(wav) // 7, len(wav) // 3, len(wav) * 5 // 8, len(wav) * 7 // 8]
+        link = await asyncio.to_thread(uploads_with_cuts, service_process.base, user, wav, proxy, cuts)
+    finally:
+        proxy.stop()
+    async with aiohttp.ClientSession() as session:  # the link names the proxy the client used
+        mp3 = await (await session.get(service_process.base + local(link))).read()
+    assert len(decoded(mp3, 2)) == 90 * 44100 * 2
+    await until(
+        lambda: (
+            records_match_large_objects(admin)
+            and count(admin, "SELECT count(*) FROM app.uploads WHERE lo_oid IS NOT NULL") == 0
+        )
+    )
+
+
+@pytest.mark.slow
+async def test_an_upload_survives_its_service_killed_and_resumes_on_another_process(
+    service_settings: Settings, audio: Audio, admin: psycopg.Connection, tmp_path: Path
+) -> None:
+    """SIGKILL mid-upload, and the resume sent to another process on the same database:
+    everything it needs is in PostgreSQL."""
+    first = ServiceProcess(service_settings, tmp_path / "first.log")
+    second = ServiceProcess(service_settings, tmp_path / "second.log")
+    await first.start()
+    await second.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            user = await first.new_user(session, "restarted")
+        wav = audio(seconds=120, rate=48000, channels=1)
+        uploader = tus_uploader(first.base, user, wav)
+        url = await asyncio.to_thread(uploader.create_url)
+        uploader.set_url(url)
+        sending = asyncio.create_task(asyncio.to_thread(uploader.upload))
+
+        async def durable(service: ServiceProcess) -> int:
+            async with aiohttp.ClientSession() as session:
+                head = {**basic(*user), **TUS}
+                async with session.head(service.base + local(url), headers=head) as response:
+                    return int(response.headers["Upload-Offset"])
+
+        async with asyncio.timeout(30):
+            while await durable(first) == 0:  # noqa: ASYNC110 - the service's progress offers no event
+                await asyncio.sleep(0.05)
+        first.signal(signal.SIGKILL)
+        first.wait()
+        with pytest.raises((TusCommunicationError, TusUploadFailed, requests.RequestException)):
+            await sending
+        offset = await durable(second)
+        assert offset > 0
+        resumed = tus_uploader(second.base, user, wav, url=second.base + local(url))
+        assert resumed.offset == offset
+        await asyncio.to_thread(resumed.upload)
+        assert resumed.request is not None
+        link = resumed.request.response_headers["record-location"]
+        async with aiohttp.ClientSession() as session:
+            mp3 = await (await session.get(second.base + local(link))).read()
+        assert len(decoded(mp3, 1)) == 120 * 48000
+    finally:
+        first.stop()
+        second.stop()
+    await until(lambda: records_match_large_objects(admin))
