@@ -166,7 +166,7 @@ def named_tests(document: Path) -> set[str]:
 
 def project_tests() -> set[str]:
     """Every test function of tests/."""
-    text = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "tests").glob("test_*.py"))
+    text = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "tests").rglob("test_*.py"))
     return set(re.findall(r"^(?:async )?def (test_\w+)", text, re.MULTILINE))
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import math
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -30,6 +33,7 @@ from settings import Settings, find_ffmpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 FFMPEG = find_ffmpeg(None)
+FFPROBE = shutil.which("ffprobe") or "ffprobe"
 
 Client = TestClient[web.Request, web.Application]
 Audio = Callable[..., bytes]
@@ -434,3 +438,85 @@ def private_cluster() -> Iterator[tuple[dict[str, str], str]]:
         yield env, owner_url
     finally:
         subprocess.run([ROOT / "scripts/local-postgres", "stop"], env=env, check=True)
+
+
+def probe(mp3: bytes) -> dict[str, Any]:
+    """What a player sees in an MP3: codec, sample rate and channels (ffprobe), and the
+    duration of the audio it decodes (FFmpeg, which trims what the LAME tag says to)."""
+    # From a file, not a pipe: a player can seek, and ffprobe reads the duration the way it does.
+    with tempfile.NamedTemporaryFile(suffix=".mp3") as file:
+        file.write(mp3)
+        file.flush()
+        result = subprocess.run(
+            [FFPROBE, "-v", "error", "-show_entries",
+             "format=duration,format_name:format_tags:stream=codec_name,sample_rate,channels",
+             "-of", "json", file.name],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        decoded = subprocess.run(
+            [FFMPEG, "-v", "error", "-i", file.name, "-f", "s16le", "-ac", "1", "pipe:1"],
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
+    found = json.loads(result.stdout)
+    stream = found["streams"][0]
+    return {
+        "format": found["format"]["format_name"],
+        "header_duration": float(found["format"]["duration"]),
+        "tags": {name.lower(): value for name, value in found["format"].get("tags", {}).items()},
+        "duration": len(decoded) / 2 / int(stream["sample_rate"]),
+        "codec": stream["codec_name"],
+        "sample_rate": int(stream["sample_rate"]),
+        "channels": int(stream["channels"]),
+    }
+
+
+# --- music, for the converter's tests ---------------------------------------------------
+
+MUSIC_SECONDS = 16.0  # music()'s length
+# Decaying tones (LAME switches to short blocks for their attacks) over pink noise.
+MUSIC = (
+    "aevalsrc='0.5*sin(2*PI*t*(220+40*sin(t)))*exp(-6*mod(t,0.37))+0.3*sin(2*PI*t*1375)*exp(-30*mod(t,0.23))"
+    "|0.5*sin(2*PI*t*330)*exp(-8*mod(t,0.41))+0.2*sin(2*PI*t*2750)*exp(-40*mod(t,0.29))':s=48000:d={seconds}"
+)
+
+
+def music(folder: Path, rate: int, channels: int) -> bytes:
+    target = folder / f"music-{rate}-{channels}.wav"
+    if not target.exists():
+        subprocess.run(
+            [FFMPEG, "-loglevel", "error", "-f", "lavfi", "-i", MUSIC.format(seconds=MUSIC_SECONDS),
+             "-f", "lavfi", "-i", f"anoisesrc=d={MUSIC_SECONDS}:c=pink:a=0.05:r=48000:seed=1",
+             "-filter_complex", "[0][1]amix=inputs=2:normalize=0", "-ar", str(rate), "-ac", str(channels),
+             "-c:a", "pcm_s16le", str(target)],
+            check=True,
+        )  # fmt: skip
+    return target.read_bytes()
+
+
+class Spares:
+    """Slots to borrow, all free (ConversionSlots without other uploads)."""
+
+    def __init__(self) -> None:
+        self.lent = 0
+
+    async def borrow(self) -> bool:
+        self.lent += 1
+        return True
+
+    def give_back(self) -> None:
+        self.lent -= 1
+
+    @property
+    def contended(self) -> bool:
+        return False
+
+
+def samples_of(wav: bytes) -> array[int]:
+    return array("h", wav[wav.index(b"data") + 8 :])
+
+
+def snr_db(reference: array[int], test: array[int], start: int = 0, stop: int | None = None) -> float:
+    stop = min(len(reference), len(test)) if stop is None else stop
+    signal = sum(value * value for value in reference[start:stop])
+    noise = sum((a - b) * (a - b) for a, b in zip(reference[start:stop], test[start:stop], strict=True))
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)

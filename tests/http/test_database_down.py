@@ -8,7 +8,7 @@ import pytest
 from pytest_postgresql import factories
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from tests.conftest import PG_CTL, MakeClient, load_schema
+from tests.database import PG_CTL, MakeClient, load_schema
 from tests.support import (
     Audio,
     basic,

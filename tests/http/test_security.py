@@ -20,7 +20,7 @@ from converter.command import ffmpeg_command
 from converter.options import EncodeOptions
 from converter.wav import WavFormat
 from settings import Settings
-from tests.conftest import MakeClient
+from tests.database import MakeClient
 from tests.support import (
     FFMPEG,
     Audio,

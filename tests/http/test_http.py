@@ -15,7 +15,7 @@ from aiohttp import FormData
 from yarl import URL
 
 from service.keys import SLOTS
-from tests.conftest import MakeClient, probe
+from tests.database import MakeClient
 from tests.support import (
     Audio,
     Client,
@@ -28,6 +28,7 @@ from tests.support import (
     local,
     new_user,
     nothing_stored,
+    probe,
     until,
     upload,
     wav_header,

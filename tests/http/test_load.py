@@ -7,13 +7,14 @@ import asyncio
 import pytest
 
 from service.keys import SLOTS
-from tests.conftest import MakeClient, probe
+from tests.database import MakeClient
 from tests.support import (
     Audio,
     basic,
     held_body,
     local,
     new_user,
+    probe,
     until,
     upload,
 )

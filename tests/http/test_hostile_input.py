@@ -17,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import probe
 from tests.support import (
     Audio,
     Client,
@@ -28,6 +27,7 @@ from tests.support import (
     multipart_head,
     new_user,
     nothing_stored,
+    probe,
     raw_request,
     upload,
     wav_header,

@@ -11,7 +11,7 @@ import pytest
 
 from service.keys import SLOTS
 from service.logs import JsonFormatter
-from tests.conftest import MakeClient
+from tests.database import MakeClient
 from tests.support import (
     Audio,
     Client,

@@ -18,8 +18,7 @@ from mutagen.mp3 import MP3, BitrateMode
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 
 from converter.wav import NOT_A_WAV
-from tests.conftest import probe
-from tests.support import Audio, Client, finished_records, new_user, upload, wav_header
+from tests.support import Audio, Client, finished_records, new_user, probe, upload, wav_header
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"

@@ -21,7 +21,7 @@ from handlers.errors import ApiError
 from handlers.params import encode_options_from
 from handlers.records import WAV_TYPES
 from handlers.swagger import DOCS_ASSETS_PREFIX
-from tests.conftest import MakeClient
+from tests.database import MakeClient
 from tests.documents import (
     DOCUMENTS,
     PROJECT_ROOTS,
@@ -274,7 +274,7 @@ def code_reading_variables() -> str:
     scripts, CI, the compose and Docker files, the benchmark and the tests."""
     files = [ROOT / "settings.py", ROOT / "db/apply.py", ROOT / ".ci/run", ROOT / ".env.example"]
     files += [*ROOT.glob("scripts/*"), *ROOT.glob("compose*.yaml"), *ROOT.glob("**/Dockerfile")]
-    files += [*ROOT.glob("bench/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("tests/pg_ctl_as_postgres")]
+    files += [*ROOT.glob("bench/*.py"), *ROOT.glob("tests/**/*.py"), *ROOT.glob("tests/pg_ctl_as_postgres")]
     files += [path for path in ROOT.glob("deploy/**/*") if path.is_file()]
     return "\n".join(path.read_text(encoding="utf-8") for path in files if path.name != "test_docs.py")
 
@@ -318,7 +318,7 @@ def test_every_variable_a_script_reads_is_in_the_scripts_table() -> None:
     scripts = "\n".join(path.read_text() for path in ROOT.glob("scripts/*"))
     read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+):?-", scripts))
     read |= set(re.findall(r'environ\.get\("([A-Z][A-Z0-9_]+)"', "\n".join(
-        path.read_text() for path in [*ROOT.glob("bench/*.py"), *ROOT.glob("tests/*.py")]
+        path.read_text() for path in [*ROOT.glob("bench/*.py"), *ROOT.glob("tests/**/*.py")]
     )))  # fmt: skip
     table = {
         name.strip("`")

@@ -15,7 +15,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.conftest import MakeClient
+from tests.database import MakeClient
 from tests.support import ROOT, Audio, Client, basic, free_port, new_user, nothing_stored
 
 HAPROXY = shutil.which("haproxy")

@@ -20,7 +20,7 @@ from pytest_postgresql import factories
 from pytest_postgresql.executors import PostgreSQLExecutor
 
 from db.apply import DEFAULT_REPLICATION_ROLE, Roles, apply
-from tests.conftest import PG_CTL, THROWAWAY, MakeClient, load_schema
+from tests.database import PG_CTL, THROWAWAY, MakeClient, load_schema
 from tests.support import (
     Audio,
     Client,

@@ -11,8 +11,7 @@ import pytest
 from mutagen.mp3 import MP3, BitrateMode
 from mutagen.mp3._util import XingHeader
 
-from tests.conftest import probe
-from tests.support import Audio, Client, decoded, expect_error, local, new_user, upload, wav_header
+from tests.support import Audio, Client, decoded, expect_error, local, new_user, probe, upload, wav_header
 
 
 async def converted(client: Client, wav: bytes, **fields: Any) -> tuple[dict[str, Any], bytes]:

@@ -25,7 +25,7 @@ from converter.mp3 import samples_per_frame
 from converter.segments import segment_frames
 from service.keys import CONVERTER
 from settings import Settings
-from tests.conftest import ServiceTestServer
+from tests.database import ServiceTestServer
 from tests.support import (
     Audio,
     Client,

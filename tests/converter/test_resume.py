@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from converter.options import ConverterConfig, EncodeOptions
 from converter.pipeline import convert
 from converter.resume import Checkpoint, Resumable, frame_offsets, stored_frames
-from tests.support import FFMPEG, decoded
-from tests.test_segments import SEGMENT_S, Spares, music, samples_of, snr_db
+from tests.support import FFMPEG, Spares, decoded, music, samples_of, snr_db
 
+SEGMENT_S = 1.5
 # One encoder at a time: a resume's join is then the only one, to compare with a single
 # encoding; and segments joined at every boundary besides.
 ONE_ENCODER = ConverterConfig(ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600)

@@ -10,7 +10,6 @@ import asyncio
 import io
 import math
 import struct
-import subprocess
 from array import array
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,9 +29,9 @@ from converter.segments import POST_ROLL_FRAMES, SegmentedEncoder, segment_frame
 from converter.splice import FrameReader, pre_roll_frames
 from converter.wav import WavHeader
 from service.slots import ConversionSlots
-from tests.support import FFMPEG, decoded, until
+from tests.support import FFMPEG, MUSIC_SECONDS, Spares, decoded, music, samples_of, snr_db, until
 
-SECONDS = 16.0
+SECONDS = MUSIC_SECONDS
 SEGMENT_S = 1.5  # ten joins at 44.1 kHz
 WINDOW_FRAMES = 12  # around each join, compared with the single encoding
 # Between two encodings of the same music, LAME's choices differ frame by frame as
@@ -42,43 +41,6 @@ WINDOW_FRAMES = 12  # around each join, compared with the single encoding
 # and more there (measured), so these bounds still catch one.
 LOCAL_SLACK_DB = 1.0
 STARVED_LOCAL_SLACK_DB = 4.0
-
-# Decaying tones (LAME switches to short blocks for their attacks) over pink noise.
-MUSIC = (
-    "aevalsrc='0.5*sin(2*PI*t*(220+40*sin(t)))*exp(-6*mod(t,0.37))+0.3*sin(2*PI*t*1375)*exp(-30*mod(t,0.23))"
-    "|0.5*sin(2*PI*t*330)*exp(-8*mod(t,0.41))+0.2*sin(2*PI*t*2750)*exp(-40*mod(t,0.29))':s=48000:d={seconds}"
-)
-
-
-def music(folder: Path, rate: int, channels: int) -> bytes:
-    target = folder / f"music-{rate}-{channels}.wav"
-    if not target.exists():
-        subprocess.run(
-            [FFMPEG, "-loglevel", "error", "-f", "lavfi", "-i", MUSIC.format(seconds=SECONDS),
-             "-f", "lavfi", "-i", f"anoisesrc=d={SECONDS}:c=pink:a=0.05:r=48000:seed=1",
-             "-filter_complex", "[0][1]amix=inputs=2:normalize=0", "-ar", str(rate), "-ac", str(channels),
-             "-c:a", "pcm_s16le", str(target)],
-            check=True,
-        )  # fmt: skip
-    return target.read_bytes()
-
-
-class Spares:
-    """Slots to borrow, all free (ConversionSlots without other uploads)."""
-
-    def __init__(self) -> None:
-        self.lent = 0
-
-    async def borrow(self) -> bool:
-        self.lent += 1
-        return True
-
-    def give_back(self) -> None:
-        self.lent -= 1
-
-    @property
-    def contended(self) -> bool:
-        return False
 
 
 async def chunks(data: bytes, size: int = 65537) -> AsyncIterator[bytes]:
@@ -107,17 +69,6 @@ async def converted(wav: bytes, options: EncodeOptions, encoders: int, spare: An
 
 def options_channels(options: EncodeOptions, channels: int) -> int:
     return options.channels or channels
-
-
-def samples_of(wav: bytes) -> array[int]:
-    return array("h", wav[wav.index(b"data") + 8 :])
-
-
-def snr_db(reference: array[int], test: array[int], start: int = 0, stop: int | None = None) -> float:
-    stop = min(len(reference), len(test)) if stop is None else stop
-    signal = sum(value * value for value in reference[start:stop])
-    noise = sum((a - b) * (a - b) for a, b in zip(reference[start:stop], test[start:stop], strict=True))
-    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
 
 
 CASES = [

@@ -1,6 +1,6 @@
 """converter/splice.py on frames built by hand: the side information it reads, the frame
 it joins at, and the bit reservoir it makes whole there (no FFmpeg: these are the rules
-the joins of real encodings rest on, tests/test_segments.py)."""
+the joins of real encodings rest on, tests/converter/test_segments.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,14 @@
+"""The browser layer: the web page in headless Chromium, against the real application."""
+
+from tests.database import (  # noqa: F401 - fixtures, found by their names
+    admin,
+    client,
+    database_delay_s,
+    database_proxy,
+    make_client,
+    postgresql,
+    postgresql_proc,
+    service,
+    service_process,
+    service_settings,
+)
