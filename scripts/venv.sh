@@ -14,3 +14,7 @@ ensure_venv() {
     fi
 }
 ensure_venv "${1:-requirements.txt}"
+# The analyser's compiled loop (converter/_measure.c), rebuilt when its source is newer.
+if ! compgen -G "converter/_measure.*.so" >/dev/null || [ -n "$(find converter/_measure.c -newer "$(ls converter/_measure.*.so | head -1)")" ]; then
+    scripts/build-measure
+fi

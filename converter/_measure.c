@@ -1,0 +1,608 @@
+/* The per-sample loop of converter/analysis.py, which holds everything else.
+
+One pass over the raw samples, in order. Each sample is decoded to a double
+(full scale: -1.0 to just under 1.0), then
+- K-weighted (ITU-R BS.1770-4: two biquads per channel) and its square summed
+  over the current 100 ms sub-block; the channel-weighted sum of each finished
+  sub-block goes back to Python, which forms the gating blocks and integrates;
+- folded into the waveform pixel being built (minimum and maximum over every
+  channel); each finished pixel goes back as two signed bytes;
+- taken into the true peak: the running maximum of |x| over the samples and
+  over the points interpolated between them (BS.1770-4 Annex 2), computed only
+  for the blocks whose samples could raise it: no interpolated point exceeds
+  the filter's gain (the sum of its taps' magnitudes) times the largest sample
+  in its window.
+
+All of it lives in one bytearray, struct Core followed by per-channel arrays,
+which Python saves and restores as it is. The loop is strictly sequential and
+its blocks are counted from the first sample, so taking the samples in any
+number of pieces leaves the same bytes as taking them at once. Built with
+-ffp-contract=off: the same IEEE operations in the same order on every machine.
+*/
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAGIC 0x3165727573616d6dULL /* "mmasure1" (little-endian) */
+#define MAX_CHANNELS 64
+#define MAX_FACTOR 32
+#define MAX_HALF 16
+#define TP_BLOCK 32 /* frames per true-peak block; >= 2 * half - 1; interpolated_peak() does 32 at a time */
+#define DECODE_SAMPLES 4096
+#define LARGEST 65536.0 /* float samples beyond +96 dBFS are taken as this */
+
+enum { ENC_U8, ENC_S16, ENC_S24, ENC_S32, ENC_F32, ENC_F64, ENC_ALAW, ENC_MULAW, ENC_COUNT };
+static const int SAMPLE_BYTES[ENC_COUNT] = {1, 2, 3, 4, 4, 8, 1, 1};
+
+typedef struct {
+    uint64_t magic;
+    int64_t size;
+    int64_t encoding, channels, rate;
+    int64_t factor, half; /* oversampling (1: none) and taps on each side of a point */
+    int64_t frames;       /* taken so far */
+    int64_t subblocks;    /* 100 ms sub-blocks finished */
+    int64_t subblock_end; /* the frame that ends the current one */
+    int64_t samples_per_pixel, pixel_frames;
+    int64_t block_fill; /* frames in the current true-peak block */
+    double pixel_min, pixel_max;
+    double sample_peak, true_peak;
+    double tp_gain;
+    double pre[5], rlb[5]; /* b0 b1 b2 a1 a2 of each biquad */
+} Core;
+
+/* Per-channel arrays after the Core, each `channels` long (filter: 6 per channel), then in single precision
+   the true peak's: each channel's recent samples (history_length each) and the taps ((factor - 1) x 2 half).
+   Single precision is plenty for a peak (1e-6 dB) and twice as fast to interpolate. */
+typedef struct {
+    double *weight, *filter, *energy, *block_max, *previous_max;
+    float *history, *taps;
+    int64_t history_length;
+} Arrays;
+
+static double ALAW[256], MULAW[256];
+
+static int64_t history_length(int64_t half) { return 2 * half - 1 + TP_BLOCK; }
+
+static int64_t core_bytes(int64_t channels, int64_t factor, int64_t half)
+{
+    int64_t doubles = channels * (1 + 6 + 1 + 1 + 1), floats = channels * history_length(half) + (factor - 1) * 2 * half;
+    return (int64_t)sizeof(Core) + doubles * (int64_t)sizeof(double) + floats * (int64_t)sizeof(float);
+}
+
+static Arrays arrays_of(Core *core)
+{
+    Arrays a;
+    double *p = (double *)(core + 1);
+    int64_t c = core->channels;
+    a.history_length = history_length(core->half);
+    a.weight = p, p += c;
+    a.filter = p, p += 6 * c;
+    a.energy = p, p += c;
+    a.block_max = p, p += c;
+    a.previous_max = p, p += c;
+    a.history = (float *)p;
+    a.taps = a.history + c * a.history_length;
+    return a;
+}
+
+/* G.711 as FFmpeg's pcm_alaw and pcm_mulaw decoders read it, to 16-bit, then to full scale. */
+static void build_g711_tables(void)
+{
+    for (int i = 0; i < 256; i++) {
+        int a = i ^ 0x55, t = (a & 0x0f) << 1, seg = (a & 0x70) >> 4;
+        t = seg ? (t + 1 + 32) << (seg + 2) : (t + 1) << 3;
+        ALAW[i] = ((a & 0x80) ? t : -t) / 32768.0;
+        int u = ~i & 0xff, v = (((u & 0x0f) << 3) + 0x84) << ((u & 0x70) >> 4);
+        MULAW[i] = ((u & 0x80) ? (0x84 - v) : (v - 0x84)) / 32768.0;
+    }
+}
+
+static double sane(double x)
+{
+    if (x != x)
+        return 0.0; /* NaN: nothing to measure */
+    return x > LARGEST ? LARGEST : x < -LARGEST ? -LARGEST : x;
+}
+
+static void decode(int64_t encoding, const uint8_t *p, int64_t n, double *out)
+{
+    int64_t i;
+    switch (encoding) {
+    case ENC_U8:
+        for (i = 0; i < n; i++)
+            out[i] = (p[i] - 128) / 128.0;
+        break;
+    case ENC_S16:
+        for (i = 0; i < n; i++)
+            out[i] = (int16_t)(p[2 * i] | p[2 * i + 1] << 8) / 32768.0;
+        break;
+    case ENC_S24:
+        for (i = 0; i < n; i++) {
+            int32_t v = (int32_t)((uint32_t)p[3 * i] << 8 | (uint32_t)p[3 * i + 1] << 16 | (uint32_t)p[3 * i + 2] << 24);
+            out[i] = (v >> 8) / 8388608.0;
+        }
+        break;
+    case ENC_S32:
+        for (i = 0; i < n; i++) {
+            uint32_t v = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 | (uint32_t)p[4 * i + 2] << 16 |
+                         (uint32_t)p[4 * i + 3] << 24;
+            out[i] = (int32_t)v / 2147483648.0;
+        }
+        break;
+    case ENC_F32:
+        for (i = 0; i < n; i++) {
+            float f;
+            memcpy(&f, p + 4 * i, 4); /* the WAV's little-endian floats: this module is built for little-endian */
+            out[i] = sane(f);
+        }
+        break;
+    case ENC_F64:
+        for (i = 0; i < n; i++) {
+            double d;
+            memcpy(&d, p + 8 * i, 8);
+            out[i] = sane(d);
+        }
+        break;
+    case ENC_ALAW:
+        for (i = 0; i < n; i++)
+            out[i] = ALAW[p[i]];
+        break;
+    default:
+        for (i = 0; i < n; i++)
+            out[i] = MULAW[p[i]];
+        break;
+    }
+}
+
+/* A pixel bound, already scaled to 8 bits and rounded outwards, within the 8-bit range. */
+static int8_t clamp8(double scaled)
+{
+    return scaled <= -128.0 ? -128 : scaled >= 127.0 ? 127 : (int8_t)scaled;
+}
+
+/* Eight points at a time, in vectors the machine's width or split into narrower ones by the compiler. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8f load8(const float *p)
+{
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline v8f larger8(v8f a, v8f b) { return (v8f)(((v8i)a & (a > b)) | ((v8i)b & ~(a > b))); }
+static inline v8f magnitude8(v8f v) { return (v8f)((v8i)v & (v8i){INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX,
+                                                                   INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX}); }
+
+/* The largest magnitude among one channel's block of interpolated points: TP_BLOCK (32) points for each
+   phase. Built for wider vectors too where the machine has them: each point still sums its taps one by
+   one, in order, so every build gives the same bits. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+__attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+static float interpolated_peak(const float *x, const float *taps, int64_t phases, int64_t count)
+{
+    v8f peak = {0};
+    for (int64_t p = 0; p < phases; p++) {
+        const float *h = taps + p * count;
+        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int64_t k = 0; k < count; k++) {
+            v8f tap = {h[k], h[k], h[k], h[k], h[k], h[k], h[k], h[k]};
+            a0 += tap * load8(x + k);
+            a1 += tap * load8(x + k + 8);
+            a2 += tap * load8(x + k + 16);
+            a3 += tap * load8(x + k + 24);
+        }
+        peak = larger8(peak, larger8(larger8(magnitude8(a0), magnitude8(a1)), larger8(magnitude8(a2), magnitude8(a3))));
+    }
+    float largest = 0.0f;
+    for (int i = 0; i < 8; i++)
+        largest = peak[i] > largest ? peak[i] : largest;
+    return largest;
+}
+
+/* The interpolated points of one channel's finished block, if they could raise the true peak. */
+static void true_peak_block(Core *core, Arrays *a, int64_t c)
+{
+    const float *x = a->history + c * a->history_length;
+    double bound = a->previous_max[c] > a->block_max[c] ? a->previous_max[c] : a->block_max[c];
+    if (core->factor > 1 && core->tp_gain * bound > core->true_peak) {
+        double peak = interpolated_peak(x, a->taps, core->factor - 1, 2 * core->half);
+        if (peak > core->true_peak)
+            core->true_peak = peak;
+    }
+    a->previous_max[c] = a->block_max[c];
+    a->block_max[c] = 0.0;
+    memmove(a->history + c * a->history_length, x + TP_BLOCK, (size_t)(a->history_length - TP_BLOCK) * sizeof(float));
+}
+
+static void finish_block(Core *core, Arrays *a)
+{
+    for (int64_t c = 0; c < core->channels; c++) { /* the block's largest sample, as the points see it */
+        const float *block = a->history + c * a->history_length + (a->history_length - TP_BLOCK);
+        v8f m = larger8(larger8(magnitude8(load8(block)), magnitude8(load8(block + 8))),
+                        larger8(magnitude8(load8(block + 16)), magnitude8(load8(block + 24))));
+        float largest = 0.0f;
+        for (int i = 0; i < 8; i++)
+            largest = m[i] > largest ? m[i] : largest;
+        a->block_max[c] = largest;
+    }
+    for (int64_t c = 0; c < core->channels; c++) { /* the samples themselves first: the bar the points must pass */
+        if (a->block_max[c] > core->sample_peak)
+            core->sample_peak = a->block_max[c];
+        if (a->block_max[c] > core->true_peak)
+            core->true_peak = a->block_max[c];
+    }
+    for (int64_t c = 0; c < core->channels; c++)
+        true_peak_block(core, a, c);
+    core->block_fill = 0;
+}
+
+/* Filter states below this are flushed to zero at each block's end: a silence would otherwise
+   decay into subnormal numbers, which the FPU handles a hundred times slower. */
+#define FLUSH 1e-30
+
+/* Frames of decoded samples through the loop; finished sub-blocks and pixels appended at *energies, *pixels.
+   Inlined for each common channel count, so that the channels' filters run side by side. The counters live
+   in locals meanwhile: stores through the arrays could alias the Core's fields.
+   Each biquad in direct form I, its recurrence kept to one multiply and one subtraction:
+   y[n] = (b0 x[n] + b1 x[n-1] + b2 x[n-2] - a2 y[n-2]) - a1 y[n-1]; the state per channel is
+   x[n-1], x[n-2], y[n-1], y[n-2] (shelf output, the high-pass's input), z[n-1], z[n-2]. */
+/* Channels go through in pairs, the two side by side in one vector (an odd last channel is paired with a
+   copy of itself that counts for nothing): the same operations on each lane as one channel alone would get. */
+typedef double v2d __attribute__((vector_size(16)));
+typedef int64_t v2i __attribute__((vector_size(16)));
+
+typedef struct {
+    v2d x1, x2, y1, y2, z1, z2; /* the biquads' last inputs and outputs */
+    v2d energy, low, high, weight;
+} Pair;
+
+typedef struct {
+    v2d p0, p1, p2, p3, p4, r3, r4; /* the high-pass's numerator is 1, -2, 1 (init() checks) */
+} Coefficients;
+
+static inline v2d pick(v2i mask, v2d yes, v2d no) { return (v2d)(((v2i)yes & mask) | ((v2i)no & ~mask)); }
+static inline v2d smaller(v2d a, v2d b) { return pick(a < b, a, b); }
+static inline v2d larger(v2d a, v2d b) { return pick(a > b, a, b); }
+static inline v2d magnitude(v2d v) { return (v2d)((v2i)v & (v2i){INT64_MAX, INT64_MAX}); }
+static inline v2d splat(double v) { return (v2d){v, v}; }
+
+static inline __attribute__((always_inline)) void pair_load(Pair *pair, const Arrays *a, int64_t c, int64_t channels)
+{
+    int64_t d = c + 1 < channels ? c + 1 : c; /* the second lane: the next channel, or a copy */
+    const double *s = a->filter + 6 * c, *t = a->filter + 6 * d;
+    pair->x1 = (v2d){s[0], t[0]}, pair->x2 = (v2d){s[1], t[1]}, pair->y1 = (v2d){s[2], t[2]};
+    pair->y2 = (v2d){s[3], t[3]}, pair->z1 = (v2d){s[4], t[4]}, pair->z2 = (v2d){s[5], t[5]};
+    pair->energy = (v2d){a->energy[c], a->energy[d]};
+    pair->weight = (v2d){a->weight[c], d == c ? 0.0 : a->weight[d]};
+    pair->low = splat(INFINITY), pair->high = splat(-INFINITY);
+}
+
+static inline __attribute__((always_inline)) void pair_store(const Pair *pair, Arrays *a, int64_t c, int64_t channels)
+{
+    for (int lane = 0; lane < 2 && c + lane < channels; lane++) {
+        double *s = a->filter + 6 * (c + lane);
+        s[0] = pair->x1[lane], s[1] = pair->x2[lane], s[2] = pair->y1[lane];
+        s[3] = pair->y2[lane], s[4] = pair->z1[lane], s[5] = pair->z2[lane];
+        a->energy[c + lane] = pair->energy[lane];
+    }
+}
+
+/* One frame of a pair. Each biquad in direct form I, summed oldest terms first, so that its recurrence
+   is one multiply and one subtraction: y[n] = (b2 x[n-2] - a2 y[n-2] + b1 x[n-1] + b0 x[n]) - a1 y[n-1]. */
+static inline __attribute__((always_inline)) void pair_step(Pair *pair, const Coefficients *k, v2d v)
+{
+    pair->low = smaller(v, pair->low);
+    pair->high = larger(v, pair->high);
+    v2d y = (k->p2 * pair->x2 - k->p4 * pair->y2 + k->p1 * pair->x1 + k->p0 * v) - k->p3 * pair->y1;
+    v2d z = (pair->y2 - k->r4 * pair->z2 - (pair->y1 + pair->y1) + y) - k->r3 * pair->z1;
+    pair->x2 = pair->x1, pair->x1 = v, pair->y2 = pair->y1, pair->y1 = y, pair->z2 = pair->z1, pair->z1 = z;
+    pair->energy += z * z;
+}
+
+static inline v2d flushed(v2d v) { return pick(magnitude(v) < splat(FLUSH), splat(0.0), v); }
+
+static inline __attribute__((always_inline)) void pair_flush(Pair *pair)
+{
+    pair->x1 = flushed(pair->x1), pair->x2 = flushed(pair->x2), pair->y1 = flushed(pair->y1);
+    pair->y2 = flushed(pair->y2), pair->z1 = flushed(pair->z1), pair->z2 = flushed(pair->z2);
+}
+
+/* Frames of decoded samples through the loop; finished sub-blocks and pixels appended at *energies, *pixels.
+   Inlined for one and for two channels, whose running values then stay in registers; more channels keep
+   theirs in an array on the stack. */
+static inline __attribute__((always_inline)) void run_channels(Core *core, Arrays *a, const double *restrict x,
+                                                               int64_t frames, double **energies, int8_t **pixels,
+                                                               const int64_t channels)
+{
+    const int64_t pairs = (channels + 1) / 2, samples_per_pixel = core->samples_per_pixel;
+    const int64_t history_length = a->history_length, offset = history_length - TP_BLOCK;
+    const Coefficients k = {splat(core->pre[0]), splat(core->pre[1]), splat(core->pre[2]), splat(core->pre[3]),
+                            splat(core->pre[4]), splat(core->rlb[3]), splat(core->rlb[4])};
+    Pair one, many[MAX_CHANNELS / 2];
+    Pair *const pair = channels <= 2 ? &one : many;
+    for (int64_t p = 0; p < pairs; p++)
+        pair_load(&pair[p], a, 2 * p, channels);
+    int64_t block_fill = core->block_fill, pixel_frames = core->pixel_frames;
+    int64_t until_subblock = core->subblock_end - core->frames;
+    double pixel_min = core->pixel_min, pixel_max = core->pixel_max;
+    for (int64_t f = 0; f < frames;) {
+        /* the frames up to the next block, pixel or sub-block end: a loop without branches */
+        int64_t n = frames - f;
+        n = TP_BLOCK - block_fill < n ? TP_BLOCK - block_fill : n;
+        n = samples_per_pixel - pixel_frames < n ? samples_per_pixel - pixel_frames : n;
+        n = until_subblock < n ? until_subblock : n;
+        for (int64_t i = 0; i < n; i++, x += channels)
+            for (int64_t p = 0; p < pairs; p++) {
+                int64_t c = 2 * p, d = c + 1 < channels ? c + 1 : c;
+                pair_step(&pair[p], &k, (v2d){x[c], x[d]});
+                a->history[c * history_length + offset + block_fill + i] = (float)x[c];
+                a->history[d * history_length + offset + block_fill + i] = (float)x[d];
+            }
+        f += n, block_fill += n, pixel_frames += n, until_subblock -= n;
+        if (block_fill == TP_BLOCK) {
+            for (int64_t p = 0; p < pairs; p++)
+                pair_flush(&pair[p]);
+            finish_block(core, a);
+            block_fill = 0;
+        }
+        if (pixel_frames == samples_per_pixel) {
+            for (int64_t p = 0; p < pairs; p++) {
+                v2d low = pair[p].low, high = pair[p].high;
+                pixel_min = low[0] < pixel_min ? low[0] : pixel_min, pixel_min = low[1] < pixel_min ? low[1] : pixel_min;
+                pixel_max = high[0] > pixel_max ? high[0] : pixel_max, pixel_max = high[1] > pixel_max ? high[1] : pixel_max;
+                pair[p].low = splat(INFINITY), pair[p].high = splat(-INFINITY);
+            }
+            *(*pixels)++ = clamp8(floor(pixel_min * 128.0));
+            *(*pixels)++ = clamp8(ceil(pixel_max * 128.0));
+            pixel_frames = 0;
+            pixel_min = INFINITY, pixel_max = -INFINITY;
+        }
+        if (until_subblock == 0) {
+            double sum = 0.0; /* channel by channel, in order */
+            for (int64_t p = 0; p < pairs; p++) {
+                v2d weighted = pair[p].weight * pair[p].energy;
+                sum += weighted[0];
+                if (2 * p + 1 < channels)
+                    sum += weighted[1];
+                pair[p].energy = splat(0.0);
+            }
+            *(*energies)++ = sum;
+            core->subblocks++;
+            until_subblock = (core->subblocks + 1) * core->rate / 10 - (core->frames + f);
+        }
+    }
+    for (int64_t p = 0; p < pairs; p++) { /* the pixel being built keeps its bounds in the core */
+        v2d low = pair[p].low, high = pair[p].high;
+        pixel_min = low[0] < pixel_min ? low[0] : pixel_min, pixel_min = low[1] < pixel_min ? low[1] : pixel_min;
+        pixel_max = high[0] > pixel_max ? high[0] : pixel_max, pixel_max = high[1] > pixel_max ? high[1] : pixel_max;
+        pair_store(&pair[p], a, 2 * p, channels);
+    }
+    core->frames += frames;
+    core->subblock_end = core->frames + until_subblock;
+    core->block_fill = block_fill;
+    core->pixel_frames = pixel_frames;
+    core->pixel_min = pixel_min;
+    core->pixel_max = pixel_max;
+}
+
+static void run(Core *core, Arrays *a, const double *x, int64_t frames, double **energies, int8_t **pixels)
+{
+    switch (core->channels) {
+    case 1:
+        run_channels(core, a, x, frames, energies, pixels, 1);
+        break;
+    case 2:
+        run_channels(core, a, x, frames, energies, pixels, 2);
+        break;
+    default:
+        run_channels(core, a, x, frames, energies, pixels, core->channels);
+        break;
+    }
+}
+
+/* The core in a bytearray, if it is one this module made: a restored state is checked before it is trusted. */
+static Core *checked(Py_buffer *view)
+{
+    Core *core = (Core *)view->buf;
+    if (view->len < (Py_ssize_t)sizeof(Core) || core->magic != MAGIC || core->size != view->len ||
+        core->encoding < 0 || core->encoding >= ENC_COUNT || core->channels < 1 || core->channels > MAX_CHANNELS ||
+        core->factor < 1 || core->factor > MAX_FACTOR || core->half < 1 || core->half > MAX_HALF || core->rate < 1 ||
+        core->size != core_bytes(core->channels, core->factor, core->half) || core->block_fill < 0 ||
+        core->block_fill >= TP_BLOCK || core->samples_per_pixel < 1 || core->samples_per_pixel > (1LL << 40) ||
+        core->pixel_frames < 0 || core->pixel_frames >= core->samples_per_pixel) {
+        PyErr_SetString(PyExc_ValueError, "not an analyser core");
+        return NULL;
+    }
+    return core;
+}
+
+static PyObject *core_size(PyObject *self, PyObject *args)
+{
+    long long channels, factor, half;
+    if (!PyArg_ParseTuple(args, "LLL", &channels, &factor, &half))
+        return NULL;
+    if (channels < 1 || channels > MAX_CHANNELS || factor < 1 || factor > MAX_FACTOR || half < 1 || half > MAX_HALF) {
+        PyErr_SetString(PyExc_ValueError, "channels, oversampling or taps out of range");
+        return NULL;
+    }
+    return PyLong_FromLongLong(core_bytes(channels, factor, half));
+}
+
+/* init(core, encoding, channels, rate, samples_per_pixel, factor, half, k_weighting, weights, taps, tp_gain) */
+static PyObject *init(PyObject *self, PyObject *args)
+{
+    Py_buffer view, k, weights, taps;
+    long long encoding, channels, rate, spp, factor, half;
+    double tp_gain;
+    if (!PyArg_ParseTuple(args, "w*LLLLLLy*y*y*d", &view, &encoding, &channels, &rate, &spp, &factor, &half, &k,
+                          &weights, &taps, &tp_gain))
+        return NULL;
+    PyObject *result = NULL;
+    if (encoding < 0 || encoding >= ENC_COUNT || rate < 1 || spp < 1 || channels < 1 || channels > MAX_CHANNELS ||
+        factor < 1 || factor > MAX_FACTOR || half < 1 || half > MAX_HALF ||
+        view.len != core_bytes(channels, factor, half) || k.len != 10 * (Py_ssize_t)sizeof(double) ||
+        weights.len != channels * (Py_ssize_t)sizeof(double) ||
+        taps.len != (factor - 1) * 2 * half * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent analyser parameters");
+        goto done;
+    }
+    memset(view.buf, 0, (size_t)view.len);
+    Core *core = (Core *)view.buf;
+    core->magic = MAGIC;
+    core->size = view.len;
+    core->encoding = encoding, core->channels = channels, core->rate = rate;
+    core->factor = factor, core->half = half;
+    core->subblock_end = rate / 10;
+    core->samples_per_pixel = spp;
+    core->pixel_min = INFINITY, core->pixel_max = -INFINITY;
+    core->tp_gain = tp_gain;
+    memcpy(core->pre, k.buf, 5 * sizeof(double));
+    memcpy(core->rlb, (double *)k.buf + 5, 5 * sizeof(double));
+    if (core->rlb[0] != 1.0 || core->rlb[1] != -2.0 || core->rlb[2] != 1.0) {
+        PyErr_SetString(PyExc_ValueError, "the high-pass's numerator is 1, -2, 1 at every rate");
+        goto done;
+    }
+    Arrays a = arrays_of(core);
+    memcpy(a.weight, weights.buf, (size_t)weights.len);
+    memcpy(a.taps, taps.buf, (size_t)taps.len);
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view), PyBuffer_Release(&k), PyBuffer_Release(&weights), PyBuffer_Release(&taps);
+    return result;
+}
+
+/* feed(core, samples) -> (sub-block energies as native doubles, pixels as signed byte pairs) */
+static PyObject *feed(PyObject *self, PyObject *args)
+{
+    Py_buffer view, samples;
+    if (!PyArg_ParseTuple(args, "w*y*", &view, &samples))
+        return NULL;
+    PyObject *energies = NULL, *pixels = NULL, *result = NULL;
+    Core *core = checked(&view);
+    if (!core)
+        goto done;
+    const int64_t frame_bytes = SAMPLE_BYTES[core->encoding] * core->channels;
+    if (samples.len % frame_bytes) {
+        PyErr_SetString(PyExc_ValueError, "samples must be whole frames");
+        goto done;
+    }
+    const int64_t frames = samples.len / frame_bytes, per_subblock = core->rate / 10 > 0 ? core->rate / 10 : 1;
+    energies = PyBytes_FromStringAndSize(NULL, (frames / per_subblock + 2) * (Py_ssize_t)sizeof(double));
+    pixels = PyBytes_FromStringAndSize(NULL, (frames / core->samples_per_pixel + 2) * 2);
+    if (!energies || !pixels)
+        goto done;
+    double *e = (double *)PyBytes_AS_STRING(energies);
+    int8_t *p = (int8_t *)PyBytes_AS_STRING(pixels);
+    Arrays a = arrays_of(core);
+    const int64_t batch = DECODE_SAMPLES / core->channels;
+    const uint8_t *in = samples.buf;
+    Py_BEGIN_ALLOW_THREADS /* the buffers are held: the bytearray cannot be resized meanwhile */
+    double decoded[DECODE_SAMPLES];
+    for (int64_t start = 0; start < frames; start += batch) {
+        int64_t n = frames - start < batch ? frames - start : batch;
+        decode(core->encoding, in + start * frame_bytes, n * core->channels, decoded);
+        run(core, &a, decoded, n, &e, &p);
+    }
+    Py_END_ALLOW_THREADS
+    if (_PyBytes_Resize(&energies, (char *)e - PyBytes_AS_STRING(energies)) < 0 ||
+        _PyBytes_Resize(&pixels, (char *)p - PyBytes_AS_STRING(pixels)) < 0)
+        goto done;
+    result = PyTuple_Pack(2, energies, pixels);
+done:
+    Py_XDECREF(energies), Py_XDECREF(pixels);
+    PyBuffer_Release(&view), PyBuffer_Release(&samples);
+    return result;
+}
+
+/* finish(core) -> true peak after silence to the end of the last point's window (changes the core: pass a copy) */
+static PyObject *finish(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "w*", &view))
+        return NULL;
+    PyObject *result = NULL;
+    Core *core = checked(&view);
+    if (core) {
+        Arrays a = arrays_of(core);
+        int64_t offset = a.history_length - TP_BLOCK, silence = core->half + TP_BLOCK;
+        for (int64_t i = 0; i < silence; i++) {
+            for (int64_t c = 0; c < core->channels; c++)
+                a.history[c * a.history_length + offset + core->block_fill] = 0.0f;
+            if (++core->block_fill == TP_BLOCK)
+                finish_block(core, &a);
+        }
+        result = PyFloat_FromDouble(core->true_peak);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* widen_pixels(core, carried_min, carried_max, carried) -> None: twice the samples per pixel from now on; the
+   pixel being built takes in the finished one before it (its quantized bounds) when `carried` is true. */
+static PyObject *widen_pixels(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    int carried_min, carried_max, carried;
+    if (!PyArg_ParseTuple(args, "w*iip", &view, &carried_min, &carried_max, &carried))
+        return NULL;
+    PyObject *result = NULL;
+    Core *core = checked(&view);
+    if (core) {
+        if (carried) {
+            double low = carried_min / 128.0, high = carried_max / 128.0;
+            core->pixel_frames += core->samples_per_pixel;
+            if (low < core->pixel_min)
+                core->pixel_min = low;
+            if (high > core->pixel_max)
+                core->pixel_max = high;
+        }
+        core->samples_per_pixel *= 2;
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* counters(core) -> (frames, samples_per_pixel, sample_peak) */
+static PyObject *counters(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "w*", &view))
+        return NULL;
+    PyObject *result = NULL;
+    Core *core = checked(&view);
+    if (core)
+        result = Py_BuildValue("LLd", (long long)core->frames, (long long)core->samples_per_pixel, core->sample_peak);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"core_size", core_size, METH_VARARGS, "core_size(channels, factor, half) -> bytes the core needs"},
+    {"init", init, METH_VARARGS, "init(core, encoding, channels, rate, spp, factor, half, k, weights, taps, gain)"},
+    {"feed", feed, METH_VARARGS, "feed(core, samples) -> (sub-block energies, pixels)"},
+    {"finish", finish, METH_VARARGS, "finish(core) -> true peak (changes the core)"},
+    {"widen_pixels", widen_pixels, METH_VARARGS, "widen_pixels(core, min, max, carried) -> None"},
+    {"counters", counters, METH_VARARGS, "counters(core) -> (frames, samples per pixel, sample peak)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_measure", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__measure(void)
+{
+#if PY_BIG_ENDIAN
+#error "the WAV's samples are little-endian and read as such"
+#endif
+    build_g711_tables();
+    return PyModule_Create(&module);
+}
