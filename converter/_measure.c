@@ -523,7 +523,8 @@ done:
     return result;
 }
 
-/* finish(core) -> true peak after silence to the end of the last point's window (changes the core: pass a copy) */
+/* finish(core) -> (true peak, sample peak) after silence to the end of the last point's window: the last
+   block's samples and points counted (changes the core: pass a copy) */
 static PyObject *finish(PyObject *self, PyObject *args)
 {
     Py_buffer view;
@@ -540,7 +541,7 @@ static PyObject *finish(PyObject *self, PyObject *args)
             if (++core->block_fill == TP_BLOCK)
                 finish_block(core, &a);
         }
-        result = PyFloat_FromDouble(core->true_peak);
+        result = Py_BuildValue("dd", core->true_peak, core->sample_peak);
     }
     PyBuffer_Release(&view);
     return result;
@@ -572,7 +573,7 @@ static PyObject *widen_pixels(PyObject *self, PyObject *args)
     return result;
 }
 
-/* counters(core) -> (frames, samples_per_pixel, sample_peak) */
+/* counters(core) -> (frames, samples_per_pixel) */
 static PyObject *counters(PyObject *self, PyObject *args)
 {
     Py_buffer view;
@@ -581,7 +582,7 @@ static PyObject *counters(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     Core *core = checked(&view);
     if (core)
-        result = Py_BuildValue("LLd", (long long)core->frames, (long long)core->samples_per_pixel, core->sample_peak);
+        result = Py_BuildValue("LL", (long long)core->frames, (long long)core->samples_per_pixel);
     PyBuffer_Release(&view);
     return result;
 }
@@ -590,9 +591,9 @@ static PyMethodDef methods[] = {
     {"core_size", core_size, METH_VARARGS, "core_size(channels, factor, half) -> bytes the core needs"},
     {"init", init, METH_VARARGS, "init(core, encoding, channels, rate, spp, factor, half, k, weights, taps, gain)"},
     {"feed", feed, METH_VARARGS, "feed(core, samples) -> (sub-block energies, pixels)"},
-    {"finish", finish, METH_VARARGS, "finish(core) -> true peak (changes the core)"},
+    {"finish", finish, METH_VARARGS, "finish(core) -> (true peak, sample peak) (changes the core)"},
     {"widen_pixels", widen_pixels, METH_VARARGS, "widen_pixels(core, min, max, carried) -> None"},
-    {"counters", counters, METH_VARARGS, "counters(core) -> (frames, samples per pixel, sample peak)"},
+    {"counters", counters, METH_VARARGS, "counters(core) -> (frames, samples per pixel)"},
     {NULL, NULL, 0, NULL},
 };
 

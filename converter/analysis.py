@@ -233,8 +233,8 @@ class Analyser:
             self._feed(view[:whole])
 
     def result(self) -> Analysis:
-        frames, samples_per_pixel, sample_peak = _measure.counters(self._core)
-        true_peak = _measure.finish(bytearray(self._core))  # a copy: the analysis may go on
+        frames, samples_per_pixel = _measure.counters(self._core)
+        true_peak, sample_peak = _measure.finish(bytearray(self._core))  # a copy: the analysis may go on
         loudness = Loudness(
             integrated=self._momentary.integrated(RELATIVE_GATE),
             range=self._short_term.range(),
