@@ -9,9 +9,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
-COPY scripts/build-measure scripts/
-COPY converter/_measure.c converter/
-RUN scripts/build-measure python
+COPY converter/__init__.py converter/build_measure.py converter/_measure.c converter/
+RUN python -m converter.build_measure
 
 FROM python:3.11-slim
 

@@ -29,9 +29,11 @@ number of pieces leaves the same bytes as taking them at once. Built with
 
 #define MAGIC 0x3165727573616d6dULL /* "mmasure1" (little-endian) */
 #define MAX_CHANNELS 64
-#define MAX_FACTOR 32
-#define MAX_HALF 16
-#define TP_BLOCK 32 /* frames per true-peak block; >= 2 * half - 1; interpolated_peak() does 32 at a time */
+#define MAX_STAGES 5 /* of oversampling by 2: at most 32 points per sample */
+#define FIRST_HALF 12 /* taps on each side of the first stage's midpoints: that stage sets the accuracy */
+#define LATER_HALF 4  /* and of the later stages': their input is already oversampled */
+#define TP_BLOCK 32   /* frames per true-peak block: a multiple of 32, at least twice the stages' reach */
+#define TP_WINDOW (2 * TP_BLOCK) /* the samples a block's points are made of: the block and the one before */
 #define DECODE_SAMPLES 4096
 #define LARGEST 65536.0 /* float samples beyond +96 dBFS are taken as this */
 
@@ -42,7 +44,7 @@ typedef struct {
     uint64_t magic;
     int64_t size;
     int64_t encoding, channels, rate;
-    int64_t factor, half; /* oversampling (1: none) and taps on each side of a point */
+    int64_t stages; /* of oversampling by 2 (0: the samples are dense enough) */
     int64_t frames;       /* taken so far */
     int64_t subblocks;    /* 100 ms sub-blocks finished */
     int64_t subblock_end; /* the frame that ends the current one */
@@ -50,26 +52,25 @@ typedef struct {
     int64_t block_fill; /* frames in the current true-peak block */
     double pixel_min, pixel_max;
     double sample_peak, true_peak;
-    double tp_gain;
+    double reach[MAX_STAGES]; /* the most the stages from this one on can exceed their input's largest value */
     double pre[5], rlb[5]; /* b0 b1 b2 a1 a2 of each biquad */
 } Core;
 
 /* Per-channel arrays after the Core, each `channels` long (filter: 6 per channel), then in single precision
-   the true peak's: each channel's recent samples (history_length each) and the taps ((factor - 1) x 2 half).
-   Single precision is plenty for a peak (1e-6 dB) and twice as fast to interpolate. */
+   the true peak's: each channel's recent samples (TP_WINDOW each), and the taps of one side of the first
+   stage's symmetric filter (FIRST_HALF) and of the later stages' (LATER_HALF). Single precision is plenty
+   for a peak (1e-6 dB) and twice as fast to interpolate. */
 typedef struct {
     double *weight, *filter, *energy, *block_max, *previous_max;
-    float *history, *taps;
+    float *history, *first_taps, *later_taps;
     int64_t history_length;
 } Arrays;
 
 static double ALAW[256], MULAW[256];
 
-static int64_t history_length(int64_t half) { return 2 * half - 1 + TP_BLOCK; }
-
-static int64_t core_bytes(int64_t channels, int64_t factor, int64_t half)
+static int64_t core_bytes(int64_t channels)
 {
-    int64_t doubles = channels * (1 + 6 + 1 + 1 + 1), floats = channels * history_length(half) + (factor - 1) * 2 * half;
+    int64_t doubles = channels * (1 + 6 + 1 + 1 + 1), floats = channels * TP_WINDOW + FIRST_HALF + LATER_HALF;
     return (int64_t)sizeof(Core) + doubles * (int64_t)sizeof(double) + floats * (int64_t)sizeof(float);
 }
 
@@ -78,14 +79,15 @@ static Arrays arrays_of(Core *core)
     Arrays a;
     double *p = (double *)(core + 1);
     int64_t c = core->channels;
-    a.history_length = history_length(core->half);
+    a.history_length = TP_WINDOW;
     a.weight = p, p += c;
     a.filter = p, p += 6 * c;
     a.energy = p, p += c;
     a.block_max = p, p += c;
     a.previous_max = p, p += c;
     a.history = (float *)p;
-    a.taps = a.history + c * a.history_length;
+    a.first_taps = a.history + c * a.history_length;
+    a.later_taps = a.first_taps + FIRST_HALF;
     return a;
 }
 
@@ -179,44 +181,121 @@ static inline v8f larger8(v8f a, v8f b) { return (v8f)(((v8i)a & (a > b)) | ((v8
 static inline v8f magnitude8(v8f v) { return (v8f)((v8i)v & (v8i){INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX,
                                                                    INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX}); }
 
-/* The largest magnitude among one channel's block of interpolated points: TP_BLOCK (32) points for each
-   phase. Built for wider vectors too where the machine has them: each point still sums its taps one by
-   one, in order, so every build gives the same bits. */
+static inline void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+
+/* Eight samples and the eight midpoints after them, interleaved into out[0..15]. */
+static inline void interleave8(float *out, v8f samples, v8f midpoints)
+{
+#if defined(__clang__)
+    v8f low = __builtin_shufflevector(samples, midpoints, 0, 8, 1, 9, 2, 10, 3, 11);
+    v8f high = __builtin_shufflevector(samples, midpoints, 4, 12, 5, 13, 6, 14, 7, 15);
+#else
+    v8f low = __builtin_shuffle(samples, midpoints, (v8i){0, 8, 1, 9, 2, 10, 3, 11});
+    v8f high = __builtin_shuffle(samples, midpoints, (v8i){4, 12, 5, 13, 6, 14, 7, 15});
+#endif
+    store8(out, low);
+    store8(out + 8, high);
+}
+
+/* The largest magnitude among n values, in vectors of four: every x86-64 and ARM64 has those. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+static float largest_of(const float *x, int n)
+{
+    const v4i clear_sign = {INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX};
+    v4f m = {0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        v4f v;
+        memcpy(&v, x + i, sizeof v);
+        v = (v4f)((v4i)v & clear_sign);
+        m = (v4f)(((v4i)v & (v > m)) | ((v4i)m & ~(v > m)));
+    }
+    float largest = 0.0f;
+    for (int j = 0; j < 4; j++)
+        largest = m[j] > largest ? m[j] : largest;
+    for (; i < n; i++)
+        largest = fabsf(x[i]) > largest ? fabsf(x[i]) : largest;
+    return largest;
+}
+
+/* One stage of oversampling by 2: out holds in[half - 1 ...] with the midpoint after each sample,
+   m[i] = sum over k < half of taps[k] (in[i + k] + in[i + 2 half - 1 - k]) (the filter is symmetric),
+   as far as the input reaches; returns out's length. Eight midpoints at a time in vectors of the
+   machine's width, the rest one by one: each midpoint sums its taps in the same order either way, so
+   every build (and the vector or the scalar path) gives the same bits. *largest: the largest magnitude
+   among the midpoints. */
 #if defined(__x86_64__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 __attribute__((target_clones("avx2", "default")))
 #endif
 #endif
-static float interpolated_peak(const float *x, const float *taps, int64_t phases, int64_t count)
+static int oversample(const float *in, int n, const float *taps, int half, float *out, float *largest)
 {
+    int count = n - 2 * half + 1, i = 0;
     v8f peak = {0};
-    for (int64_t p = 0; p < phases; p++) {
-        const float *h = taps + p * count;
-        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        for (int64_t k = 0; k < count; k++) {
-            v8f tap = {h[k], h[k], h[k], h[k], h[k], h[k], h[k], h[k]};
-            a0 += tap * load8(x + k);
-            a1 += tap * load8(x + k + 8);
-            a2 += tap * load8(x + k + 16);
-            a3 += tap * load8(x + k + 24);
+    for (; i + 32 <= count; i += 32) { /* four independent sums at a time: the adds' latency overlaps */
+        v8f s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+        const float *near = in + i, *far = in + i + 2 * half - 1;
+        for (int k = 0; k < half; k++) {
+            v8f tap = {taps[k], taps[k], taps[k], taps[k], taps[k], taps[k], taps[k], taps[k]};
+            s0 += tap * (load8(near + k) + load8(far - k));
+            s1 += tap * (load8(near + k + 8) + load8(far - k + 8));
+            s2 += tap * (load8(near + k + 16) + load8(far - k + 16));
+            s3 += tap * (load8(near + k + 24) + load8(far - k + 24));
         }
-        peak = larger8(peak, larger8(larger8(magnitude8(a0), magnitude8(a1)), larger8(magnitude8(a2), magnitude8(a3))));
+        peak = larger8(peak, larger8(larger8(magnitude8(s0), magnitude8(s1)), larger8(magnitude8(s2), magnitude8(s3))));
+        const float *passed = in + i + half - 1;
+        interleave8(out + 2 * i, load8(passed), s0);
+        interleave8(out + 2 * i + 16, load8(passed + 8), s1);
+        interleave8(out + 2 * i + 32, load8(passed + 16), s2);
+        interleave8(out + 2 * i + 48, load8(passed + 24), s3);
     }
-    float largest = 0.0f;
-    for (int i = 0; i < 8; i++)
-        largest = peak[i] > largest ? peak[i] : largest;
-    return largest;
+    for (; i + 8 <= count; i += 8) {
+        v8f sum = {0};
+        for (int k = 0; k < half; k++) {
+            v8f tap = {taps[k], taps[k], taps[k], taps[k], taps[k], taps[k], taps[k], taps[k]};
+            sum += tap * (load8(in + i + k) + load8(in + i + 2 * half - 1 - k));
+        }
+        peak = larger8(peak, magnitude8(sum));
+        interleave8(out + 2 * i, load8(in + i + half - 1), sum);
+    }
+    float most = 0.0f;
+    for (int j = 0; j < 8; j++)
+        most = peak[j] > most ? peak[j] : most;
+    for (; i < count; i++) {
+        float sum = 0.0f;
+        for (int k = 0; k < half; k++)
+            sum += taps[k] * (in[i + k] + in[i + 2 * half - 1 - k]);
+        out[2 * i] = in[i + half - 1], out[2 * i + 1] = sum;
+        most = fabsf(sum) > most ? fabsf(sum) : most;
+    }
+    *largest = most;
+    return 2 * count;
 }
 
-/* The interpolated points of one channel's finished block, if they could raise the true peak. */
+/* The points interpolated among one channel's last two blocks (its window), stage by stage while
+   they could still raise the true peak: no point of the stages from s on exceeds reach[s] times the
+   largest value stage s is fed (the summed magnitudes of the taps that make it). Each block's points
+   reach past its own stretch into its neighbours' (the stages' filters need samples on both sides),
+   so that together the blocks leave out none. */
 static void true_peak_block(Core *core, Arrays *a, int64_t c)
 {
+    enum { MOST = TP_WINDOW << MAX_STAGES };
+    float one[MOST], other[MOST];
     const float *x = a->history + c * a->history_length;
-    double bound = a->previous_max[c] > a->block_max[c] ? a->previous_max[c] : a->block_max[c];
-    if (core->factor > 1 && core->tp_gain * bound > core->true_peak) {
-        double peak = interpolated_peak(x, a->taps, core->factor - 1, 2 * core->half);
-        if (peak > core->true_peak)
-            core->true_peak = peak;
+    double largest = a->previous_max[c] > a->block_max[c] ? a->previous_max[c] : a->block_max[c];
+    const float *in = x;
+    int n = TP_WINDOW;
+    for (int64_t stage = 0; stage < core->stages && core->reach[stage] * largest > core->true_peak; stage++) {
+        float *out = stage % 2 ? other : one, midpoints;
+        n = stage == 0 ? oversample(in, n, a->first_taps, FIRST_HALF, out, &midpoints)
+                       : oversample(in, n, a->later_taps, LATER_HALF, out, &midpoints);
+        in = out;
+        if (midpoints > core->true_peak)
+            core->true_peak = midpoints;
+        largest = midpoints > largest ? midpoints : largest; /* the samples passed on are no larger than before */
     }
     a->previous_max[c] = a->block_max[c];
     a->block_max[c] = 0.0;
@@ -226,13 +305,7 @@ static void true_peak_block(Core *core, Arrays *a, int64_t c)
 static void finish_block(Core *core, Arrays *a)
 {
     for (int64_t c = 0; c < core->channels; c++) { /* the block's largest sample, as the points see it */
-        const float *block = a->history + c * a->history_length + (a->history_length - TP_BLOCK);
-        v8f m = larger8(larger8(magnitude8(load8(block)), magnitude8(load8(block + 8))),
-                        larger8(magnitude8(load8(block + 16)), magnitude8(load8(block + 24))));
-        float largest = 0.0f;
-        for (int i = 0; i < 8; i++)
-            largest = m[i] > largest ? m[i] : largest;
-        a->block_max[c] = largest;
+        a->block_max[c] = largest_of(a->history + c * a->history_length + (a->history_length - TP_BLOCK), TP_BLOCK);
     }
     for (int64_t c = 0; c < core->channels; c++) { /* the samples themselves first: the bar the points must pass */
         if (a->block_max[c] > core->sample_peak)
@@ -415,8 +488,8 @@ static Core *checked(Py_buffer *view)
     Core *core = (Core *)view->buf;
     if (view->len < (Py_ssize_t)sizeof(Core) || core->magic != MAGIC || core->size != view->len ||
         core->encoding < 0 || core->encoding >= ENC_COUNT || core->channels < 1 || core->channels > MAX_CHANNELS ||
-        core->factor < 1 || core->factor > MAX_FACTOR || core->half < 1 || core->half > MAX_HALF || core->rate < 1 ||
-        core->size != core_bytes(core->channels, core->factor, core->half) || core->block_fill < 0 ||
+        core->stages < 0 || core->stages > MAX_STAGES || core->rate < 1 ||
+        core->size != core_bytes(core->channels) || core->block_fill < 0 ||
         core->block_fill >= TP_BLOCK || core->samples_per_pixel < 1 || core->samples_per_pixel > (1LL << 40) ||
         core->pixel_frames < 0 || core->pixel_frames >= core->samples_per_pixel) {
         PyErr_SetString(PyExc_ValueError, "not an analyser core");
@@ -427,31 +500,31 @@ static Core *checked(Py_buffer *view)
 
 static PyObject *core_size(PyObject *self, PyObject *args)
 {
-    long long channels, factor, half;
-    if (!PyArg_ParseTuple(args, "LLL", &channels, &factor, &half))
+    long long channels;
+    if (!PyArg_ParseTuple(args, "L", &channels))
         return NULL;
-    if (channels < 1 || channels > MAX_CHANNELS || factor < 1 || factor > MAX_FACTOR || half < 1 || half > MAX_HALF) {
-        PyErr_SetString(PyExc_ValueError, "channels, oversampling or taps out of range");
+    if (channels < 1 || channels > MAX_CHANNELS) {
+        PyErr_SetString(PyExc_ValueError, "channels out of range");
         return NULL;
     }
-    return PyLong_FromLongLong(core_bytes(channels, factor, half));
+    return PyLong_FromLongLong(core_bytes(channels));
 }
 
-/* init(core, encoding, channels, rate, samples_per_pixel, factor, half, k_weighting, weights, taps, tp_gain) */
+/* init(core, encoding, channels, rate, samples_per_pixel, stages, k_weighting, weights, first_taps, later_taps,
+   reaches): reaches[s], the most the points of stages s and after can exceed the largest value stage s is fed */
 static PyObject *init(PyObject *self, PyObject *args)
 {
-    Py_buffer view, k, weights, taps;
-    long long encoding, channels, rate, spp, factor, half;
-    double tp_gain;
-    if (!PyArg_ParseTuple(args, "w*LLLLLLy*y*y*d", &view, &encoding, &channels, &rate, &spp, &factor, &half, &k,
-                          &weights, &taps, &tp_gain))
+    Py_buffer view, k, weights, first, later, reaches;
+    long long encoding, channels, rate, spp, stages;
+    if (!PyArg_ParseTuple(args, "w*LLLLLy*y*y*y*y*", &view, &encoding, &channels, &rate, &spp, &stages, &k, &weights,
+                          &first, &later, &reaches))
         return NULL;
     PyObject *result = NULL;
     if (encoding < 0 || encoding >= ENC_COUNT || rate < 1 || spp < 1 || channels < 1 || channels > MAX_CHANNELS ||
-        factor < 1 || factor > MAX_FACTOR || half < 1 || half > MAX_HALF ||
-        view.len != core_bytes(channels, factor, half) || k.len != 10 * (Py_ssize_t)sizeof(double) ||
-        weights.len != channels * (Py_ssize_t)sizeof(double) ||
-        taps.len != (factor - 1) * 2 * half * (Py_ssize_t)sizeof(float)) {
+        stages < 0 || stages > MAX_STAGES || view.len != core_bytes(channels) ||
+        k.len != 10 * (Py_ssize_t)sizeof(double) || weights.len != channels * (Py_ssize_t)sizeof(double) ||
+        first.len != FIRST_HALF * (Py_ssize_t)sizeof(float) || later.len != LATER_HALF * (Py_ssize_t)sizeof(float) ||
+        reaches.len != stages * (Py_ssize_t)sizeof(double)) {
         PyErr_SetString(PyExc_ValueError, "inconsistent analyser parameters");
         goto done;
     }
@@ -460,11 +533,10 @@ static PyObject *init(PyObject *self, PyObject *args)
     core->magic = MAGIC;
     core->size = view.len;
     core->encoding = encoding, core->channels = channels, core->rate = rate;
-    core->factor = factor, core->half = half;
+    core->stages = stages;
     core->subblock_end = rate / 10;
     core->samples_per_pixel = spp;
     core->pixel_min = INFINITY, core->pixel_max = -INFINITY;
-    core->tp_gain = tp_gain;
     memcpy(core->pre, k.buf, 5 * sizeof(double));
     memcpy(core->rlb, (double *)k.buf + 5, 5 * sizeof(double));
     if (core->rlb[0] != 1.0 || core->rlb[1] != -2.0 || core->rlb[2] != 1.0) {
@@ -473,10 +545,13 @@ static PyObject *init(PyObject *self, PyObject *args)
     }
     Arrays a = arrays_of(core);
     memcpy(a.weight, weights.buf, (size_t)weights.len);
-    memcpy(a.taps, taps.buf, (size_t)taps.len);
+    memcpy(a.first_taps, first.buf, (size_t)first.len);
+    memcpy(a.later_taps, later.buf, (size_t)later.len);
+    memcpy(core->reach, reaches.buf, (size_t)reaches.len);
     result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&view), PyBuffer_Release(&k), PyBuffer_Release(&weights), PyBuffer_Release(&taps);
+    PyBuffer_Release(&view), PyBuffer_Release(&k), PyBuffer_Release(&weights), PyBuffer_Release(&first);
+    PyBuffer_Release(&later), PyBuffer_Release(&reaches);
     return result;
 }
 
@@ -534,7 +609,7 @@ static PyObject *finish(PyObject *self, PyObject *args)
     Core *core = checked(&view);
     if (core) {
         Arrays a = arrays_of(core);
-        int64_t offset = a.history_length - TP_BLOCK, silence = core->half + TP_BLOCK;
+        int64_t offset = a.history_length - TP_BLOCK, silence = 2 * TP_BLOCK; /* past the last points' reach */
         for (int64_t i = 0; i < silence; i++) {
             for (int64_t c = 0; c < core->channels; c++)
                 a.history[c * a.history_length + offset + core->block_fill] = 0.0f;
@@ -588,8 +663,8 @@ static PyObject *counters(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
-    {"core_size", core_size, METH_VARARGS, "core_size(channels, factor, half) -> bytes the core needs"},
-    {"init", init, METH_VARARGS, "init(core, encoding, channels, rate, spp, factor, half, k, weights, taps, gain)"},
+    {"core_size", core_size, METH_VARARGS, "core_size(channels) -> bytes the core needs"},
+    {"init", init, METH_VARARGS, "init(core, encoding, channels, rate, spp, stages, k, weights, first, later, reaches)"},
     {"feed", feed, METH_VARARGS, "feed(core, samples) -> (sub-block energies, pixels)"},
     {"finish", finish, METH_VARARGS, "finish(core) -> (true peak, sample peak) (changes the core)"},
     {"widen_pixels", widen_pixels, METH_VARARGS, "widen_pixels(core, min, max, carried) -> None"},

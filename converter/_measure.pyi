@@ -1,19 +1,19 @@
 # The analyser's compiled loop (converter/_measure.c); converter/analysis.py is its one user.
 from _typeshed import ReadableBuffer as Buffer
 
-def core_size(channels: int, factor: int, half: int, /) -> int: ...
+def core_size(channels: int, /) -> int: ...
 def init(
     core: bytearray,
     encoding: int,
     channels: int,
     rate: int,
     samples_per_pixel: int,
-    factor: int,
-    half: int,
+    stages: int,
     k_weighting: Buffer,
     weights: Buffer,
-    taps: Buffer,
-    tp_gain: float,
+    first_taps: Buffer,
+    later_taps: Buffer,
+    reaches: Buffer,
     /,
 ) -> None: ...
 def feed(core: bytearray, samples: Buffer, /) -> tuple[bytes, bytes]: ...

@@ -13,12 +13,13 @@ bounded summary: nothing of the audio itself. At the end, ``result()`` gives
 ``state()`` saves all of it as bytes and ``Analyser.restore(format, state)``
 goes on from there: feeding A, saving, restoring and feeding B gives exactly the
 result of feeding A then B, wherever A ends (a resumed upload on another
-process). The per-sample work is converter/_measure.c (scripts/build-measure);
+process). The per-sample work is converter/_measure.c (built by converter/build_measure.py);
 the per-100 ms work, gating and the formats are here.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import zlib
@@ -87,13 +88,15 @@ LOW_FREQUENCY = {"LFE", "LFE2"}
 
 # True peak: the points between the samples of a band-limited interpolation, at least 4x
 # (BS.1770-4 Annex 2 oversamples 48 kHz to 192 kHz) and to at least 176.4 kHz, so that a
-# lower rate's points stay as close together. Kaiser-windowed sinc, 24 taps per point:
-# within 0.006 dB of the ideal up to 0.4 of the sample rate. Each point is a weighted sum
-# of its taps' samples, so it exceeds them by the sum of the taps' magnitudes at most
-# (about 2.25): blocks whose samples stay that far below the peak so far are skipped.
+# lower rate's points stay as close together: stages that each put a point midway between
+# every two, Kaiser-windowed sincs. The first, 24 taps, sets the accuracy (within 0.01 dB of
+# an ideal interpolator up to 0.4 of the sample rate); the later ones work on an already
+# oversampled signal and need 8. A stage's points exceed the values it is fed by the sum of
+# its taps' magnitudes at most: blocks whose samples stay that far below the peak so far are
+# not interpolated (converter/_measure.c).
 OVERSAMPLED_RATE = 176_400
-MIN_OVERSAMPLING = 4
-TAPS_EACH_SIDE = 12
+FIRST_TAPS_EACH_SIDE = 12  # as converter/_measure.c's FIRST_HALF
+LATER_TAPS_EACH_SIDE = 4  # and LATER_HALF
 KAISER_BETA = 6.0
 
 STATE_MAGIC = b"WAVA"
@@ -194,22 +197,19 @@ class Analyser:
         self.format = format
         self._encoding = ENCODINGS[format.format_tag, format.block_align // format.channels]
         self._partial = b""  # the start of a sample frame that the last piece cut
-        factor = oversampling(format.sample_rate)
-        taps, gain = interpolation_taps(factor)
-        size = _measure.core_size(format.channels, factor, TAPS_EACH_SIDE)
-        self._core = bytearray(size)
+        self._core = bytearray(_measure.core_size(format.channels))
         _measure.init(
             self._core,
             self._encoding,
             format.channels,
             format.sample_rate,
             max(1, format.sample_rate // PIXELS_PER_SECOND),
-            factor,
-            TAPS_EACH_SIDE,
+            oversampling_stages(format.sample_rate),
             array("d", k_weighting(format.sample_rate)).tobytes(),
             array("d", channel_weights(format)).tobytes(),
-            array("f", taps).tobytes(),
-            gain,
+            array("f", midpoint_taps(FIRST_TAPS_EACH_SIDE)).tobytes(),
+            array("f", midpoint_taps(LATER_TAPS_EACH_SIDE)).tobytes(),
+            array("d", stage_reaches(oversampling_stages(format.sample_rate))).tobytes(),
         )
         self._pixels = bytearray()
         self._subblocks = 0
@@ -446,32 +446,56 @@ def _decibels(amplitude: float) -> float | None:
     return 20 * math.log10(amplitude) if amplitude > 0 else None
 
 
-def oversampling(rate: int) -> int:
-    """How many points per sample the true peak looks at (1: the samples are dense enough)."""
-    if rate >= OVERSAMPLED_RATE:
-        return 1
-    return max(MIN_OVERSAMPLING, -(-OVERSAMPLED_RATE // rate))
+def oversampling_stages(rate: int) -> int:
+    """How many times the true peak doubles the points per sample (0: the samples are dense enough)."""
+    stages = 0
+    while rate << stages < OVERSAMPLED_RATE:
+        stages += 1
+    return stages
 
 
-def interpolation_taps(factor: int) -> tuple[list[float], float]:
-    """The taps of each point between two samples (factor - 1 points, 2 x TAPS_EACH_SIDE taps
-    each, oldest sample first), and their largest sum of magnitudes (with a hair of margin for
-    rounding): the most a point can exceed the largest sample it is made of."""
-    half = TAPS_EACH_SIDE
-    taps: list[float] = []
-    gain = 0.0
-    for point in range(1, factor):
-        fraction = point / factor
-        phase = []
-        for k in range(2 * half):
-            distance = fraction + half - 1 - k  # from the sample to the point, in samples
-            window = _kaiser(distance / half)
-            phase.append(window * math.sin(math.pi * distance) / (math.pi * distance))
-        total = math.fsum(phase)
-        phase = [c / total for c in phase]  # unity gain at 0 Hz
-        taps += phase
-        gain = max(gain, math.fsum(abs(c) for c in phase))
-    return taps, gain * (1 + 1e-9)
+def midpoint_taps(each_side: int) -> list[float]:
+    """One side of the symmetric filter that puts a point midway between two samples: the tap of
+    the sample ``each_side - 1 - k`` before the left one and of the one as far after the right one
+    (farthest first), summing to 1 over both sides."""
+    distances = [each_side - 0.5 - k for k in range(each_side)]
+    taps = [_kaiser(d / each_side) * math.sin(math.pi * d) / (math.pi * d) for d in distances]
+    total = 2 * math.fsum(taps)
+    return [tap / total for tap in taps]
+
+
+@functools.cache
+def stage_reaches(stages: int) -> tuple[float, ...]:
+    """For each stage, the most the points of it and the stages after it can exceed the largest
+    value it is fed: the largest sum of tap magnitudes among the cascade's points, the cascade taken
+    as one filter from that stage's input (tighter than the stages' own sums multiplied). With a
+    margin for the single precision the stages compute in."""
+    taps = [midpoint_taps(FIRST_TAPS_EACH_SIDE)] + [midpoint_taps(LATER_TAPS_EACH_SIDE)] * (stages - 1)
+    reaches = []
+    for start in range(stages):
+        response = [1.0]  # to one sample fed to stage `start`, on the finest grid so far
+        for stage_taps in taps[start:]:
+            response = _doubled(response, stage_taps)
+        points = 1 << (stages - start)
+        sums = (math.fsum(abs(v) for v in response[phase::points]) for phase in range(points))
+        reaches.append(max(sums) * (1 + 1e-5))
+    return tuple(reaches)
+
+
+def _doubled(response: list[float], taps: list[float]) -> list[float]:
+    """A response on twice the grid after a midpoint stage: the samples kept, each midpoint the taps'
+    weighted sum of the samples on both sides (a convolution with the stage's kernel)."""
+    side = len(taps)
+    kernel = {0: 1.0}
+    for k, tap in enumerate(taps):
+        offset = 2 * (side - 1 - k) + 1  # the tap's sample, in half samples from the midpoint
+        kernel[offset] = kernel[-offset] = tap
+    reach = 2 * side - 1
+    doubled = [0.0] * (2 * len(response) - 1 + 2 * reach)
+    for i, value in enumerate(response):
+        for offset, weight in kernel.items():
+            doubled[2 * i + reach + offset] += value * weight
+    return doubled
 
 
 def _kaiser(x: float) -> float:

@@ -15,6 +15,7 @@ ensure_venv() {
 }
 ensure_venv "${1:-requirements.txt}"
 # The analyser's compiled loop (converter/_measure.c), rebuilt when its source is newer.
-if ! compgen -G "converter/_measure.*.so" >/dev/null || [ -n "$(find converter/_measure.c -newer "$(ls converter/_measure.*.so | head -1)")" ]; then
-    scripts/build-measure
+built=$(.venv/bin/python -c 'from converter.build_measure import target; print(target())')
+if [ ! -f "$built" ] || [ converter/_measure.c -nt "$built" ]; then
+    .venv/bin/python -m converter.build_measure
 fi

@@ -154,6 +154,40 @@ def test_true_peak_sees_between_the_samples() -> None:
     assert loudness.true_peak == pytest.approx(20 * math.log10(0.7), abs=0.02)
 
 
+def reference_true_peak(channels: list[list[float]], rate: int) -> float:
+    """The largest magnitude among the samples and every point of the analyser's oversampling
+    stages, computed over each whole channel at once (silence around it), in double precision."""
+    first = analysis.midpoint_taps(analysis.FIRST_TAPS_EACH_SIDE)
+    later = analysis.midpoint_taps(analysis.LATER_TAPS_EACH_SIDE)
+    peak = 0.0
+    for samples in channels:
+        sequence = [0.0] * 64 + samples + [0.0] * 64
+        peak = max(peak, *(abs(v) for v in samples))
+        for stage in range(analysis.oversampling_stages(rate)):
+            taps = first if stage == 0 else later
+            side = len(taps)
+            count = len(sequence) - 2 * side + 1
+            middle = [
+                math.fsum(taps[k] * (sequence[i + k] + sequence[i + 2 * side - 1 - k]) for k in range(side))
+                for i in range(count)
+            ]
+            peak = max(peak, *(abs(v) for v in middle))
+            sequence = [v for pair in zip(sequence[side - 1 : side - 1 + count], middle, strict=True) for v in pair]
+    return peak
+
+
+@pytest.mark.parametrize("rate", [44100, 8000])
+def test_true_peak_skips_only_what_cannot_matter(rate: int) -> None:
+    """The blocks the analyser does not interpolate (their samples too far below the peak so far)
+    change nothing: the true peak is that of every point, computed here over the whole signal."""
+    recording = wav(SPEECH, 0.6, rate, 2)
+    header = WavHeader()
+    values = array("h", header.feed(recording))
+    channels = [[v / 32768 for v in values[c::2]] for c in range(2)]
+    expected = 20 * math.log10(reference_true_peak(channels, rate))
+    assert analysed(recording, piece=999).loudness.true_peak == pytest.approx(expected, abs=1e-4)
+
+
 def test_silence_measures_nothing_and_stays_valid_json() -> None:
     for codec in ("pcm_s16le", "pcm_u8", "pcm_mulaw", "pcm_f32le"):
         result = analysed(wav("anullsrc=r={rate}", 5, 44100, 2, codec))

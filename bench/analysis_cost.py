@@ -1,6 +1,8 @@
 """What measuring peaks and loudness costs, beside what encoding costs.
 
-Usage: scripts/analysis-cost [--seconds N] [--rate R] [--channels C]
+    .venv/bin/python -m bench.analysis_cost [--seconds N] [--rate R] [--channels C]
+
+(after any of the scripts has built converter/_measure.c: scripts/venv.sh does).
 
 Generates N seconds (default 120) of each kind of test audio with FFmpeg as raw
 16-bit samples, feeds them to converter.analysis.Analyser in the pieces the
