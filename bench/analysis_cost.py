@@ -1,6 +1,6 @@
 """What measuring peaks and loudness costs, beside what encoding costs.
 
-    .venv/bin/python -m bench.analysis_cost [--seconds N] [--rate R] [--channels C]
+    .venv/bin/python -m bench.analysis_cost [--seconds N] [--rate R] [--channels C] [--hour]
 
 (after any of the scripts has built converter/_measure.c: scripts/venv.sh does).
 
@@ -8,8 +8,13 @@ Generates N seconds (default 120) of each kind of test audio with FFmpeg as raw
 16-bit samples, feeds them to converter.analysis.Analyser in the pieces the
 service reads (256 KiB), and encodes the same samples with FFmpeg's libmp3lame
 at 192 kb/s into nothing. Prints the CPU seconds each takes per hour of audio
-(the analyser's in this process, FFmpeg's as its own user + system time) and
-what the analyser's memory grows by while it runs.
+(the analyser's in this process, the best of three runs; FFmpeg's as its own
+user + system time) and the most memory the analysis held (traced).
+
+--hour: instead, a whole hour of pink noise (dense and loud: the true peak
+interpolates most blocks) streamed from FFmpeg through one analyser as an upload
+would be (635 MB at 44.1 kHz stereo, never held): its CPU seconds, and this
+process's peak RSS (VmHWM) before and after.
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=120)
     parser.add_argument("--rate", type=int, default=44100)
     parser.add_argument("--channels", type=int, default=2)
+    parser.add_argument("--hour", action="store_true")
     args = parser.parse_args()
     ffmpeg = find_ffmpeg(None)
+    if args.hour:
+        _hour(ffmpeg, SIGNALS["pink noise"].format(rate=args.rate), args.rate, args.channels)
+        return
     per_hour = 3600 / args.seconds
     print(f"{args.seconds} s of {args.channels}-channel 16-bit audio at {args.rate} Hz, CPU seconds per hour of audio:")
     print(f"{'signal':24} {'analyser':>9} {'libmp3lame':>11} {'ratio':>7} {'memory':>9}")
@@ -55,6 +64,32 @@ def main() -> None:
             f"{analyser_s / encoder_s:6.1%} {peak_bytes / 1024:7.0f}KiB"
         )
     print(f"(ffmpeg: {ffmpeg}; encoder command: ffmpeg -f s16le -ar R -ac C -i - -c:a libmp3lame -b:a 192k -f null -)")
+
+
+def _hour(ffmpeg: str, source: str, rate: int, channels: int) -> None:
+    before = _peak_rss_kib()
+    command = [ffmpeg, "-v", "error", "-f", "lavfi", "-i", source, "-t", "3600"]
+    command += ["-ar", str(rate), "-ac", str(channels), "-f", "s16le", "-"]
+    analyser = Analyser(WavFormat(FORMAT_PCM, channels, rate, 2 * channels, 16))
+    spent = 0.0
+    with subprocess.Popen(command, stdout=subprocess.PIPE) as generator:
+        assert generator.stdout is not None
+        while piece := generator.stdout.read(PIECE):
+            started = time.process_time()
+            analyser.take(piece)
+            spent += time.process_time() - started
+    started = time.process_time()
+    result = analyser.result()
+    spent += time.process_time() - started
+    print(
+        f"one hour streamed: {spent:.3f} s of CPU in the analyser; peak RSS {before} KiB before, "
+        f"{_peak_rss_kib()} KiB after; state {len(analyser.state()) // 1024} KiB; {result.loudness}"
+    )
+
+
+def _peak_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 
 
 def _generate(ffmpeg: str, source: str, seconds: int, rate: int, channels: int) -> bytes:

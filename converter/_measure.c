@@ -8,10 +8,10 @@ One pass over the raw samples, in order. Each sample is decoded to a double
 - folded into the waveform pixel being built (minimum and maximum over every
   channel); each finished pixel goes back as two signed bytes;
 - taken into the true peak: the running maximum of |x| over the samples and
-  over the points interpolated between them (BS.1770-4 Annex 2), computed only
-  for the blocks whose samples could raise it: no interpolated point exceeds
-  the filter's gain (the sum of its taps' magnitudes) times the largest sample
-  in its window.
+  over the points interpolated between them (BS.1770-4 Annex 2: 4x and more,
+  in stages of 2x), computed only for the blocks whose samples could raise it:
+  no interpolated point exceeds the largest sample of its window times the sum
+  of the magnitudes of the taps that make it (Python works that "reach" out).
 
 All of it lives in one bytearray, struct Core followed by per-channel arrays,
 which Python saves and restores as it is. The loop is strictly sequential and
@@ -322,19 +322,13 @@ static void finish_block(Core *core, Arrays *a)
    decay into subnormal numbers, which the FPU handles a hundred times slower. */
 #define FLUSH 1e-30
 
-/* Frames of decoded samples through the loop; finished sub-blocks and pixels appended at *energies, *pixels.
-   Inlined for each common channel count, so that the channels' filters run side by side. The counters live
-   in locals meanwhile: stores through the arrays could alias the Core's fields.
-   Each biquad in direct form I, its recurrence kept to one multiply and one subtraction:
-   y[n] = (b0 x[n] + b1 x[n-1] + b2 x[n-2] - a2 y[n-2]) - a1 y[n-1]; the state per channel is
-   x[n-1], x[n-2], y[n-1], y[n-2] (shelf output, the high-pass's input), z[n-1], z[n-2]. */
 /* Channels go through in pairs, the two side by side in one vector (an odd last channel is paired with a
    copy of itself that counts for nothing): the same operations on each lane as one channel alone would get. */
 typedef double v2d __attribute__((vector_size(16)));
 typedef int64_t v2i __attribute__((vector_size(16)));
 
 typedef struct {
-    v2d x1, x2, y1, y2, z1, z2; /* the biquads' last inputs and outputs */
+    v2d x1, x2, y1, y2, z1, z2; /* x[n-1], x[n-2]; the shelf's y[n-1], y[n-2]; the high-pass's z[n-1], z[n-2] */
     v2d energy, low, high, weight;
 } Pair;
 
@@ -467,6 +461,7 @@ static inline __attribute__((always_inline)) void run_channels(Core *core, Array
     core->pixel_max = pixel_max;
 }
 
+/* Frames of decoded samples through the loop, for any channel count. */
 static void run(Core *core, Arrays *a, const double *x, int64_t frames, double **energies, int8_t **pixels)
 {
     switch (core->channels) {

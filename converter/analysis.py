@@ -63,7 +63,7 @@ RANGE_PERCENTILES = (10, 95)
 # Block loudnesses are kept as counts (and power sums) per 0.01 LU from -70 LUFS: bounded
 # whatever the length, and exact but for blocks within 0.01 LU of the relative gate.
 BINS_PER_LU = 100
-LOUDEST_BIN = 100 * BINS_PER_LU - 1  # +30 LUFS and above share the last bin
+BINS = 100 * BINS_PER_LU  # to +30 LUFS; anything louder shares the last bin
 
 # Channel weights: BS.1770-4's 1.41 (+1.5 dB) for the surround speakers, none for LFE.
 # Positions as WAVE_FORMAT_EXTENSIBLE's mask names them, bit by bit; without a mask, the
@@ -214,8 +214,8 @@ class Analyser:
         self._pixels = bytearray()
         self._subblocks = 0
         self._recent: deque[float] = deque(maxlen=SHORT_TERM_SUBBLOCKS)  # the last sub-blocks' energies
-        self._momentary = _Gate()
-        self._short_term = _Gate()
+        self._momentary = _Gate(powers=True)
+        self._short_term = _Gate(powers=False)
 
     def take(self, samples: bytes | bytearray | memoryview) -> None:
         frame = self.format.block_align
@@ -275,8 +275,8 @@ class Analyser:
             analyser._core = bytearray(reader.sized())
             (analyser._subblocks,) = reader.unpack("<Q")
             analyser._recent.extend(array("d", reader.sized()))
-            analyser._momentary = _Gate.restore(reader)
-            analyser._short_term = _Gate.restore(reader)
+            analyser._momentary = _Gate.restore(reader, powers=True)
+            analyser._short_term = _Gate.restore(reader, powers=False)
             analyser._pixels = bytearray(reader.sized())
             reader.end()
             _measure.counters(analyser._core)  # checks the core
@@ -327,12 +327,14 @@ class Analyser:
 
 
 class _Gate:
-    """The loudnesses of the gating blocks above the absolute gate, per 0.01 LU bin."""
+    """The loudnesses of the gating blocks above the absolute gate: how many fell in each 0.01 LU
+    bin and, for the integrated loudness, their summed power (fixed arrays: 40 and 80 KB)."""
 
-    def __init__(self) -> None:
+    def __init__(self, powers: bool) -> None:
         self.count = 0
         self.power = 0.0  # of every block above the absolute gate (for the relative gate)
-        self.bins: dict[int, list[float]] = {}  # bin: [blocks, their power]
+        self.blocks = array("I", bytes(4 * BINS))
+        self.powers = array("d", bytes(8 * BINS)) if powers else None
 
     def add(self, power: float) -> None:
         loudness = _lufs(power)
@@ -340,62 +342,68 @@ class _Gate:
             return
         self.count += 1
         self.power += power
-        index = min(LOUDEST_BIN, math.floor((loudness - ABSOLUTE_GATE) * BINS_PER_LU))
-        entry = self.bins.setdefault(index, [0, 0.0])
-        entry[0] += 1
-        entry[1] += power
+        index = min(BINS - 1, math.floor((loudness - ABSOLUTE_GATE) * BINS_PER_LU))
+        self.blocks[index] += 1
+        if self.powers is not None:
+            self.powers[index] += power
 
-    def _kept(self, gate: float) -> list[tuple[int, list[float]]]:
-        """The bins above the relative gate (a bin counts whole: by where its middle lies)."""
+    def _kept(self, gate: float) -> list[int]:
+        """The bins above the relative gate, in order (a bin counts whole: by where its middle lies)."""
         mean = _lufs(self.power / self.count)
         assert mean is not None  # every block counted is above the absolute gate
-        threshold = mean + gate
-        return [(i, e) for i, e in sorted(self.bins.items()) if _bin_loudness(i) > threshold]
+        return [i for i in range(BINS) if self.blocks[i] and _bin_loudness(i) > mean + gate]
 
     def integrated(self, gate: float) -> float | None:
-        if not self.count:
+        if not self.count or self.powers is None:
             return None
         kept = self._kept(gate)
-        blocks = sum(int(e[0]) for _, e in kept)
-        return _lufs(math.fsum(e[1] for _, e in kept) / blocks) if blocks else None
+        blocks = sum(self.blocks[i] for i in kept)
+        return _lufs(math.fsum(self.powers[i] for i in kept) / blocks) if blocks else None
 
     def range(self) -> float | None:
         """EBU Tech 3342: the 95th minus the 10th percentile of the gated short-term loudnesses."""
         if not self.count:
             return None
         kept = self._kept(RANGE_GATE)
-        total = sum(int(e[0]) for _, e in kept)
+        total = sum(self.blocks[i] for i in kept)
         if not total:
             return None
         low, high = (self._percentile(kept, total, p) for p in RANGE_PERCENTILES)
         return (high - low) / BINS_PER_LU
 
-    @staticmethod
-    def _percentile(kept: list[tuple[int, list[float]]], total: int, percent: int) -> int:
+    def _percentile(self, kept: list[int], total: int, percent: int) -> int:
         """The bin of that percentile: the nearest rank, round(percent x n / 100), as FFmpeg's ebur128
         filter takes it (libebur128 rounds (n - 1) x percent / 100: one rank lower at most)."""
         rank = max(0, round(percent * total * 0.01) - 1)
         seen = 0
-        for index, entry in kept:
-            seen += int(entry[0])
+        for index in kept:
+            seen += self.blocks[index]
             if seen > rank:
                 return index
-        return kept[-1][0]
+        return kept[-1]
 
     def state(self) -> bytes:
-        entries = sorted(self.bins.items())
-        return b"".join(
-            [struct.pack("<QdI", self.count, self.power, len(entries))]
-            + [struct.pack("<HId", i, int(e[0]), e[1]) for i, e in entries]
-        )
+        """The counters, then the bins that hold any block: index, blocks (and power)."""
+        used = [i for i in range(BINS) if self.blocks[i]]
+        layout = "<HId" if self.powers is not None else "<HI"
+        entries = [
+            struct.pack(layout, i, self.blocks[i], *([self.powers[i]] if self.powers is not None else [])) for i in used
+        ]
+        return b"".join([struct.pack("<QdI", self.count, self.power, len(used)), *entries])
 
     @classmethod
-    def restore(cls, reader: _Reader) -> _Gate:
-        gate = cls()
-        gate.count, gate.power, entries = reader.unpack("<QdI")
-        for _ in range(entries):
-            index, blocks, power = reader.unpack("<HId")
-            gate.bins[index] = [blocks, power]
+    def restore(cls, reader: _Reader, powers: bool) -> _Gate:
+        gate = cls(powers)
+        gate.count, gate.power, used = reader.unpack("<QdI")
+        for _ in range(used):
+            if gate.powers is not None:
+                index, blocks, power = reader.unpack("<HId")
+                gate.powers[index] = power
+            else:
+                index, blocks = reader.unpack("<HI")
+            if index >= BINS:
+                raise ValueError("the analyser state is damaged")
+            gate.blocks[index] = blocks
         return gate
 
 
