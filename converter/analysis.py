@@ -61,7 +61,8 @@ RELATIVE_GATE = -10.0  # LU below the absolute-gated mean (integrated)
 RANGE_GATE = -20.0  # LU below the absolute-gated mean (loudness range)
 RANGE_PERCENTILES = (10, 95)
 # Block loudnesses are kept as counts (and power sums) per 0.01 LU from -70 LUFS: bounded
-# whatever the length, and exact but for blocks within 0.01 LU of the relative gate.
+# whatever the length; the integrated loudness is exact but for blocks within 0.01 LU of the
+# relative gate, the range's percentiles are bin middles (within 0.005 LU).
 BINS_PER_LU = 100
 BINS = 100 * BINS_PER_LU  # to +30 LUFS; anything louder shares the last bin
 
@@ -91,9 +92,10 @@ LOW_FREQUENCY = {"LFE", "LFE2"}
 # lower rate's points stay as close together: stages that each put a point midway between
 # every two, Kaiser-windowed sincs. The first, 24 taps, sets the accuracy (within 0.01 dB of
 # an ideal interpolator up to 0.4 of the sample rate); the later ones work on an already
-# oversampled signal and need 8. A stage's points exceed the values it is fed by the sum of
-# its taps' magnitudes at most: blocks whose samples stay that far below the peak so far are
-# not interpolated (converter/_measure.c).
+# oversampled signal and need 8. No point exceeds the largest sample it is made of by more
+# than the summed magnitudes of its taps (the stages taken as one filter: stage_reaches), so
+# blocks whose samples stay that far below the peak so far are not interpolated
+# (converter/_measure.c), which changes nothing in the result.
 OVERSAMPLED_RATE = 176_400
 FIRST_TAPS_EACH_SIDE = 12  # as converter/_measure.c's FIRST_HALF
 LATER_TAPS_EACH_SIDE = 4  # and LATER_HALF
