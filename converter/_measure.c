@@ -26,16 +26,33 @@ number of pieces leaves the same bytes as taking them at once. Built with
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define MAGIC 0x3165727573616d6dULL /* "mmasure1" (little-endian) */
 #define MAX_CHANNELS 64
 #define MAX_STAGES 5 /* of oversampling by 2: at most 32 points per sample */
 #define FIRST_HALF 12 /* taps on each side of the first stage's midpoints: that stage sets the accuracy */
 #define LATER_HALF 4  /* and of the later stages': their input is already oversampled */
-#define TP_BLOCK 32   /* frames per true-peak block: a multiple of 32, at least twice the stages' reach */
-#define TP_WINDOW (2 * TP_BLOCK) /* the samples a block's points are made of: the block and the one before */
+#define TP_BLOCK 64   /* frames per true-peak block: a multiple of 32 */
+#define TP_OVERLAP 32 /* samples before the block its points are also made of: at least twice the stages' reach */
+#define TP_WINDOW (TP_BLOCK + TP_OVERLAP)
 #define DECODE_SAMPLES 4096
 #define LARGEST 65536.0 /* float samples beyond +96 dBFS are taken as this */
+
+/* Built twice where the compiler can (x86-64): for AVX2 and for any x86-64, the loader picking one. The
+   same operations in the same order either way (AVX2 brings wider vectors and three-operand forms, and
+   -ffp-contract=off keeps fused multiply-adds out), so both give the same bits (ONE_BUILD: only the
+   one for any x86-64, as a test builds it to compare). */
+#if defined(__x86_64__) && defined(__has_attribute) && !defined(ONE_BUILD)
+#if __has_attribute(target_clones)
+#define CLONED __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef CLONED
+#define CLONED
+#endif
 
 enum { ENC_U8, ENC_S16, ENC_S24, ENC_S32, ENC_F32, ENC_F64, ENC_ALAW, ENC_MULAW, ENC_COUNT };
 static const int SAMPLE_BYTES[ENC_COUNT] = {1, 2, 3, 4, 4, 8, 1, 1};
@@ -110,7 +127,7 @@ static double sane(double x)
     return x > LARGEST ? LARGEST : x < -LARGEST ? -LARGEST : x;
 }
 
-static void decode(int64_t encoding, const uint8_t *p, int64_t n, double *out)
+CLONED static void decode(int64_t encoding, const uint8_t *p, int64_t n, double *out)
 {
     int64_t i;
     switch (encoding) {
@@ -226,12 +243,7 @@ static float largest_of(const float *x, int n)
    machine's width, the rest one by one: each midpoint sums its taps in the same order either way, so
    every build (and the vector or the scalar path) gives the same bits. *largest: the largest magnitude
    among the midpoints. */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-__attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-static int oversample(const float *in, int n, const float *taps, int half, float *out, float *largest)
+CLONED static int oversample(const float *in, int n, const float *taps, int half, float *out, float *largest)
 {
     int count = n - 2 * half + 1, i = 0;
     v8f peak = {0};
@@ -275,7 +287,7 @@ static int oversample(const float *in, int n, const float *taps, int half, float
     return 2 * count;
 }
 
-/* The points interpolated among one channel's last two blocks (its window), stage by stage while
+/* The points interpolated among one channel's last block and the samples before it (its window), stage by stage while
    they could still raise the true peak: no point of the stages from s on exceeds reach[s] times the
    largest value stage s is fed (the summed magnitudes of the taps that make it). Each block's points
    reach past its own stretch into its neighbours' (the stages' filters need samples on both sides),
@@ -337,8 +349,14 @@ typedef struct {
 } Coefficients;
 
 static inline v2d pick(v2i mask, v2d yes, v2d no) { return (v2d)(((v2i)yes & mask) | ((v2i)no & ~mask)); }
+#if defined(__SSE2__)
+/* minpd and maxpd: a < b ? a : b and a > b ? a : b, in one instruction each (no NaN reaches here) */
+static inline v2d smaller(v2d a, v2d b) { return (v2d)_mm_min_pd((__m128d)a, (__m128d)b); }
+static inline v2d larger(v2d a, v2d b) { return (v2d)_mm_max_pd((__m128d)a, (__m128d)b); }
+#else
 static inline v2d smaller(v2d a, v2d b) { return pick(a < b, a, b); }
 static inline v2d larger(v2d a, v2d b) { return pick(a > b, a, b); }
+#endif
 static inline v2d magnitude(v2d v) { return (v2d)((v2i)v & (v2i){INT64_MAX, INT64_MAX}); }
 static inline v2d splat(double v) { return (v2d){v, v}; }
 
@@ -462,7 +480,7 @@ static inline __attribute__((always_inline)) void run_channels(Core *core, Array
 }
 
 /* Frames of decoded samples through the loop, for any channel count. */
-static void run(Core *core, Arrays *a, const double *x, int64_t frames, double **energies, int8_t **pixels)
+CLONED static void run(Core *core, Arrays *a, const double *x, int64_t frames, double **energies, int8_t **pixels)
 {
     switch (core->channels) {
     case 1:
@@ -604,7 +622,7 @@ static PyObject *finish(PyObject *self, PyObject *args)
     Core *core = checked(&view);
     if (core) {
         Arrays a = arrays_of(core);
-        int64_t offset = a.history_length - TP_BLOCK, silence = 2 * TP_BLOCK; /* past the last points' reach */
+        int64_t offset = a.history_length - TP_BLOCK, silence = TP_WINDOW; /* past the last points' reach */
         for (int64_t i = 0; i < silence; i++) {
             for (int64_t c = 0; c < core->channels; c++)
                 a.history[c * a.history_length + offset + core->block_fill] = 0.0f;

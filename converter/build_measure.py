@@ -18,15 +18,17 @@ FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-strict-aliasing",
 WARNINGS = ["-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers", "-Wno-psabi", "-Werror"]
 
 
-def target() -> Path:
-    return SOURCE.with_name(f"_measure{sysconfig.get_config_var('EXT_SUFFIX')}")
+def target(folder: Path = SOURCE.parent) -> Path:
+    return folder / f"_measure{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
-def build() -> Path:
+def build(folder: Path = SOURCE.parent, defines: tuple[str, ...] = ()) -> Path:
+    """The module, built into ``folder`` (``defines``: -D options, for the tests' variants)."""
     include = sysconfig.get_paths()["include"]
-    command = ["cc", *FLAGS, *WARNINGS, f"-I{include}", str(SOURCE), "-o", str(target())]
-    subprocess.run(command, check=True)  # noqa: S603 (the compiler on PATH, no shell, no input)
-    return target()
+    built = target(folder)
+    command = ["cc", *FLAGS, *WARNINGS, *(f"-D{name}" for name in defines), f"-I{include}", str(SOURCE)]
+    subprocess.run([*command, "-o", str(built)], check=True)  # noqa: S603 (the compiler on PATH, no shell)
+    return built
 
 
 if __name__ == "__main__":

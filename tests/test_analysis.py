@@ -7,6 +7,8 @@ FFmpeg decodes them; the state by cutting the stream anywhere (hypothesis).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -15,6 +17,7 @@ import subprocess
 from array import array
 from dataclasses import asdict
 from io import BytesIO
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -22,8 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mutagen.mp3._util import LAMEHeader, XingHeader
 
-from converter import analysis
+from converter import _measure, analysis
 from converter.analysis import Analyser, Analysis, Loudness, replay_gain
+from converter.build_measure import build
 from converter.wav import FORMAT_ALAW, FORMAT_FLOAT, FORMAT_MULAW, FORMAT_PCM, WavFormat, WavHeader
 from tests.support import FFMPEG
 
@@ -347,6 +351,23 @@ def test_saved_and_restored_goes_on_bit_for_bit(
         result = resumed.result()
     assert repr(result) == repr(expected)  # repr: NaN-safe and exact for floats
     assert result.sample_frames == len(data) // wav_format.block_align
+
+
+def test_the_builds_for_every_x86_64_and_for_avx2_give_the_same_bits(tmp_path: Path) -> None:
+    """converter/_measure.c runs its loops in AVX2 where the machine has it; a state saved there may
+    be resumed on a machine without: the plain build must compute exactly the same."""
+    spec = importlib.util.spec_from_file_location("_measure", build(tmp_path, ("ONE_BUILD",)))
+    assert spec is not None
+    assert spec.loader is not None
+    plain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain)
+    for wav_format in FORMATS:
+        data = hashlib.shake_256(repr(wav_format).encode()).digest(200_000 - 200_000 % wav_format.block_align)
+        analyser = Analyser(wav_format)
+        core = bytearray(analyser._core)
+        assert _measure.feed(analyser._core, data) == plain.feed(core, data)
+        assert analyser._core == core
+        assert _measure.finish(bytearray(core)) == plain.finish(bytearray(core))
 
 
 def test_restore_refuses_another_format_and_damaged_states() -> None:
