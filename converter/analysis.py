@@ -150,6 +150,8 @@ class Peaks:
 
 @dataclass(frozen=True)
 class Analysis:
+    """What ``Analyser.result()`` gives: the loudness, the peaks and how many sample frames it took."""
+
     loudness: Loudness
     peaks: Peaks
     sample_frames: int
@@ -220,6 +222,7 @@ class Analyser:
         self._short_term = _Gate(powers=False)
 
     def take(self, samples: bytes | bytearray | memoryview) -> None:
+        """The next raw samples of the `data` chunk, as the encoder gets them (any length)."""
         frame = self.format.block_align
         view = memoryview(samples)
         if self._partial:
