@@ -38,6 +38,15 @@ SIGNALS = {
     "+0.2*(random(0)-0.5)':s={rate},alimiter=limit=0.8:level=false",
     "speech-like": "aevalsrc='0.5*sin(2*PI*180*t)*sin(2*PI*900*t)*gt(sin(2*PI*2.3*t),0)"
     "*gt(sin(2*PI*0.4*t),-0.4)':s={rate}",
+    "speech (flite)": "flite=voice=slt:text='"
+    + " ".join(
+        [
+            "The waveform and the loudness are measured as the"
+            " upload streams in, in the same pass, and nothing of the audio is kept."
+        ]
+        * 12
+    )
+    + "',aresample={rate}",
 }
 
 
@@ -52,11 +61,11 @@ def main() -> None:
     if args.hour:
         _hour(ffmpeg, SIGNALS["pink noise"].format(rate=args.rate), args.rate, args.channels)
         return
-    per_hour = 3600 / args.seconds
     print(f"{args.seconds} s of {args.channels}-channel 16-bit audio at {args.rate} Hz, CPU seconds per hour of audio:")
     print(f"{'signal':24} {'analyser':>9} {'libmp3lame':>11} {'ratio':>7} {'memory':>9}")
     for name, source in SIGNALS.items():
         samples = _generate(ffmpeg, source.format(rate=args.rate), args.seconds, args.rate, args.channels)
+        per_hour = 3600 / (len(samples) / (2 * args.channels * args.rate))  # flite's speech ends when it ends
         analyser_s, peak_bytes = _analyse(samples, args.rate, args.channels)
         encoder_s = _encode(ffmpeg, samples, args.rate, args.channels)
         print(

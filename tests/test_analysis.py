@@ -51,6 +51,11 @@ MUSIC = (
     "volume='if(lt(mod(t,8),4),1,0.3)':eval=frame,"  # verse and chorus: some loudness range
     "aformat=channel_layouts=stereo"
 )
+SPEECH_SYNTHESIS = (  # FFmpeg's flite: a voice reading, at 8 kHz
+    "flite=voice=slt:text='"
+    + " ".join(["Loudness is measured in the same pass as the waveform, while the upload streams in."] * 6)
+    + "',aresample={rate}"
+)
 SPEECH = (
     "aevalsrc='0.6*sin(2*PI*(140+30*sin(2*PI*3*t))*t)*sin(2*PI*1100*t)"
     "*gt(sin(2*PI*3.1*t),0.1)*gt(sin(2*PI*0.35*t),-0.5)':s={rate}"  # syllables and pauses
@@ -100,6 +105,8 @@ LOUDNESS_CASES = {
     "music-like, stereo 44.1 kHz": (MUSIC, 40, 44100, 2),
     "music-like, stereo 96 kHz": (MUSIC, 20, 96000, 2),
     "speech-like, mono 16 kHz": (SPEECH, 40, 16000, 1),
+    "speech (flite), mono 16 kHz": (SPEECH_SYNTHESIS, 30, 16000, 1),
+    "speech (flite), stereo 44.1 kHz": (SPEECH_SYNTHESIS, 30, 44100, 2),
     "speech-like, mono 22.05 kHz": (SPEECH, 30, 22050, 1),
 }
 
