@@ -1,6 +1,17 @@
 # The service image: FFmpeg, the pinned Python dependencies, the code; runs as
 # an unprivileged user. The same image runs the one-shot migration
 # (`python -m db.apply`, see compose.yaml).
+# The analyser's compiled loop (converter/_measure.c), built where a compiler is:
+# the image that runs the service has none.
+FROM python:3.11-slim AS measure
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+COPY converter/__init__.py converter/build_measure.py converter/_measure.c converter/
+RUN python -m converter.build_measure
+
 FROM python:3.11-slim
 
 # FFmpeg from the distribution; its version follows the base image's security updates.
@@ -17,6 +28,7 @@ COPY app.py settings.py ./
 COPY handlers/ handlers/
 COPY service/ service/
 COPY converter/ converter/
+COPY --from=measure /build/converter/ converter/
 COPY db/ db/
 
 RUN groupadd --system --gid 10001 mp3 \

@@ -14,3 +14,8 @@ ensure_venv() {
     fi
 }
 ensure_venv "${1:-requirements.txt}"
+# The analyser's compiled loop (converter/_measure.c), rebuilt when its source is newer.
+built=$(.venv/bin/python -c 'from converter.build_measure import target; print(target())')
+if [ ! -f "$built" ] || [ converter/_measure.c -nt "$built" ]; then
+    .venv/bin/python -m converter.build_measure
+fi

@@ -1,0 +1,697 @@
+/* The per-sample loop of converter/analysis.py, which holds everything else.
+
+One pass over the raw samples, in order. Each sample is decoded to a double
+(full scale: -1.0 to just under 1.0), then
+- K-weighted (ITU-R BS.1770-4: two biquads per channel) and its square summed
+  over the current 100 ms sub-block; the channel-weighted sum of each finished
+  sub-block goes back to Python, which forms the gating blocks and integrates;
+- folded into the waveform pixel being built (minimum and maximum over every
+  channel); each finished pixel goes back as two signed bytes;
+- taken into the true peak: the running maximum of |x| over the samples and
+  over the points interpolated between them (BS.1770-4 Annex 2: 4x and more,
+  in stages of 2x), computed only for the blocks whose samples could raise it:
+  no interpolated point exceeds the largest sample of its window times the sum
+  of the magnitudes of the taps that make it (Python works that "reach" out).
+
+All of it lives in one bytearray, struct Core followed by per-channel arrays,
+which Python saves and restores as it is. The loop is strictly sequential and
+its blocks are counted from the first sample, so taking the samples in any
+number of pieces leaves the same bytes as taking them at once. Built with
+-ffp-contract=off: the same IEEE operations in the same order on every machine.
+*/
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#define MAGIC 0x3165727573616d6dULL /* "mmasure1" (little-endian) */
+#define MAX_CHANNELS 64
+#define MAX_STAGES 5 /* of oversampling by 2: at most 32 points per sample */
+#define FIRST_HALF 12 /* taps on each side of the first stage's midpoints: that stage sets the accuracy */
+#define LATER_HALF 4  /* and of the later stages': their input is already oversampled */
+#define TP_BLOCK 64   /* frames per true-peak block: a multiple of 32 */
+#define TP_OVERLAP 32 /* samples before the block its points are also made of: at least twice the stages' reach */
+#define TP_WINDOW (TP_BLOCK + TP_OVERLAP)
+#define DECODE_SAMPLES 4096
+#define LARGEST 65536.0 /* float samples beyond +96 dBFS are taken as this */
+
+/* Built twice where the compiler can (x86-64): for AVX2 and for any x86-64, the loader picking one. The
+   same operations in the same order either way (AVX2 brings wider vectors and three-operand forms, and
+   -ffp-contract=off keeps fused multiply-adds out), so both give the same bits (ONE_BUILD: only the
+   one for any x86-64, as a test builds it to compare). */
+#if defined(__x86_64__) && defined(__has_attribute) && !defined(ONE_BUILD)
+#if __has_attribute(target_clones)
+#define CLONED __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef CLONED
+#define CLONED
+#endif
+
+enum { ENC_U8, ENC_S16, ENC_S24, ENC_S32, ENC_F32, ENC_F64, ENC_ALAW, ENC_MULAW, ENC_COUNT };
+static const int SAMPLE_BYTES[ENC_COUNT] = {1, 2, 3, 4, 4, 8, 1, 1};
+
+typedef struct {
+    uint64_t magic;
+    int64_t size;
+    int64_t encoding, channels, rate;
+    int64_t stages; /* of oversampling by 2 (0: the samples are dense enough) */
+    int64_t frames;       /* taken so far */
+    int64_t subblocks;    /* 100 ms sub-blocks finished */
+    int64_t subblock_end; /* the frame that ends the current one */
+    int64_t samples_per_pixel, pixel_frames;
+    int64_t block_fill; /* frames in the current true-peak block */
+    double pixel_min, pixel_max;
+    double sample_peak, true_peak;
+    double reach[MAX_STAGES]; /* the most the stages from this one on can exceed their input's largest value */
+    double pre[5], rlb[5]; /* b0 b1 b2 a1 a2 of each biquad */
+} Core;
+
+/* Per-channel arrays after the Core, each `channels` long (filter: 6 per channel), then in single precision
+   the true peak's: each channel's recent samples (TP_WINDOW each), and the taps of one side of the first
+   stage's symmetric filter (FIRST_HALF) and of the later stages' (LATER_HALF). Single precision is plenty
+   for a peak (1e-6 dB) and twice as fast to interpolate. */
+typedef struct {
+    double *weight, *filter, *energy, *block_max, *previous_max;
+    float *history, *first_taps, *later_taps;
+    int64_t history_length;
+} Arrays;
+
+static double ALAW[256], MULAW[256];
+
+static int64_t core_bytes(int64_t channels)
+{
+    int64_t doubles = channels * (1 + 6 + 1 + 1 + 1), floats = channels * TP_WINDOW + FIRST_HALF + LATER_HALF;
+    return (int64_t)sizeof(Core) + doubles * (int64_t)sizeof(double) + floats * (int64_t)sizeof(float);
+}
+
+static Arrays arrays_of(Core *core)
+{
+    Arrays a;
+    double *p = (double *)(core + 1);
+    int64_t c = core->channels;
+    a.history_length = TP_WINDOW;
+    a.weight = p, p += c;
+    a.filter = p, p += 6 * c;
+    a.energy = p, p += c;
+    a.block_max = p, p += c;
+    a.previous_max = p, p += c;
+    a.history = (float *)p;
+    a.first_taps = a.history + c * a.history_length;
+    a.later_taps = a.first_taps + FIRST_HALF;
+    return a;
+}
+
+/* G.711 as FFmpeg's pcm_alaw and pcm_mulaw decoders read it, to 16-bit, then to full scale. */
+static void build_g711_tables(void)
+{
+    for (int i = 0; i < 256; i++) {
+        int a = i ^ 0x55, t = (a & 0x0f) << 1, seg = (a & 0x70) >> 4;
+        t = seg ? (t + 1 + 32) << (seg + 2) : (t + 1) << 3;
+        ALAW[i] = ((a & 0x80) ? t : -t) / 32768.0;
+        int u = ~i & 0xff, v = (((u & 0x0f) << 3) + 0x84) << ((u & 0x70) >> 4);
+        MULAW[i] = ((u & 0x80) ? (0x84 - v) : (v - 0x84)) / 32768.0;
+    }
+}
+
+static double sane(double x)
+{
+    if (x != x)
+        return 0.0; /* NaN: nothing to measure */
+    return x > LARGEST ? LARGEST : x < -LARGEST ? -LARGEST : x;
+}
+
+CLONED static void decode(int64_t encoding, const uint8_t *p, int64_t n, double *out)
+{
+    int64_t i;
+    switch (encoding) {
+    case ENC_U8:
+        for (i = 0; i < n; i++)
+            out[i] = (p[i] - 128) / 128.0;
+        break;
+    case ENC_S16:
+        for (i = 0; i < n; i++)
+            out[i] = (int16_t)(p[2 * i] | p[2 * i + 1] << 8) / 32768.0;
+        break;
+    case ENC_S24:
+        for (i = 0; i < n; i++) {
+            int32_t v = (int32_t)((uint32_t)p[3 * i] << 8 | (uint32_t)p[3 * i + 1] << 16 | (uint32_t)p[3 * i + 2] << 24);
+            out[i] = (v >> 8) / 8388608.0;
+        }
+        break;
+    case ENC_S32:
+        for (i = 0; i < n; i++) {
+            uint32_t v = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 | (uint32_t)p[4 * i + 2] << 16 |
+                         (uint32_t)p[4 * i + 3] << 24;
+            out[i] = (int32_t)v / 2147483648.0;
+        }
+        break;
+    case ENC_F32:
+        for (i = 0; i < n; i++) {
+            float f;
+            memcpy(&f, p + 4 * i, 4); /* the WAV's little-endian floats: this module is built for little-endian */
+            out[i] = sane(f);
+        }
+        break;
+    case ENC_F64:
+        for (i = 0; i < n; i++) {
+            double d;
+            memcpy(&d, p + 8 * i, 8);
+            out[i] = sane(d);
+        }
+        break;
+    case ENC_ALAW:
+        for (i = 0; i < n; i++)
+            out[i] = ALAW[p[i]];
+        break;
+    default:
+        for (i = 0; i < n; i++)
+            out[i] = MULAW[p[i]];
+        break;
+    }
+}
+
+/* A pixel bound, already scaled to 8 bits and rounded outwards, within the 8-bit range. */
+static int8_t clamp8(double scaled)
+{
+    return scaled <= -128.0 ? -128 : scaled >= 127.0 ? 127 : (int8_t)scaled;
+}
+
+/* Eight points at a time, in vectors the machine's width or split into narrower ones by the compiler. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8f load8(const float *p)
+{
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline v8f larger8(v8f a, v8f b) { return (v8f)(((v8i)a & (a > b)) | ((v8i)b & ~(a > b))); }
+static inline v8f magnitude8(v8f v) { return (v8f)((v8i)v & (v8i){INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX,
+                                                                   INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX}); }
+
+static inline void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+
+/* Eight samples and the eight midpoints after them, interleaved into out[0..15]. */
+static inline void interleave8(float *out, v8f samples, v8f midpoints)
+{
+#if defined(__clang__)
+    v8f low = __builtin_shufflevector(samples, midpoints, 0, 8, 1, 9, 2, 10, 3, 11);
+    v8f high = __builtin_shufflevector(samples, midpoints, 4, 12, 5, 13, 6, 14, 7, 15);
+#else
+    v8f low = __builtin_shuffle(samples, midpoints, (v8i){0, 8, 1, 9, 2, 10, 3, 11});
+    v8f high = __builtin_shuffle(samples, midpoints, (v8i){4, 12, 5, 13, 6, 14, 7, 15});
+#endif
+    store8(out, low);
+    store8(out + 8, high);
+}
+
+/* The largest magnitude among n values, in vectors of four: every x86-64 and ARM64 has those. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+static float largest_of(const float *x, int n)
+{
+    const v4i clear_sign = {INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX};
+    v4f m = {0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        v4f v;
+        memcpy(&v, x + i, sizeof v);
+        v = (v4f)((v4i)v & clear_sign);
+        m = (v4f)(((v4i)v & (v > m)) | ((v4i)m & ~(v > m)));
+    }
+    float largest = 0.0f;
+    for (int j = 0; j < 4; j++)
+        largest = m[j] > largest ? m[j] : largest;
+    for (; i < n; i++)
+        largest = fabsf(x[i]) > largest ? fabsf(x[i]) : largest;
+    return largest;
+}
+
+/* One stage of oversampling by 2: out holds in[half - 1 ...] with the midpoint after each sample,
+   m[i] = sum over k < half of taps[k] (in[i + k] + in[i + 2 half - 1 - k]) (the filter is symmetric),
+   as far as the input reaches; returns out's length. Eight midpoints at a time in vectors of the
+   machine's width, the rest one by one: each midpoint sums its taps in the same order either way, so
+   every build (and the vector or the scalar path) gives the same bits. *largest: the largest magnitude
+   among the midpoints. */
+CLONED static int oversample(const float *in, int n, const float *taps, int half, float *out, float *largest)
+{
+    int count = n - 2 * half + 1, i = 0;
+    v8f peak = {0};
+    for (; i + 32 <= count; i += 32) { /* four independent sums at a time: the adds' latency overlaps */
+        v8f s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+        const float *near = in + i, *far = in + i + 2 * half - 1;
+        for (int k = 0; k < half; k++) {
+            v8f tap = {taps[k], taps[k], taps[k], taps[k], taps[k], taps[k], taps[k], taps[k]};
+            s0 += tap * (load8(near + k) + load8(far - k));
+            s1 += tap * (load8(near + k + 8) + load8(far - k + 8));
+            s2 += tap * (load8(near + k + 16) + load8(far - k + 16));
+            s3 += tap * (load8(near + k + 24) + load8(far - k + 24));
+        }
+        peak = larger8(peak, larger8(larger8(magnitude8(s0), magnitude8(s1)), larger8(magnitude8(s2), magnitude8(s3))));
+        const float *passed = in + i + half - 1;
+        interleave8(out + 2 * i, load8(passed), s0);
+        interleave8(out + 2 * i + 16, load8(passed + 8), s1);
+        interleave8(out + 2 * i + 32, load8(passed + 16), s2);
+        interleave8(out + 2 * i + 48, load8(passed + 24), s3);
+    }
+    for (; i + 8 <= count; i += 8) {
+        v8f sum = {0};
+        for (int k = 0; k < half; k++) {
+            v8f tap = {taps[k], taps[k], taps[k], taps[k], taps[k], taps[k], taps[k], taps[k]};
+            sum += tap * (load8(in + i + k) + load8(in + i + 2 * half - 1 - k));
+        }
+        peak = larger8(peak, magnitude8(sum));
+        interleave8(out + 2 * i, load8(in + i + half - 1), sum);
+    }
+    float most = 0.0f;
+    for (int j = 0; j < 8; j++)
+        most = peak[j] > most ? peak[j] : most;
+    for (; i < count; i++) {
+        float sum = 0.0f;
+        for (int k = 0; k < half; k++)
+            sum += taps[k] * (in[i + k] + in[i + 2 * half - 1 - k]);
+        out[2 * i] = in[i + half - 1], out[2 * i + 1] = sum;
+        most = fabsf(sum) > most ? fabsf(sum) : most;
+    }
+    *largest = most;
+    return 2 * count;
+}
+
+/* The points interpolated among one channel's last block and the samples before it (its window), stage by stage while
+   they could still raise the true peak: no point of the stages from s on exceeds reach[s] times the
+   largest value stage s is fed (the summed magnitudes of the taps that make it). Each block's points
+   reach past its own stretch into its neighbours' (the stages' filters need samples on both sides),
+   so that together the blocks leave out none. */
+static void true_peak_block(Core *core, Arrays *a, int64_t c)
+{
+    enum { MOST = TP_WINDOW << MAX_STAGES };
+    float one[MOST], other[MOST];
+    const float *x = a->history + c * a->history_length;
+    double largest = a->previous_max[c] > a->block_max[c] ? a->previous_max[c] : a->block_max[c];
+    const float *in = x;
+    int n = TP_WINDOW;
+    for (int64_t stage = 0; stage < core->stages && core->reach[stage] * largest > core->true_peak; stage++) {
+        float *out = stage % 2 ? other : one, midpoints;
+        n = stage == 0 ? oversample(in, n, a->first_taps, FIRST_HALF, out, &midpoints)
+                       : oversample(in, n, a->later_taps, LATER_HALF, out, &midpoints);
+        in = out;
+        if (midpoints > core->true_peak)
+            core->true_peak = midpoints;
+        largest = midpoints > largest ? midpoints : largest; /* the samples passed on are no larger than before */
+    }
+    a->previous_max[c] = a->block_max[c];
+    a->block_max[c] = 0.0;
+    memmove(a->history + c * a->history_length, x + TP_BLOCK, (size_t)(a->history_length - TP_BLOCK) * sizeof(float));
+}
+
+static void finish_block(Core *core, Arrays *a)
+{
+    for (int64_t c = 0; c < core->channels; c++) { /* the block's largest sample, as the points see it */
+        a->block_max[c] = largest_of(a->history + c * a->history_length + (a->history_length - TP_BLOCK), TP_BLOCK);
+    }
+    for (int64_t c = 0; c < core->channels; c++) { /* the samples themselves first: the bar the points must pass */
+        if (a->block_max[c] > core->sample_peak)
+            core->sample_peak = a->block_max[c];
+        if (a->block_max[c] > core->true_peak)
+            core->true_peak = a->block_max[c];
+    }
+    for (int64_t c = 0; c < core->channels; c++)
+        true_peak_block(core, a, c);
+    core->block_fill = 0;
+}
+
+/* Filter states below this are flushed to zero at each block's end: a silence would otherwise
+   decay into subnormal numbers, which the FPU handles a hundred times slower. */
+#define FLUSH 1e-30
+
+/* Channels go through in pairs, the two side by side in one vector (an odd last channel is paired with a
+   copy of itself that counts for nothing): the same operations on each lane as one channel alone would get. */
+typedef double v2d __attribute__((vector_size(16)));
+typedef int64_t v2i __attribute__((vector_size(16)));
+
+typedef struct {
+    v2d x1, x2, y1, y2, z1, z2; /* x[n-1], x[n-2]; the shelf's y[n-1], y[n-2]; the high-pass's z[n-1], z[n-2] */
+    v2d energy, low, high, weight;
+} Pair;
+
+typedef struct {
+    v2d p0, p1, p2, p3, p4, r3, r4; /* the high-pass's numerator is 1, -2, 1 (init() checks) */
+} Coefficients;
+
+static inline v2d pick(v2i mask, v2d yes, v2d no) { return (v2d)(((v2i)yes & mask) | ((v2i)no & ~mask)); }
+#if defined(__SSE2__)
+/* minpd and maxpd: a < b ? a : b and a > b ? a : b, in one instruction each (no NaN reaches here) */
+static inline v2d smaller(v2d a, v2d b) { return (v2d)_mm_min_pd((__m128d)a, (__m128d)b); }
+static inline v2d larger(v2d a, v2d b) { return (v2d)_mm_max_pd((__m128d)a, (__m128d)b); }
+#else
+static inline v2d smaller(v2d a, v2d b) { return pick(a < b, a, b); }
+static inline v2d larger(v2d a, v2d b) { return pick(a > b, a, b); }
+#endif
+static inline v2d magnitude(v2d v) { return (v2d)((v2i)v & (v2i){INT64_MAX, INT64_MAX}); }
+static inline v2d splat(double v) { return (v2d){v, v}; }
+
+static inline __attribute__((always_inline)) void pair_load(Pair *pair, const Arrays *a, int64_t c, int64_t channels)
+{
+    int64_t d = c + 1 < channels ? c + 1 : c; /* the second lane: the next channel, or a copy */
+    const double *s = a->filter + 6 * c, *t = a->filter + 6 * d;
+    pair->x1 = (v2d){s[0], t[0]}, pair->x2 = (v2d){s[1], t[1]}, pair->y1 = (v2d){s[2], t[2]};
+    pair->y2 = (v2d){s[3], t[3]}, pair->z1 = (v2d){s[4], t[4]}, pair->z2 = (v2d){s[5], t[5]};
+    pair->energy = (v2d){a->energy[c], a->energy[d]};
+    pair->weight = (v2d){a->weight[c], d == c ? 0.0 : a->weight[d]};
+    pair->low = splat(INFINITY), pair->high = splat(-INFINITY);
+}
+
+static inline __attribute__((always_inline)) void pair_store(const Pair *pair, Arrays *a, int64_t c, int64_t channels)
+{
+    for (int lane = 0; lane < 2 && c + lane < channels; lane++) {
+        double *s = a->filter + 6 * (c + lane);
+        s[0] = pair->x1[lane], s[1] = pair->x2[lane], s[2] = pair->y1[lane];
+        s[3] = pair->y2[lane], s[4] = pair->z1[lane], s[5] = pair->z2[lane];
+        a->energy[c + lane] = pair->energy[lane];
+    }
+}
+
+/* One frame of a pair. Each biquad in direct form I, summed oldest terms first, so that its recurrence
+   is one multiply and one subtraction: y[n] = (b2 x[n-2] - a2 y[n-2] + b1 x[n-1] + b0 x[n]) - a1 y[n-1]. */
+static inline __attribute__((always_inline)) void pair_step(Pair *pair, const Coefficients *k, v2d v)
+{
+    pair->low = smaller(v, pair->low);
+    pair->high = larger(v, pair->high);
+    v2d y = (k->p2 * pair->x2 - k->p4 * pair->y2 + k->p1 * pair->x1 + k->p0 * v) - k->p3 * pair->y1;
+    v2d z = (pair->y2 - k->r4 * pair->z2 - (pair->y1 + pair->y1) + y) - k->r3 * pair->z1;
+    pair->x2 = pair->x1, pair->x1 = v, pair->y2 = pair->y1, pair->y1 = y, pair->z2 = pair->z1, pair->z1 = z;
+    pair->energy += z * z;
+}
+
+static inline v2d flushed(v2d v) { return pick(magnitude(v) < splat(FLUSH), splat(0.0), v); }
+
+static inline __attribute__((always_inline)) void pair_flush(Pair *pair)
+{
+    pair->x1 = flushed(pair->x1), pair->x2 = flushed(pair->x2), pair->y1 = flushed(pair->y1);
+    pair->y2 = flushed(pair->y2), pair->z1 = flushed(pair->z1), pair->z2 = flushed(pair->z2);
+}
+
+/* Frames of decoded samples through the loop; finished sub-blocks and pixels appended at *energies, *pixels.
+   Inlined for one and for two channels, whose running values then stay in registers; more channels keep
+   theirs in an array on the stack. */
+static inline __attribute__((always_inline)) void run_channels(Core *core, Arrays *a, const double *restrict x,
+                                                               int64_t frames, double **energies, int8_t **pixels,
+                                                               const int64_t channels)
+{
+    const int64_t pairs = (channels + 1) / 2, samples_per_pixel = core->samples_per_pixel;
+    const int64_t history_length = a->history_length, offset = history_length - TP_BLOCK;
+    const Coefficients k = {splat(core->pre[0]), splat(core->pre[1]), splat(core->pre[2]), splat(core->pre[3]),
+                            splat(core->pre[4]), splat(core->rlb[3]), splat(core->rlb[4])};
+    Pair one, many[MAX_CHANNELS / 2];
+    Pair *const pair = channels <= 2 ? &one : many;
+    for (int64_t p = 0; p < pairs; p++)
+        pair_load(&pair[p], a, 2 * p, channels);
+    int64_t block_fill = core->block_fill, pixel_frames = core->pixel_frames;
+    int64_t until_subblock = core->subblock_end - core->frames;
+    double pixel_min = core->pixel_min, pixel_max = core->pixel_max;
+    for (int64_t f = 0; f < frames;) {
+        /* the frames up to the next block, pixel or sub-block end: a loop without branches */
+        int64_t n = frames - f;
+        n = TP_BLOCK - block_fill < n ? TP_BLOCK - block_fill : n;
+        n = samples_per_pixel - pixel_frames < n ? samples_per_pixel - pixel_frames : n;
+        n = until_subblock < n ? until_subblock : n;
+        for (int64_t i = 0; i < n; i++, x += channels)
+            for (int64_t p = 0; p < pairs; p++) {
+                int64_t c = 2 * p, d = c + 1 < channels ? c + 1 : c;
+                pair_step(&pair[p], &k, (v2d){x[c], x[d]});
+                a->history[c * history_length + offset + block_fill + i] = (float)x[c];
+                a->history[d * history_length + offset + block_fill + i] = (float)x[d];
+            }
+        f += n, block_fill += n, pixel_frames += n, until_subblock -= n;
+        if (block_fill == TP_BLOCK) {
+            for (int64_t p = 0; p < pairs; p++)
+                pair_flush(&pair[p]);
+            finish_block(core, a);
+            block_fill = 0;
+        }
+        if (pixel_frames == samples_per_pixel) {
+            for (int64_t p = 0; p < pairs; p++) {
+                v2d low = pair[p].low, high = pair[p].high;
+                pixel_min = low[0] < pixel_min ? low[0] : pixel_min, pixel_min = low[1] < pixel_min ? low[1] : pixel_min;
+                pixel_max = high[0] > pixel_max ? high[0] : pixel_max, pixel_max = high[1] > pixel_max ? high[1] : pixel_max;
+                pair[p].low = splat(INFINITY), pair[p].high = splat(-INFINITY);
+            }
+            *(*pixels)++ = clamp8(floor(pixel_min * 128.0));
+            *(*pixels)++ = clamp8(ceil(pixel_max * 128.0));
+            pixel_frames = 0;
+            pixel_min = INFINITY, pixel_max = -INFINITY;
+        }
+        if (until_subblock == 0) {
+            double sum = 0.0; /* channel by channel, in order */
+            for (int64_t p = 0; p < pairs; p++) {
+                v2d weighted = pair[p].weight * pair[p].energy;
+                sum += weighted[0];
+                if (2 * p + 1 < channels)
+                    sum += weighted[1];
+                pair[p].energy = splat(0.0);
+            }
+            *(*energies)++ = sum;
+            core->subblocks++;
+            until_subblock = (core->subblocks + 1) * core->rate / 10 - (core->frames + f);
+        }
+    }
+    for (int64_t p = 0; p < pairs; p++) { /* the pixel being built keeps its bounds in the core */
+        v2d low = pair[p].low, high = pair[p].high;
+        pixel_min = low[0] < pixel_min ? low[0] : pixel_min, pixel_min = low[1] < pixel_min ? low[1] : pixel_min;
+        pixel_max = high[0] > pixel_max ? high[0] : pixel_max, pixel_max = high[1] > pixel_max ? high[1] : pixel_max;
+        pair_store(&pair[p], a, 2 * p, channels);
+    }
+    core->frames += frames;
+    core->subblock_end = core->frames + until_subblock;
+    core->block_fill = block_fill;
+    core->pixel_frames = pixel_frames;
+    core->pixel_min = pixel_min;
+    core->pixel_max = pixel_max;
+}
+
+/* Frames of decoded samples through the loop, for any channel count. */
+CLONED static void run(Core *core, Arrays *a, const double *x, int64_t frames, double **energies, int8_t **pixels)
+{
+    switch (core->channels) {
+    case 1:
+        run_channels(core, a, x, frames, energies, pixels, 1);
+        break;
+    case 2:
+        run_channels(core, a, x, frames, energies, pixels, 2);
+        break;
+    default:
+        run_channels(core, a, x, frames, energies, pixels, core->channels);
+        break;
+    }
+}
+
+/* The core in a bytearray, if it is one this module made: a restored state is checked before it is trusted. */
+static Core *checked(Py_buffer *view)
+{
+    Core *core = (Core *)view->buf;
+    if (view->len < (Py_ssize_t)sizeof(Core) || core->magic != MAGIC || core->size != view->len ||
+        core->encoding < 0 || core->encoding >= ENC_COUNT || core->channels < 1 || core->channels > MAX_CHANNELS ||
+        core->stages < 0 || core->stages > MAX_STAGES || core->rate < 1 ||
+        core->size != core_bytes(core->channels) || core->block_fill < 0 ||
+        core->block_fill >= TP_BLOCK || core->samples_per_pixel < 1 || core->samples_per_pixel > (1LL << 40) ||
+        core->pixel_frames < 0 || core->pixel_frames >= core->samples_per_pixel) {
+        PyErr_SetString(PyExc_ValueError, "not an analyser core");
+        return NULL;
+    }
+    return core;
+}
+
+static PyObject *core_size(PyObject *self, PyObject *args)
+{
+    long long channels;
+    if (!PyArg_ParseTuple(args, "L", &channels))
+        return NULL;
+    if (channels < 1 || channels > MAX_CHANNELS) {
+        PyErr_SetString(PyExc_ValueError, "channels out of range");
+        return NULL;
+    }
+    return PyLong_FromLongLong(core_bytes(channels));
+}
+
+/* init(core, encoding, channels, rate, samples_per_pixel, stages, k_weighting, weights, first_taps, later_taps,
+   reaches): reaches[s], the most the points of stages s and after can exceed the largest value stage s is fed */
+static PyObject *init(PyObject *self, PyObject *args)
+{
+    Py_buffer view, k, weights, first, later, reaches;
+    long long encoding, channels, rate, spp, stages;
+    if (!PyArg_ParseTuple(args, "w*LLLLLy*y*y*y*y*", &view, &encoding, &channels, &rate, &spp, &stages, &k, &weights,
+                          &first, &later, &reaches))
+        return NULL;
+    PyObject *result = NULL;
+    if (encoding < 0 || encoding >= ENC_COUNT || rate < 1 || spp < 1 || channels < 1 || channels > MAX_CHANNELS ||
+        stages < 0 || stages > MAX_STAGES || view.len != core_bytes(channels) ||
+        k.len != 10 * (Py_ssize_t)sizeof(double) || weights.len != channels * (Py_ssize_t)sizeof(double) ||
+        first.len != FIRST_HALF * (Py_ssize_t)sizeof(float) || later.len != LATER_HALF * (Py_ssize_t)sizeof(float) ||
+        reaches.len != stages * (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent analyser parameters");
+        goto done;
+    }
+    memset(view.buf, 0, (size_t)view.len);
+    Core *core = (Core *)view.buf;
+    core->magic = MAGIC;
+    core->size = view.len;
+    core->encoding = encoding, core->channels = channels, core->rate = rate;
+    core->stages = stages;
+    core->subblock_end = rate / 10;
+    core->samples_per_pixel = spp;
+    core->pixel_min = INFINITY, core->pixel_max = -INFINITY;
+    memcpy(core->pre, k.buf, 5 * sizeof(double));
+    memcpy(core->rlb, (double *)k.buf + 5, 5 * sizeof(double));
+    if (core->rlb[0] != 1.0 || core->rlb[1] != -2.0 || core->rlb[2] != 1.0) {
+        PyErr_SetString(PyExc_ValueError, "the high-pass's numerator is 1, -2, 1 at every rate");
+        goto done;
+    }
+    Arrays a = arrays_of(core);
+    memcpy(a.weight, weights.buf, (size_t)weights.len);
+    memcpy(a.first_taps, first.buf, (size_t)first.len);
+    memcpy(a.later_taps, later.buf, (size_t)later.len);
+    memcpy(core->reach, reaches.buf, (size_t)reaches.len);
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view), PyBuffer_Release(&k), PyBuffer_Release(&weights), PyBuffer_Release(&first);
+    PyBuffer_Release(&later), PyBuffer_Release(&reaches);
+    return result;
+}
+
+/* feed(core, samples) -> (sub-block energies as native doubles, pixels as signed byte pairs) */
+static PyObject *feed(PyObject *self, PyObject *args)
+{
+    Py_buffer view, samples;
+    if (!PyArg_ParseTuple(args, "w*y*", &view, &samples))
+        return NULL;
+    PyObject *energies = NULL, *pixels = NULL, *result = NULL;
+    Core *core = checked(&view);
+    if (!core)
+        goto done;
+    const int64_t frame_bytes = SAMPLE_BYTES[core->encoding] * core->channels;
+    if (samples.len % frame_bytes) {
+        PyErr_SetString(PyExc_ValueError, "samples must be whole frames");
+        goto done;
+    }
+    const int64_t frames = samples.len / frame_bytes, per_subblock = core->rate / 10 > 0 ? core->rate / 10 : 1;
+    energies = PyBytes_FromStringAndSize(NULL, (frames / per_subblock + 2) * (Py_ssize_t)sizeof(double));
+    pixels = PyBytes_FromStringAndSize(NULL, (frames / core->samples_per_pixel + 2) * 2);
+    if (!energies || !pixels)
+        goto done;
+    double *e = (double *)PyBytes_AS_STRING(energies);
+    int8_t *p = (int8_t *)PyBytes_AS_STRING(pixels);
+    Arrays a = arrays_of(core);
+    const int64_t batch = DECODE_SAMPLES / core->channels;
+    const uint8_t *in = samples.buf;
+    Py_BEGIN_ALLOW_THREADS /* the buffers are held: the bytearray cannot be resized meanwhile */
+    double decoded[DECODE_SAMPLES];
+    for (int64_t start = 0; start < frames; start += batch) {
+        int64_t n = frames - start < batch ? frames - start : batch;
+        decode(core->encoding, in + start * frame_bytes, n * core->channels, decoded);
+        run(core, &a, decoded, n, &e, &p);
+    }
+    Py_END_ALLOW_THREADS
+    if (_PyBytes_Resize(&energies, (char *)e - PyBytes_AS_STRING(energies)) < 0 ||
+        _PyBytes_Resize(&pixels, (char *)p - PyBytes_AS_STRING(pixels)) < 0)
+        goto done;
+    result = PyTuple_Pack(2, energies, pixels);
+done:
+    Py_XDECREF(energies), Py_XDECREF(pixels);
+    PyBuffer_Release(&view), PyBuffer_Release(&samples);
+    return result;
+}
+
+/* finish(core) -> (true peak, sample peak) after silence to the end of the last point's window: the last
+   block's samples and points counted (changes the core: pass a copy) */
+static PyObject *finish(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "w*", &view))
+        return NULL;
+    PyObject *result = NULL;
+    Core *core = checked(&view);
+    if (core) {
+        Arrays a = arrays_of(core);
+        int64_t offset = a.history_length - TP_BLOCK, silence = TP_WINDOW; /* past the last points' reach */
+        for (int64_t i = 0; i < silence; i++) {
+            for (int64_t c = 0; c < core->channels; c++)
+                a.history[c * a.history_length + offset + core->block_fill] = 0.0f;
+            if (++core->block_fill == TP_BLOCK)
+                finish_block(core, &a);
+        }
+        result = Py_BuildValue("dd", core->true_peak, core->sample_peak);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* widen_pixels(core, carried_min, carried_max, carried) -> None: twice the samples per pixel from now on; the
+   pixel being built takes in the finished one before it (its quantized bounds) when `carried` is true. */
+static PyObject *widen_pixels(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    int carried_min, carried_max, carried;
+    if (!PyArg_ParseTuple(args, "w*iip", &view, &carried_min, &carried_max, &carried))
+        return NULL;
+    PyObject *result = NULL;
+    Core *core = checked(&view);
+    if (core) {
+        if (carried) {
+            double low = carried_min / 128.0, high = carried_max / 128.0;
+            core->pixel_frames += core->samples_per_pixel;
+            if (low < core->pixel_min)
+                core->pixel_min = low;
+            if (high > core->pixel_max)
+                core->pixel_max = high;
+        }
+        core->samples_per_pixel *= 2;
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* counters(core) -> (frames, samples_per_pixel) */
+static PyObject *counters(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "w*", &view))
+        return NULL;
+    PyObject *result = NULL;
+    Core *core = checked(&view);
+    if (core)
+        result = Py_BuildValue("LL", (long long)core->frames, (long long)core->samples_per_pixel);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"core_size", core_size, METH_VARARGS, "core_size(channels) -> bytes the core needs"},
+    {"init", init, METH_VARARGS, "init(core, encoding, channels, rate, spp, stages, k, weights, first, later, reaches)"},
+    {"feed", feed, METH_VARARGS, "feed(core, samples) -> (sub-block energies, pixels)"},
+    {"finish", finish, METH_VARARGS, "finish(core) -> (true peak, sample peak) (changes the core)"},
+    {"widen_pixels", widen_pixels, METH_VARARGS, "widen_pixels(core, min, max, carried) -> None"},
+    {"counters", counters, METH_VARARGS, "counters(core) -> (frames, samples per pixel)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_measure", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__measure(void)
+{
+#if PY_BIG_ENDIAN
+#error "the WAV's samples are little-endian and read as such"
+#endif
+    build_g711_tables();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,426 @@
+"""converter.analysis: waveform peaks and loudness from the raw samples, resumable to the bit.
+
+Loudness is checked against FFmpeg's own ebur128 filter reading the same WAV, and against
+the EBU's conformance cases; peaks against a reference computed here from the samples as
+FFmpeg decodes them; the state by cutting the stream anywhere (hypothesis).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import re
+import struct
+import subprocess
+from array import array
+from dataclasses import asdict
+from io import BytesIO
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mutagen.mp3._util import LAMEHeader, XingHeader
+
+from converter import _measure, analysis
+from converter.analysis import Analyser, Analysis, Loudness, replay_gain
+from converter.build_measure import build
+from converter.wav import FORMAT_ALAW, FORMAT_FLOAT, FORMAT_MULAW, FORMAT_PCM, WavFormat, WavHeader
+from tests.support import FFMPEG
+
+# FFmpeg's PCM codec for each of the encodings converter/wav.py accepts.
+CODECS = {
+    "pcm_u8": (FORMAT_PCM, 1),
+    "pcm_s16le": (FORMAT_PCM, 2),
+    "pcm_s24le": (FORMAT_PCM, 3),
+    "pcm_s32le": (FORMAT_PCM, 4),
+    "pcm_f32le": (FORMAT_FLOAT, 4),
+    "pcm_f64le": (FORMAT_FLOAT, 8),
+    "pcm_alaw": (FORMAT_ALAW, 1),
+    "pcm_mulaw": (FORMAT_MULAW, 1),
+}
+
+# Test signals, as FFmpeg lavfi sources with a rate placeholder.
+TONE = "sine=f=997:r={rate},volume=2"
+INTER_SAMPLE = "aevalsrc='0.7*sin(2*PI*{quarter}*t+PI/4)':s={rate}"  # a quarter of the rate: peaks between samples
+MUSIC = (
+    "anoisesrc=c=pink:a=0.25:seed=7:r={rate},"
+    "volume='if(lt(mod(t,8),4),1,0.3)':eval=frame,"  # verse and chorus: some loudness range
+    "aformat=channel_layouts=stereo"
+)
+SPEECH_SYNTHESIS = (  # FFmpeg's flite: a voice reading, at 8 kHz
+    "flite=voice=slt:text='"
+    + " ".join(["Loudness is measured in the same pass as the waveform, while the upload streams in."] * 6)
+    + "',aresample={rate}"
+)
+SPEECH = (
+    "aevalsrc='0.6*sin(2*PI*(140+30*sin(2*PI*3*t))*t)*sin(2*PI*1100*t)"
+    "*gt(sin(2*PI*3.1*t),0.1)*gt(sin(2*PI*0.35*t),-0.5)':s={rate}"  # syllables and pauses
+)
+
+
+def wav(source: str, seconds: float, rate: int, channels: int, codec: str = "pcm_s16le", *extra: str) -> bytes:
+    """The source faded in and out over 50 ms, as recordings begin and end: a tone cut off at full
+    level rings between the samples (the Gibbs overshoot), differently through each meter's filter."""
+    fades = f"afade=t=in:d=0.05,afade=t=out:st={seconds - 0.05}:d=0.05"
+    source = f"{source.format(rate=rate, quarter=rate / 4)},{fades}"
+    command = [FFMPEG, "-v", "error", "-f", "lavfi", "-i", source]
+    command += ["-t", str(seconds), "-ar", str(rate), "-ac", str(channels), "-c:a", codec, *extra, "-f", "wav", "-"]
+    return subprocess.run(command, capture_output=True, check=True).stdout
+
+
+def analysed(wav_bytes: bytes, piece: int = 65536) -> Analysis:
+    header = WavHeader()
+    samples = header.feed(wav_bytes)
+    assert header.format is not None
+    analyser = Analyser(header.format)
+    for at in range(0, len(samples), piece):
+        analyser.take(samples[at : at + piece])
+    return analyser.result()
+
+
+def ebur128(wav_bytes: bytes) -> tuple[float, float, float]:
+    """FFmpeg's integrated loudness and loudness range (to 0.001, from the last frame's metadata)
+    and true peak (its summary, to 0.1 dB) for the same WAV."""
+    command = [FFMPEG, "-nostats", "-i", "-", "-af", "ebur128=peak=true:metadata=1,ametadata=print:file=-"]
+    run = subprocess.run([*command, "-f", "null", "-"], input=wav_bytes, capture_output=True, check=True)
+    metadata, summary = run.stdout.decode(), run.stderr.decode()
+    integrated = re.findall(r"lavfi\.r128\.I=(\S+)", metadata)[-1]
+    loudness_range = re.findall(r"lavfi\.r128\.LRA=(\S+)", metadata)[-1]
+    true_peak = re.search(r"True peak:\s+Peak:\s+(\S+) dBFS", summary)
+    assert true_peak, summary
+    return float(integrated), float(loudness_range), float(true_peak.group(1))
+
+
+# --- loudness against FFmpeg's ebur128 ------------------------------------------------------
+
+LOUDNESS_CASES = {
+    "tone, stereo 48 kHz": (TONE, 10, 48000, 2),
+    "tone, mono 44.1 kHz": (TONE, 10, 44100, 1),
+    "tone, mono 8 kHz": (TONE, 10, 8000, 1),
+    "inter-sample peaks, 48 kHz": (INTER_SAMPLE, 10, 48000, 2),
+    "music-like, stereo 44.1 kHz": (MUSIC, 40, 44100, 2),
+    "music-like, stereo 96 kHz": (MUSIC, 20, 96000, 2),
+    "speech-like, mono 16 kHz": (SPEECH, 40, 16000, 1),
+    "speech (flite), mono 16 kHz": (SPEECH_SYNTHESIS, 30, 16000, 1),
+    "speech (flite), stereo 44.1 kHz": (SPEECH_SYNTHESIS, 30, 44100, 2),
+    "speech-like, mono 22.05 kHz": (SPEECH, 30, 22050, 1),
+}
+
+
+@pytest.mark.parametrize("case", LOUDNESS_CASES)
+def test_loudness_agrees_with_ffmpeg_ebur128(case: str) -> None:
+    source, seconds, rate, channels = LOUDNESS_CASES[case]
+    recording = wav(source, seconds, rate, channels)
+    integrated, loudness_range, true_peak = ebur128(recording)
+    loudness = analysed(recording).loudness
+    assert loudness.integrated is not None
+    assert loudness.range is not None
+    assert loudness.true_peak is not None
+    assert loudness.integrated == pytest.approx(integrated, abs=0.1)
+    assert loudness.range == pytest.approx(loudness_range, abs=0.1)
+    assert loudness.true_peak == pytest.approx(true_peak, abs=0.1)
+
+
+def test_surround_channels_weigh_as_bs1770_says() -> None:
+    """5.1 from six channels at different levels: the surrounds count 1.41 times, the LFE not at all."""
+    levels = "pan=5.1|c0=0.5*c0|c1=0.1*c0|c2=0.2*c0|c3=0.9*c0|c4=0.3*c0|c5=0.05*c0"
+    recording = wav(f"anoisesrc=a=0.5:seed=3:r={{rate}},{levels}", 10, 48000, 6)
+    integrated, loudness_range, _true_peak = ebur128(recording)
+    loudness = analysed(recording).loudness
+    assert loudness.integrated == pytest.approx(integrated, abs=0.1)
+    assert loudness.range == pytest.approx(loudness_range, abs=0.1)
+    louder_lfe = wav(f"anoisesrc=a=0.5:seed=3:r={{rate}},{levels.replace('0.9*c0', '0.99*c0')}", 10, 48000, 6)
+    assert analysed(louder_lfe).loudness.integrated == loudness.integrated
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_every_sample_encoding_measures_alike(codec: str) -> None:
+    recording = wav(MUSIC, 12, 44100, 2, codec)
+    integrated, _, true_peak = ebur128(recording)
+    loudness = analysed(recording).loudness
+    assert loudness.integrated == pytest.approx(integrated, abs=0.1)
+    assert loudness.true_peak == pytest.approx(true_peak, abs=0.1)
+
+
+@pytest.mark.parametrize(("level", "expected"), [(-23.0, -23.0), (-33.0, -33.0)])
+def test_ebu_tech_3341_stereo_tones(level: float, expected: float) -> None:
+    """EBU Tech 3341 cases 1 and 2: a 1 kHz sine at -23 (-33) dBFS in both channels reads -23 (-33) LUFS."""
+    tone = f"{10 ** (level / 20)}*sin(2*PI*1000*t)"
+    recording = wav(f"aevalsrc='{tone}|{tone}':s={{rate}}", 20, 48000, 2, "pcm_s24le")
+    loudness = analysed(recording).loudness
+    assert loudness.integrated == pytest.approx(expected, abs=0.1)
+    assert loudness.range == pytest.approx(0.0, abs=0.1)
+    assert loudness.true_peak == pytest.approx(level, abs=0.05)
+
+
+def test_true_peak_sees_between_the_samples() -> None:
+    """A sine at a quarter of the rate, sampled 45 degrees off its crests: every sample is 3 dB
+    below the true peak, which a sample-peak meter misses."""
+    loudness = analysed(wav(INTER_SAMPLE, 2, 48000, 1, "pcm_f32le")).loudness
+    assert loudness.sample_peak == pytest.approx(20 * math.log10(0.7 / math.sqrt(2)), abs=0.01)
+    assert loudness.true_peak == pytest.approx(20 * math.log10(0.7), abs=0.02)
+
+
+def reference_true_peak(channels: list[list[float]], rate: int) -> float:
+    """The largest magnitude among the samples and every point of the analyser's oversampling
+    stages, computed over each whole channel at once (silence around it), in double precision."""
+    first = analysis.midpoint_taps(analysis.FIRST_TAPS_EACH_SIDE)
+    later = analysis.midpoint_taps(analysis.LATER_TAPS_EACH_SIDE)
+    peak = 0.0
+    for samples in channels:
+        sequence = [0.0] * 64 + samples + [0.0] * 64
+        peak = max(peak, *(abs(v) for v in samples))
+        for stage in range(analysis.oversampling_stages(rate)):
+            taps = first if stage == 0 else later
+            side = len(taps)
+            count = len(sequence) - 2 * side + 1
+            middle = [
+                math.fsum(taps[k] * (sequence[i + k] + sequence[i + 2 * side - 1 - k]) for k in range(side))
+                for i in range(count)
+            ]
+            peak = max(peak, *(abs(v) for v in middle))
+            sequence = [v for pair in zip(sequence[side - 1 : side - 1 + count], middle, strict=True) for v in pair]
+    return peak
+
+
+@pytest.mark.parametrize("rate", [44100, 8000])
+def test_true_peak_skips_only_what_cannot_matter(rate: int) -> None:
+    """The blocks the analyser does not interpolate (their samples too far below the peak so far)
+    change nothing: the true peak is that of every point, computed here over the whole signal."""
+    recording = wav(SPEECH, 0.6, rate, 2)
+    header = WavHeader()
+    values = array("h", header.feed(recording))
+    channels = [[v / 32768 for v in values[c::2]] for c in range(2)]
+    expected = 20 * math.log10(reference_true_peak(channels, rate))
+    assert analysed(recording, piece=999).loudness.true_peak == pytest.approx(expected, abs=1e-4)
+
+
+def test_silence_measures_nothing_and_stays_valid_json() -> None:
+    for codec in ("pcm_s16le", "pcm_u8", "pcm_mulaw", "pcm_f32le"):
+        result = analysed(wav("anullsrc=r={rate}", 5, 44100, 2, codec))
+        assert result.loudness == Loudness(integrated=None, range=None, true_peak=None, sample_peak=None)
+        json.dumps(asdict(result.loudness), allow_nan=False)
+        assert replay_gain(result.loudness) is None
+        assert set(result.peaks.data) == {0}
+
+
+def test_a_law_has_no_silence() -> None:
+    """A-law has no zero: its quietest code decodes to 8/32768 (-72 dBFS), as FFmpeg decodes it."""
+    loudness = analysed(wav("anullsrc=r={rate}", 5, 8000, 1, "pcm_alaw")).loudness
+    assert loudness.integrated is None
+    assert loudness.sample_peak == pytest.approx(20 * math.log10(8 / 32768))
+
+
+def test_short_recordings_measure_what_they_can() -> None:
+    """Under 400 ms there is no gating block; under 3 s no short-term block for the range."""
+    tiny = analysed(wav(TONE, 0.3, 44100, 2)).loudness
+    assert tiny.integrated is None
+    assert tiny.range is None
+    assert tiny.true_peak is not None
+    assert tiny.sample_peak is not None
+    short = analysed(wav(TONE, 1.0, 44100, 2)).loudness
+    assert short.integrated is not None
+    assert short.range is None
+    one_frame = Analyser(WavFormat(FORMAT_PCM, 2, 44100, 4, 16))
+    one_frame.take(b"\x00\x40\x00\xc0")
+    result = one_frame.result()
+    assert result.sample_frames == 1
+    assert result.loudness.sample_peak == pytest.approx(20 * math.log10(0.5))
+    assert result.peaks.length == 0  # a pixel is 1/100 s: none finished
+
+
+def test_float_samples_beyond_full_scale_and_not_numbers() -> None:
+    """A float WAV may hold +6 dBFS, NaN or infinity: the peaks clip to the 8-bit range, NaN counts
+    as silence, infinity as the largest magnitude, and every result is a number JSON can carry."""
+    samples = array("f", [2.0, -2.0, float("nan"), float("inf"), float("-inf")] * 2000).tobytes()
+    analyser = Analyser(WavFormat(FORMAT_FLOAT, 1, 8000, 4, 32))
+    analyser.take(samples)
+    result = analyser.result()
+    json.dumps(asdict(result.loudness), allow_nan=False)
+    assert result.loudness.sample_peak == pytest.approx(20 * math.log10(65536))
+    assert set(array("b", result.peaks.data)) == {-128, 127}
+
+
+# --- waveform peaks ---------------------------------------------------------------------------
+
+
+def reference_peaks(wav_bytes: bytes, channels: int, samples_per_pixel: int) -> bytes:
+    """Per pixel, the lowest and highest sample of any channel as FFmpeg decodes them, in 8 bits
+    rounded outwards (floor of the lowest x 128, ceiling of the highest x 128, within -128..127)."""
+    command = [FFMPEG, "-v", "error", "-i", "-", "-f", "f64le", "-c:a", "pcm_f64le", "-"]
+    values = array("d", subprocess.run(command, input=wav_bytes, capture_output=True, check=True).stdout)
+    frames = len(values) // channels
+    pixels = bytearray()
+    for start in range(0, frames - samples_per_pixel + 1, samples_per_pixel):
+        window = values[start * channels : (start + samples_per_pixel) * channels]
+        low, high = math.floor(min(window) * 128), math.ceil(max(window) * 128)
+        pixels += struct.pack("bb", max(-128, min(127, low)), max(-128, min(127, high)))
+    return bytes(pixels)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_peaks_are_the_samples_min_and_max_exactly(codec: str, channels: int) -> None:
+    recording = wav(MUSIC.replace("aformat=channel_layouts=stereo", "volume=3"), 3, 22050, channels, codec)
+    peaks = analysed(recording, piece=1000).peaks  # pieces that cut sample frames
+    assert peaks.samples_per_pixel == 220  # 1/100 s at 22.05 kHz
+    assert peaks.length == 3 * 22050 // 220
+    assert peaks.data == reference_peaks(recording, channels, 220)
+
+
+def test_long_recordings_widen_their_pixels_exactly() -> None:
+    """Past MAX_PIXELS pixels, each pixel takes twice the samples: the same min and max as if
+    computed at that width from the start."""
+    recording = wav(SPEECH, 7, 8000, 2, "pcm_s16le")
+    with mock.patch.object(analysis, "MAX_PIXELS", 100):
+        peaks = analysed(recording, piece=777).peaks
+    assert peaks.samples_per_pixel == 80 * 8  # 700 pixels of 1/100 s, halved three times
+    assert 50 < peaks.length <= 100
+    assert peaks.data == reference_peaks(recording, 2, 640)
+
+
+def test_six_hours_fit_in_a_few_hundred_kilobytes() -> None:
+    analyser = Analyser(WavFormat(FORMAT_PCM, 1, 8000, 2, 16))
+    minute = bytes(8000 * 60 * 2)
+    for _ in range(6 * 60):
+        analyser.take(minute)
+    result = analyser.result()
+    assert result.sample_frames == 6 * 3600 * 8000
+    assert result.peaks.samples_per_pixel == 80 * 32
+    assert result.peaks.length == 6 * 3600 * 8000 // (80 * 32)
+    assert len(result.peaks.dat()) <= 24 + 2 * analysis.MAX_PIXELS
+    assert len(analyser.state()) < 300_000
+
+
+def test_dat_and_json_follow_audiowaveforms_data_format() -> None:
+    """doc/DataFormat.md: version 2 header (version, flags with bit 0 = 8-bit, sample rate, samples
+    per pixel, length, channels; little-endian), then min and max per pixel as signed bytes."""
+    peaks = analysed(wav(SPEECH, 2, 16000, 2)).peaks
+    dat = peaks.dat()
+    version, flags, rate, samples_per_pixel, length, channels = struct.unpack_from("<iIiiIi", dat)
+    assert (version, flags & 1, rate, samples_per_pixel, channels) == (2, 1, 16000, 160, 1)
+    assert length == 200
+    assert len(dat) == 24 + 2 * length
+    document = json.loads(json.dumps(peaks.json()))
+    assert document == {
+        "version": 2,
+        "channels": 1,
+        "sample_rate": 16000,
+        "samples_per_pixel": 160,
+        "bits": 8,
+        "length": 200,
+        "data": list(array("b", dat[24:])),
+    }
+    assert all(low <= high for low, high in zip(document["data"][::2], document["data"][1::2], strict=True))
+
+
+# --- saving and resuming -------------------------------------------------------------------------
+
+FORMATS = [WavFormat(tag, channels, rate, channels * width, 8 * width) for (tag, width) in CODECS.values()
+           for channels, rate in ((1, 8000), (2, 11025), (3, 8000))]  # fmt: skip
+
+
+def feed(analyser: Analyser, data: bytes, cuts: list[int]) -> None:
+    at = 0
+    for cut in sorted(cuts):
+        analyser.take(data[at:cut])
+        at = cut
+    analyser.take(data[at:])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    wav_format=st.sampled_from(FORMATS),
+    data=st.binary(min_size=0, max_size=120_000),
+    fraction=st.floats(0, 1),
+    cuts=st.lists(st.integers(0, 120_000), max_size=6),
+)
+def test_saved_and_restored_goes_on_bit_for_bit(
+    wav_format: WavFormat, data: bytes, fraction: float, cuts: list[int]
+) -> None:
+    """Random bytes as samples (every encoding, NaNs and all), cut at any byte: feeding A, saving,
+    restoring and feeding B gives exactly the result of feeding A + B at once."""
+    with mock.patch.object(analysis, "MAX_PIXELS", 16):  # widening, too, across the cut
+        whole = Analyser(wav_format)
+        whole.take(data)
+        expected = whole.result()
+
+        split = int(len(data) * fraction)
+        first = Analyser(wav_format)
+        feed(first, data[:split], [c for c in cuts if c < split])
+        first.result()  # looking does not change anything
+        resumed = Analyser.restore(wav_format, first.state())
+        feed(resumed, data[split:], [c - split for c in cuts if c >= split])
+        result = resumed.result()
+    assert repr(result) == repr(expected)  # repr: NaN-safe and exact for floats
+    assert result.sample_frames == len(data) // wav_format.block_align
+
+
+def test_the_builds_for_every_x86_64_and_for_avx2_give_the_same_bits(tmp_path: Path) -> None:
+    """converter/_measure.c runs its loops in AVX2 where the machine has it; a state saved there may
+    be resumed on a machine without: the plain build must compute exactly the same."""
+    spec = importlib.util.spec_from_file_location("_measure", build(tmp_path, ("ONE_BUILD",)))
+    assert spec is not None
+    assert spec.loader is not None
+    plain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain)
+    for wav_format in FORMATS:
+        data = hashlib.shake_256(repr(wav_format).encode()).digest(200_000 - 200_000 % wav_format.block_align)
+        analyser = Analyser(wav_format)
+        core = bytearray(analyser._core)
+        assert _measure.feed(analyser._core, data) == plain.feed(core, data)
+        assert analyser._core == core
+        assert _measure.finish(bytearray(core)) == plain.finish(bytearray(core))
+
+
+def test_restore_refuses_another_format_and_damaged_states() -> None:
+    stereo = WavFormat(FORMAT_PCM, 2, 44100, 4, 16)
+    analyser = Analyser(stereo)
+    analyser.take(bytes(range(256)) * 100)
+    state = analyser.state()
+    assert Analyser.restore(stereo, state).result() == analyser.result()
+    with pytest.raises(ValueError, match="another sample format"):
+        Analyser.restore(WavFormat(FORMAT_PCM, 2, 48000, 4, 16), state)
+    for damaged in (state[:-10], b"nonsense", state[:6] + b"\x00" * 40, state.replace(b"WAVA", b"WAVB")):
+        with pytest.raises(ValueError, match="state"):
+            Analyser.restore(stereo, damaged)
+
+
+# --- ReplayGain for the LAME tag -------------------------------------------------------------------
+
+
+def lame_fields(peak: bytes, gain: bytes) -> LAMEHeader:
+    """The fields read back by mutagen, as a player's tag reader would from the LAME tag."""
+    tag = bytearray(36)
+    tag[0:9] = b"LAME3.100"
+    tag[11:15] = peak
+    tag[15:17] = gain
+    xing = XingHeader.__new__(XingHeader)
+    xing.vbr_scale = 100
+    return LAMEHeader(xing, BytesIO(bytes(tag[9:])))  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(
+    ("integrated", "true_peak", "gain_field", "peak_field", "gain_db", "peak"),
+    [
+        (-23.0, 0.0, 0x2C32, 0x00800000, 5.0, 1.0),  # +5.0 dB to -18 LUFS; a full-scale peak
+        (-8.55, -6.020599913, 0x2E5E, 0x00400000, -9.4, 0.5),  # -9.45 dB rounds to -9.4 (LAME: floor(x + 0.5))
+        (-80.0, -60.0, 0x2DFE, 0x000020C5, 51.0, 0.001),  # +62 dB is beyond the 9 bits: 51.0
+        (-18.0, 3.0, 0x2C00, 0x00B4CE08, 0.0, 1.4125),  # a true peak above full scale
+    ],
+)
+def test_replay_gain_fields_as_lame_writes_them(
+    integrated: float, true_peak: float, gain_field: int, peak_field: int, gain_db: float, peak: float
+) -> None:
+    gain = replay_gain(Loudness(integrated=integrated, range=0.0, true_peak=true_peak, sample_peak=true_peak))
+    assert gain is not None
+    assert gain.track_gain_field == struct.pack(">H", gain_field)
+    assert gain.peak_field == struct.pack(">I", peak_field)
+    read = lame_fields(gain.peak_field, gain.track_gain_field)
+    assert read.track_gain_adjustment == pytest.approx(gain_db)
+    assert read.track_gain_origin == 3  # determined automatically
+    assert read.track_peak == pytest.approx(peak, rel=1e-4)
