@@ -55,6 +55,7 @@ def init_app(settings: Settings) -> web.Application:
         time_limit_s=settings.ffmpeg_timeout_s,
         max_seconds=settings.max_duration_s,
         stall_timeout_s=settings.stall_timeout_s,
+        analyse=settings.audio_analysis,
         parallel_segments=settings.parallel_segments,
         spare=app[SLOTS],
     )

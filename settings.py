@@ -48,6 +48,8 @@ class Settings:
     # A conversion in which nothing moves (FFmpeg hung, the database silent) for this
     # long fails with 503; also the deadline of every statement sent to the primary.
     stall_timeout_s: float = 30.0
+    # Each record's waveform and loudness, measured as its samples stream through (off: neither).
+    audio_analysis: bool = True
     # A resumable upload nobody writes to for this long is removed, with its MP3 so far.
     upload_expiry_s: float = 24 * 3600.0
     max_duration_s: float = 4 * 3600.0
@@ -108,6 +110,7 @@ class Settings:
             ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),
             stall_timeout_s=_seconds(env, "STALL_TIMEOUT_S", cls.stall_timeout_s, 3600),
             upload_expiry_s=_seconds(env, "UPLOAD_EXPIRY_S", cls.upload_expiry_s, 30 * 86400),
+            audio_analysis=_switch(env, "AUDIO_ANALYSIS", cls.audio_analysis),
             max_duration_s=_seconds(env, "MAX_DURATION_S", cls.max_duration_s, MAX_DURATION_LIMIT_S),
             read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
             min_upload_kbps=_number(env, "MIN_UPLOAD_KBPS", cls.min_upload_kbps, 0, 1 << 20),
@@ -141,6 +144,15 @@ def find_ffmpeg(configured: str | None) -> str:
             "FFmpeg not found: install it (apt-get install ffmpeg), "
             "pip install imageio-ffmpeg, or set FFMPEG_BINARY to its path"
         ) from error
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in {"on", "off"}:
+        raise ConfigError(f"{name} must be on or off, not {raw!r}")
+    return raw == "on"
 
 
 def _number(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

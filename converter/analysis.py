@@ -237,6 +237,12 @@ class Analyser:
         if whole:
             self._feed(view[:whole])
 
+    @property
+    def bytes_taken(self) -> int:
+        """The sample bytes taken so far, a cut sample frame included."""
+        frames, _ = _measure.counters(self._core)
+        return int(frames) * self.format.block_align + len(self._partial)
+
     def result(self) -> Analysis:
         frames, samples_per_pixel = _measure.counters(self._core)
         true_peak, sample_peak = _measure.finish(bytearray(self._core))  # a copy: the analysis may go on

@@ -15,8 +15,12 @@ import functools
 import struct
 from array import array
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from converter.errors import Mp3StreamError
+
+if TYPE_CHECKING:
+    from converter.analysis import ReplayGain
 
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # The constant bit rates LAME encodes at, kbit/s.
@@ -209,7 +213,14 @@ class Mp3Stream:
         self._window_start += drop
         self.audio_bytes = window_end - self.header_offset
 
-    def header_frame(self, samples: int, vbr: bool, lead_in: int = 0, earlier: array[int] | None = None) -> bytes:
+    def header_frame(
+        self,
+        samples: int,
+        vbr: bool,
+        lead_in: int = 0,
+        earlier: array[int] | None = None,
+        replay_gain: ReplayGain | None = None,
+    ) -> bytes:
         """The Xing ("Info" for CBR) frame with LAME's delay and padding, for ``samples`` encoded
         samples after ``lead_in`` samples of silence that are not the recording's (players skip
         them as part of the delay). A resumed stream needs the positions of the frames before
@@ -234,6 +245,9 @@ class Mp3Stream:
         bitrate_byte = min(255, self.first.bitrate // 1000)
         frame[lame : lame + 9] = ENCODER
         frame[lame + 9] = 0x04 if vbr else 0x01  # tag revision 0; VBR method: mtrh (LAME's -V) or CBR
+        if replay_gain is not None:  # players that honour it play at a consistent level
+            frame[lame + 11 : lame + 15] = replay_gain.peak_field
+            frame[lame + 15 : lame + 17] = replay_gain.track_gain_field
         frame[lame + 20] = bitrate_byte
         delays = (delay << 12) | max(0, min(padding, 4095))
         frame[lame + 21 : lame + 24] = delays.to_bytes(3, "big")

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from converter.analysis import Analyser, Analysis, replay_gain
 from converter.command import EncoderPlan
 from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
 from converter.mp3 import Mp3Stream, mp3_sample_rate_for, samples_per_frame
 from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.progress import STORING, Progress
 from converter.resume import TAIL_FRAMES, Checkpoint, Resumable, resume_frame_for
-from converter.segments import SegmentedEncoder
-from converter.splice import Frame
+from converter.segments import POST_ROLL_FRAMES, SegmentedEncoder
+from converter.splice import Frame, pre_roll_frames
 from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
@@ -44,6 +46,7 @@ class Converted:
     channels: int
     header_frame: bytes  # the Xing/LAME frame, to write over the blank at header_offset
     header_offset: int
+    analysis: Analysis | None = None  # the waveform's peaks and the loudness (ConverterConfig.analyse)
     joins: int = 0  # where the frames of one encoder were joined to another's (converter/segments.py)
     forced_joins: int = 0  # of those, cut at the boundary for want of a frame that fits (may click)
 
@@ -86,20 +89,27 @@ async def convert(
     if declared is not None and declared > config.max_seconds:
         raise _too_long(config.max_seconds)
     plan = EncoderPlan(config.ffmpeg, header.format, choose_format(header, options))
+    analyser = None
+    if config.analyse:
+        measured = previous.analysis if previous is not None else b""
+        analyser = Analyser.restore(header.format, measured) if measured else Analyser(header.format)
     output = _Output(sink, progress)
     stored: tuple[int, list[Frame]] | None = None
+    skip = 0  # sample bytes the encoder already had (the measurement had not)
     if resumable is not None:
-        output.checkpoints = _Checkpoints(resumable, plan, wav_header, previous)
+        output.checkpoints = _Checkpoints(resumable, plan, wav_header, previous, analyser)
+        if previous is not None:
+            header.data_seen = previous.samples_at
+            frame_bytes = samples_per_frame(header.format.sample_rate) * header.format.block_align
+            skip = previous.resume_frame * frame_bytes - previous.samples_at
         if previous is not None and previous.resume_frame:
             stored = previous.resume_frame, resumable.stored
-            header.data_seen = previous.resume_frame * samples_per_frame(header.format.sample_rate)
-            header.data_seen *= header.format.block_align
             output.resume_at(previous)
     time_limit = asyncio.timeout(config.time_limit_s)
     try:
         async with time_limit:
             samples = _samples(first_samples, source, header, config.max_seconds)
-            encoding = _encode(samples, plan, config, header.data_declared, output, progress, stored)
+            encoding = _encode(samples, plan, config, header.data_declared, output, progress, stored, analyser, skip)
             encoder, lead_in = await progress.watched(encoding)
     except (TimeoutError, ExceptionGroup) as failure:
         if time_limit.expired():
@@ -120,14 +130,17 @@ async def convert(
     earlier = None
     if stored is not None and resumable is not None:
         earlier = await resumable.earlier_offsets(stored[0])
+    analysis = analyser.result() if analyser is not None else None
+    gain = replay_gain(analysis.loudness) if analysis is not None else None
     return Converted(
         size=output.size,
         duration=round(header.duration, 6),  # to the microsecond: one sample is never 0
         bitrate=mp3.average_bitrate if vbr else mp3.first.bitrate,
         sample_rate=mp3.first.sample_rate,
         channels=mp3.first.channels,
-        header_frame=mp3.header_frame(samples_out, vbr=vbr, lead_in=lead_in, earlier=earlier),
+        header_frame=mp3.header_frame(samples_out, vbr=vbr, lead_in=lead_in, earlier=earlier, replay_gain=gain),
         header_offset=mp3.header_offset,
+        analysis=analysis,
         joins=encoder.joins,
         forced_joins=encoder.forced_joins,
     )
@@ -141,9 +154,12 @@ async def _encode(
     output: _Output,
     progress: Progress,
     stored: tuple[int, list[Frame]] | None,
+    analyser: Analyser | None,
+    skip: int,
 ) -> tuple[SegmentedEncoder, int]:
-    """The upload's samples through its encoder into ``output``; the encoder, done, and
-    the samples of silence put before the recording (see SHORTEST_SAMPLES)."""
+    """The upload's samples through its encoder (but its first ``skip`` bytes) into ``output``
+    and through the ``analyser``; the encoder, done, and the samples of silence put before
+    the recording (see SHORTEST_SAMPLES), which the analyser never sees."""
     shortest = SHORTEST_SAMPLES * plan.source.block_align
     # Held until the recording is known not to be that short (a resumed one is not).
     first: bytearray | None = bytearray() if stored is None else None
@@ -152,6 +168,14 @@ async def _encode(
     async with running as encoder:
         try:
             async for chunk in samples:
+                if output.checkpoints is not None:
+                    output.checkpoints.measure(chunk)
+                elif analyser is not None:
+                    analyser.take(chunk)
+                if skip:
+                    chunk, skip = chunk[skip:], max(0, skip - len(chunk))
+                    if not chunk:
+                        continue
                 if first is not None:
                     first += chunk
                     if len(first) < shortest:
@@ -164,6 +188,8 @@ async def _encode(
         if first:
             lead_in = LEAD_IN_SAMPLES
             await encoder.take(plan.source.silence(lead_in) + first)
+        if output.checkpoints is not None:
+            output.checkpoints.measure_all()
         await encoder.finish()
     await output.flush()
     return encoder, lead_in
@@ -258,15 +284,55 @@ class _Checkpoints:
     """A resumable conversion's checkpoints: each at a frame boundary, at most every
     ``every_s``, and only one that moves it on (converter/resume.py)."""
 
-    def __init__(self, resumable: Resumable, plan: EncoderPlan, wav_header: bytes, previous: Checkpoint | None):
+    def __init__(
+        self,
+        resumable: Resumable,
+        plan: EncoderPlan,
+        wav_header: bytes,
+        previous: Checkpoint | None,
+        analyser: Analyser | None,
+    ) -> None:
         self.resumable = resumable
         self.plan = plan
         self.wav_header = wav_header
+        self.analyser = analyser
+        # The measurement cannot go back, so a checkpoint's offset is where it was saved,
+        # at or before the encoder's resume point. It runs ``hold`` bytes behind the
+        # upload: when a request ends early, its encoders flush what they were given and
+        # the resume point lands within that of the end, where the measurement is saved
+        # exactly. Checkpoints along the way save it as it is (oldest first, below).
+        frame_bytes = samples_per_frame(plan.source.sample_rate) * plan.source.block_align
+        assert plan.options.channels is not None
+        reach = POST_ROLL_FRAMES + pre_roll_frames(plan.source.sample_rate, plan.options.channels) + 4
+        self.hold = reach * frame_bytes
+        self.held = bytearray()
+        self.measured: deque[tuple[int, bytes]] = deque()
+        if analyser is not None:
+            self.measured.append((analyser.bytes_taken, analyser.state()))
         self.offset = previous.wav_offset if previous is not None else 0
         self.frames = previous.frames if previous is not None else 0
         self._loop = asyncio.get_running_loop()
         self._next = self._loop.time()
         self.splittable = plan.options.sample_rate == plan.source.sample_rate
+
+    def measure(self, samples: bytes) -> None:
+        """The samples to the analyser, ``hold`` bytes behind."""
+        if self.analyser is None:
+            return
+        self.held += samples
+        if len(self.held) > self.hold:
+            self._measure_up_to(self.analyser.bytes_taken + len(self.held) - self.hold)
+
+    def measure_all(self) -> None:
+        """The upload's end: what is held, to the analyser."""
+        if self.analyser is not None:
+            self._measure_up_to(self.analyser.bytes_taken + len(self.held))
+
+    def _measure_up_to(self, position: int) -> None:
+        assert self.analyser is not None
+        count = position - self.analyser.bytes_taken
+        self.analyser.take(self.held[:count])
+        del self.held[:count]
 
     def due(self) -> bool:
         return self._loop.time() >= self._next
@@ -275,7 +341,11 @@ class _Checkpoints:
         if not (last or self.due()):
             return
         self._next = self._loop.time() + self.resumable.every_s
-        checkpoint = self.at(output)
+        if self.analyser is not None:
+            self.measured.append((self.analyser.bytes_taken, self.analyser.state()))
+        checkpoint = self.at(output, exact=last)
+        if checkpoint is None:
+            return
         # Never a step back: a resumed stream rewrites the frames from its resume_frame on,
         # and commits once it holds more than the last checkpoint did.
         moves_on = checkpoint.wav_offset > self.offset or checkpoint.frames > self.frames
@@ -283,13 +353,28 @@ class _Checkpoints:
             await self.resumable.commit(checkpoint)
             self.offset, self.frames = checkpoint.wav_offset, checkpoint.frames
 
-    def at(self, output: _Output) -> Checkpoint:
+    def at(self, output: _Output, exact: bool = False) -> Checkpoint | None:
         mp3, source = output.mp3, self.plan.source
         assert self.plan.options.channels is not None
         # A resampled stream cannot be joined mid-way: it starts afresh, its header kept.
         resume = resume_frame_for(mp3.frames, source.sample_rate, self.plan.options.channels) if self.splittable else 0
         tail = mp3.file_offsets(min(TAIL_FRAMES, len(mp3._offsets))) if mp3.first is not None else []
         frame_bytes = samples_per_frame(source.sample_rate) * source.block_align
+        samples_at, measured = resume * frame_bytes, b""
+        analyser = self.analyser
+        if (
+            exact
+            and analyser is not None
+            and analyser.bytes_taken <= samples_at <= analyser.bytes_taken + len(self.held)
+        ):
+            self._measure_up_to(samples_at)  # the last checkpoint: saved right at the resume point
+            self.measured.append((samples_at, analyser.state()))
+        if self.measured:
+            while len(self.measured) > 1 and self.measured[1][0] <= samples_at:
+                self.measured.popleft()  # a newer one is at or before the resume point
+            if self.measured[0][0] > samples_at:
+                return None  # the resume point is back behind where the measurement was saved
+            samples_at, measured = self.measured[0]
         return Checkpoint(
             wav_header=self.wav_header,
             frames=mp3.frames,
@@ -298,7 +383,8 @@ class _Checkpoints:
             header_offset=mp3.header_offset,
             tail=tuple(tail),
             resume_frame=resume,
-            wav_offset=len(self.wav_header) + resume * frame_bytes,
+            wav_offset=len(self.wav_header) + samples_at,
+            analysis=measured,
         )
 
 

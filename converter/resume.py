@@ -46,9 +46,18 @@ class Checkpoint:
     header_offset: int = 0  # where the Xing/LAME frame goes: right after the ID3v2 tag
     tail: tuple[int, ...] = field(default=())  # file offsets of the last frames stored, oldest first
     resume_frame: int = 0  # the first frame a later request's encoder makes (0: it starts afresh)
-    wav_offset: int = 0  # the WAV's bytes before that frame's samples: the upload's offset
+    wav_offset: int = 0  # the WAV's bytes a later request sends from: the upload's offset
     joins: int = 0
     forced_joins: int = 0
+    # The waveform and loudness measured up to the offset (converter/analysis.py's state; b"":
+    # not measured). The measurement cannot go back, so the offset is where it was saved,
+    # at or before resume_frame's samples: the encoder skips what lies between.
+    analysis: bytes = b""
+
+    @property
+    def samples_at(self) -> int:
+        """The sample bytes before the offset: where a later request's samples begin."""
+        return self.wav_offset - len(self.wav_header)
 
     @property
     def first_frame_at(self) -> int:
@@ -63,7 +72,7 @@ class Checkpoint:
         return self.tail[self.resume_frame - (self.frames - len(self.tail))]
 
     def to_json(self) -> dict[str, Any]:
-        """Everything but the WAV's header, which is stored once, apart."""
+        """Everything but the WAV's header, stored once, and the analysis, stored apart."""
         return {
             "version": VERSION,
             "frames": self.frames,
@@ -78,11 +87,11 @@ class Checkpoint:
         }
 
     @classmethod
-    def from_json(cls, stored: dict[str, Any] | str, wav_header: bytes) -> Checkpoint:
+    def from_json(cls, stored: dict[str, Any] | str, wav_header: bytes, analysis: bytes = b"") -> Checkpoint:
         values = json.loads(stored) if isinstance(stored, str) else dict(stored)
         if values.pop("version", None) != VERSION:
             raise ValueError("a checkpoint of another version")
-        return cls(wav_header=wav_header, **values | {"tail": tuple(values["tail"])})
+        return cls(wav_header=wav_header, analysis=analysis, **values | {"tail": tuple(values["tail"])})
 
 
 def resume_frame_for(frames: int, sample_rate: int, channels: int) -> int:

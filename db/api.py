@@ -50,6 +50,10 @@ class Record:
     channels: int
     sha256: bytes
     created_at: datetime
+    loudness: float | None  # LUFS, integrated; None: not measured, or nothing to measure
+    loudness_range: float | None  # LU
+    true_peak: float | None  # dBTP
+    has_waveform: bool
     cursor: str  # opaque: pass it to records_list for the records after this one
 
     @classmethod
@@ -163,6 +167,24 @@ async def upload_sha256(db: Database, record_id: UUID) -> bytes:
     return digest.digest()
 
 
+async def record_measure(
+    db: Database,
+    record_id: UUID,
+    waveform: bytes | None,
+    loudness: float | None,
+    loudness_range: float | None,
+    true_peak: float | None,
+) -> None:
+    await db.execute(
+        "SELECT api.record_measure($1, $2, $3, $4, $5)", record_id, waveform, loudness, loudness_range, true_peak
+    )
+
+
+async def record_waveform(db: Database, record_id: UUID, user_id: int) -> bytes:
+    waveform: bytes = await db.fetchval("SELECT api.record_waveform($1, $2)", record_id, user_id)
+    return waveform
+
+
 async def record_open(db: Database, record_id: UUID, user_id: int) -> Record:
     return Record.of(await db.fetchrow("SELECT * FROM api.record_open($1, $2)", record_id, user_id))
 
@@ -214,6 +236,7 @@ class Claim:
     options: dict[str, str]
     wav_header: bytes | None
     progress: dict[str, Any] | None
+    analysis: bytes | None  # the measurement at the offset (converter/analysis.py)
     record_id: UUID | None
 
 
@@ -273,10 +296,11 @@ async def upload_checkpoint(
     progress: dict[str, Any],
     wav_header: bytes | None,
     lifetime_s: float,
+    analysis: bytes | None = None,
 ) -> None:
     await db.execute(
-        "SELECT api.upload_checkpoint($1, $2, $3, $4, $5, $6, $7, $8)",
-        upload_id, generation, at, chunk, offset, json.dumps(progress), wav_header, lifetime_s,
+        "SELECT api.upload_checkpoint($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        upload_id, generation, at, chunk, offset, json.dumps(progress), wav_header, lifetime_s, analysis,
     )  # fmt: skip
 
 

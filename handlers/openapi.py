@@ -278,6 +278,29 @@ def _upload(default_kbps: int) -> dict[str, Any]:
 
 def _records(default_kbps: int) -> dict[str, Any]:
     return {
+        "/record/waveform": {
+            "get": {
+                "tags": ["records"],
+                "summary": "The record's waveform, in audiowaveform's .dat (v2, 8-bit) or JSON",
+                "parameters": [
+                    *RECORD_QUERY,
+                    {"name": "format", "in": "query", "required": False, "schema": {"enum": ["dat", "json"]}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The peaks: one channel, min and max of any channel per pixel",
+                        "content": {
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                            "application/json": {"schema": {"type": "object"}},
+                        },
+                    },
+                    "304": {"description": "Not modified (If-None-Match)"},
+                    "400": BAD_REQUEST,
+                    "404": _error("No such record, another user's, or one with no waveform"),
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
         "/record": {
             "post": _upload(default_kbps),
             "get": _download("Download an MP3 (the record id is the secret)", RECORD_QUERY),
@@ -530,6 +553,17 @@ def _components() -> dict[str, Any]:
                     "sample_rate": {"type": "integer"},
                     "channels": {"type": "integer", "enum": list(CHANNEL_CHOICES)},
                     "created_at": {"type": "string", "format": "date-time"},
+                    "loudness": {
+                        "type": "object",
+                        "description": "ITU-R BS.1770-4 / EBU R128; null: not measured, or silence",
+                        "required": ["integrated", "range", "true_peak"],
+                        "properties": {
+                            "integrated": {"type": ["number", "null"], "description": "LUFS"},
+                            "range": {"type": ["number", "null"], "description": "LU"},
+                            "true_peak": {"type": ["number", "null"], "description": "dBTP"},
+                        },
+                    },
+                    "waveform": {"type": ["string", "null"], "description": "the waveform's link (null: none)"},
                 },
             },
             "Error": {

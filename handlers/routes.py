@@ -13,6 +13,7 @@ from handlers.records import delete_record, list_records, upload_record
 from handlers.swagger import DOCS_INIT_PATH, docs, docs_init, setup_swagger_assets
 from handlers.uploads import create_upload, delete_upload, get_upload, head_upload, patch_upload, tus_options
 from handlers.users import create_user, current_user
+from handlers.waveform import waveform
 
 
 def setup_routes(app: web.Application) -> None:
@@ -21,6 +22,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/record", upload_record)
     app.router.add_get("/record", download)  # HEAD too
     app.router.add_delete("/record", delete_record)
+    app.router.add_get("/record/waveform", waveform)
     app.router.add_get("/records", list_records)
     app.router.add_route("OPTIONS", "/uploads", tus_options)
     app.router.add_post("/uploads", create_upload)

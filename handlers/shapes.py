@@ -75,8 +75,23 @@ def record_json(links: URL, record: api.Record) -> dict[str, Any]:
         "sample_rate": record.sample_rate,
         "channels": record.channels,
         "created_at": record.created_at.isoformat(),
+        "loudness": {  # to the hundredth: the measure agrees with others to a tenth
+            "integrated": _hundredths(record.loudness),
+            "range": _hundredths(record.loudness_range),
+            "true_peak": _hundredths(record.true_peak),
+        },
+        "waveform": link(links, "/record/waveform", id=str(record.id), user=record.user_id)
+        if record.has_waveform
+        else None,
     }
 
 
+def _hundredths(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 # What record_json gives, for the API document.
-RECORD_KEYS = ("id", "user", "url", "filename", "size", "duration", "bitrate", "sample_rate", "channels", "created_at")
+RECORD_KEYS = (
+    "id", "user", "url", "filename", "size", "duration", "bitrate", "sample_rate", "channels", "created_at",
+    "loudness", "waveform",
+)  # fmt: skip

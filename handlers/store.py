@@ -51,7 +51,18 @@ async def store(connection: api.Database, upload: Upload, config: ConverterConfi
         await api.record_append(connection, record_id, chunk)
 
     converted = await convert(upload.wav, append, upload.options, config, share)
+    return await finish_record(connection, record_id, converted)
+
+
+async def finish_record(connection: api.Database, record_id: UUID, converted: Converted) -> api.Record:
+    """The record's header frame written, what was measured stored, and the record finished."""
     await api.record_overwrite(connection, record_id, converted.header_offset, converted.header_frame)
+    if converted.analysis is not None:
+        loudness = converted.analysis.loudness
+        waveform = converted.analysis.peaks.dat()
+        await api.record_measure(
+            connection, record_id, waveform, loudness.integrated, loudness.range, loudness.true_peak
+        )
     return await api.record_finish(
         connection, record_id, converted.duration, converted.bitrate, converted.sample_rate, converted.channels
     )
@@ -69,7 +80,7 @@ class CheckpointedUpload:
         self.claim = claim
         self.lifetime_s = lifetime_s
         self.previous = (
-            Checkpoint.from_json(claim.progress, claim.wav_header)
+            Checkpoint.from_json(claim.progress, claim.wav_header, claim.analysis or b"")
             if claim.progress is not None and claim.wav_header is not None
             else None
         )
@@ -93,7 +104,7 @@ class CheckpointedUpload:
         header = None if self.header_stored else checkpoint.wav_header
         await api.upload_checkpoint(
             self.pool, self.upload_id, self.claim.generation, self.pending_at, bytes(self.pending),
-            checkpoint.wav_offset, checkpoint.to_json(), header, self.lifetime_s,
+            checkpoint.wav_offset, checkpoint.to_json(), header, self.lifetime_s, checkpoint.analysis or None,
         )  # fmt: skip
         self.header_stored = True
         self.pending_at, self.pending = checkpoint.size, bytearray()
@@ -112,10 +123,7 @@ class CheckpointedUpload:
                 self.claim.upload_length, {}, None, self.lifetime_s,
             )  # fmt: skip
             record_id = await api.upload_record_begin(db, self.upload_id, self.claim.generation)
-            await api.record_overwrite(db, record_id, converted.header_offset, converted.header_frame)
-            return await api.record_finish(
-                db, record_id, converted.duration, converted.bitrate, converted.sample_rate, converted.channels
-            )
+            return await finish_record(db, record_id, converted)
 
     async def _read(self, start: int, stop: int) -> bytes:
         read = bytearray()

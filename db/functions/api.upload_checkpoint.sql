@@ -1,8 +1,8 @@
 /**
  * A checkpoint of a PATCH (which claimed `generation`): writes `chunk` into the
  * upload's MP3 at byte `at`, which then ends after it, and stores the
- * converter's `progress` at the new `upload_offset` (which may not go back) and
- * the WAV's header once. PT423 when another request has claimed the upload
+ * converter's `progress` and `analysis` (its measurement so far) at the new
+ * `upload_offset` (which may not go back), and the WAV's header once. PT423 when another request has claimed the upload
  * since; PT413 past the user's quota (this and the user's other uploads in
  * progress count), PT507 past the service's bound. Extends the expiry.
  */
@@ -14,7 +14,8 @@ CREATE FUNCTION api.upload_checkpoint(
     upload_offset bigint,
     progress jsonb,
     wav_header bytea,
-    lifetime_s double precision
+    lifetime_s double precision,
+    analysis bytea DEFAULT NULL
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -44,6 +45,7 @@ BEGIN
     UPDATE app.uploads AS u
     SET upload_offset = upload_checkpoint.upload_offset,
         progress = upload_checkpoint.progress,
+        analysis = upload_checkpoint.analysis,
         wav_header = coalesce(u.wav_header, upload_checkpoint.wav_header),
         mp3_bytes = new_size,
         expires_at = now() + make_interval(secs => lifetime_s)
@@ -51,5 +53,5 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION api.upload_checkpoint(uuid, bigint, bigint, bytea, bigint, jsonb, bytea, double precision) IS
+COMMENT ON FUNCTION api.upload_checkpoint(uuid, bigint, bigint, bytea, bigint, jsonb, bytea, double precision, bytea) IS
     'Writes a PATCH''s MP3 bytes at a byte offset and stores its checkpoint; PT423 once another took the upload.';

@@ -23,6 +23,7 @@ RETURNS TABLE (
     options jsonb,
     wav_header bytea,
     progress jsonb,
+    analysis bytea,
     record_id uuid
 )
 LANGUAGE plpgsql
@@ -54,7 +55,7 @@ BEGIN
         RETURNING * INTO the_upload;
     END IF;
     RETURN QUERY SELECT the_upload.generation, the_upload.upload_length, the_upload.filename, the_upload.options,
-                        the_upload.wav_header, the_upload.progress, the_upload.record_id;
+                        the_upload.wav_header, the_upload.progress, the_upload.analysis, the_upload.record_id;
 END;
 $$;
 

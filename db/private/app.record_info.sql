@@ -17,6 +17,10 @@ SELECT
     channels,
     sha256,
     created_at,
+    loudness,
+    loudness_range,
+    true_peak,
+    waveform IS NOT NULL AS has_waveform,
     -- For api.records_list's cursor: the records after this one.
     app.listing_cursor(created_at, id) AS cursor
 FROM app.records

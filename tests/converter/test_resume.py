@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from converter.analysis import Analysis
 from converter.options import ConverterConfig, EncodeOptions
 from converter.pipeline import convert
 from converter.resume import Checkpoint, Resumable, frame_offsets, stored_frames
@@ -83,7 +84,7 @@ async def upload_with_cuts(
     the WAV), resuming each time from the offset the upload reports; the MP3, and the bytes
     sent again after each cut."""
     stored = StoredUpload()
-    resent = []
+    resent: list[int] = []
     offset = 0
     for cut in [*cuts, None]:
         if cut is not None and cut <= offset:
@@ -92,14 +93,19 @@ async def upload_with_cuts(
         try:
             converted = await convert(sent(wav, offset, cut), stored.sink, options, config, resumable=resumable)
         except ClientGone:
-            assert stored.checkpoint is not None
             assert cut is not None
-            assert stored.checkpoint.wav_offset >= offset  # an offset never goes back
-            resent.append(cut - stored.checkpoint.wav_offset)
-            offset = stored.checkpoint.wav_offset
+            durable = stored.checkpoint.wav_offset if stored.checkpoint else 0  # none: cut within the header
+            assert durable >= offset  # an offset never goes back
+            resent.append(cut - durable)
+            offset = durable
             continue
+        measured.append(converted.analysis)
         return stored.finish(converted.header_frame, converted.header_offset), resent
     raise AssertionError("the last request did not finish the upload")
+
+
+# What the last request of each upload_with_cuts measured: its waveform and loudness.
+measured: list[Analysis | None] = []
 
 
 async def single(wav: bytes, options: EncodeOptions) -> bytes:
@@ -109,6 +115,7 @@ async def single(wav: bytes, options: EncodeOptions) -> bytes:
         out.extend(chunk)
 
     converted = await convert(sent(wav, 0, None), sink, options, ONE_ENCODER)
+    measured.append(converted.analysis)
     out[converted.header_offset : converted.header_offset + len(converted.header_frame)] = converted.header_frame
     return bytes(out)
 
@@ -123,7 +130,9 @@ async def test_an_upload_cut_off_anywhere_and_resumed_plays_every_sample_as_one_
     mp3, resent = await upload_with_cuts(wav, sorted(int(len(wav) * cut) for cut in cuts), options)
     original, played = samples_of(wav), decoded(mp3, 2)
     assert len(played) == len(original)
+    resumed_measure = measured[-1]
     one = decoded(await single(wav, options), 2)
+    assert resumed_measure == measured[-1]  # the waveform and loudness of the whole, however it was cut
     assert snr_db(original, played) >= snr_db(original, one) - 0.05
     second = 44100 * 4
     assert all(again <= 2 * second for again in resent)  # about a second, at most two

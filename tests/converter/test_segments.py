@@ -23,7 +23,7 @@ from mutagen.mp3 import MP3
 from converter.command import EncoderPlan
 from converter.mp3 import samples_per_frame
 from converter.options import ConverterConfig, EncodeOptions
-from converter.pipeline import choose_format, convert
+from converter.pipeline import Converted, choose_format, convert
 from converter.progress import Progress
 from converter.segments import POST_ROLL_FRAMES, SegmentedEncoder, segment_frames
 from converter.splice import FrameReader, pre_roll_frames
@@ -49,9 +49,9 @@ async def chunks(data: bytes, size: int = 65537) -> AsyncIterator[bytes]:
         yield data[start : start + size]
 
 
-async def converted(wav: bytes, options: EncodeOptions, encoders: int, spare: Any = None) -> tuple[bytes, int]:
-    """The stored MP3 (header frame in place) and its joins; every segment boundary gets a
-    helper (helper_backlog -1) so the cuts do not depend on timing."""
+async def converted(wav: bytes, options: EncodeOptions, encoders: int, spare: Any = None) -> tuple[bytes, Converted]:
+    """The stored MP3 (header frame in place) and what the conversion says of it; every segment
+    boundary gets a helper (helper_backlog -1) so the cuts do not depend on timing."""
     config = ConverterConfig(
         ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600, parallel_segments=encoders,
         spare=spare or Spares(), segment_seconds=SEGMENT_S, helper_backlog=-1,
@@ -64,7 +64,7 @@ async def converted(wav: bytes, options: EncodeOptions, encoders: int, spare: An
     result = await convert(chunks(wav), sink, options, config)
     out[result.header_offset : result.header_offset + len(result.header_frame)] = result.header_frame
     assert result.forced_joins == 0
-    return bytes(out), result.joins
+    return bytes(out), result
 
 
 def options_channels(options: EncodeOptions, channels: int) -> int:
@@ -96,9 +96,10 @@ async def test_joined_encodings_play_every_sample_and_sound_as_one_does(
     slack_db: tuple[float, float],
 ) -> None:
     wav = music(tmp_path_factory.getbasetemp(), rate, channels)
-    single, no_joins = await converted(wav, options, encoders=1)
-    joined, joins = await converted(wav, options, encoders=encoders)
-    assert no_joins == 0
+    single, alone = await converted(wav, options, encoders=1)
+    joined, together = await converted(wav, options, encoders=encoders)
+    assert alone.joins == 0
+    joins = together.joins
     frame_samples = samples_per_frame(rate)
     segment = segment_frames(rate, options_channels(options, channels), SEGMENT_S) * frame_samples
     assert joins == math.ceil(SECONDS * rate / segment - 0.5) - 1  # none in the last half segment
@@ -119,6 +120,9 @@ async def test_joined_encodings_play_every_sample_and_sound_as_one_does(
     assert len(frames) == len(FrameReader().feed(single))
     info: Any = MP3(io.BytesIO(joined)).info  # type: ignore[no-untyped-call]
     assert info.length == pytest.approx(len(original) / channels / rate, abs=0.001)
+    # Waveform and loudness are of the whole recording in order, however many encoders had it.
+    assert together.analysis is not None
+    assert together.analysis == alone.analysis
 
 
 async def test_a_borrowed_slot_comes_back_when_another_upload_waits(tmp_path: Path) -> None:
