@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from typing import Any
 
 import psycopg
 import pytest
 
+import app as service_app
 from service.keys import SLOTS
+from tests.conftest import MakeClient
 from tests.support import (
     Audio,
     Client,
@@ -197,6 +200,36 @@ async def test_an_expired_upload_is_410_and_swept_with_its_mp3(
     assert count(admin, "SELECT count(*) FROM app.uploads") == 0
     assert count(admin, "SELECT count(*) FROM pg_largeobject_metadata") == 0
     assert await head_status(client, user, path, **TUS) == 404
+
+
+async def test_the_service_sweeps_expired_uploads_by_itself_and_outlives_a_sweep_that_fails(
+    make_client: MakeClient,
+    audio: Audio,
+    admin: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nobody calls api.uploads_sweep but the service: it sweeps every SWEEP_INTERVAL_S (here
+    a tenth of a second), and a sweep the database refuses is logged, not the sweeper's end."""
+    monkeypatch.setattr(service_app, "SWEEP_INTERVAL_S", 0.1)
+    caplog.set_level(logging.INFO, logger="app")
+    client = await make_client()
+    user = await new_user(client)
+    wav = audio(seconds=10)
+    expiring, kept = await created(client, user, len(wav)), await created(client, user, len(wav))
+    await patch(client, user, expiring, 0, wav[: len(wav) // 2])
+    admin.execute("REVOKE EXECUTE ON FUNCTION api.uploads_sweep(integer) FROM mp3_service")
+    admin.execute("UPDATE app.uploads SET expires_at = now() - interval '1 second' WHERE id = %s",
+                  (expiring.rsplit("/", 1)[1],))  # fmt: skip
+    await until(lambda: "sweeping expired uploads failed (InsufficientPrivilegeError" in caplog.text)
+    assert count(admin, "SELECT count(*) FROM app.uploads") == 2
+
+    admin.execute("GRANT EXECUTE ON FUNCTION api.uploads_sweep(integer) TO mp3_service")
+    await until(lambda: "removed 1 expired upload(s) and their MP3s so far" in caplog.text)
+    assert count(admin, "SELECT count(*) FROM app.uploads") == 1
+    assert count(admin, "SELECT count(*) FROM pg_largeobject_metadata") == 1  # the kept upload's
+    assert await head_status(client, user, expiring, **TUS) == 404
+    assert await offset_of(client, user, kept) == 0
 
 
 async def test_termination_removes_the_upload_and_its_mp3(
