@@ -210,7 +210,7 @@ def a_resumable_upload_outlives_its_replica(wav: Path) -> None:
     victim = wait_until(lambda: next((name for name in app_containers() if has_ffmpeg(name)), None), 30)
     killed_at = time.monotonic()
     subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
-    say(f"  killed {victim} {killed_at - started:.1f} s in, with {durable:,} of {length:,} bytes durable")
+    say(f"  killed {victim} {killed_at - started:.1f} s in ({durable:,} of {length:,} bytes were durable when picked)")
     uploading.join(600)
     check(not uploading.is_alive() and not failure, f"tuspy finished: {failure or 'no error'}, "
                                                     f"{time.monotonic() - killed_at:.1f} s after the kill")  # fmt: skip
@@ -221,7 +221,7 @@ def a_resumable_upload_outlives_its_replica(wav: Path) -> None:
     path = re.sub(r"^https?://[^/]+", "", str(uploader.url))
     check(
         len(uploader.resumed_from) == 1 and durable <= uploader.resumed_from[0] < length,
-        f"it resumed once, from the offset HEAD answered: {uploader.resumed_from} (at the kill: {durable:,})",
+        f"it resumed once, from the offset HEAD answered: {uploader.resumed_from} (when picked: {durable:,})",
     )
     served = {name: requests_logged(name, path) for name in app_containers()}
     finished_on = [name for name, lines in served.items() if f"PATCH {path} 204" in lines]
