@@ -14,6 +14,8 @@ import asyncpg
 from aiohttp import web
 
 from converter.options import ConverterConfig
+from db import api
+from db.deadline import UNREACHABLE, within
 from handlers.errors import error_envelope
 from handlers.observe import add_request_id, request_log
 from handlers.page import security_headers
@@ -37,6 +39,10 @@ KEPT_FROM_DOWNLOADS = 2
 CONNECT_TIMEOUT_S = 5.0
 # How long cancelled uploads get to kill FFmpeg and roll back, and the pool to close.
 CANCEL_TIMEOUT_S = 3.0
+# Expired resumable uploads are removed this often, by every process (api.uploads_sweep
+# skips the rows another one is removing), at most SWEEP_BATCH to a statement.
+SWEEP_INTERVAL_S = 60.0
+SWEEP_BATCH = 100
 
 log = logging.getLogger("app")
 
@@ -67,6 +73,7 @@ def init_app(settings: Settings) -> web.Application:
     # (STALL_TIMEOUT_S): a download waits for a permit no longer than those reads take.
     app[DOWNLOAD_READS] = asyncio.Semaphore(SPARE_CONNECTIONS - KEPT_FROM_DOWNLOADS)
     app.cleanup_ctx.append(database_pool)
+    app.cleanup_ctx.append(upload_sweeper)
     app.cleanup_ctx.append(download_cache)
     setup_routes(app)
     return app
@@ -98,6 +105,37 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
         except TimeoutError:
             log.warning("closing a database pool took longer than %g s; terminated", CANCEL_TIMEOUT_S)
             pool.terminate()
+
+
+async def upload_sweeper(app: web.Application) -> AsyncIterator[None]:
+    """Expired resumable uploads (UPLOAD_EXPIRY_S without a PATCH) removed with their MP3s
+    so far, every SWEEP_INTERVAL_S, while the pool is open."""
+    sweeper = asyncio.create_task(sweep_expired_uploads(app[POOL], app[SETTINGS].stall_timeout_s))
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+
+
+async def sweep_expired_uploads(pool: asyncpg.Pool, deadline_s: float) -> None:
+    """Never ends but by cancellation: a sweep that fails (the database down, frozen or
+    refusing) is logged, and the next one tries again."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+        removed = 0
+        try:
+            while True:  # a backlog a batch at a time, each statement within the deadline
+                swept = await within(deadline_s, pool, lambda db: api.uploads_sweep(db, SWEEP_BATCH))
+                removed += swept
+                if swept < SWEEP_BATCH:
+                    break
+        except (*UNREACHABLE, asyncpg.PostgresError) as error:
+            log.warning("sweeping expired uploads failed (%s: %s); trying again in %g s",
+                        type(error).__name__, error, SWEEP_INTERVAL_S)  # fmt: skip
+        except Exception:  # a bug: logged, and the sweeper goes on
+            log.exception("sweeping expired uploads failed")
+        if removed:
+            log.info("removed %d expired upload(s) and their MP3s so far", removed)
 
 
 async def download_cache(app: web.Application) -> AsyncIterator[None]:

@@ -4,9 +4,11 @@ their examples print what they show (tests/documents.py runs them)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,8 +52,10 @@ from tests.support import (
     Audio,
     Client,
     basic,
+    decoded,
     expect_error,
     free_port,
+    local,
     new_user,
     private_cluster,
     upload,
@@ -498,3 +502,29 @@ def test_the_examples_print_what_the_document_shows(
     finally:
         run.close()
     assert run.failures == [], "\n\n".join(run.failures)
+
+
+async def test_the_readmes_tuspy_example_uploads_a_wav(client: Client, audio: Audio, tmp_path: Path) -> None:
+    """The README's Python block, run as written against this service with this test's user:
+    it prints the record's link, whose MP3 plays every sample of the WAV."""
+    (example,) = [block.text for block in blocks(ROOT / "README.md") if block.info == "python"]
+    user_id, token = await new_user(client)
+    replaced = {
+        "http://localhost:8080": f"http://{client.host}:{client.port}",
+        'user_id, token = 1, "1b88aeef-c5f0-4b64-aeea-35f8daa020a5"': f'user_id, token = {user_id}, "{token}"',
+    }
+    for shown, here in replaced.items():
+        assert example.count(shown) == 1, shown
+        example = example.replace(shown, here)
+    (tmp_path / "song.wav").write_bytes(audio(seconds=5))
+    (tmp_path / "example.py").write_text(example)
+    run = await asyncio.create_subprocess_exec(
+        sys.executable, "example.py", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    async with asyncio.timeout(60):
+        printed, _ = await run.communicate()
+    assert run.returncode == 0, printed.decode()
+    link = printed.decode().strip()
+    assert link.startswith(f"http://{client.host}:{client.port}/record?id="), link
+    mp3 = await (await client.get(local(link))).read()
+    assert len(decoded(mp3, 2)) == 5 * 44100 * 2

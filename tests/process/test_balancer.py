@@ -7,16 +7,18 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import psycopg
 import pytest
 
 from tests.database import MakeClient
-from tests.support import ROOT, Audio, Client, basic, free_port, new_user, nothing_stored
+from tests.support import ROOT, Audio, Client, basic, free_port, new_user, nothing_stored, until
 
 HAPROXY = shutil.which("haproxy")
 if HAPROXY is None and os.environ.get("CI") != "true":
@@ -94,3 +96,54 @@ async def test_an_upload_spelled_with_percent_encoding_is_stored_by_no_backend(
     writer.close()
     assert answer.split()[1] == b"404", answer[:300]
     assert nothing_stored(admin)
+
+
+def backends_by_request(log: Path) -> dict[tuple[str, str], str]:
+    """(method, path) -> the backend HAProxy's access log says served it."""
+    lines = log.read_text(errors="replace").splitlines()
+    found = (re.search(r" web (\w+)/\S+ .*\"(\w+) (\S+) HTTP/", line) for line in lines)
+    return {(match[2], match[3]): match[1] for match in found if match}
+
+
+async def test_resumable_uploads_reach_the_backends_they_need(
+    balanced: tuple[Client, str], audio: Audio, tmp_path: Path
+) -> None:
+    """tus's HEAD answers the durable offset: a replica whose primary answers (writes), never
+    one picked by the reads' check, which passes while the primary is down; a PATCH brings
+    samples to convert: the uploads backend, by the upload places. Creation, termination and
+    discovery are writes; the finished record's GET is a read like any other."""
+    client, base = balanced
+    auth = {**basic(*await new_user(client)), "Tus-Resumable": "1.0.0"}
+    wav = audio(seconds=5)
+    async with aiohttp.ClientSession() as session:
+        async with session.options(f"{base}/uploads") as response:
+            assert response.status == 204
+        paths = []
+        for _ in range(2):
+            async with session.post(f"{base}/uploads", headers={**auth, "Upload-Length": str(len(wav))}) as response:
+                assert response.status == 201
+                paths.append(urlsplit(response.headers["Location"]).path)
+        upload, terminated = paths
+        patch = {**auth, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        async with session.patch(f"{base}{upload}", data=wav, headers=patch) as response:
+            assert response.status == 204
+        async with session.head(f"{base}{upload}", headers=auth) as response:
+            assert response.status == 200
+            assert response.headers["Upload-Offset"] == str(len(wav))
+        async with session.get(f"{base}{upload}", headers=auth) as response:
+            assert response.status == 200
+        async with session.delete(f"{base}{terminated}", headers=auth) as response:
+            assert response.status == 204
+    expected = {
+        ("OPTIONS", "/uploads"): "writes",
+        ("POST", "/uploads"): "writes",
+        ("PATCH", upload): "uploads",
+        ("HEAD", upload): "writes",
+        ("GET", upload): "reads",
+        ("DELETE", terminated): "writes",
+    }
+    log = tmp_path / "haproxy.log"
+    # HAProxy logs a request once it has ended; the last may be written after its answer arrived.
+    await until(lambda: expected.keys() <= backends_by_request(log).keys())
+    routed = backends_by_request(log)
+    assert {request: routed[request] for request in expected} == expected
