@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from converter.mp3 import LAME_CBR_KBPS, MP3_SAMPLE_RATES
+from handlers.page import VENDORED
 from handlers.params import (
     CHANNEL_CHOICES,
     DEFAULT_PAGE_SIZE,
@@ -490,7 +491,7 @@ def _pages() -> dict[str, Any]:
         "/": {"get": _page("The web page: create a user, upload, play, download, delete", "text/html")},
         "/page.js": {"get": _page("The web page's script", "text/javascript")},
         "/page.css": {"get": _page("The web page's style", "text/css")},
-    }
+    } | {route: {"get": _page(vendored.summary, vendored.media_type)} for route, vendored in VENDORED.items()}
 
 
 def _components() -> dict[str, Any]:
