@@ -71,11 +71,14 @@ function adopt(account, {fresh = false} = {}) {
 }
 
 function signOut() {
+  const leaving = user || remembered();
   user = null;
   listing += 1; // a page still on its way is not shown to whoever signs in next
   nextCursor = null;
   $("more").hidden = true;
   localStorage.removeItem(STORED);
+  // Nor may this browser go on with their unfinished uploads (the service expires them).
+  if (leaving) storedUploadKeys(leaving).forEach((key) => localStorage.removeItem(key));
   $("token").textContent = "";
   setTokenShown(false);
   $("records").replaceChildren();
@@ -205,6 +208,29 @@ function chosenOptions() {
 }
 
 // ---- uploads, each with its own outcome ---------------------------------------------------------
+// Every file goes up with tus (tus-js-client, /vendor/): POST /uploads creates the upload, PATCHes
+// send the WAV a chunk at a time, and each answer's Upload-Offset is what the service has converted
+// and committed, a second or so of audio behind what it was sent. A failed request is tried again
+// from there; a reload resumes too, when the same file is chosen again: tus-js-client keeps the
+// upload's address in localStorage under the fingerprint below, until the upload is finished.
+
+// 8 MiB a PATCH: every PATCH answer moves the bar on, the second or so of audio each one sends
+// again is under 3 % of it for CD audio, and no proxy's cap on a request's body comes near it.
+const CHUNK_BYTES = 8 * 1024 * 1024;
+// A failed request is tried again after these (ms); the count starts over whenever the offset moves.
+const RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000];
+const uploading = new Set(); // the fingerprints of the uploads running in this page
+
+// Whose file, which file and with which options: another user, or other options, is another upload.
+function fingerprintOf(file, as, metadata) {
+  return [`mp3-converter/${as.id}`, file.name, file.size, file.lastModified, JSON.stringify(metadata)].join("/");
+}
+
+// tus-js-client's keys for this user's unfinished uploads ("tus::" + fingerprint + "::" + a number).
+function storedUploadKeys(as) {
+  const prefix = `tus::mp3-converter/${as.id}/`;
+  return Object.keys(localStorage).filter((key) => key.startsWith(prefix));
+}
 
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
@@ -229,10 +255,18 @@ function uploadRow(file) {
   const outcome = document.createElement("span");
   outcome.className = "outcome";
   outcome.textContent = "0 %";
-  row.append(name, bar, outcome);
+  const note = document.createElement("span");
+  note.className = "note muted";
+  row.append(name, bar, outcome, note);
   $("uploads").prepend(row);
   return {
-    progress(percent) { bar.value = percent; outcome.textContent = `${percent} %`; },
+    // The bar shows what the service has kept; what is on its way is said beside it.
+    progress(kept, sent) {
+      bar.value = kept;
+      outcome.textContent = sent > kept ? `${kept} % saved, ${sent} % sent` : `${kept} %`;
+    },
+    resumed(kept) { note.textContent = `Resumed at ${kept} %.`; },
+    waiting(kept) { outcome.textContent = `${kept} % saved. Offline: it goes on when the network is back.`; },
     done(record) {
       row.dataset.done = "yes";
       bar.value = 100;
@@ -254,35 +288,126 @@ async function looksLikeWav(file) {
   return (head.startsWith("RIFF") || head.startsWith("RF64")) && head.slice(8, 12) === "WAVE";
 }
 
-// XMLHttpRequest rather than fetch: only it reports upload progress.
 async function upload(file) {
   const row = uploadRow(file);
   if (!(await looksLikeWav(file))) {
     row.failed(NOT_A_WAV);
     return;
   }
-  const form = new FormData();
-  for (const [name, value] of chosenOptions()) form.append(name, value);
-  form.append("file", file, file.name);
+  const as = user;
+  const metadata = {filename: file.name, ...Object.fromEntries(chosenOptions())};
+  const fingerprint = fingerprintOf(file, as, metadata);
+  let kept = 0; // the service's offset: the bytes it has converted and committed
+  let sent = 0;
+  const percent = (bytes) => Math.floor((bytes / file.size) * 100);
+  const show = () => row.progress(percent(kept), percent(Math.max(sent, kept)));
 
-  const request = new XMLHttpRequest();
-  request.open("POST", "/record");
-  request.setRequestHeader("Authorization", basic(user.id, user.token));
-  request.upload.addEventListener("progress", (event) => {
-    if (event.lengthComputable) row.progress(Math.round((event.loaded / event.total) * 100));
+  const transfer = new tus.Upload(file, {
+    endpoint: "/uploads",
+    headers: {Authorization: basic(as.id, as.token)},
+    metadata,
+    fingerprint: () => Promise.resolve(fingerprint),
+    chunkSize: CHUNK_BYTES,
+    retryDelays: RETRY_DELAYS,
+    storeFingerprintForResuming: true,
+    removeFingerprintOnSuccess: true,
+    onProgress(bytesSent) {
+      sent = bytesSent;
+      show();
+    },
+    // Every answer with an Upload-Offset, HEAD's included: onChunkComplete reports the same
+    // offsets but only after PATCHes, missing the HEAD each resume starts with.
+    onAfterResponse(request, response) {
+      const offset = response.getHeader("Upload-Offset");
+      if (response.getStatus() >= 300 || offset === null) return;
+      const from = Number(request.getHeader("Upload-Offset"));
+      kept = Number(offset);
+      sent = kept;
+      show();
+      if (request.getMethod() === "HEAD") row.resumed(percent(kept));
+      // The service keeps all of a PATCH but its last second or so. When it kept less than half
+      // of one (a WAV it resamples, whose MP3 it cannot keep in part; a chunk short of a second),
+      // PATCHes of this size might never move the offset on: the rest goes in one instead.
+      const carried = Math.min(transfer.options.chunkSize, file.size - from);
+      if (request.getMethod() === "PATCH" && kept < file.size && kept - from < carried / 2) {
+        transfer.options.chunkSize = Infinity;
+      }
+    },
+    onSuccess() {
+      settle();
+      finished(transfer.url, as, row);
+    },
+    onError(error) {
+      const response = error.originalResponse;
+      if (!response && !navigator.onLine) {
+        waitForNetwork();
+        return;
+      }
+      settle();
+      if (!response) {
+        row.failed("The connection to the service was lost. Choose the file again to go on from where it stopped.");
+        return;
+      }
+      const xhr = response.getUnderlyingObject();
+      row.failed(explain(response.getStatus(), xhr.statusText, response.getBody(), response.getHeader("Retry-After")));
+      // Refused, not interrupted: nothing to go on with, so it is ended at the service too rather
+      // than counting against the user's quota and open uploads until it expires.
+      if (response.getStatus() < 500) transfer.abort(true).catch(() => {});
+    },
   });
-  request.addEventListener("load", () => {
-    if (request.status === 201) {
-      row.done(JSON.parse(request.responseText).data);
-      loadRecords();
-      refreshStorage();
-    } else {
-      row.failed(explain(request.status, request.statusText, request.responseText,
-        request.getResponseHeader("Retry-After")));
-    }
-  });
-  request.addEventListener("error", () => row.failed("The connection to the service was lost."));
-  request.send(form);
+
+  // Offline, a request may hang on a dead connection rather than fail: stop it, and start again
+  // (from the service's offset, a HEAD away) once the browser is back online.
+  let waiting = false;
+  function waitForNetwork() {
+    if (waiting) return;
+    waiting = true;
+    transfer.abort();
+    row.waiting(percent(kept));
+    const back = () => {
+      if (!navigator.onLine) return;
+      window.removeEventListener("online", back);
+      waiting = false;
+      transfer.start();
+    };
+    window.addEventListener("online", back);
+    back(); // listening first, then looking: a return before the listener was added is not missed
+  }
+  window.addEventListener("offline", waitForNetwork);
+  const firstHere = !uploading.has(fingerprint); // the same file twice at once: two uploads
+  uploading.add(fingerprint);
+  function settle() {
+    window.removeEventListener("offline", waitForNetwork);
+    if (firstHere) uploading.delete(fingerprint);
+  }
+
+  if (firstHere) {
+    const previous = await transfer.findPreviousUploads();
+    previous.sort((a, b) => Date.parse(b.creationTime) - Date.parse(a.creationTime));
+    if (previous.length > 0) transfer.resumeFromPreviousUpload(previous[0]);
+  }
+  transfer.start();
+}
+
+// A finished upload's record, as POST /record answers it (the last PATCH's Record-Location is
+// only its MP3's link): GET on the upload's own address.
+async function finished(address, as, row) {
+  let response;
+  try {
+    response = await call(address, {}, as);
+  } catch {
+    row.failed("The upload is finished, but the service could not be asked for its record: reload the page.");
+    return;
+  }
+  if (!response.ok) {
+    row.failed(await messageOf(response));
+    return;
+  }
+  row.done((await response.json()).data);
+  if (user === as) {
+    loadRecords();
+    refreshStorage();
+  }
 }
 
 // ---- the library, a page at a time ----------------------------------------------------------------
