@@ -29,7 +29,7 @@ from playwright.async_api import (
 
 from converter.wav import NOT_A_WAV
 from tests.conftest import probe
-from tests.support import Audio, Client, count, decoded, finished_records, new_user, upload, wav_header
+from tests.support import Audio, Client, count, decoded, finished_records, new_user, until, upload, wav_header
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
@@ -152,6 +152,8 @@ async def test_a_returning_user_signs_in_uploads_with_options_pages_and_signs_ou
         "WAV encoding 0x0002 is not supported: send PCM or floating-point samples."
     )
     await expect(outcomes.filter(has_text="photo.wav").locator(".error")).to_have_text(NOT_A_WAV)
+    # The refused upload is ended at the service too: nothing left counting against the quota.
+    await until(lambda: count(admin, "SELECT count(*) FROM app.uploads WHERE record_id IS NULL") == 0)
     await expect(page.locator("#records tr")).to_have_count(50)  # back to the first page, the new one on top
 
     row = page.locator("#records tr", has_text="take one.mp3")
@@ -316,6 +318,8 @@ async def test_an_upload_cut_off_by_the_network_goes_on_from_what_was_kept(
     assert 0 < first_kept <= resumed_at < wav.stat().st_size
     assert traffic.sent_after_last("HEAD")[0] == ("PATCH", resumed_at)  # on from what was kept
     await expect(upload_row.locator(".note")).to_have_text(f"Resumed at {resumed_at * 100 // wav.stat().st_size} %.")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "web-page-resumed.png"), full_page=True)
     mp3 = await finished_and_playing(page, "Long Take.mp3")
     assert len(decoded(mp3, 2)) == seconds * 44100 * 2  # every sample, once
 
@@ -336,6 +340,9 @@ async def test_a_reload_mid_upload_resumes_when_the_same_file_is_chosen_again(
     await page.reload()  # the second PATCH is cut off with the page
     await expect(page.locator("#who")).to_have_text("reloader")
     assert len(await page.evaluate("Object.keys(localStorage).filter((key) => key.startsWith('tus::'))")) == 1
+    await expect(page.locator("#unfinished")).to_have_text(
+        re.compile(r"^Not finished: Rehearsal\.wav \([0-9]+ % saved\)\. Choose the same file again to go on")
+    )
 
     await page.set_input_files("#files", str(wav))
     upload_row = page.locator(".upload", has_text="Rehearsal.wav")
@@ -350,6 +357,7 @@ async def test_a_reload_mid_upload_resumes_when_the_same_file_is_chosen_again(
     assert count(admin, "SELECT count(*) FROM app.uploads") == 1  # the same upload, finished
     # Finished: nothing left in the browser to resume.
     assert await page.evaluate("Object.keys(localStorage).filter((key) => key.startsWith('tus::'))") == []
+    await expect(page.locator("#unfinished")).to_be_hidden()
     mp3 = await finished_and_playing(page, "Rehearsal.mp3")
     assert len(decoded(mp3, 2)) == seconds * 44100 * 2
 

@@ -68,6 +68,7 @@ function adopt(account, {fresh = false} = {}) {
   setTokenShown(fresh);
   render();
   loadRecords();
+  showUnfinished();
 }
 
 function signOut() {
@@ -83,6 +84,8 @@ function signOut() {
   setTokenShown(false);
   $("records").replaceChildren();
   $("uploads").replaceChildren();
+  unfinishedAsked += 1;
+  $("unfinished").hidden = true;
   render();
 }
 
@@ -232,6 +235,34 @@ function storedUploadKeys(as) {
   return Object.keys(localStorage).filter((key) => key.startsWith(prefix));
 }
 
+// The uploads this browser could go on with but is not sending (a reload, a closed tab, a lost
+// connection): how far each is, asked of the service with a HEAD as a resume would; those it no
+// longer has (expired, ended) are forgotten. Their files must be chosen again: a page cannot reopen them.
+let unfinishedAsked = 0;
+async function showUnfinished() {
+  const as = user;
+  if (!as) return;
+  const mine = ++unfinishedAsked; // a later look outdates this one, so an older answer never wins
+  const found = [];
+  for (const key of storedUploadKeys(as)) {
+    if (uploading.has(key.slice("tus::".length, key.lastIndexOf("::")))) continue;
+    let stored;
+    let response;
+    try {
+      stored = JSON.parse(localStorage.getItem(key));
+      response = await call(stored.uploadUrl, {method: "HEAD", headers: {"Tus-Resumable": "1.0.0"}}, as);
+    } catch { continue; } // not readable, or offline: said another time
+    if (response.status === 404 || response.status === 410) localStorage.removeItem(key);
+    if (!response.ok) continue;
+    const saved = Math.floor((Number(response.headers.get("Upload-Offset")) / stored.size) * 100);
+    found.push(`${stored.metadata.filename} (${saved} % saved)`);
+  }
+  if (mine !== unfinishedAsked || user !== as) return;
+  $("unfinished").hidden = found.length === 0;
+  $("unfinished").textContent = found.length === 0 ? ""
+    : `Not finished: ${found.join(", ")}. Choose the same file again to go on from where it stopped.`;
+}
+
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -379,6 +410,7 @@ async function upload(file) {
   function settle() {
     window.removeEventListener("offline", waitForNetwork);
     if (firstHere) uploading.delete(fingerprint);
+    showUnfinished();
   }
 
   if (firstHere) {
@@ -387,6 +419,7 @@ async function upload(file) {
     if (previous.length > 0) transfer.resumeFromPreviousUpload(previous[0]);
   }
   transfer.start();
+  showUnfinished(); // without this one, now going on
 }
 
 // A finished upload's record, as POST /record answers it (the last PATCH's Record-Location is
