@@ -222,6 +222,8 @@ function chosenOptions() {
 const CHUNK_BYTES = 8 * 1024 * 1024;
 // A failed request is tried again after these (ms); the count starts over whenever the offset moves.
 const RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000];
+// What the service answers when it refuses the WAV or the request: nothing to go on with.
+const REFUSED = new Set([400, 413, 415, 422]);
 const uploading = new Set(); // the fingerprints of the uploads running in this page
 
 // Whose file, which file and with which options: another user, or other options, is another upload.
@@ -340,6 +342,12 @@ async function upload(file) {
     fingerprint: () => Promise.resolve(fingerprint),
     chunkSize: CHUNK_BYTES,
     retryDelays: RETRY_DELAYS,
+    // tus-js-client's own rule (a network error, a 5xx, 409, 423; never while offline), and 408
+    // too: the service giving up on a slow link is a slow link, not a refusal.
+    onShouldRetry(error, attempt, options) {
+      const status = error.originalResponse ? error.originalResponse.getStatus() : 0;
+      return (status === 408 && navigator.onLine) || tus.defaultOptions.onShouldRetry(error, attempt, options);
+    },
     storeFingerprintForResuming: true,
     removeFingerprintOnSuccess: true,
     onProgress(bytesSent) {
@@ -381,9 +389,9 @@ async function upload(file) {
       }
       const xhr = response.getUnderlyingObject();
       row.failed(explain(response.getStatus(), xhr.statusText, response.getBody(), response.getHeader("Retry-After")));
-      // Refused, not interrupted: nothing to go on with, so it is ended at the service too rather
-      // than counting against the user's quota and open uploads until it expires.
-      if (response.getStatus() < 500) transfer.abort(true).catch(() => {});
+      // Refused, not interrupted: it is ended at the service too rather than counting against the
+      // user's quota and open uploads until it expires. Anything else can go on later from here.
+      if (REFUSED.has(response.getStatus())) transfer.abort(true).catch(() => {});
     },
   });
 
