@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from converter.mp3 import LAME_CBR_KBPS, MP3_SAMPLE_RATES
+from handlers.page import VENDORED, Vendored
 from handlers.params import (
     CHANNEL_CHOICES,
     DEFAULT_PAGE_SIZE,
@@ -191,12 +192,9 @@ def _status(summary: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _page(summary: str, media: str) -> dict[str, Any]:
-    return {
-        "tags": ["pages"],
-        "summary": summary,
-        "responses": {"200": {"description": summary, "content": {media: {"schema": {"type": "string"}}}}},
-    }
+def _page(summary: str, media: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    content = {media: {"schema": schema or {"type": "string"}}}
+    return {"tags": ["pages"], "summary": summary, "responses": {"200": {"description": summary, "content": content}}}
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -513,7 +511,13 @@ def _pages() -> dict[str, Any]:
         "/": {"get": _page("The web page: create a user, upload, play, download, delete", "text/html")},
         "/page.js": {"get": _page("The web page's script", "text/javascript")},
         "/page.css": {"get": _page("The web page's style", "text/css")},
-    }
+    } | {route: {"get": _vendored(vendored)} for route, vendored in VENDORED.items()}
+
+
+def _vendored(vendored: Vendored) -> dict[str, Any]:
+    """A third-party file: a source map is a JSON object, the others text."""
+    schema = {"type": "object"} if vendored.media_type == "application/json" else None
+    return _page(vendored.summary, vendored.media_type, schema)
 
 
 def _components() -> dict[str, Any]:

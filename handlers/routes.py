@@ -8,7 +8,7 @@ from handlers.download import download
 from handlers.legacy import setup_legacy_routes
 from handlers.observe import health, metrics, ready, ready_for_downloads
 from handlers.openapi import openapi_json
-from handlers.page import page, page_script, page_style
+from handlers.page import page, page_script, page_style, setup_vendored
 from handlers.records import delete_record, list_records, upload_record
 from handlers.swagger import DOCS_INIT_PATH, docs, docs_init, setup_swagger_assets
 from handlers.uploads import create_upload, delete_upload, get_upload, head_upload, patch_upload, tus_options
@@ -41,4 +41,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/", page)
     app.router.add_get("/page.js", page_script)
     app.router.add_get("/page.css", page_style)
+    setup_vendored(app)
     setup_legacy_routes(app)

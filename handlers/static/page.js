@@ -68,18 +68,24 @@ function adopt(account, {fresh = false} = {}) {
   setTokenShown(fresh);
   render();
   loadRecords();
+  showUnfinished();
 }
 
 function signOut() {
+  const leaving = user || remembered();
   user = null;
   listing += 1; // a page still on its way is not shown to whoever signs in next
   nextCursor = null;
   $("more").hidden = true;
   localStorage.removeItem(STORED);
+  // Nor may this browser go on with their unfinished uploads (the service expires them).
+  if (leaving) storedUploadKeys(leaving).forEach((key) => localStorage.removeItem(key));
   $("token").textContent = "";
   setTokenShown(false);
   $("records").replaceChildren();
   $("uploads").replaceChildren();
+  unfinishedAsked += 1;
+  $("unfinished").hidden = true;
   render();
 }
 
@@ -205,6 +211,59 @@ function chosenOptions() {
 }
 
 // ---- uploads, each with its own outcome ---------------------------------------------------------
+// Every file goes up with tus (tus-js-client, /vendor/): POST /uploads creates the upload, PATCHes
+// send the WAV a chunk at a time, and each answer's Upload-Offset is what the service has converted
+// and committed, a second or so of audio behind what it was sent. A failed request is tried again
+// from there; a reload resumes too, when the same file is chosen again: tus-js-client keeps the
+// upload's address in localStorage under the fingerprint below, until the upload is finished.
+
+// 8 MiB a PATCH: every PATCH answer moves the bar on, the second or so of audio each one sends
+// again is under 3 % of it for CD audio, and no proxy's cap on a request's body comes near it.
+const CHUNK_BYTES = 8 * 1024 * 1024;
+// A failed request is tried again after these (ms); the count starts over whenever the offset moves.
+const RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000];
+// What the service answers when it refuses the WAV or the request: nothing to go on with.
+const REFUSED = new Set([400, 413, 415, 422]);
+const uploading = new Set(); // the fingerprints of the uploads running in this page
+
+// Whose file, which file and with which options: another user, or other options, is another upload.
+function fingerprintOf(file, as, metadata) {
+  return [`mp3-converter/${as.id}`, file.name, file.size, file.lastModified, JSON.stringify(metadata)].join("/");
+}
+
+// tus-js-client's keys for this user's unfinished uploads ("tus::" + fingerprint + "::" + a number).
+function storedUploadKeys(as) {
+  const prefix = `tus::mp3-converter/${as.id}/`;
+  return Object.keys(localStorage).filter((key) => key.startsWith(prefix));
+}
+
+// The uploads this browser could go on with but is not sending (a reload, a closed tab, a lost
+// connection): how far each is, asked of the service with a HEAD as a resume would; those it no
+// longer has (expired, ended) are forgotten. Their files must be chosen again: a page cannot reopen them.
+let unfinishedAsked = 0;
+async function showUnfinished() {
+  const as = user;
+  if (!as) return;
+  const mine = ++unfinishedAsked; // a later look outdates this one, so an older answer never wins
+  const found = [];
+  for (const key of storedUploadKeys(as)) {
+    if (uploading.has(key.slice("tus::".length, key.lastIndexOf("::")))) continue;
+    let stored;
+    let response;
+    try {
+      stored = JSON.parse(localStorage.getItem(key));
+      response = await call(stored.uploadUrl, {method: "HEAD", headers: {"Tus-Resumable": "1.0.0"}}, as);
+    } catch { continue; } // not readable, or offline: said another time
+    if (response.status === 404 || response.status === 410) localStorage.removeItem(key);
+    if (!response.ok) continue;
+    const saved = Math.floor((Number(response.headers.get("Upload-Offset")) / stored.size) * 100);
+    found.push(`${stored.metadata.filename} (${saved} % saved)`);
+  }
+  if (mine !== unfinishedAsked || user !== as) return;
+  $("unfinished").hidden = found.length === 0;
+  $("unfinished").textContent = found.length === 0 ? ""
+    : `Not finished: ${found.join(", ")}. Choose the same file again to go on from where it stopped.`;
+}
 
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
@@ -229,10 +288,18 @@ function uploadRow(file) {
   const outcome = document.createElement("span");
   outcome.className = "outcome";
   outcome.textContent = "0 %";
-  row.append(name, bar, outcome);
+  const note = document.createElement("span");
+  note.className = "note muted";
+  row.append(name, bar, outcome, note);
   $("uploads").prepend(row);
   return {
-    progress(percent) { bar.value = percent; outcome.textContent = `${percent} %`; },
+    // The bar shows what the service has kept; what is on its way is said beside it.
+    progress(kept, sent) {
+      bar.value = kept;
+      outcome.textContent = sent > kept ? `${kept} % saved, ${sent} % sent` : `${kept} %`;
+    },
+    resumed(kept) { note.textContent = `Resumed at ${kept} %.`; },
+    waiting(kept) { outcome.textContent = `${kept} % saved. Offline: it goes on when the network is back.`; },
     done(record) {
       row.dataset.done = "yes";
       bar.value = 100;
@@ -254,35 +321,134 @@ async function looksLikeWav(file) {
   return (head.startsWith("RIFF") || head.startsWith("RF64")) && head.slice(8, 12) === "WAVE";
 }
 
-// XMLHttpRequest rather than fetch: only it reports upload progress.
 async function upload(file) {
   const row = uploadRow(file);
   if (!(await looksLikeWav(file))) {
     row.failed(NOT_A_WAV);
     return;
   }
-  const form = new FormData();
-  for (const [name, value] of chosenOptions()) form.append(name, value);
-  form.append("file", file, file.name);
+  const as = user;
+  const metadata = {filename: file.name, ...Object.fromEntries(chosenOptions())};
+  const fingerprint = fingerprintOf(file, as, metadata);
+  let kept = 0; // the service's offset: the bytes it has converted and committed
+  let sent = 0;
+  const percent = (bytes) => Math.floor((bytes / file.size) * 100);
+  const show = () => row.progress(percent(kept), percent(Math.max(sent, kept)));
 
-  const request = new XMLHttpRequest();
-  request.open("POST", "/record");
-  request.setRequestHeader("Authorization", basic(user.id, user.token));
-  request.upload.addEventListener("progress", (event) => {
-    if (event.lengthComputable) row.progress(Math.round((event.loaded / event.total) * 100));
+  const transfer = new tus.Upload(file, {
+    endpoint: "/uploads",
+    headers: {Authorization: basic(as.id, as.token)},
+    metadata,
+    fingerprint: () => Promise.resolve(fingerprint),
+    chunkSize: CHUNK_BYTES,
+    retryDelays: RETRY_DELAYS,
+    // tus-js-client's own rule (a network error, a 5xx, 409, 423; never while offline), and 408
+    // too: the service giving up on a slow link is a slow link, not a refusal.
+    onShouldRetry(error, attempt, options) {
+      const status = error.originalResponse ? error.originalResponse.getStatus() : 0;
+      return (status === 408 && navigator.onLine) || tus.defaultOptions.onShouldRetry(error, attempt, options);
+    },
+    storeFingerprintForResuming: true,
+    removeFingerprintOnSuccess: true,
+    onProgress(bytesSent) {
+      sent = bytesSent;
+      show();
+    },
+    // Every answer with an Upload-Offset, HEAD's included: onChunkComplete reports the same
+    // offsets but only after PATCHes, missing the HEAD each resume starts with.
+    onAfterResponse(request, response) {
+      const offset = response.getHeader("Upload-Offset");
+      if (response.getStatus() >= 300 || offset === null) return;
+      const from = Number(request.getHeader("Upload-Offset"));
+      kept = Number(offset);
+      sent = kept;
+      show();
+      if (request.getMethod() === "HEAD") row.resumed(percent(kept));
+      // The service keeps all of a PATCH but its last second or so. When it kept less than half
+      // of one (a WAV it resamples, whose MP3 it cannot keep in part; a chunk short of a second),
+      // PATCHes of this size might never move the offset on: the rest goes in one instead.
+      const carried = Math.min(transfer.options.chunkSize, file.size - from);
+      if (request.getMethod() === "PATCH" && kept < file.size && kept - from < carried / 2) {
+        transfer.options.chunkSize = Infinity;
+      }
+    },
+    onSuccess() {
+      settle();
+      finished(transfer.url, as, row);
+    },
+    onError(error) {
+      const response = error.originalResponse;
+      if (!response && !navigator.onLine) {
+        waitForNetwork();
+        return;
+      }
+      settle();
+      if (!response) {
+        row.failed("The connection to the service was lost. Choose the file again to go on from where it stopped.");
+        return;
+      }
+      const xhr = response.getUnderlyingObject();
+      row.failed(explain(response.getStatus(), xhr.statusText, response.getBody(), response.getHeader("Retry-After")));
+      // Refused, not interrupted: it is ended at the service too rather than counting against the
+      // user's quota and open uploads until it expires. Anything else can go on later from here.
+      if (REFUSED.has(response.getStatus())) transfer.abort(true).catch(() => {});
+    },
   });
-  request.addEventListener("load", () => {
-    if (request.status === 201) {
-      row.done(JSON.parse(request.responseText).data);
-      loadRecords();
-      refreshStorage();
-    } else {
-      row.failed(explain(request.status, request.statusText, request.responseText,
-        request.getResponseHeader("Retry-After")));
-    }
-  });
-  request.addEventListener("error", () => row.failed("The connection to the service was lost."));
-  request.send(form);
+
+  // Offline, a request may hang on a dead connection rather than fail: stop it, and start again
+  // (from the service's offset, a HEAD away) once the browser is back online.
+  let waiting = false;
+  function waitForNetwork() {
+    if (waiting) return;
+    waiting = true;
+    transfer.abort();
+    row.waiting(percent(kept));
+    const back = () => {
+      if (!navigator.onLine) return;
+      window.removeEventListener("online", back);
+      waiting = false;
+      transfer.start();
+    };
+    window.addEventListener("online", back);
+    back(); // listening first, then looking: a return before the listener was added is not missed
+  }
+  window.addEventListener("offline", waitForNetwork);
+  const firstHere = !uploading.has(fingerprint); // the same file twice at once: two uploads
+  uploading.add(fingerprint);
+  function settle() {
+    window.removeEventListener("offline", waitForNetwork);
+    if (firstHere) uploading.delete(fingerprint);
+    showUnfinished();
+  }
+
+  if (firstHere) {
+    const previous = await transfer.findPreviousUploads();
+    previous.sort((a, b) => Date.parse(b.creationTime) - Date.parse(a.creationTime));
+    if (previous.length > 0) transfer.resumeFromPreviousUpload(previous[0]);
+  }
+  transfer.start();
+  showUnfinished(); // without this one, now going on
+}
+
+// A finished upload's record, as POST /record answers it (the last PATCH's Record-Location is
+// only its MP3's link): GET on the upload's own address.
+async function finished(address, as, row) {
+  let response;
+  try {
+    response = await call(address, {}, as);
+  } catch {
+    row.failed("The upload is finished, but the service could not be asked for its record: reload the page.");
+    return;
+  }
+  if (!response.ok) {
+    row.failed(await messageOf(response));
+    return;
+  }
+  row.done((await response.json()).data);
+  if (user === as) {
+    loadRecords();
+    refreshStorage();
+  }
 }
 
 // ---- the library, a page at a time ----------------------------------------------------------------

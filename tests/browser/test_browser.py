@@ -11,17 +11,39 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from mutagen.mp3 import MP3, BitrateMode
-from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Request,
+    Response,
+    ViewportSize,
+    async_playwright,
+    expect,
+)
 
 from converter.wav import NOT_A_WAV
-from tests.support import Audio, Client, finished_records, new_user, probe, upload, wav_header
+from tests.support import (
+    ROOT,
+    Audio,
+    Client,
+    count,
+    decoded,
+    finished_records,
+    new_user,
+    probe,
+    until,
+    upload,
+    wav_header,
+)  # fmt: skip
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
+ARTIFACTS = ROOT / ".artifacts"
 # Flags that keep a headless Chromium off the network it cannot reach here, and let it play audio.
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -141,6 +163,8 @@ async def test_a_returning_user_signs_in_uploads_with_options_pages_and_signs_ou
         "WAV encoding 0x0002 is not supported: send PCM or floating-point samples."
     )
     await expect(outcomes.filter(has_text="photo.wav").locator(".error")).to_have_text(NOT_A_WAV)
+    # The refused upload is ended at the service too: nothing left counting against the quota.
+    await until(lambda: count(admin, "SELECT count(*) FROM app.uploads WHERE record_id IS NULL") == 0)
     await expect(page.locator("#records tr")).to_have_count(50)  # back to the first page, the new one on top
 
     row = page.locator("#records tr", has_text="take one.mp3")
@@ -199,3 +223,169 @@ async def play_and_seek(page: Page) -> None:
     assert played["position"] == pytest.approx(3.0, abs=0.05)
     assert played["duration"] == pytest.approx(4.0, abs=0.1)
     assert played["seekable"] == pytest.approx(played["duration"], abs=0.1)
+
+
+# --- uploads with tus: a dropped network and a reload go on from what the service kept ---------
+
+# A deadline for an upload of tens of megabytes, converted on a busy machine.
+UPLOAD_DEADLINE_MS = 120_000
+CD_BYTES_PER_S = 44100 * 2 * 2
+
+
+class TusTraffic:
+    """The page's requests to /uploads, in order: what each sent and what it was answered."""
+
+    def __init__(self, context: BrowserContext) -> None:
+        self.sent: list[tuple[str, int | None]] = []  # method, Upload-Offset
+        self.answered: list[tuple[str, int | None, int | None]] = []  # method, its Upload-Offset, the answer's
+        context.on("request", self._sent)
+        context.on("response", self._answered)
+
+    def methods(self, method: str) -> list[tuple[str, int | None]]:
+        return [sent for sent in self.sent if sent[0] == method]
+
+    def sent_after_last(self, method: str) -> list[tuple[str, int | None]]:
+        last = max(at for at, (sent, _) in enumerate(self.sent) if sent == method)
+        return self.sent[last + 1 :]
+
+    def answers(self, method: str) -> list[int | None]:
+        return [answer for sent, _, answer in self.answered if sent == method]
+
+    def _sent(self, request: Request) -> None:
+        if urlsplit(request.url).path.startswith("/uploads"):
+            self.sent.append((request.method, _offset(request.headers)))
+
+    def _answered(self, response: Response) -> None:
+        request = response.request
+        if urlsplit(request.url).path.startswith("/uploads"):
+            self.answered.append((request.method, _offset(request.headers), _offset(response.headers)))
+
+
+def _offset(headers: dict[str, str]) -> int | None:
+    value = headers.get("upload-offset")
+    return None if value is None else int(value)
+
+
+def is_later_patch(request: Request) -> bool:
+    """A PATCH after the first: it sends on from what the first one's answer said was kept."""
+    return request.method == "PATCH" and request.headers.get("upload-offset", "0") != "0"
+
+
+async def signed_in_page(client: Client, context: BrowserContext, name: str) -> Page:
+    user_id, token = await new_user(client, name)
+    page = await context.new_page()
+    await page.goto(f"http://{client.host}:{client.port}/")
+    await sign_in_by_keyboard(page, user_id, token)
+    await expect(page.locator("#who")).to_have_text(name)
+    return page
+
+
+async def finished_and_playing(page: Page, filename: str) -> bytes:
+    """The record's row plays in the page; its MP3, downloaded with the page's link."""
+    row = page.locator("#records tr", has_text=filename)
+    await expect(row).to_have_count(1)
+    playing = await row.locator("audio").evaluate(
+        """async (audio) => {
+            await audio.play();
+            await new Promise((done) => audio.addEventListener('timeupdate', done, {once: true}));
+            const playing = !audio.paused;
+            audio.pause();
+            return playing;
+        }"""
+    )
+    assert playing
+    async with page.expect_download() as downloading:
+        await row.locator("text=Download").click()
+    return (await (await downloading.value).path()).read_bytes()
+
+
+async def test_an_upload_cut_off_by_the_network_goes_on_from_what_was_kept(
+    client: Client, audio: Audio, browser: Browser, tmp_path: Path
+) -> None:
+    seconds = 180  # 31.8 MB: four of the page's PATCHes (8 MiB)
+    wav = tmp_path / "Long Take.wav"
+    wav.write_bytes(audio(seconds=seconds))
+    context = await browser.new_context(accept_downloads=True)
+    traffic = TusTraffic(context)
+    page = await signed_in_page(client, context, "traveller")
+
+    # The network goes while the second PATCH is on its way (it carries 26 % to 52 % of the
+    # file), and comes back once the page says it waits for it.
+    async with page.expect_request(is_later_patch):
+        await page.set_input_files("#files", str(wav))
+    await page.wait_for_function(
+        "() => Number((/([0-9]+) % sent/.exec(document.querySelector('.upload .outcome').textContent) || [])[1]) >= 35"
+    )
+    await context.set_offline(True)
+    upload_row = page.locator(".upload", has_text="Long Take.wav")
+    await expect(upload_row.locator(".outcome")).to_contain_text("Offline: it goes on when the network is back.")
+    await context.set_offline(False)
+
+    await expect(upload_row.locator(".outcome")).to_have_text("Done: Long Take.mp3", timeout=UPLOAD_DEADLINE_MS)
+    assert len(traffic.methods("POST")) == 1  # one upload, resumed: not started again
+    first_kept, resumed_at = traffic.answers("PATCH")[0], traffic.answers("HEAD")[-1]
+    assert first_kept is not None
+    assert resumed_at is not None
+    assert 0 < first_kept <= resumed_at < wav.stat().st_size
+    assert traffic.sent_after_last("HEAD")[0] == ("PATCH", resumed_at)  # on from what was kept
+    await expect(upload_row.locator(".note")).to_have_text(f"Resumed at {resumed_at * 100 // wav.stat().st_size} %.")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "web-page-resumed.png"), full_page=True)
+    mp3 = await finished_and_playing(page, "Long Take.mp3")
+    assert len(decoded(mp3, 2)) == seconds * 44100 * 2  # every sample, once
+
+
+async def test_a_reload_mid_upload_resumes_when_the_same_file_is_chosen_again(
+    client: Client, audio: Audio, admin: psycopg.Connection, browser: Browser, tmp_path: Path
+) -> None:
+    seconds = 120  # 21.2 MB: three of the page's PATCHes
+    wav = tmp_path / "Rehearsal.wav"
+    wav.write_bytes(audio(seconds=seconds))
+    context = await browser.new_context(accept_downloads=True)
+    traffic = TusTraffic(context)
+    page = await signed_in_page(client, context, "reloader")
+
+    async with page.expect_request(is_later_patch) as second_patch:
+        await page.set_input_files("#files", str(wav))
+    first_kept = _offset((await second_patch.value).headers)
+    await page.reload()  # the second PATCH is cut off with the page
+    await expect(page.locator("#who")).to_have_text("reloader")
+    assert len(await page.evaluate("Object.keys(localStorage).filter((key) => key.startsWith('tus::'))")) == 1
+    await expect(page.locator("#unfinished")).to_have_text(
+        re.compile(r"^Not finished: Rehearsal\.wav \([0-9]+ % saved\)\. Choose the same file again to go on")
+    )
+
+    await page.set_input_files("#files", str(wav))
+    upload_row = page.locator(".upload", has_text="Rehearsal.wav")
+    await expect(upload_row.locator(".outcome")).to_have_text("Done: Rehearsal.mp3", timeout=UPLOAD_DEADLINE_MS)
+    resumed_at = traffic.answers("HEAD")[-1]
+    assert first_kept is not None
+    assert resumed_at is not None
+    assert 0 < first_kept <= resumed_at < wav.stat().st_size
+    assert traffic.sent_after_last("HEAD")[0] == ("PATCH", resumed_at)  # on from what was kept
+    await expect(upload_row.locator(".note")).to_have_text(f"Resumed at {resumed_at * 100 // wav.stat().st_size} %.")
+    assert len(traffic.methods("POST")) == 1
+    assert count(admin, "SELECT count(*) FROM app.uploads") == 1  # the same upload, finished
+    # Finished: nothing left in the browser to resume.
+    assert await page.evaluate("Object.keys(localStorage).filter((key) => key.startsWith('tus::'))") == []
+    await expect(page.locator("#unfinished")).to_be_hidden()
+    mp3 = await finished_and_playing(page, "Rehearsal.mp3")
+    assert len(decoded(mp3, 2)) == seconds * 44100 * 2
+
+
+async def test_a_wav_the_service_resamples_goes_up_whole_after_a_patch_it_could_not_keep(
+    client: Client, audio: Audio, browser: Browser, tmp_path: Path
+) -> None:
+    """A 96 kHz WAV becomes a 48 kHz MP3: the service keeps none of it before its end, so
+    the page sends the rest in one PATCH rather than the same 8 MiB again and again."""
+    wav = tmp_path / "Studio.wav"
+    wav.write_bytes(audio(seconds=30, rate=96000))  # 11.5 MB
+    context = await browser.new_context(accept_downloads=True)
+    traffic = TusTraffic(context)
+    page = await signed_in_page(client, context, "studio")
+    await page.set_input_files("#files", str(wav))
+    upload_row = page.locator(".upload", has_text="Studio.wav")
+    await expect(upload_row.locator(".outcome")).to_have_text("Done: Studio.mp3", timeout=UPLOAD_DEADLINE_MS)
+    assert len(traffic.methods("PATCH")) == 2
+    mp3 = await finished_and_playing(page, "Studio.mp3")
+    assert len(decoded(mp3, 2)) == 30 * 48000 * 2

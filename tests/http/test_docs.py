@@ -20,6 +20,7 @@ from aiohttp import hdrs
 
 from converter.wav import NOT_A_WAV
 from handlers.errors import ApiError
+from handlers.page import VENDOR_PREFIX, VENDORED
 from handlers.params import encode_options_from
 from handlers.records import WAV_TYPES
 from handlers.swagger import DOCS_ASSETS_PREFIX
@@ -118,13 +119,26 @@ async def test_swagger_ui_is_served_by_the_service_itself(client: Client) -> Non
 
 
 async def test_the_web_page_and_its_script_are_served(client: Client) -> None:
+    """Everything the page loads comes from the service itself, tus-js-client with its licences."""
     page = await client.get("/")
     assert page.status == 200
     assert page.content_type == "text/html"
-    assert 'src="/page.js"' in await page.text()
-    script = await client.get("/page.js")
-    assert script.status == 200
-    assert "XMLHttpRequest" in await script.text()
+    html = await page.text()
+    assets = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert all(asset.startswith("/") for asset in assets), assets  # nothing from another site
+    assert f'src="{VENDOR_PREFIX}/tus.min.js"' in html
+    assert html.index("tus.min.js") < html.index('src="/page.js"')  # tus is defined before page.js runs
+    for asset in [*assets, *VENDORED]:
+        response = await client.get(asset)
+        assert response.status == 200, asset
+        assert len(await response.read()) > 10, asset
+    for vendored in VENDORED.values():
+        assert (await client.get(f"/{vendored.path.name}")).status == 404  # only at its versioned path
+    licence = await (await client.get(f"{VENDOR_PREFIX}/LICENSE")).text()
+    assert licence.startswith("The MIT License")
+    script = await (await client.get("/page.js")).text()
+    assert "new tus.Upload(file, {" in script
+    assert 'endpoint: "/uploads"' in script
 
 
 async def test_the_page_refuses_a_non_wav_in_the_services_own_words(client: Client) -> None:
