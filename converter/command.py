@@ -8,20 +8,75 @@ and it may open nothing but its pipes (SPEC "Hostile input").
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
+from converter.mp3 import samples_per_frame
 from converter.options import EncodeOptions
 from converter.process import spawn
+from converter.splice import pre_roll_frames
 from converter.wav import WavFormat
+
+# A stream whose frames fall on the source's samples only this many frames apart (or
+# more) is never cut: its pre-rolls would be as long (source rates MP3 knows nothing of).
+MOST_PERIOD_FRAMES = 64
 
 
 @dataclass(frozen=True)
 class EncoderPlan:
-    """What every encoder of one upload is started from."""
+    """What every encoder of one upload is started from, and where its MP3 frames fall
+    among the source's samples.
+
+    An encoder may be cut, and another joined on, only where a frame begins on a sample
+    of the source (converter/segments.py, converter/resume.py): an FFmpeg started there,
+    with some samples before, makes from there on the very samples the first one made
+    (FFmpeg's resampler is the same filter wherever it starts, once it has a few samples
+    of history, and these fall in the pre-roll). Without resampling that is every frame;
+    with it, every ``period`` frames (48 to 44.1 kHz: 49; 44.1 to 48 kHz: 5; 96 to 48: 1).
+    """
 
     ffmpeg: str
     source: WavFormat
     options: EncodeOptions  # as chosen for this source: rate, channels and tags filled in
+
+    @functools.cached_property
+    def sample_rate(self) -> int:
+        """The MP3's."""
+        return self.options.sample_rate or self.source.sample_rate
+
+    @functools.cached_property
+    def channels(self) -> int:
+        """The MP3's."""
+        return self.options.channels or (1 if self.source.channels == 1 else 2)
+
+    @functools.cached_property
+    def source_samples_per_frame(self) -> Fraction:
+        return Fraction(samples_per_frame(self.sample_rate) * self.source.sample_rate, self.sample_rate)
+
+    @functools.cached_property
+    def period(self) -> int:
+        """Frames from one frame that begins on a source sample to the next."""
+        return self.source_samples_per_frame.denominator
+
+    @functools.cached_property
+    def splittable(self) -> bool:
+        return self.period < MOST_PERIOD_FRAMES
+
+    @functools.cached_property
+    def pre_roll(self) -> int:
+        """Frames a later encoder begins before its boundary (converter/splice.py), whole periods."""
+        return self.on_grid(pre_roll_frames(self.sample_rate, self.channels) + self.period - 1)
+
+    def on_grid(self, frame: int) -> int:
+        """The last frame at or before ``frame`` that begins on a source sample."""
+        return frame - frame % self.period
+
+    def bytes_before(self, frame: int) -> int:
+        """The source's sample bytes before frame ``frame`` begins: exact on the grid, else
+        those of the samples it begins within as well."""
+        return math.ceil(frame * self.source_samples_per_frame) * self.source.block_align
 
     async def start(self, first: bool) -> asyncio.subprocess.Process:
         """An FFmpeg for this upload; only the first one's output begins the file (the tags)."""

@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 from converter.analysis import Analyser, Analysis, replay_gain
 from converter.command import EncoderPlan
 from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
-from converter.mp3 import Mp3Stream, mp3_sample_rate_for, samples_per_frame
+from converter.mp3 import Mp3Stream, mp3_sample_rate_for
 from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.progress import STORING, Progress
 from converter.resume import TAIL_FRAMES, Checkpoint, Resumable, resume_frame_for
-from converter.segments import POST_ROLL_FRAMES, SegmentedEncoder
-from converter.splice import Frame, pre_roll_frames
+from converter.segments import SegmentedEncoder, post_roll_frames
+from converter.splice import Frame
 from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
@@ -71,12 +71,15 @@ async def convert(
     Samples go to the encoder while the upload has its ``share`` of the CPU.
 
     A ``resumable`` conversion goes on from what an earlier request stored (its
-    source then begins at that checkpoint's wav_offset), commits checkpoints as it
-    goes, and when its source ends early it keeps what it can: converter/resume.py.
+    source then begins at that checkpoint's upload_offset, after the bytes it kept
+    as they were sent), commits checkpoints as it goes, and when its source ends
+    early it keeps what it can: converter/resume.py.
     """
     progress = Progress(config.stall_timeout_s)
     source = progress.from_client(source, share)
     previous = resumable.previous if resumable else None
+    if previous is not None and previous.pending:
+        source = _chain(previous.pending, source)
     if previous is None:
         header = WavHeader()
         wav_header, first_samples = await _read_header(source, header, keep=resumable is not None)
@@ -100,8 +103,7 @@ async def convert(
         output.checkpoints = _Checkpoints(resumable, plan, wav_header, previous, analyser)
         if previous is not None:
             header.data_seen = previous.samples_at
-            frame_bytes = samples_per_frame(header.format.sample_rate) * header.format.block_align
-            skip = previous.resume_frame * frame_bytes - previous.samples_at
+            skip = plan.bytes_before(previous.resume_frame) - previous.samples_at
         if previous is not None and previous.resume_frame:
             stored = previous.resume_frame, resumable.stored
             output.resume_at(previous)
@@ -169,7 +171,7 @@ async def _encode(
         try:
             async for chunk in samples:
                 if output.checkpoints is not None:
-                    output.checkpoints.measure(chunk)
+                    output.checkpoints.hold_on(chunk)
                 elif analyser is not None:
                     analyser.take(chunk)
                 if skip:
@@ -189,7 +191,7 @@ async def _encode(
             lead_in = LEAD_IN_SAMPLES
             await encoder.take(plan.source.silence(lead_in) + first)
         if output.checkpoints is not None:
-            output.checkpoints.measure_all()
+            output.checkpoints.let_go_of_all()
         await encoder.finish()
     await output.flush()
     return encoder, lead_in
@@ -296,43 +298,42 @@ class _Checkpoints:
         self.plan = plan
         self.wav_header = wav_header
         self.analyser = analyser
-        # The measurement cannot go back, so a checkpoint's offset is where it was saved,
-        # at or before the encoder's resume point. It runs ``hold`` bytes behind the
-        # upload: when a request ends early, its encoders flush what they were given and
-        # the resume point lands within that of the end, where the measurement is saved
-        # exactly. Checkpoints along the way save it as it is (oldest first, below).
-        frame_bytes = samples_per_frame(plan.source.sample_rate) * plan.source.block_align
-        assert plan.options.channels is not None
-        reach = POST_ROLL_FRAMES + pre_roll_frames(plan.source.sample_rate, plan.options.channels) + 4
-        self.hold = reach * frame_bytes
+        # The last samples received are held, ``hold`` bytes of them: when a request ends
+        # early, its encoders flush what they were given and the resume point lands within
+        # that of the end, so that the last checkpoint keeps the samples from there on as
+        # they were sent (its pending bytes). The measurement cannot go back, so it runs
+        # behind, taking the samples as they leave the hold: a checkpoint's wav_offset is
+        # where it was saved, at or before the encoder's resume point, exactly at it on the
+        # last checkpoint. Checkpoints along the way save it as it is (oldest first, below).
+        self.hold = plan.bytes_before(post_roll_frames(plan) + plan.pre_roll + 2 * plan.period + 4)
         self.held = bytearray()
+        self.held_at = previous.samples_at if previous is not None else 0  # the sample byte held[0] is
         self.measured: deque[tuple[int, bytes]] = deque()
         if analyser is not None:
             self.measured.append((analyser.bytes_taken, analyser.state()))
-        self.offset = previous.wav_offset if previous is not None else 0
+        self.offset = previous.upload_offset if previous is not None else 0
         self.frames = previous.frames if previous is not None else 0
         self._loop = asyncio.get_running_loop()
         self._next = self._loop.time()
-        self.splittable = plan.options.sample_rate == plan.source.sample_rate
 
-    def measure(self, samples: bytes) -> None:
-        """The samples to the analyser, ``hold`` bytes behind."""
-        if self.analyser is None:
-            return
+    def hold_on(self, samples: bytes) -> None:
+        """The samples as they arrive; those past the hold go on to the analyser."""
         self.held += samples
         if len(self.held) > self.hold:
-            self._measure_up_to(self.analyser.bytes_taken + len(self.held) - self.hold)
+            self._let_go(len(self.held) - self.hold)
 
-    def measure_all(self) -> None:
+    def let_go_of_all(self) -> None:
         """The upload's end: what is held, to the analyser."""
-        if self.analyser is not None:
-            self._measure_up_to(self.analyser.bytes_taken + len(self.held))
+        self._let_go(len(self.held))
 
-    def _measure_up_to(self, position: int) -> None:
-        assert self.analyser is not None
-        count = position - self.analyser.bytes_taken
-        self.analyser.take(self.held[:count])
+    def _let_go(self, count: int) -> None:
+        if self.analyser is not None:
+            self.analyser.take(self.held[:count])
         del self.held[:count]
+        self.held_at += count
+
+    def _holds(self, position: int) -> bool:
+        return self.held_at <= position <= self.held_at + len(self.held)
 
     def due(self) -> bool:
         return self._loop.time() >= self._next
@@ -343,38 +344,31 @@ class _Checkpoints:
         self._next = self._loop.time() + self.resumable.every_s
         if self.analyser is not None:
             self.measured.append((self.analyser.bytes_taken, self.analyser.state()))
-        checkpoint = self.at(output, exact=last)
+        checkpoint = self.at(output, last=last)
         if checkpoint is None:
             return
         # Never a step back: a resumed stream rewrites the frames from its resume_frame on,
         # and commits once it holds more than the last checkpoint did.
-        moves_on = checkpoint.wav_offset > self.offset or checkpoint.frames > self.frames
-        if moves_on and checkpoint.wav_offset >= self.offset:
+        moves_on = checkpoint.upload_offset > self.offset or checkpoint.frames > self.frames
+        if moves_on and checkpoint.upload_offset >= self.offset:
             await self.resumable.commit(checkpoint)
-            self.offset, self.frames = checkpoint.wav_offset, checkpoint.frames
+            self.offset, self.frames = checkpoint.upload_offset, checkpoint.frames
 
-    def at(self, output: _Output, exact: bool = False) -> Checkpoint | None:
-        mp3, source = output.mp3, self.plan.source
-        assert self.plan.options.channels is not None
-        # A resampled stream cannot be joined mid-way: it starts afresh, its header kept.
-        resume = resume_frame_for(mp3.frames, source.sample_rate, self.plan.options.channels) if self.splittable else 0
+    def at(self, output: _Output, last: bool = False) -> Checkpoint | None:
+        mp3 = output.mp3
+        resume = resume_frame_for(mp3.frames, self.plan)
         tail = mp3.file_offsets(min(TAIL_FRAMES, len(mp3._offsets))) if mp3.first is not None else []
-        frame_bytes = samples_per_frame(source.sample_rate) * source.block_align
-        samples_at, measured = resume * frame_bytes, b""
-        analyser = self.analyser
-        if (
-            exact
-            and analyser is not None
-            and analyser.bytes_taken <= samples_at <= analyser.bytes_taken + len(self.held)
-        ):
-            self._measure_up_to(samples_at)  # the last checkpoint: saved right at the resume point
-            self.measured.append((samples_at, analyser.state()))
+        samples_at, measured = self.plan.bytes_before(resume), b""
+        if last and self.analyser is not None and self._holds(samples_at):
+            self._let_go(samples_at - self.held_at)  # the last checkpoint: saved right at the resume point
+            self.measured.append((samples_at, self.analyser.state()))
         if self.measured:
             while len(self.measured) > 1 and self.measured[1][0] <= samples_at:
                 self.measured.popleft()  # a newer one is at or before the resume point
             if self.measured[0][0] > samples_at:
                 return None  # the resume point is back behind where the measurement was saved
             samples_at, measured = self.measured[0]
+        pending = bytes(self.held[samples_at - self.held_at :]) if last and self._holds(samples_at) else b""
         return Checkpoint(
             wav_header=self.wav_header,
             frames=mp3.frames,
@@ -385,6 +379,7 @@ class _Checkpoints:
             resume_frame=resume,
             wav_offset=len(self.wav_header) + samples_at,
             analysis=measured,
+            pending=pending,
         )
 
 

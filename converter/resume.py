@@ -6,14 +6,24 @@ later request goes on from (``Checkpoint``, stored with the upload as JSON):
 a later encoder is joined onto the frames already stored exactly as segments
 are joined (converter/segments.py), ``POST_ROLL_FRAMES`` before the last
 stored frame, after a pre-roll of its own. Its first samples are therefore
-those of frame ``resume_frame``: the client sends the WAV again from there
-(``wav_offset``, the upload's offset: what is durable), about a second of
-audio before where it stopped. The frames stored from ``resume_frame`` on
-are rewritten by the join.
+those of frame ``resume_frame``, about a second of audio before the last
+stored frame; the frames stored from ``resume_frame`` on are rewritten by
+the join.
+
+The upload's offset (what a client sends on from) is the WAV's bytes up to
+that point (``wav_offset``) and the bytes the client sent after it, kept as
+they are (``pending``). A request that ends before the upload does keeps
+them all at its last checkpoint, so that every such request moves the offset
+to the last byte it brought and a client never has to send anything twice;
+the checkpoints along the way keep none (they come every second: the WAV
+would be written twice over) and commit only once they pass the offset.
 
 An offset never decreases: a checkpoint is taken only when it moves the
-offset on. Before enough frames are stored for a join, a later request
-starts afresh from the first sample, the WAV's header kept.
+offset on. A resume point is a frame that begins on a source sample
+(converter/command.py's EncoderPlan: any frame, or every few when the sample
+rate changes). Before enough frames are stored for a join, and for a source
+rate whose frames hardly ever fall on its samples, a later request starts
+afresh from the first sample, the WAV's header kept.
 """
 
 from __future__ import annotations
@@ -24,14 +34,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from converter.command import MOST_PERIOD_FRAMES, EncoderPlan
 from converter.errors import Mp3StreamError
 from converter.mp3 import header_frame_length, parse_header
-from converter.segments import POST_ROLL_FRAMES
-from converter.splice import Frame, FrameReader, pre_roll_frames
+from converter.segments import post_roll_frames
+from converter.splice import Frame, FrameReader
 
-# File offsets of the last frames a checkpoint keeps: a resume's earlier frames
-# (its pre-roll and post-roll, 87 + 32 at 24 kHz stereo) fall among them.
-TAIL_FRAMES = 128
+# File offsets of the last frames a checkpoint keeps: a resume's earlier frames (its
+# pre-roll and post-roll, 87 + 32 at 24 kHz stereo, and up to a period more when they
+# are made whole periods) fall among them.
+TAIL_FRAMES = 128 + 3 * MOST_PERIOD_FRAMES
 VERSION = 1
 
 
@@ -46,17 +58,24 @@ class Checkpoint:
     header_offset: int = 0  # where the Xing/LAME frame goes: right after the ID3v2 tag
     tail: tuple[int, ...] = field(default=())  # file offsets of the last frames stored, oldest first
     resume_frame: int = 0  # the first frame a later request's encoder makes (0: it starts afresh)
-    wav_offset: int = 0  # the WAV's bytes a later request sends from: the upload's offset
+    wav_offset: int = 0  # the WAV's bytes before the samples a later request's encoder starts at
     joins: int = 0
     forced_joins: int = 0
     # The waveform and loudness measured up to the offset (converter/analysis.py's state; b"":
     # not measured). The measurement cannot go back, so the offset is where it was saved,
     # at or before resume_frame's samples: the encoder skips what lies between.
     analysis: bytes = b""
+    # The WAV's bytes from wav_offset on that were sent already: a later request begins with them.
+    pending: bytes = b""
+
+    @property
+    def upload_offset(self) -> int:
+        """The WAV's bytes the upload holds, as MP3 or as they were sent: where a client sends on from."""
+        return self.wav_offset + len(self.pending)
 
     @property
     def samples_at(self) -> int:
-        """The sample bytes before the offset: where a later request's samples begin."""
+        """The sample bytes before wav_offset: where a later request's samples begin."""
         return self.wav_offset - len(self.wav_header)
 
     @property
@@ -72,7 +91,7 @@ class Checkpoint:
         return self.tail[self.resume_frame - (self.frames - len(self.tail))]
 
     def to_json(self) -> dict[str, Any]:
-        """Everything but the WAV's header, stored once, and the analysis, stored apart."""
+        """Everything but the WAV's header, stored once, and the analysis and the pending bytes, stored apart."""
         return {
             "version": VERSION,
             "frames": self.frames,
@@ -87,17 +106,23 @@ class Checkpoint:
         }
 
     @classmethod
-    def from_json(cls, stored: dict[str, Any] | str, wav_header: bytes, analysis: bytes = b"") -> Checkpoint:
+    def from_json(
+        cls, stored: dict[str, Any] | str, wav_header: bytes, analysis: bytes = b"", pending: bytes = b""
+    ) -> Checkpoint:
         values = json.loads(stored) if isinstance(stored, str) else dict(stored)
         if values.pop("version", None) != VERSION:
             raise ValueError("a checkpoint of another version")
-        return cls(wav_header=wav_header, analysis=analysis, **values | {"tail": tuple(values["tail"])})
+        fields = values | {"tail": tuple(values["tail"])}
+        return cls(wav_header=wav_header, analysis=analysis, pending=pending, **fields)
 
 
-def resume_frame_for(frames: int, sample_rate: int, channels: int) -> int:
+def resume_frame_for(frames: int, plan: EncoderPlan) -> int:
     """Where a later encoder starts, given the frames stored: a pre-roll before the
-    boundary that lies a post-roll before the last stored frame (0 while too few)."""
-    return max(0, frames - POST_ROLL_FRAMES - pre_roll_frames(sample_rate, channels))
+    boundary that lies a post-roll before the last stored frame, on the plan's grid
+    (0 while too few, and for a plan that is never cut)."""
+    if not plan.splittable:
+        return 0
+    return plan.on_grid(max(0, frames - post_roll_frames(plan) - plan.pre_roll))
 
 
 def frame_offsets(frames: bytes) -> array[int]:

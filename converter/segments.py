@@ -16,9 +16,11 @@ reservoir whole there. An encoder given a further segment later sees a jump in
 its input: the frames around that jump fall in the pre- and post-rolls, which
 are dropped. Frames are passed on in order as soon as no join can change them.
 
-With ``parallel_segments`` below 2 (or a sample rate to change, where frames do
-not fall on the source's samples) there is one encoder and one run, and frames
-pass straight on: the same shape, with nothing to join.
+Cuts fall where frames begin on the source's samples (converter/command.py's
+EncoderPlan: every frame, or every few when the sample rate changes). With
+``parallel_segments`` below 2 (or a source rate whose frames hardly ever fall on
+its samples) there is one encoder and one run, and frames pass straight on: the
+same shape, with nothing to join.
 
 Memory stays bounded: at most ``READ_AHEAD_BYTES`` of samples wait for the
 encoders (the upload is read no further meanwhile), and the MP3 frames held
@@ -33,6 +35,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from converter.command import EncoderPlan
 from converter.errors import ConversionError, Mp3StreamError
@@ -40,7 +43,7 @@ from converter.mp3 import samples_per_frame
 from converter.options import ConverterConfig
 from converter.process import PIPE_READ, end_input, keep_tail, reap, write
 from converter.progress import ENCODER_INPUT, ENCODER_OUTPUT, JOINING, Changes, Progress
-from converter.splice import Frame, FrameReader, join, pre_roll_frames
+from converter.splice import Frame, FrameReader, join
 
 NEVER = 1 << 62
 POST_ROLL_FRAMES = 32  # frames an earlier encoder goes on past its boundary: where a join is sought
@@ -49,11 +52,18 @@ READ_AHEAD_BYTES = 16 << 20  # samples queued for the encoders, at most
 log = logging.getLogger("mp3.segments")
 
 
-def segment_frames(sample_rate: int, channels: int, seconds: float) -> int:
-    """A segment's length in frames: about ``seconds``, and longer than a pre-roll and a
-    post-roll together, so an encoder's post-roll ends before it could get its next piece."""
-    wanted = round(seconds * sample_rate / samples_per_frame(sample_rate))
-    return max(pre_roll_frames(sample_rate, channels) + POST_ROLL_FRAMES + 2, wanted)
+def segment_frames(plan: EncoderPlan, seconds: float) -> int:
+    """A segment's length in frames: about ``seconds``, whole periods of the plan's grid, and
+    longer than a pre-roll and a post-roll together, so an encoder's post-roll ends before
+    it could get its next piece."""
+    wanted = round(seconds * plan.sample_rate / samples_per_frame(plan.sample_rate))
+    shortest = plan.pre_roll + post_roll_frames(plan) + 2
+    return plan.on_grid(max(shortest, wanted) + plan.period - 1)
+
+
+def post_roll_frames(plan: EncoderPlan) -> int:
+    """POST_ROLL_FRAMES, made whole periods: so that an encoder's next piece begins on the grid."""
+    return plan.on_grid(POST_ROLL_FRAMES + plan.period - 1)
 
 
 @dataclass(eq=False)  # a piece is itself: compared by identity, never by its frames
@@ -84,7 +94,7 @@ class EncoderProcess:
         self,
         process: asyncio.subprocess.Process,
         borrowed: bool,
-        frame_samples: int,
+        source_samples_per_frame: Fraction,
         block_align: int,
         progress: Progress,
     ) -> None:
@@ -92,7 +102,7 @@ class EncoderProcess:
         self.progress = progress
         self.borrowed = borrowed  # its slot is to be given back when it ends
         self.releasing = False  # to end as soon as its last piece is fed
-        self.frame_samples = frame_samples
+        self.source_samples_per_frame = source_samples_per_frame
         self.pieces: list[Piece] = []
         self.fed_bytes = 0  # a chunk may end inside a sample: counted in bytes
         self.block_align = block_align
@@ -166,8 +176,8 @@ class EncoderProcess:
         changed.note()
 
     def _place(self, frame: Frame) -> None:
-        """Frame i of this encoder was made of its input's samples from i x frame_samples on."""
-        position = self._frames_read * self.frame_samples
+        """Frame i of this encoder was made of its input's samples from i x samples per frame on."""
+        position = self._frames_read * self.source_samples_per_frame
         self._frames_read += 1
         while self._piece_index + 1 < len(self.pieces) and position >= self.pieces[self._piece_index + 1].start:
             self.pieces[self._piece_index].complete = True
@@ -205,17 +215,12 @@ class SegmentedEncoder:
         progress: Progress,
         tasks: asyncio.TaskGroup,
     ) -> None:
-        source, out_channels = plan.source, plan.options.channels
-        assert out_channels is not None  # chosen for the source before any encoder starts
         self.plan = plan
-        self.format = source
-        self.frame_samples = samples_per_frame(source.sample_rate)
-        self.pre_roll = pre_roll_frames(source.sample_rate, out_channels)
-        self.segment_frames = segment_frames(source.sample_rate, out_channels, config.segment_seconds)
+        self.pre_roll = plan.pre_roll
+        self.post_roll = post_roll_frames(plan)
+        self.segment_frames = segment_frames(plan, config.segment_seconds)
         self.spare = config.spare
-        # Frames fall on the source's samples only when the rate stays: else one encoder.
-        resampled = plan.options.sample_rate != source.sample_rate
-        self.most_encoders = 1 if resampled else config.parallel_segments
+        self.most_encoders = config.parallel_segments if plan.splittable else 1
         self.helper_backlog = config.helper_backlog
         self.declared_bytes = declared_bytes
         self.emit = emit
@@ -275,10 +280,10 @@ class SegmentedEncoder:
         """Go on from frame ``first_frame``: the upload's samples from there on go to a new
         encoder, joined onto the ``stored`` frames (those from first_frame on) as a helper is
         joined onto the encoder before it, a pre-roll after first_frame."""
+        assert first_frame == self.plan.on_grid(first_frame)
         self.tag_sent = True
         boundary = first_frame + self.pre_roll
-        frame_bytes = self.frame_samples * self.format.block_align
-        earlier = Piece(first_frame=first_frame, start=0, end_byte=(first_frame + len(stored)) * frame_bytes)
+        earlier = Piece(first_frame=first_frame, start=0, end_byte=self.plan.bytes_before(first_frame + len(stored)))
         earlier.frames.extend(stored)
         earlier.complete = True
         self.runs.append(Run(first_frame, earlier, None))
@@ -286,16 +291,15 @@ class SegmentedEncoder:
         piece = Piece(first_frame=first_frame, start=0)
         encoder.pieces.append(piece)
         self.runs.append(Run(boundary, piece, encoder))
-        self.read_bytes = first_frame * frame_bytes
+        self.read_bytes = self.plan.bytes_before(first_frame)
         if self.most_encoders > 1:
             self.next_decision_frame = boundary + self.segment_frames - self.pre_roll
         self._assembling = self.tasks.create_task(self._assemble())
 
     async def take(self, samples: bytes) -> None:
         """The upload's next samples, to every encoder whose piece they belong to."""
-        frame_bytes = self.frame_samples * self.format.block_align
         while samples:
-            decision = self.next_decision_frame * frame_bytes
+            decision = self.plan.bytes_before(self.next_decision_frame)
             cut = len(samples)
             if self.read_bytes < decision < self.read_bytes + cut:
                 cut = decision - self.read_bytes
@@ -353,18 +357,18 @@ class SegmentedEncoder:
 
     async def _decide(self) -> None:
         """At a decision point: does the next segment go to another encoder?"""
-        frame_bytes = self.frame_samples * self.format.block_align
-        decision_frame = self.read_bytes // frame_bytes
+        decision_frame = self.next_decision_frame
         boundary = decision_frame + self.pre_roll
         current, worker = self.runs[-1].piece, self.runs[-1].encoder
         assert worker is not None  # the last run is always an encoder's: stored frames come first
         helper = None
         declared = self.declared_bytes
-        room_left = declared is None or declared - boundary * frame_bytes > self.segment_frames * frame_bytes // 2
+        segment_bytes = self.plan.bytes_before(self.segment_frames)
+        room_left = declared is None or declared - self.plan.bytes_before(boundary) > segment_bytes // 2
         if worker.queued > self.helper_backlog and room_left:
             helper = await self._helper(worker)
         if helper is not None:
-            current.end_byte = (boundary + POST_ROLL_FRAMES) * frame_bytes
+            current.end_byte = self.plan.bytes_before(boundary + self.post_roll)
             piece = Piece(first_frame=decision_frame, start=helper.fed_samples)
             helper.pieces.append(piece)
             self.runs.append(Run(boundary, piece, helper))
@@ -408,7 +412,10 @@ class SegmentedEncoder:
             if borrowed and self.spare is not None:
                 self.spare.give_back()
             raise
-        encoder = EncoderProcess(process, borrowed, self.frame_samples, self.format.block_align, self.progress)
+        source = self.plan.source
+        encoder = EncoderProcess(
+            process, borrowed, self.plan.source_samples_per_frame, source.block_align, self.progress
+        )
         self.encoders.append(encoder)
         self.tasks.create_task(encoder.write(self.drained))
         self.tasks.create_task(self._read(encoder))

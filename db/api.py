@@ -236,7 +236,8 @@ class Claim:
     options: dict[str, str]
     wav_header: bytes | None
     progress: dict[str, Any] | None
-    analysis: bytes | None  # the measurement at the offset (converter/analysis.py)
+    analysis: bytes | None  # the measurement at the checkpoint (converter/analysis.py)
+    wav_pending: bytes | None  # the WAV's bytes sent after the checkpoint's resume point
     record_id: UUID | None
 
 
@@ -297,10 +298,11 @@ async def upload_checkpoint(
     wav_header: bytes | None,
     lifetime_s: float,
     analysis: bytes | None = None,
+    wav_pending: bytes | None = None,
 ) -> None:
     await db.execute(
-        "SELECT api.upload_checkpoint($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        upload_id, generation, at, chunk, offset, json.dumps(progress), wav_header, lifetime_s, analysis,
+        "SELECT api.upload_checkpoint($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        upload_id, generation, at, chunk, offset, json.dumps(progress), wav_header, lifetime_s, analysis, wav_pending,
     )  # fmt: skip
 
 

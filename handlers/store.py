@@ -80,14 +80,14 @@ class CheckpointedUpload:
         self.claim = claim
         self.lifetime_s = lifetime_s
         self.previous = (
-            Checkpoint.from_json(claim.progress, claim.wav_header, claim.analysis or b"")
+            Checkpoint.from_json(claim.progress, claim.wav_header, claim.analysis or b"", claim.wav_pending or b"")
             if claim.progress is not None and claim.wav_header is not None
             else None
         )
         self.header_stored = claim.wav_header is not None
         self.pending = bytearray()  # handed on since the last checkpoint, from pending_at
         self.pending_at = self.previous.resume_at if self.previous is not None else 0
-        self.committed = self.previous.wav_offset if self.previous is not None else 0  # the offset as stored
+        self.committed = self.previous.upload_offset if self.previous is not None else 0  # the offset as stored
 
     async def resumable(self) -> Resumable:
         """What the conversion goes on from: the frames stored from the resume point on."""
@@ -104,11 +104,12 @@ class CheckpointedUpload:
         header = None if self.header_stored else checkpoint.wav_header
         await api.upload_checkpoint(
             self.pool, self.upload_id, self.claim.generation, self.pending_at, bytes(self.pending),
-            checkpoint.wav_offset, checkpoint.to_json(), header, self.lifetime_s, checkpoint.analysis or None,
+            checkpoint.upload_offset, checkpoint.to_json(), header, self.lifetime_s, checkpoint.analysis or None,
+            checkpoint.pending or None,
         )  # fmt: skip
         self.header_stored = True
         self.pending_at, self.pending = checkpoint.size, bytearray()
-        self.committed = checkpoint.wav_offset
+        self.committed = checkpoint.upload_offset
 
     async def earlier_offsets(self, frames: int) -> array[int]:
         assert self.previous is not None

@@ -29,6 +29,9 @@ from aiohttp import ClientResponse, FormData, web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
+from converter.command import EncoderPlan
+from converter.options import EncodeOptions
+from converter.wav import FORMAT_PCM, WavFormat
 from settings import Settings, find_ffmpeg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -515,8 +518,21 @@ def samples_of(wav: bytes) -> array[int]:
     return array("h", wav[wav.index(b"data") + 8 :])
 
 
+def resampled(wav: bytes, rate: int) -> array[int]:
+    """The WAV's 16-bit samples at ``rate``, as FFmpeg's resampler makes them."""
+    command = [FFMPEG, "-v", "error", "-i", "-", "-ar", str(rate), "-f", "s16le", "-"]
+    return array("h", subprocess.run(command, input=wav, capture_output=True, check=True).stdout)
+
+
 def snr_db(reference: array[int], test: array[int], start: int = 0, stop: int | None = None) -> float:
     stop = min(len(reference), len(test)) if stop is None else stop
     signal = sum(value * value for value in reference[start:stop])
     noise = sum((a - b) * (a - b) for a, b in zip(reference[start:stop], test[start:stop], strict=True))
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+def plan_of(rate: int, channels: int, out_rate: int | None = None, out_channels: int | None = None) -> EncoderPlan:
+    """The encoders' plan for 16-bit samples at this rate (converter/command.py), into an MP3
+    at ``out_rate`` (else the same) with ``out_channels`` (else the same, at most two)."""
+    options = EncodeOptions(sample_rate=out_rate or rate, channels=out_channels or min(channels, 2))
+    return EncoderPlan(FFMPEG, WavFormat(FORMAT_PCM, channels, rate, 2 * channels, 16), options)

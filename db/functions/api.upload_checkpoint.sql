@@ -1,10 +1,12 @@
 /**
  * A checkpoint of a PATCH (which claimed `generation`): writes `chunk` into the
  * upload's MP3 at byte `at`, which then ends after it, and stores the
- * converter's `progress` and `analysis` (its measurement so far) at the new
- * `upload_offset` (which may not go back), and the WAV's header once. PT423 when another request has claimed the upload
- * since; PT413 past the user's quota (this and the user's other uploads in
- * progress count), PT507 past the service's bound. Extends the expiry.
+ * converter's `progress`, its `analysis` (the measurement so far) and the
+ * WAV's bytes sent after its resume point (`wav_pending`, the last `upload_offset`
+ * bytes; at most 16 MiB) at the new `upload_offset`, which may not go back; the
+ * WAV's header once. PT423 when another request has claimed the upload since;
+ * PT413 past the user's quota (this and the user's other uploads in progress
+ * count), PT507 past the service's bound. Extends the expiry.
  */
 CREATE FUNCTION api.upload_checkpoint(
     upload_id uuid,
@@ -15,7 +17,8 @@ CREATE FUNCTION api.upload_checkpoint(
     progress jsonb,
     wav_header bytea,
     lifetime_s double precision,
-    analysis bytea DEFAULT NULL
+    analysis bytea DEFAULT NULL,
+    wav_pending bytea DEFAULT NULL
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -32,6 +35,10 @@ BEGIN
     IF at IS NULL OR at < 0 OR upload_offset IS NULL OR upload_offset < the_upload.upload_offset THEN
         RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'A checkpoint writes from 0 on and never goes back.';
     END IF;
+    IF octet_length(wav_pending) > least(upload_offset, 16777216) THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400',
+            MESSAGE = 'The pending bytes are the last of the offset''s, at most 16 MiB of them.';
+    END IF;
     SELECT coalesce(sum(u.mp3_bytes), 0) INTO others
     FROM app.uploads AS u
     WHERE u.user_id = the_upload.user_id AND u.id <> the_upload.id AND u.record_id IS NULL;
@@ -46,6 +53,7 @@ BEGIN
     SET upload_offset = upload_checkpoint.upload_offset,
         progress = upload_checkpoint.progress,
         analysis = upload_checkpoint.analysis,
+        wav_pending = upload_checkpoint.wav_pending,
         wav_header = coalesce(u.wav_header, upload_checkpoint.wav_header),
         mp3_bytes = new_size,
         expires_at = now() + make_interval(secs => lifetime_s)
@@ -53,5 +61,5 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION api.upload_checkpoint(uuid, bigint, bigint, bytea, bigint, jsonb, bytea, double precision, bytea) IS
+COMMENT ON FUNCTION api.upload_checkpoint(uuid, bigint, bigint, bytea, bigint, jsonb, bytea, double precision, bytea, bytea) IS
     'Writes a PATCH''s MP3 bytes at a byte offset and stores its checkpoint; PT423 once another took the upload.';

@@ -24,6 +24,7 @@ RETURNS TABLE (
     wav_header bytea,
     progress jsonb,
     analysis bytea,
+    wav_pending bytea,
     record_id uuid
 )
 LANGUAGE plpgsql
@@ -55,7 +56,8 @@ BEGIN
         RETURNING * INTO the_upload;
     END IF;
     RETURN QUERY SELECT the_upload.generation, the_upload.upload_length, the_upload.filename, the_upload.options,
-                        the_upload.wav_header, the_upload.progress, the_upload.analysis, the_upload.record_id;
+                        the_upload.wav_header, the_upload.progress, the_upload.analysis, the_upload.wav_pending,
+                        the_upload.record_id;
 END;
 $$;
 

@@ -330,7 +330,7 @@ async function upload(file) {
   const as = user;
   const metadata = {filename: file.name, ...Object.fromEntries(chosenOptions())};
   const fingerprint = fingerprintOf(file, as, metadata);
-  let kept = 0; // the service's offset: the bytes it has converted and committed
+  let kept = 0; // the service's offset: the bytes it holds, converted or as they were sent
   let sent = 0;
   const percent = (bytes) => Math.floor((bytes / file.size) * 100);
   const show = () => row.progress(percent(kept), percent(Math.max(sent, kept)));
@@ -359,18 +359,10 @@ async function upload(file) {
     onAfterResponse(request, response) {
       const offset = response.getHeader("Upload-Offset");
       if (response.getStatus() >= 300 || offset === null) return;
-      const from = Number(request.getHeader("Upload-Offset"));
       kept = Number(offset);
       sent = kept;
       show();
       if (request.getMethod() === "HEAD") row.resumed(percent(kept));
-      // The service keeps all of a PATCH but its last second or so. When it kept less than half
-      // of one (a WAV it resamples, whose MP3 it cannot keep in part; a chunk short of a second),
-      // PATCHes of this size might never move the offset on: the rest goes in one instead.
-      const carried = Math.min(transfer.options.chunkSize, file.size - from);
-      if (request.getMethod() === "PATCH" && kept < file.size && kept - from < carried / 2) {
-        transfer.options.chunkSize = Infinity;
-      }
     },
     onSuccess() {
       settle();

@@ -29,7 +29,7 @@ from converter.segments import POST_ROLL_FRAMES, SegmentedEncoder, segment_frame
 from converter.splice import FrameReader, pre_roll_frames
 from converter.wav import WavHeader
 from service.slots import ConversionSlots
-from tests.support import FFMPEG, MUSIC_SECONDS, Spares, decoded, music, samples_of, snr_db, until
+from tests.support import FFMPEG, MUSIC_SECONDS, Spares, decoded, music, plan_of, resampled, samples_of, snr_db, until
 
 SECONDS = MUSIC_SECONDS
 SEGMENT_S = 1.5  # ten joins at 44.1 kHz
@@ -67,10 +67,6 @@ async def converted(wav: bytes, options: EncodeOptions, encoders: int, spare: An
     return bytes(out), result
 
 
-def options_channels(options: EncodeOptions, channels: int) -> int:
-    return options.channels or channels
-
-
 CASES = [
     pytest.param(44100, 2, EncodeOptions(bitrate_kbps=192), 2, (0.05, LOCAL_SLACK_DB), id="44.1k-stereo-cbr192"),
     pytest.param(48000, 2, EncodeOptions(vbr_quality=2), 3, (0.05, LOCAL_SLACK_DB), id="48k-stereo-vbr2-3-encoders"),
@@ -101,7 +97,7 @@ async def test_joined_encodings_play_every_sample_and_sound_as_one_does(
     assert alone.joins == 0
     joins = together.joins
     frame_samples = samples_per_frame(rate)
-    segment = segment_frames(rate, options_channels(options, channels), SEGMENT_S) * frame_samples
+    segment = segment_frames(plan_of(rate, channels, out_channels=options.channels), SEGMENT_S) * frame_samples
     assert joins == math.ceil(SECONDS * rate / segment - 0.5) - 1  # none in the last half segment
 
     original, one, many = samples_of(wav), decoded(single, channels), decoded(joined, channels)
@@ -125,6 +121,32 @@ async def test_joined_encodings_play_every_sample_and_sound_as_one_does(
     assert together.analysis == alone.analysis
 
 
+@pytest.mark.parametrize(
+    ("rate", "out_rate", "channels"),
+    [
+        pytest.param(48000, 44100, 2, id="48k-to-44.1k-every-49th-frame"),
+        pytest.param(44100, 32000, 2, id="44.1k-to-32k-every-5th-frame"),
+        pytest.param(96000, 48000, 2, id="96k-to-48k"),
+        pytest.param(44100, 22050, 1, id="44.1k-to-22.05k-mono"),
+    ],
+)
+async def test_resampled_uploads_are_cut_where_frames_begin_on_samples(
+    tmp_path_factory: pytest.TempPathFactory, rate: int, out_rate: int, channels: int
+) -> None:
+    """A frame of a resampled stream begins on a source sample every few frames
+    (converter/command.py): cut there, the joined encodings play every sample of one."""
+    wav = music(tmp_path_factory.getbasetemp(), rate, channels)
+    options = EncodeOptions(bitrate_kbps=128, sample_rate=out_rate)
+    single, alone = await converted(wav, options, encoders=1)
+    joined, together = await converted(wav, options, encoders=2)
+    segment = segment_frames(plan_of(rate, channels, out_rate), SEGMENT_S) * samples_per_frame(out_rate)
+    assert together.joins == math.ceil(SECONDS * out_rate / segment - 0.5) - 1 >= 3
+    reference, one, many = resampled(wav, out_rate), decoded(single, channels), decoded(joined, channels)
+    assert len(many) == len(one) == len(reference)
+    assert snr_db(reference, many) >= snr_db(reference, one) - 0.05
+    assert together.analysis == alone.analysis
+
+
 async def test_a_borrowed_slot_comes_back_when_another_upload_waits(tmp_path: Path) -> None:
     """Two slots: the upload borrows the second, then another upload starts waiting; the
     slot is given back at the next segment boundary, long before the first upload ends."""
@@ -132,7 +154,7 @@ async def test_a_borrowed_slot_comes_back_when_another_upload_waits(tmp_path: Pa
     slots = ConversionSlots(2, queue_timeout=30)
     waiter_got_a_slot = asyncio.Event()
     frame_bytes = 1152 * 4
-    segment = segment_frames(44100, 2, SEGMENT_S)
+    segment = segment_frames(plan_of(44100, 2), SEGMENT_S)
     data_start = wav.index(b"data") + 8
     before_second_decision = data_start + (2 * segment - 20) * frame_bytes
     past_second_post_roll = data_start + (2 * segment + 40) * frame_bytes
@@ -214,7 +236,7 @@ async def test_frames_that_arrive_while_the_store_is_busy_are_not_lost(tmp_path:
 
 FRAME = 1152  # samples of a frame at 44.1 kHz
 PRE_ROLL = pre_roll_frames(44100, 2)
-SEGMENT = segment_frames(44100, 2, SEGMENT_S)
+SEGMENT = segment_frames(plan_of(44100, 2), SEGMENT_S)
 # From two frames before the second decision point to past the post-roll of a helper
 # taken there: every way the upload can end around a handover.
 NEAR_A_DECISION = st.integers(

@@ -35,6 +35,7 @@ from tests.support import (
     form,
     idle_in_transaction,
     new_user,
+    plan_of,
     records_match_large_objects,
     until,
     wav_header,
@@ -81,7 +82,7 @@ async def test_an_upload_answers_and_decodes_to_every_sample_near_or_far_from_it
     past_boundary: int,
 ) -> None:
     frame = samples_per_frame(rate)
-    samples = 2 * segment_frames(rate, channels, SEGMENT_S) * frame + past_boundary * (frame + frame // 2)
+    samples = 2 * segment_frames(plan_of(rate, channels), SEGMENT_S) * frame + past_boundary * (frame + frame // 2)
     wav = exact_wav(audio, rate, channels, samples)
     user = await new_user(client, "far")
     if body == "multipart":
