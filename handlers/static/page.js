@@ -212,13 +212,13 @@ function chosenOptions() {
 
 // ---- uploads, each with its own outcome ---------------------------------------------------------
 // Every file goes up with tus (tus-js-client, /vendor/): POST /uploads creates the upload, PATCHes
-// send the WAV a chunk at a time, and each answer's Upload-Offset is what the service has converted
-// and committed, a second or so of audio behind what it was sent. A failed request is tried again
-// from there; a reload resumes too, when the same file is chosen again: tus-js-client keeps the
-// upload's address in localStorage under the fingerprint below, until the upload is finished.
+// send the WAV a chunk at a time, and each answer's Upload-Offset is what the service has committed:
+// all the PATCH brought. A failed request is tried again from there; a reload resumes too, when the
+// same file is chosen again: tus-js-client keeps the upload's address in localStorage under the
+// fingerprint below, until the upload is finished.
 
-// 8 MiB a PATCH: every PATCH answer moves the bar on, the second or so of audio each one sends
-// again is under 3 % of it for CD audio, and no proxy's cap on a request's body comes near it.
+// 8 MiB a PATCH: every PATCH answer moves the bar on, and no proxy's cap on a request's body comes
+// near it.
 const CHUNK_BYTES = 8 * 1024 * 1024;
 // A failed request is tried again after these (ms); the count starts over whenever the offset moves.
 const RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000];
@@ -463,7 +463,11 @@ function recordRow(record) {
   audio.preload = "metadata";
   audio.src = record.url;
   audio.setAttribute("aria-label", `Play ${record.filename}`);
+  if (record.waveform) listen.append(waveform(record, audio));
   listen.append(audio);
+  const loudness = document.createElement("td");
+  loudness.className = "loudness";
+  loudness.append(...loudnessOf(record));
   const actions = document.createElement("td");
   const download = document.createElement("a");
   download.href = record.url;
@@ -485,8 +489,97 @@ function recordRow(record) {
     refreshStorage();
   });
   actions.append(download, " ", remove);
-  row.append(name, length, listen, actions);
+  row.append(name, length, listen, loudness, actions);
   return row;
+}
+
+// ---- what a recording looks and sounds like -------------------------------------------------------
+
+// The waveform (audiowaveform's .dat from /record/waveform: a 24-byte header, then a low and a high
+// byte per pixel of samples_per_pixel samples), drawn to the canvas's width; the part played so far
+// darker. A click seeks the player there; keyboard users have the player's own controls.
+function waveform(record, audio) {
+  const canvas = document.createElement("canvas");
+  canvas.className = "waveform";
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", `Waveform of ${record.filename}`);
+  canvas.title = "Click to play from here";
+  let peaks = null;
+  const draw = () => {
+    if (!peaks || !canvas.isConnected) return;
+    const width = Math.max(1, Math.round(canvas.clientWidth * devicePixelRatio));
+    const height = Math.max(1, Math.round(canvas.clientHeight * devicePixelRatio));
+    if (canvas.width !== width || canvas.height !== height) Object.assign(canvas, {width, height});
+    const context = canvas.getContext("2d");
+    context.clearRect(0, 0, width, height);
+    const pixels = peaks.length / 2;
+    const played = audio.duration ? (audio.currentTime / audio.duration) * width : 0;
+    for (let x = 0; x < width; x += 1) {
+      let low = 127;
+      let high = -128;
+      const last = Math.max(Math.floor(((x + 1) * pixels) / width), Math.floor((x * pixels) / width) + 1);
+      for (let pixel = Math.floor((x * pixels) / width); pixel < Math.min(last, pixels); pixel += 1) {
+        low = Math.min(low, peaks[2 * pixel]);
+        high = Math.max(high, peaks[2 * pixel + 1]);
+      }
+      if (high < low) continue;
+      const top = ((127 - high) / 255) * height;
+      const bottom = ((128 - low) / 255) * height;
+      context.fillStyle = x < played ? "#2450a6" : "#9aa5b8";
+      context.fillRect(x, top, 1, Math.max(1, bottom - top));
+    }
+  };
+  canvas.addEventListener("click", (event) => {
+    if (!audio.duration) return;
+    const at = (event.clientX - canvas.getBoundingClientRect().left) / canvas.clientWidth;
+    audio.currentTime = Math.min(Math.max(at, 0), 1) * audio.duration;
+    audio.play().catch(() => {});
+  });
+  for (const change of ["timeupdate", "seeked", "loadedmetadata"]) audio.addEventListener(change, draw);
+  new ResizeObserver(draw).observe(canvas);
+  fetch(`${record.waveform}&format=dat`).then(async (response) => {
+    if (!response.ok) return;
+    peaks = new Int8Array(await response.arrayBuffer(), 24);
+    canvas.dataset.pixels = String(peaks.length / 2);
+    draw();
+  }).catch(() => {});
+  return canvas;
+}
+
+// Integrated loudness and true peak, with what they mean in plain words. No integrated loudness:
+// silence, or too short to measure (under 0.4 s), or not measured at all (no waveform either).
+function loudnessOf(record) {
+  const loudness = record.loudness;
+  if (!record.waveform) return ["Not measured"];
+  if (loudness.integrated === null) return [loudness.true_peak === null ? "Silent" : "Too short to measure"];
+  const level = document.createElement("span");
+  level.textContent = `${signed(loudness.integrated, 1)} LUFS`;
+  const hint = document.createElement("span");
+  hint.className = "muted hint";
+  const peak = loudness.true_peak;
+  if (peak !== null && peak > 0) {
+    hint.textContent = `clips at ${signed(peak, 1)} dBTP`;
+    hint.className = "hint error";
+  } else {
+    hint.textContent = levelInWords(loudness.integrated);
+  }
+  return [level, " ", hint];
+}
+
+function levelInWords(lufs) {
+  if (lufs > -13) return "loud: streaming services turn it down";
+  if (lufs >= -15) return "streaming level";
+  if (lufs >= -17.5) return "podcast level";
+  if (lufs >= -22) return "between podcast and broadcast level";
+  if (lufs >= -24) return "broadcast level";
+  return "quiet: quieter than broadcast level";
+}
+
+// −23.0 with a real minus sign, as in print; +0.4 for what is above zero.
+function signed(value, digits) {
+  const text = Math.abs(value).toFixed(digits);
+  if (Number(text) === 0) return text;
+  return `${value < 0 ? "\u2212" : "+"}${text}`;
 }
 
 // From the first page (after an upload, the newest is on it), or on from the last page seen.

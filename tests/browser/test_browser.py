@@ -389,3 +389,55 @@ async def test_a_wav_the_service_resamples_goes_up_in_chunks_each_kept_whole(
     assert traffic.answers("PATCH") == [8 << 20, wav.stat().st_size]
     mp3 = await finished_and_playing(page, "Studio.mp3")
     assert len(decoded(mp3, 2)) == 30 * 48000 * 2
+
+
+# --- what a recording looks and sounds like ---------------------------------------------------
+
+
+async def test_each_recording_shows_its_waveform_seeks_where_clicked_and_says_how_loud_it_is(
+    client: Client, audio: Audio, browser: Browser, tmp_path: Path
+) -> None:
+    quiet = tmp_path / "Quiet Take.wav"  # lavfi's sine, -21.75 LUFS: between podcast and broadcast
+    quiet.write_bytes(audio(seconds=8))
+    # The same tone 24 dB up (clipped at full scale) for four seconds, then silence.
+    loud = tmp_path / "Loud Take.wav"
+    loud.write_bytes(audio(seconds=8, extra=("-af", "volume=24dB,afade=t=out:st=4:d=0.01")))
+    context = await browser.new_context()
+    page = await signed_in_page(client, context, "listener")
+    await page.set_input_files("#files", [str(quiet), str(loud)])
+    await expect(page.locator("#records tr")).to_have_count(2, timeout=UPLOAD_DEADLINE_MS)
+
+    quiet_row = page.locator("#records tr", has_text="Quiet Take.mp3")
+    await expect(quiet_row.locator(".loudness")).to_have_text("\u221221.8 LUFS between podcast and broadcast level")
+    loud_row = page.locator("#records tr", has_text="Loud Take.mp3")
+    await expect(loud_row.locator(".loudness .hint")).to_have_text(re.compile(r"^clips at \+\d\.\d dBTP$"))
+
+    canvas = loud_row.locator("canvas.waveform")
+    await expect(canvas).to_have_attribute("data-pixels", "800")  # 8 s of 1/100 s
+    # Each column's drawn height, in canvas pixels: sound for the first half (full height: it
+    # clips), then silence, a line one pixel high; every column drawn.
+    heights, height = await canvas.evaluate(
+        """(canvas) => {
+            const {width, height} = canvas;
+            const pixels = canvas.getContext('2d').getImageData(0, 0, width, height).data;
+            const heights = [];
+            for (let x = 0; x < width; x += 1) {
+                let drawn = 0;
+                for (let y = 0; y < height; y += 1) drawn += pixels[(y * width + x) * 4 + 3] > 0;
+                heights.push(drawn);
+            }
+            return [heights, height];
+        }"""
+    )
+    assert min(heights) >= 1
+    assert heights[len(heights) // 4] >= 0.9 * height
+    assert heights[3 * len(heights) // 4] <= 2
+
+    player = await loud_row.locator("audio").element_handle()
+    await page.wait_for_function("(audio) => audio.duration > 0", arg=player, timeout=20_000)
+    box = await canvas.bounding_box()
+    assert box is not None
+    await canvas.click(position={"x": box["width"] * 0.75, "y": box["height"] / 2})
+    await page.wait_for_function("(audio) => !audio.seeking && audio.currentTime > 0", arg=player, timeout=20_000)
+    position = await player.evaluate("(audio) => { audio.pause(); return audio.currentTime; }")
+    assert position == pytest.approx(6.0, abs=0.3)
