@@ -245,10 +245,14 @@ class ServiceProcess:
             data = (await response.json())["data"] if response.status == 200 else {}
             return bool(data) and data["free_slots"] == data["slots"]
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def ffmpeg_children(self) -> list[int]:
         """FFmpeg processes the service has started and not yet reaped."""
-        assert self.process is not None
-        return [pid for pid in children_of(self.process.pid) if _command_of(pid) == "ffmpeg"]
+        return [pid for pid in children_of(self.pid) if _command_of(pid) == "ffmpeg"]
 
     def signal(self, number: int) -> None:
         assert self.process is not None
@@ -270,6 +274,10 @@ def vm_rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def children_of(pid: int) -> list[int]:
