@@ -231,6 +231,7 @@ class ResumableUpload:
     filename: str
     options: dict[str, str]
     record_id: UUID | None  # once finished
+    patch_busy_s: float  # a PATCH is at work on it for this long yet, at most (0: none is)
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,10 @@ async def upload_read_back(db: Database, upload_id: UUID, generation: int, from_
 async def upload_record_begin(db: Database, upload_id: UUID, generation: int) -> UUID:
     record_id: UUID = await db.fetchval("SELECT api.upload_record_begin($1, $2)", upload_id, generation)
     return record_id
+
+
+async def upload_settled(db: Database, upload_id: UUID, generation: int) -> None:
+    await db.execute("SELECT api.upload_settled($1, $2)", upload_id, generation)
 
 
 async def upload_delete(db: Database, user_id: int, token: str, upload_id: UUID) -> None:

@@ -18,8 +18,10 @@ in a URL; another user's upload is 404, as a missing one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import email.utils
 import re
 from collections.abc import AsyncIterator
@@ -50,6 +52,11 @@ MAX_METADATA_BYTES = 8192
 METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and comma
 MOST_OPEN_UPLOADS = 16  # a user's unfinished uploads at once
 DIGITS = 19  # an offset or a length: a bigint at most
+# A HEAD waits at most this long for a PATCH at work on the upload (one cut off
+# stores what it brought within the converter's 3 s grace), asking every BUSY_POLL_S.
+HEAD_WAITS_S = 5.0
+BUSY_POLL_S = 0.05
+SETTLE_TIMEOUT_S = 5.0  # a PATCH's word that it is done, at most
 
 
 class PatchEnded(Exception):
@@ -92,7 +99,7 @@ async def create_upload(request: web.Request) -> web.Response:
 async def head_upload(request: web.Request) -> web.Response:
     """HEAD /uploads/<id>: how far it is (what is durable), never from a replica."""
     _speaks_tus(request)
-    upload = await _opened(request)
+    upload = await _once_no_patch_works_on(request)
     headers = {"Upload-Offset": str(upload.upload_offset), "Cache-Control": "no-store"}
     if upload.upload_length is None:
         headers["Upload-Defer-Length"] = "1"
@@ -101,6 +108,21 @@ async def head_upload(request: web.Request) -> web.Response:
     if upload.record_id is None:
         headers["Upload-Expires"] = _http_date(upload.expires_at)
     return web.Response(status=200, headers=headers)
+
+
+async def _once_no_patch_works_on(request: web.Request) -> api.ResumableUpload:
+    """The upload once no PATCH is at work on it, or after HEAD_WAITS_S. A client asks
+    HEAD the moment its PATCH is cut off, while that PATCH, on this replica or another,
+    is still storing what it brought (within the converter's grace): the offset to
+    resume from is the one it leaves, not the one before it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HEAD_WAITS_S
+    while True:
+        upload = await _opened(request)
+        left = deadline - loop.time()
+        if upload.patch_busy_s <= 0 or upload.record_id is not None or left <= 0:
+            return upload
+        await asyncio.sleep(min(BUSY_POLL_S, upload.patch_busy_s, left))
 
 
 async def get_upload(request: web.Request) -> web.Response:
@@ -158,6 +180,20 @@ async def _patched(
     claim = await api.upload_claim(
         pool, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
     )
+    try:
+        return await _converted(request, credentials, claim, offset, links)
+    finally:
+        with contextlib.suppress(Exception):  # else its word lapses within app.patch_busy_lease()
+            async with asyncio.timeout(SETTLE_TIMEOUT_S):
+                await api.upload_settled(pool, upload_id, claim.generation)
+
+
+async def _converted(
+    request: web.Request, credentials: Credentials, claim: api.Claim, offset: int, links: URL
+) -> web.Response:
+    """The PATCH's body converted on from the claimed upload's last checkpoint."""
+    settings, pool = request.app[SETTINGS], request.app[POOL]
+    upload_id = _upload_id(request)
     if claim.record_id is not None:  # finished already: a PATCH at its end, with nothing more
         return _progressed(offset, settings, record_url(links, claim.record_id, credentials.user_id))
     total = claim.upload_length

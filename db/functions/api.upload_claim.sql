@@ -5,7 +5,8 @@
  * nothing more), the length (set now when it was deferred and the PATCH gives
  * it; PT400 to change one already set or to set one below the offset), and
  * what the converter needs to go on: the options, the WAV's header and the last
- * checkpoint. Extends the expiry.
+ * checkpoint. Extends the expiry, and marks the upload as being patched (see
+ * api.upload_open).
  * A finished upload is PT409 to any PATCH but one at its end.
  */
 CREATE FUNCTION api.upload_claim(
@@ -51,7 +52,8 @@ BEGIN
         UPDATE app.uploads AS u
         SET generation = u.generation + 1,
             upload_length = coalesce(u.upload_length, given_length),
-            expires_at = now() + make_interval(secs => lifetime_s)
+            expires_at = now() + make_interval(secs => lifetime_s),
+            patch_busy_until = now() + app.patch_busy_lease()
         WHERE u.id = the_upload.id
         RETURNING * INTO the_upload;
     END IF;

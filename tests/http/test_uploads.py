@@ -81,6 +81,12 @@ async def offset_of(client: Client, user: tuple[int, str], path: str) -> int:
     return int(response.headers["Upload-Offset"])
 
 
+def stored_offset(admin: psycopg.Connection, location: str) -> int:
+    """An upload's offset as its table holds it, whether or not a PATCH is at work on it."""
+    row = admin.execute("SELECT upload_offset FROM app.uploads WHERE id = %s", [location.rsplit("/", 1)[1]])
+    return int((row.fetchone() or (0,))[0])
+
+
 async def test_options_say_what_the_server_speaks(client: Client) -> None:
     response = await client.options("/uploads")
     assert response.status == 204
@@ -120,7 +126,9 @@ async def test_an_upload_in_two_patches_is_a_record_that_plays_every_sample(
     assert records_match_large_objects(admin)
 
 
-async def test_a_patch_cut_off_keeps_what_it_could_and_the_upload_resumes(client: Client, audio: Audio) -> None:
+async def test_a_patch_cut_off_keeps_what_it_could_and_the_upload_resumes(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
     """The client goes away mid-PATCH: what was converted is kept, and the next PATCH
     goes on from the offset HEAD reports."""
     user = await new_user(client)
@@ -130,9 +138,9 @@ async def test_a_patch_cut_off_keeps_what_it_could_and_the_upload_resumes(client
     cut_off = asyncio.create_task(patch(client, user, path, 0, held_body(wav, release, len(wav) // 2)))
     durable = 0
 
-    async def checkpointed() -> bool:
+    async def checkpointed() -> bool:  # as an operator sees it: HEAD waits while a PATCH works
         nonlocal durable
-        durable = await offset_of(client, user, path)
+        durable = stored_offset(admin, path)
         return durable > 0
 
     async with asyncio.timeout(20):
@@ -148,6 +156,58 @@ async def test_a_patch_cut_off_keeps_what_it_could_and_the_upload_resumes(client
     assert finished.status == 204
     record = (await (await client.get(path, headers=basic(*user))).json())["data"]
     assert len(decoded(await (await client.get(local(record["url"]))).read(), 2)) == 30 * 44100 * 2
+
+
+async def test_a_head_the_moment_a_patch_is_cut_answers_all_that_patch_brought(client: Client, audio: Audio) -> None:
+    """The network resets a PATCH sent at full speed, and the client asks HEAD at once (as
+    tus-js-client's first retry does): the answer waits for the cut PATCH's last checkpoint,
+    so the client goes on from what reached the service, not from before it."""
+    user = await new_user(client)
+    wav = audio(seconds=90)
+    cut_after = len(wav) * 3 // 4
+    path = await created(client, user, len(wav))
+    assert client.port is not None
+    proxy = DelayingProxy(client.host, client.port, 0.0).start()
+    proxy.cut_after_bytes = cut_after
+    try:
+        async with aiohttp.ClientSession() as session:
+            headers = {**basic(*user), **TUS, **PATCH, "Upload-Offset": "0"}
+            with pytest.raises(aiohttp.ClientError):
+                await session.patch(f"http://{proxy.host}:{proxy.port}{path}", data=wav, headers=headers)
+    finally:
+        proxy.stop()
+    offset = await offset_of(client, user, path)
+    assert cut_after // 2 < offset <= cut_after  # what reached the service, as MP3 and as sent
+    finished = await patch(client, user, path, offset, wav[offset:])
+    assert finished.status == 204
+    record = (await (await client.get(path, headers=basic(*user))).json())["data"]
+    assert len(decoded(await (await client.get(local(record["url"]))).read(), 2)) == 90 * 44100 * 2
+
+
+def test_psql_sees_a_patch_at_work_until_it_says_it_is_done(service: psycopg.Connection) -> None:
+    """api.upload_open tells how long a PATCH may still be at work (HEAD waits for it);
+    api.upload_settled ends that for the PATCH that claimed the upload, and only for it."""
+    user_id, _, token = service.execute("SELECT * FROM api.user_create('bea')").fetchone() or ()
+    upload_id, _ = (
+        service.execute(
+            "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 1000, 3600, 16)", (user_id, str(token))
+        ).fetchone()
+        or ()
+    )
+
+    def busy_s() -> float:
+        row = service.execute("SELECT patch_busy_s FROM api.upload_open(%s, %s, %s)", (user_id, str(token), upload_id))
+        return float((row.fetchone() or (None,))[0])
+
+    assert busy_s() == 0
+    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600)"
+    (first,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
+    assert 0 < busy_s() <= 6
+    (second,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
+    service.execute("SELECT api.upload_settled(%s, %s)", (upload_id, first))
+    assert busy_s() > 0  # the older PATCH is done; the newer one still works
+    service.execute("SELECT api.upload_settled(%s, %s)", (upload_id, second))
+    assert busy_s() == 0
 
 
 # Clients send the next chunk from the offset a 204 gives (TUS-NOTES): a 204 that leaves it
@@ -444,8 +504,8 @@ async def test_an_upload_survives_its_service_killed_and_resumes_on_another_proc
                 async with session.head(service.base + local(url), headers=head) as response:
                     return int(response.headers["Upload-Offset"])
 
-        async with asyncio.timeout(30):
-            while await durable(first) == 0:  # noqa: ASYNC110 - the service's progress offers no event
+        async with asyncio.timeout(30):  # as an operator sees it: HEAD would wait for the PATCH at work
+            while stored_offset(admin, url) == 0:  # noqa: ASYNC110 - the service's progress offers no event
                 await asyncio.sleep(0.05)
         first.signal(signal.SIGKILL)
         first.wait()
