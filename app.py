@@ -24,7 +24,18 @@ from handlers.routes import setup_routes
 from handlers.server import make_runner, refuse_unmet_expectations
 from handlers.uploads import tus_resumable
 from service.download_cache import DownloadCache, dropping_deleted_records
-from service.keys import CONVERTER, DOWNLOAD_CACHE, DOWNLOAD_READS, METRICS, POOL, REPLICA, SETTINGS, SLOTS
+from service.file_sender import FileSender
+from service.keys import (
+    CONVERTER,
+    DOWNLOAD_CACHE,
+    DOWNLOAD_READS,
+    FILE_SENDER,
+    METRICS,
+    POOL,
+    REPLICA,
+    SETTINGS,
+    SLOTS,
+)  # fmt: skip
 from service.logs import configure_logging, log_task_chains
 from service.metrics import Metrics
 from service.replica import ReadReplica, replica_pool
@@ -151,10 +162,13 @@ async def download_cache(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     app[DOWNLOAD_CACHE] = cache
+    app[FILE_SENDER] = sender = FileSender()
+    sender.start()
     try:
         async with dropping_deleted_records(cache, app[SETTINGS].database_url):
             yield
     finally:
+        sender.close()
         cache.close()
 
 

@@ -10,11 +10,15 @@ not whether one write finished: the kernel wakes a writer only once a third
 of its send buffer is free, which on a fast link is more than a slow reader
 takes in a minute. Where tcp_info is not to be had, each slice must be taken
 within SEND_TIMEOUT_S.
+
+A cached file goes out by the kernel's sendfile on a thread of its own
+(service/file_sender.py), watched from here the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 from collections.abc import Awaitable
@@ -23,11 +27,9 @@ from typing import BinaryIO
 from aiohttp import web
 
 from handlers.errors import ClientNotReading
-from service.keys import SETTINGS
+from service.keys import FILE_SENDER, SETTINGS
 
-# One write or sendfile call. Also the bound on each sendfile call's time in the
-# event loop's thread: one call for a whole file per client, many clients at
-# once, held /health for 300 ms.
+# One write or sendfile call: the bound on each one's time in the event loop's thread.
 SEND_SLICE = 256 * 1024
 # What a client must take in each SEND_TIMEOUT_S: 64 KiB in the default 60 s is
 # 9 kbit/s, far below the slowest MP3 a player streams.
@@ -56,11 +58,41 @@ class Sender:
     async def sendfile(self, file: BinaryIO, start: int, stop: int) -> None:
         """By the kernel's sendfile; NotImplementedError for a transport that cannot (TLS)."""
         transport = self.request.transport
-        if transport is None:
+        if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
+        raw = transport.get_extra_info("socket")
+        if raw is None or transport.get_extra_info("sslcontext") is not None:
+            raise NotImplementedError("sendfile needs a plain socket")
+        await self._headers_out(transport, raw.fileno())
+        sender = self.request.app[FILE_SENDER]
+        sending = sender.send(raw.fileno(), file.fileno(), start, stop)
+        try:
+            await self._taken(sending.done)
+        finally:
+            if not sending.done.done() or sending.done.cancelled():
+                sender.drop(sending)
+
+    async def _headers_out(self, transport: asyncio.BaseTransport, socket_fd: int) -> None:
+        """The response's headers, sent at prepare, are out of the transport's buffer: the
+        file's bytes go into the socket behind the transport's back, so after them."""
+        assert isinstance(transport, asyncio.WriteTransport)
+        if not transport.get_write_buffer_size():
+            return  # as good as always: the socket took them at once
         loop = asyncio.get_running_loop()
-        for offset in range(start, stop, SEND_SLICE):
-            await self._taken(loop.sendfile(transport, file, offset, min(SEND_SLICE, stop - offset)))
+        # Set once, by the writer callback, when the transport's buffer is found empty.
+        flushed: asyncio.Future[None] = loop.create_future()
+
+        def check() -> None:
+            if not transport.get_write_buffer_size() and not flushed.done():
+                flushed.set_result(None)
+
+        watched = os.dup(socket_fd)  # the loop lets only the transport watch the original
+        loop.add_writer(watched, check)
+        try:
+            await self._taken(flushed)
+        finally:
+            loop.remove_writer(watched)
+            os.close(watched)
 
     async def _taken(self, sending: Awaitable[object]) -> None:
         # Done once the kernel has the slice; cancelled on any way out before that.

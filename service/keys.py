@@ -9,6 +9,7 @@ from aiohttp import web
 
 from converter.options import ConverterConfig
 from service.download_cache import DownloadCache
+from service.file_sender import FileSender
 from service.metrics import Metrics
 from service.replica import ReadReplica
 from service.slots import ConversionSlots
@@ -23,6 +24,7 @@ METRICS = web.AppKey("metrics", Metrics)
 CONVERTER = web.AppKey("converter", ConverterConfig)
 # Absent when DOWNLOAD_CACHE_MB is 0.
 DOWNLOAD_CACHE = web.AppKey("download_cache", DownloadCache)
+FILE_SENDER = web.AppKey("file_sender", FileSender)  # the cache's files to their clients, with it
 # Large-object reads in flight for all downloads together: the pools' other
 # connections stay free for uploads, /health and listings however many download.
 DOWNLOAD_READS = web.AppKey("download_reads", asyncio.Semaphore)

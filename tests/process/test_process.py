@@ -31,6 +31,7 @@ from tests.support import (
     held_body,
     idle_in_transaction,
     nothing_stored,
+    open_descriptors,
     records_match_large_objects,
     store_record,
     until,
@@ -447,6 +448,31 @@ async def test_a_client_that_stops_reading_a_download_is_cut_off_and_a_slow_read
     log = service_process.log.read_text()
     assert log.count("GET /record 200 broken off after") == len(stalled)
     assert "the client took almost nothing for 2 s" in log
+
+
+async def test_cached_downloads_broken_off_midway_leave_no_descriptor_behind(
+    service_process: ServiceProcess, service: psycopg.Connection
+) -> None:
+    """A cached file goes out on the service's file-sending thread (service/file_sender.py),
+    which holds a descriptor of each client's socket and of the file: a client gone midway
+    must take both with it, or every such client costs two descriptors for good."""
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "skipper")
+        record_id = store_record(service, *user, [os.urandom(1 << 20) for _ in range(7)])
+        path = f"/record?id={record_id}&user={user[0]}"
+        async with session.get(service_process.base + path) as whole:
+            assert len(await whole.read()) == 7 << 20  # now in the download cache
+    before = open_descriptors(service_process.pid)
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(65536)
+        writer.transport.abort()  # gone, with a reset, a 64 KiB into 7 MiB
+    await until(lambda: open_descriptors(service_process.pid) <= before)
+    async with aiohttp.ClientSession() as session, session.get(service_process.base + path) as again:
+        assert len(await again.read()) == 7 << 20
 
 
 # --- connections that never finish a request ----------------------------------------
