@@ -13,16 +13,26 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from db.apply import DEFAULT_SERVICE_ROLE, Roles, apply
 from settings import Settings
-from tests.support import FFMPEG, ServiceProcess, children_of, make_audio, private_cluster, vm_hwm_kib
+from tests.support import (
+    FFMPEG,
+    ServiceProcess,
+    children_of,
+    make_audio,
+    private_cluster,
+    vm_hwm_kib,
+    vm_rss_kib,
+)
 
 from .report import Report
 
@@ -97,14 +107,12 @@ def running_service(database: Database, folder: Path, **settings: str) -> Iterat
         Settings(database_url=database.service_url, ffmpeg_binary=FFMPEG), log, QUEUE_TIMEOUT_S="120", **settings
     )
     try:
-        try:
-            process.start_blocking()
-        except RuntimeError:
-            print(log.read_text()[-3000:])
-            raise
+        process.start_blocking()
         user = post_json(f"{process.base}/users", {"username": f"bench-{time.time_ns()}"})["data"]
         yield Service(process, database.owner_url, int(str(user["id"])), str(user["token"]))
     finally:
+        if process.process is None or process.process.poll() is not None:  # it did not start, or ended
+            print(f"app.py ended; the end of its log:\n{log.read_text()[-3000:]}", file=sys.stderr)
         process.stop()
 
 
@@ -265,6 +273,19 @@ class ChildPeak:
             for child in children_of(self.pid):
                 with suppress(OSError):  # it ended meanwhile
                     self.peak_kib = max(self.peak_kib, vm_hwm_kib(child))
+
+
+Result = TypeVar("Result")
+
+
+def peak_growth_kib(pid: int, action: Callable[[], Result]) -> tuple[int, Result]:
+    """How far the process's resident memory rose above where it was while ``action``
+    ran (KiB), and what ``action`` answered: its high-water mark is reset first
+    (/proc/PID/clear_refs, Linux 4.0), so earlier peaks do not hide this one."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = vm_rss_kib(pid)
+    result = action()
+    return vm_hwm_kib(pid) - before, result
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

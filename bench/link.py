@@ -4,28 +4,27 @@ and unpaced, from its last byte sent to the 201; and what a user of `curl -T
 
 from __future__ import annotations
 
-import re
-import shutil
 import socket
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from .harness import Bench, Service, raw_encode
 
 OWN_CLIENT_8 = "last byte → 201, 10 min at 8 MB/s (this process's 256 KiB writes)"
-CURL_8 = "last byte → 201, 10 min at 8 MB/s, as curl -T shows it"
+CURL_8 = "last byte → 201, 10 min at 8 MB/s, as curl -T --limit-rate 8M shows it"
+CURL_PACED = "`curl -T --limit-rate 8000000`"
+CURL_SAMPLE_S = 0.0005  # how often curl's reads are looked at in its last MiB
 TARGETS = {
     OWN_CLIENT_8: "≤ 50 ms",
     CURL_8: "≤ 50 ms",
     "last byte → 201 at 30 MB/s / unpaced": "≤ 2.0",
 }
 SMALL_SEND_BUFFER = 256 * 1024
-QUEUE_SAMPLE_S = 0.005  # how often the queues toward the service are read while curl sends
 
 
 @dataclass(frozen=True)
@@ -92,21 +91,17 @@ def paced_upload(
 
 
 def as_curl_sees_it(bench: Bench) -> None:
-    """At 8 MB/s, alternating: curl -T --limit-rate as a user runs it (timed from outside
-    by strace), and this process's client with the kernel's send buffer and with a small one;
-    curl unpaced beside them. For each, what was still on its way when its last byte was sent."""
+    """At 8 MB/s, alternating: curl -T --limit-rate as a user runs it, and this process's
+    client with the kernel's send buffer and with a small one; curl unpaced beside them.
+    For each, what was still on its way when its last byte was sent."""
     report, service, wav = bench.report, bench.service, bench.wav(10)
-    if shutil.which("strace") is None:
-        report.say(
-            "## Last byte → 201 as curl shows it\n\nstrace is not installed (apt-get install strace); skipped.\n"
-        )
-        return
     data = wav.read_bytes()
+    curl_timers: list[dict[str, float]] = []
     clients: dict[str, Callable[[], Sent]] = {
-        "`curl -T --limit-rate 8000000`": lambda: curl_upload(bench, wav, 8_000_000),
+        CURL_PACED: lambda: curl_upload(service, wav, 8_000_000, curl_timers),
         "this process, the kernel's send buffer": lambda: paced_upload(service, data, 8.0, watch=True),
         "this process, SO_SNDBUF 256 KiB": lambda: paced_upload(service, data, 8.0, SMALL_SEND_BUFFER, watch=True),
-        "`curl -T`, unpaced": lambda: curl_upload(bench, wav, None),
+        "`curl -T`, unpaced": lambda: curl_upload(service, wav, None),
     }
     seen: dict[str, list[Sent]] = {name: [] for name in clients}
     service.settle()
@@ -121,61 +116,77 @@ def as_curl_sees_it(bench: Bench) -> None:
         queued = statistics.median(each.queued or 0 for each in sent)
         report.say(f"| {name} | {statistics.median(each.sending for each in sent):.2f} s "
                    f"| **{statistics.median(waits):.0f}** / {max(waits):.0f} ms | {queued / 1e3:.0f} kB |")  # fmt: skip
-    curl_waits = [each.waiting for each in seen["`curl -T --limit-rate 8000000`"]]
-    report.figures[CURL_8] = f"{statistics.median(curl_waits) * 1000:.0f} ms"
+    report.figures[CURL_8] = f"{statistics.median(each.waiting for each in seen[CURL_PACED]) * 1000:.0f} ms"
+    timer = {name: statistics.median(each[name] for each in curl_timers) for name in curl_timers[0]}
     report.say(f"""
-curl's times are its own system calls, traced with `strace -ttt`: from its last `sendto()` of the
-body to its first `recvfrom()` of the answer, what a user of `curl -T` waits once its progress
-meter shows 100 %. This process's client is the one of the table above, in 256 KiB `sendall()`s.
-For both, a byte is "sent" when the kernel takes it into the socket's send buffer, not when the
-service reads it. "Queued" is what was still on its way to the service at that moment: the
-client's unacknowledged send queue plus the service's unread receive queue (/proc/net/tcp,
-sampled every {QUEUE_SAMPLE_S * 1000:g} ms for curl). Where it is 0, the service had read every byte when the
-client sent its last, and the time to the 201 is the service's own: the read-ahead it holds
-and has not yet encoded, the last join and the commit; the clients then differ only by noise.
-Where it is not (unpaced), the kernel's buffers hold that much more WAV for the encoders,
-and the wait includes reading it: the figure a client measures depends on its buffers
-(the send buffer grows up to tcp_wmem's maximum, {tcp_memory_max("tcp_wmem") / 2**20:g} MiB here; the
-service's receive buffer up to tcp_rmem's, {tcp_memory_max("tcp_rmem") / 2**20:g} MiB).
+curl's own timers (`-w`, medians, from its start) for `{CURL_PACED.strip("`")}`:
+`%{{time_pretransfer}}` {timer["time_pretransfer"]:.3f} s (the request about to go),
+`%{{time_starttransfer}}` {timer["time_starttransfer"]:.3f} s, `%{{time_total}}` {timer["time_total"]:.3f} s.
+For an upload, curl {curl_version()} counts `time_starttransfer` at the first byte it receives: the service's
+`100 Continue` (curl asks for it, `Expect: 100-continue`, before a body over 1 MiB), not the 201; and it
+has no timer for its last byte sent (`%{{time_posttransfer}}` came in curl 8.10). So the bench takes
+that moment from outside, without tracing curl: curl reads the file in pieces of at most 64 KiB
+just before it sends each, and its last piece is read when the file's bytes are all counted in
+/proc/PID/io's rchar (sampled every {CURL_SAMPLE_S * 1000:g} ms near the end); the 201 is in when curl
+exits. "Last byte → 201" for curl is from that last read to the exit: what a user of `curl -T` waits
+once its progress meter shows the whole upload sent.
+
+This process's client is the one of the table above, in 256 KiB `sendall()`s. For every client a
+byte is "sent" when the kernel takes it into the socket's send buffer, not when the service reads
+it. "Queued" is what was still on its way to the service at that moment: the client's
+unacknowledged send queue plus the service's unread receive queue (/proc/net/tcp). Where it is 0,
+the service had read every byte when the client sent its last, and the time to the 201 is the
+service's own: the read-ahead it holds and has not yet encoded, the last join and the commit; the
+clients then differ only by noise. Where it is not (unpaced; or paced, when the service fell
+behind for a moment), the kernel's buffers hold that much more WAV, and the wait includes
+reading and encoding it: the figure a client measures depends on its buffers (the send buffer
+grows up to tcp_wmem's maximum, {tcp_memory_max("tcp_wmem") / 2**20:g} MiB here; the service's receive
+buffer up to tcp_rmem's, {tcp_memory_max("tcp_rmem") / 2**20:g} MiB), which is why a client with a
+256 KiB send buffer can see less than curl with the kernel's.
 """)
 
 
-def curl_upload(bench: Bench, wav: Path, bytes_per_s: int | None) -> Sent:
-    """POST /record with `curl -T` (default buffers), at ``--limit-rate`` when given, under
-    strace: from its first send to its last, and from that to its first read of the answer."""
-    service = bench.service
-    trace = bench.folder / "curl.strace"
+def curl_upload(
+    service: Service, wav: Path, bytes_per_s: int | None, timers: list[dict[str, float]] | None = None
+) -> Sent:
+    """POST /record with `curl -T` (default buffers), at ``--limit-rate`` when given: from
+    its first read of the file to its last (its last send follows at once), and from that to
+    its exit with the answer; its own `-w` timers go to ``timers``."""
+    size = wav.stat().st_size
     pace = ["--limit-rate", str(bytes_per_s)] if bytes_per_s else []
-    samples: list[tuple[float, int]] = []  # (time.time(), bytes queued)
-    # Set once the upload is over: the sampler's loop ends at its next wake.
-    done = threading.Event()
+    names = ("time_pretransfer", "time_starttransfer", "time_total")
+    launched = time.perf_counter()
+    curl = subprocess.Popen(
+        ["curl", "-sS", "-o", "/dev/null", "-w", " ".join(["%{http_code}", *(f"%{{{name}}}" for name in names)]),
+         *pace, "-X", "POST", "-T", str(wav), "-H", "Content-Type: audio/wav",
+         "-u", f"{service.user_id}:{service.token}", f"{service.base}/record"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first = last = None
+    queued = None
+    io = Path(f"/proc/{curl.pid}/io")
+    while curl.poll() is None and last is None:
+        read = 0
+        with suppress(OSError):  # it has ended
+            read = int(io.read_text().split("rchar:", 1)[1].split()[0])
+        if first is None and read > 0:
+            first = time.perf_counter()
+        if read >= size:
+            last = time.perf_counter()
+            queued = queued_toward(service.port)
+        time.sleep(CURL_SAMPLE_S if size - read < (1 << 20) else 0.01)
+    output, errors = curl.communicate()
+    answered = time.perf_counter()
+    status, *figures = output.split()
+    if status != "201" or last is None:
+        raise RuntimeError(f"curl's upload answered {status}: {errors}")
+    if timers is not None:
+        timers.append(dict(zip(names, map(float, figures), strict=True)))
+    return Sent(last - (first or launched), answered - last, queued)
 
-    def sample() -> None:
-        while not done.wait(QUEUE_SAMPLE_S):
-            samples.append((time.time(), queued_toward(service.port)))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        traced = subprocess.run(
-            ["strace", "-f", "--seccomp-bpf", "-ttt", "-s", "16", "-e", "trace=connect,sendto,recvfrom",
-             "-o", str(trace), "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *pace, "-X", "POST",
-             "-T", str(wav), "-H", "Content-Type: audio/wav", "-u", f"{service.user_id}:{service.token}",
-             f"{service.base}/record"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-    finally:
-        done.set()
-        sampler.join()
-    if traced.stdout != "201":
-        raise RuntimeError(f"curl's upload answered {traced.stdout}: {traced.stderr}")
-    calls = trace.read_text().splitlines()
-    connected = rf"connect\((\d+), \{{sa_family=AF_INET, sin_port=htons\({service.port}\)"
-    socket_fd = next(found.group(1) for call in calls if (found := re.search(connected, call)))
-    sends = [float(call.split()[1]) for call in calls if f" sendto({socket_fd}," in call]
-    answer = next(float(call.split()[1]) for call in calls if f' recvfrom({socket_fd}, "HTTP/1.1 2' in call)
-    queued = [count for at, count in samples if at <= sends[-1]]
-    return Sent(sends[-1] - sends[0], answer - sends[-1], queued[-1] if queued else None)
+def curl_version() -> str:
+    return subprocess.run(["curl", "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
 
 
 def queued_toward(port: int) -> int:

@@ -20,8 +20,8 @@ SEGMENT_S = ConverterConfig.segment_seconds
 SEGMENT_OVERHEAD = (pre_roll_frames(44100, 2) + POST_ROLL_FRAMES) * 1152 / (SEGMENT_S * 44100)
 TARGETS = {
     "upload / raw FFmpeg, 1 min (11 MB)": "≤ 1.03",
-    "upload / raw FFmpeg, 60 min (635 MB)": "≤ 0.60",
-    "server RSS growth, 60 min upload": "≤ 32 MiB",
+    "upload / raw FFmpeg, 60 min (635 MB)": "≤ 0.55",
+    "server RSS growth, 60 min upload": "≤ 16 MiB",
 }
 
 

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import fcntl
 import http.client
+import io
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import threading
 import time
 import uuid
 from array import array
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,8 +32,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import psycopg
+import requests
 from aiohttp import ClientResponse, FormData, web
 from aiohttp.test_utils import TestClient
+from tusclient.client import TusClient
+from tusclient.exceptions import TusCommunicationError, TusUploadFailed
+from tusclient.uploader.uploader import Uploader
 from yarl import URL
 
 from converter.command import EncoderPlan
@@ -517,6 +522,46 @@ def _not_yet_delivered(writer: asyncio.StreamWriter) -> int:
     buffer, or in the kernel's send queue, unacknowledged."""
     unacknowledged = fcntl.ioctl(writer.get_extra_info("socket").fileno(), termios.TIOCOUTQ, b"\0" * 4)
     return writer.transport.get_write_buffer_size() + int(struct.unpack("i", unacknowledged)[0])
+
+
+# --- tus, as tuspy (a real client) speaks it ------------------------------------------------
+
+
+def tus_uploader(
+    base: str, user: tuple[int, str], wav: bytes, url: str | None = None, chunk_size: int | None = None
+) -> Uploader:
+    """tuspy's uploader of this WAV, no retries, one PATCH for what is left (its default) or
+    ``chunk_size`` bytes each; with ``url``, for an upload begun before (it asks HEAD first)."""
+    client = TusClient(f"{base}/uploads", headers=basic(*user))
+    sizing = {} if chunk_size is None else {"chunk_size": chunk_size}
+    return client.uploader(file_stream=io.BytesIO(wav), url=url, metadata={"filename": "take.wav"}, **sizing)
+
+
+def uploads_with_cuts(
+    user: tuple[int, str], wav: bytes, proxy: DelayingProxy, cuts: Sequence[int | Callable[[bytes], int | None]]
+) -> str:
+    """Upload through ``proxy``, the network dropping as each of ``cuts`` says (after so many
+    bytes of a request, or as a function of its first bytes chooses), resuming each time;
+    the record's link."""
+    url = None
+    failures: list[str] = []
+    attempts = [*cuts, None]
+    while attempts and len(failures) <= len(cuts) + 3:
+        proxy.cut_after_bytes = attempts[0]
+        uploader = tus_uploader(f"http://{proxy.host}:{proxy.port}", user, wav, url)
+        try:
+            uploader.upload()
+        except (TusCommunicationError, TusUploadFailed, requests.RequestException) as failure:
+            failures.append(f"cut after {attempts[0]} bytes: {failure!r}")
+            url = uploader.url
+            # A 409: the dropped PATCH's last checkpoint landed after this one's HEAD, moving the
+            # offset on. tus sends the client back to HEAD (tus-js-client does; tuspy with retries).
+            if "status 409" not in str(failure):
+                attempts.pop(0)
+            continue
+        assert uploader.request is not None
+        return str(uploader.request.response_headers["record-location"])
+    raise AssertionError("the upload did not finish:\n" + "\n".join(failures))
 
 
 @contextmanager
