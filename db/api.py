@@ -144,10 +144,17 @@ async def record_overwrite(db: Database, record_id: UUID, at: int, chunk: bytes)
 
 
 async def record_finish(
-    db: Database, record_id: UUID, duration: float, bitrate: int, sample_rate: int, channels: int
+    db: Database,
+    record_id: UUID,
+    duration: float,
+    bitrate: int,
+    sample_rate: int,
+    channels: int,
+    sha256: bytes | None = None,
 ) -> Record:
-    """Finish the upload with what the conversion measured and the SHA-256 of what was stored."""
-    digest = await upload_sha256(db, record_id)
+    """Finish the upload with what the conversion measured and the SHA-256 of what was stored
+    (read back from the database when the caller has not hashed its own copy)."""
+    digest = sha256 if sha256 is not None else await upload_sha256(db, record_id)
     row = await db.fetchrow(
         "SELECT * FROM api.record_finish($1, $2, $3, $4, $5, $6)",
         record_id, duration, bitrate, sample_rate, channels, digest,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import struct
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -107,6 +109,25 @@ async def test_upload_answers_201_with_the_record_and_its_link(client: Client, a
     mp3 = await download.read()
     assert len(mp3) == data["size"]
     assert probe(mp3)["codec"] == "mp3"
+
+
+@pytest.mark.parametrize("local_copy", ["cannot be made", "fills the disk"])
+async def test_an_upload_whose_local_copy_fails_is_stored_with_its_true_digest(
+    client: Client, audio: Audio, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, local_copy: str
+) -> None:
+    """The MP3 is hashed from a local copy made as it is stored (handlers/store.py
+    LocalCopy); with no room for one, from the database instead: the same digest."""
+    if local_copy == "cannot be made":
+        monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/tmp")
+    else:  # every write fails as on a full disk
+        monkeypatch.setattr(tempfile, "TemporaryFile", lambda: open("/dev/full", "r+b"))  # noqa: SIM115
+    user = await new_user(client)
+    response = await upload(client, user, audio(seconds=40))
+    assert response.status == 201
+    data = (await response.json())["data"]
+    download = await client.get(local(data["url"]))
+    assert download.headers["ETag"] == f'"{hashlib.sha256(await download.read()).hexdigest()}"'
+    assert "its digest is read back" in caplog.text
 
 
 async def test_link_uses_the_host_the_client_used_or_public_url(make_client: MakeClient, audio: Audio) -> None:
