@@ -47,7 +47,12 @@ from converter.splice import Frame, FrameReader, join
 
 NEVER = 1 << 62
 POST_ROLL_FRAMES = 32  # frames an earlier encoder goes on past its boundary: where a join is sought
-READ_AHEAD_BYTES = 16 << 20  # samples queued for the encoders, at most
+# Samples queued for the encoders, at most: enough for each to keep encoding
+# through a pause of the event loop, and only a few MiB of the service's memory.
+READ_AHEAD_BYTES = 4 << 20
+# MP3 bytes handed on at a time, at most: a helper's segment, encoded ahead and
+# joined, goes on in pieces, never as one copy of all its frames.
+EMIT_BYTES = 256 << 10
 
 log = logging.getLogger("mp3.segments")
 
@@ -474,6 +479,9 @@ class SegmentedEncoder:
         while piece.frames and piece.next_frame < before:
             out += piece.frames.popleft().data
             piece.next_frame += 1
+            if len(out) >= EMIT_BYTES:
+                await self.emit(bytes(out))
+                out.clear()
         if out:
             await self.emit(bytes(out))
 

@@ -1,8 +1,9 @@
 /**
  * Reads byte_count bytes (at most 8 MiB) from byte offset from_byte of an
  * upload in progress, begun in this same transaction: how the service hashes
- * the MP3 a piece at a time before api.record_finish (its header frame is
- * written last, at its start, so it cannot be hashed as it is appended).
+ * the MP3 a piece at a time before api.record_finish when it kept no copy of
+ * its own (its header frame is written last, at its start, so it cannot be
+ * hashed as it is appended).
  * Fewer bytes at the end, none past it.
  */
 CREATE FUNCTION api.record_read_back(record_id uuid, from_byte bigint, byte_count integer)
