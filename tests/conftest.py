@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import faulthandler
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.logs import task_chains
-from tests.support import FFMPEG
+from tests.support import make_audio
 
 # --- a hung test fails in seconds, showing what it waits for ---------------------------
 
@@ -63,12 +62,8 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., bytes]:
         key = (seconds, rate, channels, codec, container, extra)
         if key not in made:
             target = folder / f"{len(made)}.{container}"
-            subprocess.run(
-                [FFMPEG, "-loglevel", "error", "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
-                 "-ar", str(rate), "-ac", str(channels), "-c:a", codec, *extra, "-f", container, str(target)],
-                check=True,
-            )  # fmt: skip
-            made[key] = target.read_bytes()
+            source = f"sine=frequency=440:duration={seconds}"
+            made[key] = make_audio(target, source, rate, channels, codec, container, extra).read_bytes()
         return made[key]
 
     return make

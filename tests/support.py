@@ -1,10 +1,15 @@
 """What the tests share: requests as clients make them, the database as an
-operator looks at it, and app.py run as a real process."""
+operator looks at it, and app.py run as a real process. The benchmark (bench/)
+and the scripts' checks run app.py, make audio and watch processes with these
+same helpers."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
+import http.client
+import io
 import json
 import math
 import os
@@ -14,19 +19,25 @@ import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
+import time
 import uuid
 from array import array
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import psycopg
+import requests
 from aiohttp import ClientResponse, FormData, web
 from aiohttp.test_utils import TestClient
+from tusclient.client import TusClient
+from tusclient.exceptions import TusCommunicationError, TusUploadFailed
+from tusclient.uploader.uploader import Uploader
 from yarl import URL
 
 from converter.command import EncoderPlan
@@ -40,6 +51,7 @@ FFPROBE = shutil.which("ffprobe") or "ffprobe"
 
 Client = TestClient[web.Request, web.Application]
 Audio = Callable[..., bytes]
+Found = TypeVar("Found")
 
 
 def decoded(mp3: bytes, channels: int) -> array[int]:
@@ -132,6 +144,38 @@ async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
             await asyncio.sleep(0.02)
 
 
+def wait_until(condition: Callable[[], Found | None], seconds: float, every: float = 0.02) -> Found:
+    """``until`` for code without an event loop: polls ``condition`` until it answers
+    something true, and returns that; TimeoutError after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {seconds:g} s")
+        time.sleep(every)
+
+
+def make_audio(
+    target: Path,
+    source: str,
+    rate: int = 44100,
+    channels: int = 2,
+    codec: str = "pcm_s16le",
+    container: str = "wav",
+    extra: tuple[str, ...] = (),
+) -> Path:
+    """Audio made by FFmpeg from a lavfi ``source`` (a filter graph that sets its own
+    duration, e.g. ``sine=frequency=440:duration=5``), written to ``target``."""
+    subprocess.run(
+        [FFMPEG, "-loglevel", "error", "-y", "-f", "lavfi", "-i", source, "-ar", str(rate), "-ac", str(channels),
+         "-c:a", codec, *extra, "-f", container, str(target)],
+        check=True,
+    )  # fmt: skip
+    return target
+
+
 async def raw_request(client: Client | ServiceProcess, head: bytes, body: bytes = b"") -> bytes:
     """Send bytes as they are (no client library tidying them up); the answer's bytes."""
     reader, writer = await asyncio.open_connection(client.host, client.port)
@@ -219,21 +263,35 @@ class ServiceProcess:
                     "HOST": self.host, "FFMPEG_BINARY": settings.ffmpeg_binary, **env}  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def spawn(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env, stderr=log)
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.start_blocking)
+
+    def start_blocking(self, seconds: float = 30) -> None:
+        """``start`` for code without an event loop: spawn, then wait until /health answers."""
         self.spawn()
-        async with aiohttp.ClientSession() as session:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with session.get(f"{self.base}/health") as response:
-                            if response.status == 200:
-                                return
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.05)
+        wait_until(self._healthy, seconds, every=0.05)
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"app.py ended with {self.process.returncode} as it started; see {self.log}")
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            connection.request("GET", "/health")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
 
     async def new_user(self, session: aiohttp.ClientSession, name: str) -> tuple[int, str]:
         created = await (await session.post(f"{self.base}/users", json={"username": name})).json()
@@ -245,14 +303,9 @@ class ServiceProcess:
             data = (await response.json())["data"] if response.status == 200 else {}
             return bool(data) and data["free_slots"] == data["slots"]
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
     def ffmpeg_children(self) -> list[int]:
         """FFmpeg processes the service has started and not yet reaped."""
-        return [pid for pid in children_of(self.pid) if _command_of(pid) == "ffmpeg"]
+        return ffmpeg_children(self.pid)
 
     def signal(self, number: int) -> None:
         assert self.process is not None
@@ -270,8 +323,17 @@ class ServiceProcess:
 
 def vm_rss_kib(pid: int) -> int:
     """A process's resident memory, KiB, as the kernel counts it."""
+    return _status_kib(pid, "VmRSS:")
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The most resident memory the process has had (its high-water mark), KiB."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def _status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(key):
             return int(line.split()[1])
     return 0
 
@@ -288,6 +350,11 @@ def children_of(pid: int) -> list[int]:
         except OSError:  # the task ended meanwhile
             continue
     return found
+
+
+def ffmpeg_children(pid: int) -> list[int]:
+    """The FFmpeg processes ``pid`` has started and not yet reaped."""
+    return [child for child in children_of(pid) if _command_of(child) == "ffmpeg"]
 
 
 def _command_of(pid: int) -> str:
@@ -331,8 +398,12 @@ class DelayingProxy:
         self._flowing = asyncio.Event()
         self._connections: set[asyncio.StreamWriter] = set()
         # Each new connection is cut (reset, both ways) once its client has sent this many
-        # bytes: a network that drops mid-request. None: never.
-        self.cut_after_bytes: int | None = None
+        # bytes: a network that drops mid-request. None: never. A function chooses for each
+        # connection from the first bytes its client sends (a request's head, say).
+        self.cut_after_bytes: int | Callable[[bytes], int | None] | None = None
+        # For each connection cut, in order: how many of its client's bytes had reached the
+        # server when the cut came (what was still on its way is lost with the connection).
+        self.delivered_before_cut: list[int] = []
 
     def start(self) -> DelayingProxy:
         self._thread.start()
@@ -397,22 +468,31 @@ class DelayingProxy:
                 writer.transport.abort()
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float, cut_after: int | None = None
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        delay_s: float,
+        cut_after: int | Callable[[bytes], int | None] | None = None,
     ) -> None:
         """Bytes from ``reader`` to ``writer`` in order, each ``delay_s`` after it arrived;
         after ``cut_after`` bytes the connection is reset."""
         loop = asyncio.get_running_loop()
         in_transit: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()  # (due, bytes); b"" at the end
+        cutting = False
 
         async def deliver() -> None:
+            written = 0
             while True:
                 due, data = await in_transit.get()
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 await self._flowing.wait()
                 if not data:
+                    if cutting:
+                        self.delivered_before_cut.append(written - _not_yet_delivered(writer))
                     writer.transport.abort()
                     return
                 writer.write(data)
+                written += len(data)
                 await writer.drain()
 
         delivering = asyncio.create_task(deliver())
@@ -420,7 +500,10 @@ class DelayingProxy:
             passed = 0
             while True:
                 data = await reader.read(65536)
+                if callable(cut_after):
+                    cut_after = cut_after(data)
                 if cut_after is not None and passed + len(data) >= cut_after:
+                    cutting = True
                     in_transit.put_nowait((loop.time() + delay_s, data[: cut_after - passed]))
                     in_transit.put_nowait((loop.time() + delay_s, b""))  # then a reset, that way
                     await delivering
@@ -434,10 +517,57 @@ class DelayingProxy:
             delivering.cancel()
 
 
+def _not_yet_delivered(writer: asyncio.StreamWriter) -> int:
+    """Bytes written to ``writer`` that its peer has not received: still in the transport's
+    buffer, or in the kernel's send queue, unacknowledged."""
+    unacknowledged = fcntl.ioctl(writer.get_extra_info("socket").fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    return writer.transport.get_write_buffer_size() + int(struct.unpack("i", unacknowledged)[0])
+
+
+# --- tus, as tuspy (a real client) speaks it ------------------------------------------------
+
+
+def tus_uploader(
+    base: str, user: tuple[int, str], wav: bytes, url: str | None = None, chunk_size: int | None = None
+) -> Uploader:
+    """tuspy's uploader of this WAV, no retries, one PATCH for what is left (its default) or
+    ``chunk_size`` bytes each; with ``url``, for an upload begun before (it asks HEAD first)."""
+    client = TusClient(f"{base}/uploads", headers=basic(*user))
+    sizing = {} if chunk_size is None else {"chunk_size": chunk_size}
+    return client.uploader(file_stream=io.BytesIO(wav), url=url, metadata={"filename": "take.wav"}, **sizing)
+
+
+def uploads_with_cuts(
+    user: tuple[int, str], wav: bytes, proxy: DelayingProxy, cuts: Sequence[int | Callable[[bytes], int | None]]
+) -> str:
+    """Upload through ``proxy``, the network dropping as each of ``cuts`` says (after so many
+    bytes of a request, or as a function of its first bytes chooses), resuming each time;
+    the record's link."""
+    url = None
+    failures: list[str] = []
+    attempts = [*cuts, None]
+    while attempts and len(failures) <= len(cuts) + 3:
+        proxy.cut_after_bytes = attempts[0]
+        uploader = tus_uploader(f"http://{proxy.host}:{proxy.port}", user, wav, url)
+        try:
+            uploader.upload()
+        except (TusCommunicationError, TusUploadFailed, requests.RequestException) as failure:
+            failures.append(f"cut after {attempts[0]} bytes: {failure!r}")
+            url = uploader.url
+            # A 409: the dropped PATCH's last checkpoint landed after this one's HEAD, moving the
+            # offset on. tus sends the client back to HEAD (tus-js-client does; tuspy with retries).
+            if "status 409" not in str(failure):
+                attempts.pop(0)
+            continue
+        assert uploader.request is not None
+        return str(uploader.request.response_headers["record-location"])
+    raise AssertionError("the upload did not finish:\n" + "\n".join(failures))
+
+
 @contextmanager
 def private_cluster() -> Iterator[tuple[dict[str, str], str]]:
-    """A private cluster as scripts/run starts one, in a folder of its own: the environment
-    that names it (PGDATA_ROOT, PGPORT) and its administrator's URL."""
+    """A private cluster as scripts/run starts one, in a folder of its own (removed after):
+    the environment that names it (PGDATA_ROOT, PGPORT) and its administrator's URL."""
     folder = Path(tempfile.mkdtemp(prefix="mp3-dev-"))
     folder.chmod(0o755)  # PostgreSQL runs as the postgres user
     env = {**os.environ, "PGDATA_ROOT": str(folder / "pgdata"), "PGPORT": str(free_port())}
@@ -449,6 +579,7 @@ def private_cluster() -> Iterator[tuple[dict[str, str], str]]:
         yield env, owner_url
     finally:
         subprocess.run([ROOT / "scripts/local-postgres", "stop"], env=env, check=True)
+        shutil.rmtree(folder)
 
 
 def probe(mp3: bytes) -> dict[str, Any]:

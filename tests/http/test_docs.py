@@ -336,7 +336,7 @@ def test_every_variable_a_script_reads_is_in_the_scripts_table() -> None:
     scripts = "\n".join(path.read_text() for path in ROOT.glob("scripts/*"))
     read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+):?-", scripts))
     read |= set(re.findall(r'environ\.get\("([A-Z][A-Z0-9_]+)"', "\n".join(
-        path.read_text() for path in [*ROOT.glob("bench/*.py"), *ROOT.glob("tests/**/*.py")]
+        path.read_text() for path in [*ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/**/*.py")]
     )))  # fmt: skip
     table = {
         name.strip("`")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import logging
 import re
 import signal
@@ -17,9 +16,7 @@ import aiohttp
 import psycopg
 import pytest
 import requests
-from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
-from tusclient.uploader.uploader import Uploader
 
 import app as service_app
 from service.keys import SLOTS
@@ -39,7 +36,9 @@ from tests.support import (
     new_user,
     records_match_large_objects,
     resampled,
+    tus_uploader,
     until,
+    uploads_with_cuts,
 )
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -420,40 +419,6 @@ def test_psql_lists_a_users_uploads_and_terminates_one(service: psycopg.Connecti
 # --- tuspy, a real client, against app.py as a real process ------------------------------
 
 
-def tus_uploader(
-    base: str, user: tuple[int, str], wav: bytes, url: str | None = None, chunk_size: int | None = None
-) -> Uploader:
-    """tuspy's uploader of this WAV, no retries, one PATCH for what is left (its default) or
-    ``chunk_size`` bytes each; with ``url``, for an upload begun before (it asks HEAD first)."""
-    client = TusClient(f"{base}/uploads", headers=basic(*user))
-    sizing = {} if chunk_size is None else {"chunk_size": chunk_size}
-    return client.uploader(file_stream=io.BytesIO(wav), url=url, metadata={"filename": "take.wav"}, **sizing)
-
-
-def uploads_with_cuts(base: str, user: tuple[int, str], wav: bytes, proxy: DelayingProxy, cuts: list[int]) -> str:
-    """Upload through ``proxy``, the network dropping after each of ``cuts`` bytes of a
-    request, resuming each time; the record's link."""
-    url = None
-    failures: list[str] = []
-    attempts = [*cuts, None]
-    while attempts and len(failures) <= len(cuts) + 3:
-        proxy.cut_after_bytes = attempts[0]
-        uploader = tus_uploader(f"http://{proxy.host}:{proxy.port}", user, wav, url)
-        try:
-            uploader.upload()
-        except (TusCommunicationError, TusUploadFailed, requests.RequestException) as failure:
-            failures.append(f"cut after {attempts[0]} bytes: {failure!r}")
-            url = uploader.url
-            # A 409: the dropped PATCH's last checkpoint landed after this one's HEAD, moving the
-            # offset on. tus sends the client back to HEAD (tus-js-client does; tuspy with retries).
-            if "status 409" not in str(failure):
-                attempts.pop(0)
-            continue
-        assert uploader.request is not None
-        return str(uploader.request.response_headers["record-location"])
-    raise AssertionError("the upload did not finish:\n" + "\n".join(failures))
-
-
 @pytest.mark.slow
 async def test_tuspy_resumes_after_the_network_drops_at_any_offset(
     service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
@@ -465,7 +430,7 @@ async def test_tuspy_resumes_after_the_network_drops_at_any_offset(
             user = await service_process.new_user(session, "train")
         wav = audio(seconds=90)
         cuts = [len(wav) // 7, len(wav) // 3, len(wav) * 5 // 8, len(wav) * 7 // 8]
-        link = await asyncio.to_thread(uploads_with_cuts, service_process.base, user, wav, proxy, cuts)
+        link = await asyncio.to_thread(uploads_with_cuts, user, wav, proxy, cuts)
     finally:
         proxy.stop()
     async with aiohttp.ClientSession() as session:  # the link names the proxy the client used

@@ -43,7 +43,6 @@ import operator
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -60,8 +59,9 @@ from pathlib import Path
 from tusclient.client import TusClient
 from tusclient.uploader.uploader import Uploader
 
+from tests.support import FFMPEG, make_audio, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
-FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 HOST, PORT = "127.0.0.1", int(os.environ.get("APP_PORT", "8080"))
 COMPOSE = shlex.split(os.environ.get("COMPOSE", "")) or (
     ["docker", "compose"] if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
@@ -88,7 +88,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder_name, stack():
         folder = Path(folder_name)
         # Each of the balancer's backends finds the replicas on its own first check.
-        user = wait_until(lambda: new_user(tolerate_503=True), 30)
+        user = wait_until(lambda: new_user(tolerate_503=True), 30, every=0.25)
         wavs = {minutes: make_wav(folder / f"{minutes}min.wav", minutes) for minutes in (0.5, 2)}
         uploads_spread_and_match(user, wavs[0.5])
         what_the_stack_lets_through(user, wavs[0.5])
@@ -143,7 +143,7 @@ def a_replica_killed(user: tuple[int, str], long_wav: Path, short_wav: Path) -> 
     records_before = primary_scalar("SELECT count(*) FROM app.records")
     uploading = threading.Thread(target=lambda: slow_upload(user, long_wav, 2 << 20), daemon=True)
     uploading.start()
-    victim = wait_until(lambda: next((name for name in app_containers() if has_ffmpeg(name)), None), 30)
+    victim = wait_until(lambda: next((name for name in app_containers() if has_ffmpeg(name)), None), 30, every=0.25)
     killed_at = time.monotonic()
     subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
     say(f"  killed {victim}")
@@ -158,7 +158,7 @@ def a_replica_killed(user: tuple[int, str], long_wav: Path, short_wav: Path) -> 
             last_failure = time.monotonic() - killed_at
     check(last_failure is None or last_failure < 10, f"every new request succeeds from {last_failure or 0:.1f} s on")
     say(f"  {len(outcomes)} uploads and /health after the kill: {sum(s == 201 for s, _ in outcomes)} uploads 201")
-    wait_until(lambda: primary_scalar("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'") == 0, 30)
+    wait_for_no_open_transaction()
     expected = records_before + sum(status == 201 for status, _ in outcomes)
     records = primary_scalar("SELECT count(*) FROM app.records")
     objects = primary_scalar("SELECT count(*) FROM pg_largeobject_metadata")
@@ -200,14 +200,14 @@ def a_resumable_upload_outlives_its_replica(wav: Path) -> None:
     uploading = threading.Thread(target=send, daemon=True)
     uploading.start()
     # Killed once a twentieth is durable: the upload is converting, and has something to lose.
-    query = f"SELECT upload_offset FROM app.uploads WHERE user_id = {int(user[0])} AND record_id IS NULL"  # noqa: S608
+    query = f"SELECT upload_offset FROM app.uploads WHERE user_id = {int(user[0])} AND record_id IS NULL"
 
     def durable_offset() -> int | None:
         offset = primary_scalar(query)
         return offset if offset > length // 20 else None
 
-    durable = wait_until(durable_offset, 120)
-    victim = wait_until(lambda: next((name for name in app_containers() if has_ffmpeg(name)), None), 30)
+    durable = wait_until(durable_offset, 120, every=0.25)
+    victim = wait_until(lambda: next((name for name in app_containers() if has_ffmpeg(name)), None), 30, every=0.25)
     killed_at = time.monotonic()
     subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
     say(f"  killed {victim} {killed_at - started:.1f} s in ({durable:,} of {length:,} bytes were durable when picked)")
@@ -248,7 +248,7 @@ def a_resumable_upload_outlives_its_replica(wav: Path) -> None:
             len(reference) == len(original) and resumed_db >= single_db - 0.05,
             f"SNR over {where}: {resumed_db:.2f} dB; one POST /record of the same WAV: {single_db:.2f} dB",
         )
-    wait_until(lambda: primary_scalar("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'") == 0, 30)
+    wait_for_no_open_transaction()
     counts = primary_query(
         "SELECT (SELECT count(*) FROM app.records), (SELECT count(*) FROM app.uploads WHERE lo_oid IS NOT NULL),"
         " (SELECT count(*) FROM pg_largeobject_metadata)"
@@ -294,7 +294,7 @@ def snr_db(reference: array[int], test: array[int], start: int, stop: int) -> fl
 def the_primary_stopped(user: tuple[int, str], wav: Path) -> None:
     say("\n== the primary stopped")
     status, data = upload(user, wav)
-    wait_until(lambda: replica_has(data["id"]), 30)
+    wait_until(lambda: replica_has(data["id"]), 30, every=0.25)
     subprocess.run([*STACK, "stop", "db"], check=True, cwd=ROOT, capture_output=True)
     try:
         time.sleep(3)  # two health checks of the balancer
@@ -364,7 +364,7 @@ def large_object_costs(user: tuple[int, str], noise: Path) -> None:
     status, data = upload(user, noise)
     record = uuid.UUID(data["id"])
     rows = f"pg_largeobject JOIN app.records ON lo_oid = loid WHERE id = '{record}'"  # a UUID only
-    pages = primary_scalar(f"SELECT count(DISTINCT (pg_largeobject.ctid::text::point)[0]) FROM {rows}")  # noqa: S608
+    pages = primary_scalar(f"SELECT count(DISTINCT (pg_largeobject.ctid::text::point)[0]) FROM {rows}")
     check(status == 201, f"5 minutes of noise: {data['size'] / 1e6:.1f} MB of MP3 in {pages} pages,"
                          f" {pages * 8192 / data['size']:.3f}x its size")  # fmt: skip
     row = primary_query(
@@ -399,7 +399,7 @@ def large_object_costs(user: tuple[int, str], noise: Path) -> None:
     subprocess.run(["docker", "volume", "rm", *volume], capture_output=True, check=True)
     started = time.monotonic()
     subprocess.run([*STACK, "up", "-d", "--no-deps", "db-replica"], cwd=ROOT, capture_output=True, check=True)
-    wait_until(lambda: replica_scalar("SELECT count(*) FROM app.records") == records or None, 3600)
+    wait_until(lambda: replica_scalar("SELECT count(*) FROM app.records") == records or None, 3600, every=0.25)
     seconds = time.monotonic() - started
     say(f"  db-replica rebuilt from an empty volume: {seconds:.1f} s, {per_100_gb(database, seconds)}")
 
@@ -522,17 +522,13 @@ def wait_for(path: str, seconds: float) -> None:
         except OSError:
             return False
 
-    wait_until(lambda: answered() or None, seconds)
+    wait_until(lambda: answered() or None, seconds, every=0.25)
 
 
-def wait_until(condition, seconds: float):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise TimeoutError(f"not within {seconds} s")
+def wait_for_no_open_transaction() -> None:
+    """Until no session on the primary is idle in a transaction: what an upload held is let go."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'"
+    wait_until(lambda: primary_scalar(query) == 0, 30, every=0.25)
 
 
 def compose_output(*arguments: str) -> str:
@@ -551,11 +547,11 @@ def primary_scalar(query: str) -> int:
 
 def primary_sha256(record_id: str) -> str:
     record = uuid.UUID(record_id)  # a UUID, nothing else, goes into the SQL text
-    return primary_query(f"SELECT encode(sha256(lo_get(lo_oid)), 'hex') FROM app.records WHERE id = '{record}'")  # noqa: S608
+    return primary_query(f"SELECT encode(sha256(lo_get(lo_oid)), 'hex') FROM app.records WHERE id = '{record}'")
 
 
 def replica_has(record_id: str) -> bool:
-    query = f"SELECT count(*) FROM app.records WHERE id = '{uuid.UUID(record_id)}'"  # noqa: S608 - a UUID only
+    query = f"SELECT count(*) FROM app.records WHERE id = '{uuid.UUID(record_id)}'"
     return replica_scalar(query) == 1
 
 
@@ -588,9 +584,8 @@ def replica_upload_counts() -> dict[str, int]:
 
 
 def make_wav(path: Path, minutes: float, source: str = "sine=frequency=440") -> Path:
-    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}:duration={minutes * 60}",
-                    "-ac", "2", "-ar", "44100", str(path)], check=True)  # fmt: skip
-    return path
+    """Stereo 44.1 kHz 16-bit WAV of ``minutes`` of ``source`` (a lavfi source)."""
+    return make_audio(path, f"{source}:duration={minutes * 60}")
 
 
 if __name__ == "__main__":

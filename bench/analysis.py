@@ -1,0 +1,75 @@
+"""What measuring the waveform and loudness costs an upload: the longest upload on a
+service with AUDIO_ANALYSIS on against one with it off, alternating; and the size of
+the waveform stored with the record.
+
+Both services are started for this part, so that neither carries the memory
+high-water mark of the uploads before it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from .harness import Bench, Service, peak_growth_kib, process_cpu, record_id_of, timed_upload
+
+WALL = "longest upload → 201, AUDIO_ANALYSIS on / off"
+MEMORY = "server RSS growth, AUDIO_ANALYSIS on minus off"
+TARGETS = {WALL: "≤ 1.03", MEMORY: "≤ 2 MiB"}
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    seconds: float  # upload → 201
+    growth_kib: int  # the server's peak RSS over its RSS before the upload
+    cpu: float  # the server's CPU seconds for it (FFmpeg's apart)
+    record_id: str
+
+
+def analysis_cost(bench: Bench) -> None:
+    report, wav = bench.report, bench.wav(bench.longest)
+    seen: dict[str, list[Uploaded]] = {"on": [], "off": []}
+    with bench.another_service(AUDIO_ANALYSIS="on") as measuring, bench.another_service(AUDIO_ANALYSIS="off") as not_:
+        services = {"on": measuring, "off": not_}
+        for _ in range(bench.rounds):
+            for name, service in services.items():
+                service.settle()
+                seen[name].append(upload_watched(service, wav))
+    with psycopg.connect(bench.database.owner_url, autocommit=True) as owner:
+        stored = {
+            name: owner.execute(
+                "SELECT octet_length(waveform), loudness FROM app.records WHERE id = %s", [uploads[-1].record_id]
+            ).fetchone()
+            for name, uploads in seen.items()
+        }
+    wall = {name: statistics.median(each.seconds for each in uploads) for name, uploads in seen.items()}
+    growth = {name: statistics.median(each.growth_kib for each in uploads) / 1024 for name, uploads in seen.items()}
+    cpu = {name: statistics.median(each.cpu for each in uploads) for name, uploads in seen.items()}
+    size = wav.stat().st_size / 1e6
+    report.say(f"## Waveform and loudness: their cost ({bench.longest} minutes, {size:.0f} MB, medians)\n")
+    report.say("| AUDIO_ANALYSIS | upload → 201 | server peak RSS growth | server CPU | waveform stored | loudness |")
+    report.say("| --- | --- | --- | --- | --- | --- |")
+    for name in seen:
+        waveform, loudness = stored[name] or (None, None)
+        report.say(
+            f"| {name} | {wall[name]:.2f} s | {growth[name]:.1f} MiB | {cpu[name]:.2f} s "
+            f"| {'none' if waveform is None else f'{waveform / 1024:.1f} KiB'} "
+            f"| {'none' if loudness is None else f'{loudness:.1f} LUFS'} |"
+        )
+    ratio = wall["on"] / wall["off"]
+    report.say(f"\nOn / off: **{ratio:.3f}** of the wall time, **{growth['on'] - growth['off']:+.1f} MiB** of memory.")
+    report.say("Two services on the same database, started for this part, one upload each in turn with `curl -T`.")
+    report.say("Peak RSS growth: the server's VmHWM during the upload (reset before it, /proc/PID/clear_refs)")
+    report.say("over its RSS before; CPU: the server process's own (the analysis runs in it; FFmpeg is apart).\n")
+    report.figures[WALL] = f"{ratio:.3f}"
+    report.figures[MEMORY] = f"{growth['on'] - growth['off']:+.1f} MiB"
+
+
+def upload_watched(service: Service, wav: Path) -> Uploaded:
+    """One `curl -T` upload of ``wav``, with the server's memory and CPU over it."""
+    cpu_before = process_cpu([service.pid])
+    growth, (seconds, answer) = peak_growth_kib(service.pid, lambda: timed_upload(service, wav))
+    return Uploaded(seconds, growth, process_cpu([service.pid]) - cpu_before, record_id_of(answer["data"]["url"]))

@@ -1,0 +1,123 @@
+"""Early endings of an upload (the client's FIN, RST, a malformed chunk): from the
+client's act to the slot free, FFmpeg reaped and the transaction gone; and /health's
+latency while three clients send multipart preambles of a million line feeds each."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+
+import psycopg
+
+from tests.support import ffmpeg_children, idle_in_transaction
+
+from .harness import Bench, health_latencies, percentile
+
+ENDINGS = ("FIN", "RST", "malformed chunk")
+TARGETS = {
+    **{f"slot free after a client's {ending}": "≤ 1000 ms" for ending in ENDINGS},
+    "/health p99 during a preamble flood": "≤ 50 ms",
+}
+
+
+def early_endings(bench: Bench, rounds: int = 5) -> None:
+    """From the client's act to each thing an operator checks, polled as fast as they answer."""
+    report, service = bench.report, bench.service
+    audio = bench.wav(1).read_bytes()[: 1 << 20]
+    ready = http.client.HTTPConnection(service.host, service.port)
+    report.say("## Early endings: from the client's act to everything freed (median / max of 5)\n")
+    report.say("| ending | slot free (/ready) | FFmpeg reaped | transaction gone | records = large objects |")
+    report.say("| --- | --- | --- | --- | --- |")
+    with psycopg.connect(service.owner_url, autocommit=True) as owner:
+        for ending in ENDINGS:
+            seen: dict[str, list[float]] = {"slot": [], "ffmpeg": [], "transaction": []}
+            for _ in range(rounds):
+                sock = socket.create_connection((service.host, service.port))
+                chunked = ending == "malformed chunk"
+                body = b"%x\r\n%s\r\n" % (len(audio), audio) if chunked else audio
+                framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {100 * len(audio)}"
+                sock.sendall(
+                    f"POST /record HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n{framing}\r\n"
+                    f"Authorization: Basic {service.basic}\r\n\r\n".encode()
+                    + body
+                )
+                while not ffmpeg_children(service.pid):
+                    time.sleep(0.005)
+                start = time.perf_counter()
+                if ending == "RST":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                if chunked:
+                    sock.sendall(b"zz\r\n")
+                else:
+                    sock.close()
+                pending: dict[str, Callable[[], bool]] = {
+                    "slot": lambda: all_slots_free(ready),
+                    "ffmpeg": lambda: not ffmpeg_children(service.pid),
+                    "transaction": lambda: idle_in_transaction(owner) == 0,
+                }
+                while pending:
+                    for name, done in list(pending.items()):
+                        if done():
+                            seen[name].append((time.perf_counter() - start) * 1000)
+                            del pending[name]
+                sock.close()
+            whole = owner.execute(
+                "SELECT (SELECT count(*) FROM app.records) = (SELECT count(*) FROM pg_largeobject_metadata)"
+            ).fetchone()
+            cells = [f"{statistics.median(values):.0f} / {max(values):.0f} ms" for values in seen.values()]
+            report.say(f"| {ending} | {' | '.join(cells)} | {'yes' if whole and whole[0] else 'NO'} |")
+            report.figures[f"slot free after a client's {ending}"] = f"{max(seen['slot']):.0f} ms (max)"
+    report.say()
+
+
+def all_slots_free(connection: http.client.HTTPConnection) -> bool:
+    """What /ready tells a load balancer: no upload holds a place (on a kept-alive connection)."""
+    connection.request("GET", "/ready")
+    response = connection.getresponse()
+    data = json.loads(response.read())["data"] if response.status == 200 else {}
+    return bool(data) and data["free_slots"] == data["slots"]
+
+
+def preamble_flood(bench: Bench, seconds: float = 5.0, clients: int = 3) -> None:
+    """The attack that once stalled the loop: multipart bodies that begin with a million line feeds."""
+    report, service = bench.report, bench.service
+    # Set once, to end the flood; the clients check it before each request.
+    stop = threading.Event()
+    answers: list[bytes] = []
+
+    def flood() -> None:
+        body = b"\n" * 1_000_000
+        while not stop.is_set():
+            with socket.create_connection((service.host, service.port)) as sock:
+                sock.sendall(
+                    f"POST /record HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                )
+                with suppress(OSError):
+                    sock.sendall(body)
+                answers.append(sock.recv(12))
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    latencies, _ = health_latencies(service, seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    statuses = {answer[9:12].decode() for answer in answers}
+    report.say(f"## /health while {clients} clients send preambles of a million line feeds ({seconds:g} s)\n")
+    report.say("| /health samples | p50 | p99 | max | attack requests | their answers |")
+    report.say("| --- | --- | --- | --- | --- | --- |")
+    report.say(
+        f"| {len(latencies)} | {percentile(latencies, 50):.1f} ms | {percentile(latencies, 99):.1f} ms "
+        f"| {max(latencies):.1f} ms | {len(answers)} | {', '.join(sorted(statuses))} |"
+    )
+    report.figures["/health p99 during a preamble flood"] = f"{percentile(latencies, 99):.1f} ms"
+    report.say()

@@ -1,0 +1,312 @@
+"""What the benchmark's parts share: the running service, the audio, timed uploads
+and requests, percentiles and the CPU and memory the processes use.
+
+app.py runs, audio is made and processes are watched with tests/support.py's
+helpers, as the tests and scripts/soak.py do: one place for each.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from db.apply import DEFAULT_SERVICE_ROLE, Roles, apply
+from settings import Settings
+from tests.support import (
+    FFMPEG,
+    ServiceProcess,
+    children_of,
+    make_audio,
+    private_cluster,
+    vm_hwm_kib,
+    vm_rss_kib,
+)
+
+from .report import Report
+
+CORES = os.cpu_count() or 1
+# Stereo at 44.1 kHz: a tone on the left, noise on the right (noise does not compress:
+# the encoder works as on music).
+TONE_AND_NOISE = (
+    "sine=frequency=440:duration={seconds}[tone];anoisesrc=duration={seconds}:amplitude=0.1[noise];"
+    "[tone][noise]amerge=inputs=2"
+)
+
+
+@dataclass(frozen=True)
+class Database:
+    owner_url: str  # the administrator's
+    service_url: str  # the service role's
+
+
+@contextmanager
+def bench_database() -> Iterator[Database]:
+    """A private cluster of scripts/local-postgres in a folder of its own, the schema
+    applied; stopped and removed after."""
+    with private_cluster() as (env, owner_url):
+        password = Path(env["PGDATA_ROOT"], "service-password").read_text().strip()
+        apply(owner_url, Roles(service_password=password))
+        yield Database(owner_url, f"postgresql://{DEFAULT_SERVICE_ROLE}:{password}@127.0.0.1:{env['PGPORT']}/mp3")
+
+
+@dataclass
+class Service:
+    """app.py as a process on the bench's database, and the user the bench uploads as."""
+
+    process: ServiceProcess
+    owner_url: str
+    user_id: int
+    token: str
+
+    @property
+    def host(self) -> str:
+        return self.process.host
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    @property
+    def base(self) -> str:
+        return self.process.base
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def basic(self) -> str:
+        return base64.b64encode(f"{self.user_id}:{self.token}".encode()).decode()
+
+    def here(self, url: str) -> str:
+        """A link another service of the bench gave (they share the database), pointing here."""
+        return re.sub(r"^http://[^/]+", self.base, url)
+
+    def settle(self) -> None:
+        """Flush PostgreSQL's dirty pages now, so a checkpoint does not land inside the next measurement."""
+        subprocess.run(["psql", self.owner_url, "-qc", "CHECKPOINT"], check=True)
+
+
+@contextmanager
+def running_service(database: Database, folder: Path, **settings: str) -> Iterator[Service]:
+    """app.py on the bench's database; ``settings``: environment variables for it alone."""
+    log = folder / f"service-{len(list(folder.glob('service-*.log')))}.log"
+    process = ServiceProcess(
+        Settings(database_url=database.service_url, ffmpeg_binary=FFMPEG), log, QUEUE_TIMEOUT_S="120", **settings
+    )
+    try:
+        process.start_blocking()
+        user = post_json(f"{process.base}/users", {"username": f"bench-{time.time_ns()}"})["data"]
+        yield Service(process, database.owner_url, int(str(user["id"])), str(user["token"]))
+    finally:
+        if process.process is None or process.process.poll() is not None:  # it did not start, or ended
+            print(f"app.py ended; the end of its log:\n{log.read_text()[-3000:]}", file=sys.stderr)
+        process.stop()
+
+
+@dataclass
+class Bench:
+    """One run: its report, its database and main service, its audio and settings."""
+
+    report: Report
+    database: Database
+    service: Service
+    folder: Path
+    rounds: int
+    minutes: tuple[int, ...]  # the lengths of audio the upload part measures
+    _wavs: dict[float, Path] = field(default_factory=dict)
+
+    @property
+    def longest(self) -> int:
+        return max(self.minutes)
+
+    def wav(self, minutes: float) -> Path:
+        """``minutes`` of stereo 44.1 kHz 16-bit WAV (TONE_AND_NOISE), made once."""
+        if minutes not in self._wavs:
+            source = TONE_AND_NOISE.format(seconds=minutes * 60)
+            self._wavs[minutes] = make_audio(self.folder / f"{minutes:g}min.wav", source)
+        return self._wavs[minutes]
+
+    def another_service(self, **settings: str) -> AbstractContextManager[Service]:
+        """A second app.py on the same database, with these settings (environment variables)."""
+        return running_service(self.database, self.folder, **settings)
+
+
+# --- uploads and requests, as clients make them -----------------------------------------------
+
+
+def raw_encode(wav: Path, folder: Path) -> float:
+    """Seconds the FFmpeg CLI takes to convert ``wav`` as the service does (libmp3lame at 192 kb/s)."""
+    return timed([FFMPEG, "-v", "error", "-y", "-f", "wav", "-i", str(wav), "-c:a", "libmp3lame", "-b:a", "192k",
+                  str(folder / "raw.mp3")])  # fmt: skip
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+def upload_process(service: Service, wav: Path) -> subprocess.Popen[str]:
+    """POST /record with `curl -T`, as docs/api.md shows it: the file streamed."""
+    return subprocess.Popen(
+        ["curl", "-sS", "-o", "-", "-w", "\\n%{http_code}", "-X", "POST", "-T", str(wav),
+         "-H", "Content-Type: audio/wav", "-u", f"{service.user_id}:{service.token}", f"{service.base}/record"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish_upload(process: subprocess.Popen[str]) -> tuple[int, dict[str, object]]:
+    output, _ = process.communicate()
+    body, _, status = output.rpartition("\n")
+    return int(status), json.loads(body) if body.startswith("{") else {}
+
+
+def timed_upload(service: Service, wav: Path) -> tuple[float, dict[str, dict[str, str]]]:
+    start = time.perf_counter()
+    status, answer = finish_upload(upload_process(service, wav))
+    seconds = time.perf_counter() - start
+    if status != 201:
+        raise RuntimeError(f"upload answered {status}: {answer}")
+    return seconds, answer  # type: ignore[return-value]
+
+
+def upload_time(service: Service, wav: Path) -> float:
+    return timed_upload(service, wav)[0]
+
+
+def record_id_of(url: str) -> str:
+    """The record's id in a download link."""
+    return url.split("id=", 1)[1].split("&", 1)[0]
+
+
+def fetch(url: str, target: Path) -> None:
+    subprocess.run(["curl", "-sSf", "-o", str(target), url], check=True)
+
+
+def fetch_to_null(url: str) -> None:
+    subprocess.run(["curl", "-sSf", "-o", "/dev/null", url], check=True)
+
+
+def post_json(url: str, body: dict[str, str]) -> dict[str, dict[str, object]]:
+    output = subprocess.run(
+        ["curl", "-sSf", "-X", "POST", "-H", "Content-Type: application/json", "-d", json.dumps(body), url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return json.loads(output)  # type: ignore[no-any-return]
+
+
+def content_length(url: str) -> int:
+    """The Content-Length a HEAD of ``url`` answers."""
+    output = subprocess.run(["curl", "-sSfI", url], check=True, capture_output=True, text=True).stdout
+    found = re.search(r"(?im)^content-length:\s*(\d+)", output)
+    assert found is not None, output
+    return int(found.group(1))
+
+
+def request_ms(connection: http.client.HTTPConnection, path: str) -> float:
+    """One GET on a kept-alive connection, answered and read: milliseconds."""
+    started = time.perf_counter()
+    connection.request("GET", path)
+    connection.getresponse().read()
+    return (time.perf_counter() - started) * 1000
+
+
+def health_latencies(
+    service: Service, seconds: float, halfway: Callable[[], float] | None = None
+) -> tuple[list[float], float | None]:
+    """GET /health as fast as it answers for ``seconds`` (milliseconds each); ``halfway``
+    runs once, halfway through, and what it measured comes back too."""
+    connection = http.client.HTTPConnection(service.host, service.port)
+    latencies = []
+    measured = None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        latencies.append(request_ms(connection, "/health"))
+        if halfway is not None and measured is None and time.monotonic() > deadline - seconds / 2:
+            measured = halfway()
+    return latencies, measured
+
+
+def percentile(values: list[float], point: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(point / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+# --- what the processes use ----------------------------------------------------------------------
+
+
+class ChildPeak:
+    """The largest VmHWM seen among the server's child processes (FFmpeg) while active."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        # Set to end the watch; cleared before its thread starts, so no set() is missed.
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            for child in children_of(self.pid):
+                with suppress(OSError):  # it ended meanwhile
+                    self.peak_kib = max(self.peak_kib, vm_hwm_kib(child))
+
+
+Result = TypeVar("Result")
+
+
+def peak_growth_kib(pid: int, action: Callable[[], Result]) -> tuple[int, Result]:
+    """How far the process's resident memory rose above where it was while ``action``
+    ran (KiB), and what ``action`` answered: its high-water mark is reset first
+    (/proc/PID/clear_refs, Linux 4.0), so earlier peaks do not hide this one."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = vm_rss_kib(pid)
+    result = action()
+    return vm_hwm_kib(pid) - before, result
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used."""
+    total = 0.0
+    for pid in pids:
+        with suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def postgres_cpu() -> float:
+    """CPU seconds used by every PostgreSQL process on this machine (the bench's cluster)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                if (entry / "comm").read_text().startswith("postgres"):
+                    pids.append(int(entry.name))
+    return process_cpu(pids)
