@@ -103,6 +103,7 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
         pools.append(await replica_pool(settings.database_read_url, SPARE_CONNECTIONS))
         app[REPLICA] = replica = ReadReplica(pools[-1], settings.replica_max_lag_s)
         await replica.probe(app[POOL])
+        # Runs until cancelled below; it catches its own failures, so it never ends unseen.
         watcher = asyncio.create_task(replica.watch(app[POOL]))
     yield
     if watcher is not None:
@@ -121,6 +122,7 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
 async def upload_sweeper(app: web.Application) -> AsyncIterator[None]:
     """Expired resumable uploads (UPLOAD_EXPIRY_S without a PATCH) removed with their MP3s
     so far, every SWEEP_INTERVAL_S, while the pool is open."""
+    # Runs until cancelled below; a sweep that fails is logged and the next one tried.
     sweeper = asyncio.create_task(sweep_expired_uploads(app[POOL], app[SETTINGS].stall_timeout_s))
     yield
     sweeper.cancel()

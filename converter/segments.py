@@ -114,6 +114,8 @@ class EncoderProcess:
         self.queued = 0  # bytes waiting to be written to its stdin
         self.stderr = bytearray()
         self.reader = FrameReader()
+        # Samples for its stdin, in order; only write() takes from it, and every feed()
+        # notes _queue_changes after appending, so write() never waits on a full queue.
         self._queue: deque[bytes] = deque()
         self._queue_changes = Changes()  # samples queued, or feeding ended
         self._feeding_ends = False

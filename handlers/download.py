@@ -107,6 +107,8 @@ async def _stream(
     A failure here comes after the status line (the record deleted meanwhile,
     the database gone): it can only break the response off (ResponseBroken)."""
     upcoming = iter(range(start, stop, READ_CHUNK))
+    # Reads in flight, in byte order; each is awaited, or cancelled below when the
+    # download ends early, so none is left to finish (or fail) unseen.
     reads: deque[asyncio.Future[bytes]] = deque()
     sent = 0
     try:

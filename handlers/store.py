@@ -107,6 +107,7 @@ class LocalCopy:
         """The digest of the file as stored (its header frame written last, as in the
         database), hashed in a thread from now on; None when the copy was given up."""
         if self._file is None:
+            # Resolved here, at once: no copy to hash, the caller reads the digest back.
             done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
