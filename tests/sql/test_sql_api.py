@@ -656,6 +656,33 @@ def test_the_quota_is_kept_at_begin_while_appending_and_at_finish(
     store_record(service, user_id, token, [b"w" * 5000])
 
 
+def test_unfinished_resumable_uploads_count_against_the_quota(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """A resumable upload's MP3 so far is the user's storage too: its checkpoints, as a
+    PATCH writes them, stop at the quota with the records and the other unfinished uploads."""
+    user_id, token = create_user(service)
+    set_quota(admin, 1000)
+    store_record(service, user_id, token, [b"x" * 600])
+
+    def claimed_upload() -> tuple[Any, int]:
+        row = service.execute(
+            "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 100000, 3600, 16)", [user_id, token]
+        ).fetchone()
+        assert row is not None
+        claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600)"
+        return row[0], scalar(service, claim, [user_id, token, row[0]])
+
+    checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 78, '{}', %s, 3600)"
+    first = claimed_upload()
+    assert sqlstate_of(service, checkpoint, [*first, b"m" * 401, b"RIFF"]) == "PT413"
+    service.execute(checkpoint, [*first, b"m" * 400, b"RIFF"])  # exactly up to the quota
+    second = claimed_upload()
+    assert sqlstate_of(service, checkpoint, [*second, b"n", b"RIFF"]) == "PT413"
+    service.execute("SELECT api.upload_delete(%s, %s, %s)", [user_id, token, first[0]])
+    service.execute(checkpoint, [*second, b"n" * 400, b"RIFF"])  # the room the first held is free
+
+
 def test_two_uploads_finishing_at_once_cannot_both_pass_the_quota(
     service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
