@@ -67,7 +67,7 @@ class Request:
     offset: int | None = None  # a PATCH's Upload-Offset
     head: int = 0  # bytes of its head
     cut: int | None = None  # to be cut after this many of its bytes
-    delivered: int | None = None  # once cut: how many of them had reached the service
+    delivered: int | None = None  # once cut: how many of them the proxy passed on
 
 
 @dataclass
@@ -121,44 +121,40 @@ def with_cuts(bench: Bench) -> None:
     patches = [request for request in network.seen if request.method == "PATCH"]
     cut = [request for request in patches if request.delivered is not None]
     report.say(f"## A tus upload cut {len(cut)} times ({len(data) / 1e6:.0f} MB, 10 minutes, tuspy through a proxy)\n")
-    report.say("| cut at (WAV bytes) | reached the service | next offset (HEAD) | sent again | of it, the service "
-               "had | reconnect → resumed PATCH | reconnect → service reading on |")  # fmt: skip
-    report.say("| --- | --- | --- | --- | --- | --- | --- |")
+    report.say("| cut at (WAV bytes) | next offset (HEAD) | sent again | reconnect → resumed PATCH "
+               "| reconnect → service reading on |")  # fmt: skip
+    report.say("| --- | --- | --- | --- | --- |")
     again, reading = [], []
     for index, request in enumerate(cut):
         assert request.offset is not None
         assert request.cut is not None
-        assert request.delivered is not None
         # The PATCH that went on: the next one cut, or the last; any between were refused (409).
         following = cut[index + 1] if index + 1 < len(cut) else patches[-1]
         assert following.offset is not None
         taken = request.offset + request.cut - request.head  # the WAV's bytes the network took
-        reached = request.offset + request.delivered - request.head
-        sent_again, lost_at_service = taken - following.offset, reached - following.offset
+        sent_again = taken - following.offset
         reconnect = next(each.at for each in network.seen if each.at > request.at)  # its HEAD
         resumed = following.at - reconnect
         service_reading = watcher.reading_at[index] - reconnect if index < len(watcher.reading_at) else float("nan")
         again.append(sent_again)
         reading.append(service_reading)
-        report.say(f"| {taken:,} | {reached:,} | {following.offset:,} | {sent_again / 1e3:.0f} kB "
-                   f"| {lost_at_service / 1e3:.0f} kB | {resumed * 1000:.0f} ms "
-                   f"| {service_reading * 1000:.0f} ms |")  # fmt: skip
+        report.say(f"| {taken:,} | {following.offset:,} | {sent_again / 1e3:.0f} kB "
+                   f"| {resumed * 1000:.0f} ms | {service_reading * 1000:.0f} ms |")  # fmt: skip
     report.say(f"""
 The whole upload took {whole:.1f} s with its cuts, in {len(patches)} PATCHes. Per resume, medians:
 **{statistics.median(again) / 1e3:.0f} kB** sent again, the service reading on **{
         statistics.median(reading) * 1000:.0f} ms** after the reconnect.
 
-A proxy between tuspy and the service resets both connections once a PATCH has carried the WAV
-past each of {CUTS} points spread over it. "Reached the service": what the proxy had delivered
-into the service's socket when it cut; the rest of what the network took from the client was
-lost on the way. "Sent again": the client's bytes before the cut that the next offset does not
-count, which it sends once more; "of it, the service had": those the service had received and
-did not keep (an ended PATCH keeps all it brought: converter/resume.py). "Reconnect": the
-client's HEAD after the cut; "resumed PATCH": the PATCH that went on arrives (after any refused
-with 409, when the cut PATCH's checkpoint moved the offset after the HEAD); "service reading
-on": the service has read {READING >> 20} MiB of that PATCH's body (more than aiohttp and the kernel
-take in before its handler reads), from `ss -ti`'s bytes_received less the unread queue,
-sampled every {SAMPLE_S * 1000:g} ms.
+A proxy between tuspy and the service cuts a PATCH once it has carried the WAV past each of
+{CUTS} points spread over it: tuspy's connection is reset, the service's closed once what the
+proxy took has reached it (the service sees the PATCH's body end early). "Sent again": the
+client's bytes before the cut that the next offset does not count, which it sends once more
+(an ended PATCH keeps all it brought: converter/resume.py; HEAD waits for its last checkpoint:
+handlers/uploads.py). "Reconnect": the client's HEAD after the cut; "resumed PATCH": the PATCH
+that went on arrives (the HEAD's wait included); "service reading on": the service has read
+{READING >> 20} MiB of that PATCH's body (more than aiohttp and the kernel take in before its
+handler reads), from `ss -ti`'s bytes_received less the unread queue, sampled every
+{SAMPLE_S * 1000:g} ms.
 """)
 
 

@@ -131,7 +131,7 @@ FILE_NAME = re.compile(r"^[\w.-]+\.(?:py|sql|md|yaml|yml|json|cfg|conf|toml|txt|
 VARIABLE_NAME = re.compile(r"(?<![\w$])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![\w(])")
 ASSIGNED = re.compile(r"(?<![\w$])([A-Z][A-Z0-9_]*)=")
 SQL_NAME = re.compile(r"\b(api|app)\.([a-z_][a-z0-9_]*)\b")
-ROUTE = re.compile(r"\b(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[^\s`?)\]]*)")
+ROUTE = re.compile(r"\b(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[^\s`?)\],;]*)")  # a comma ends the path
 
 
 def code(document: Path) -> list[str]:
@@ -193,7 +193,8 @@ def named_sql(document: Path) -> set[tuple[str, str]]:
 
 
 def named_routes(document: Path) -> set[tuple[str, str]]:
-    return {(method.lower(), path) for method, path in ROUTE.findall(document.read_text(encoding="utf-8"))}
+    text = document.read_text(encoding="utf-8")
+    return {(method.lower(), path.rstrip(".:") or "/") for method, path in ROUTE.findall(text)}  # a sentence's end
 
 
 def table_after(document: Path, heading: str) -> list[list[str]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import fcntl
 import http.client
 import io
 import json
@@ -19,7 +18,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import threading
 import time
 import uuid
@@ -397,9 +395,11 @@ class DelayingProxy:
         # freeze made while a pump waits for data still holds that data.
         self._flowing = asyncio.Event()
         self._connections: set[asyncio.StreamWriter] = set()
-        # Each new connection is cut (reset, both ways) once its client has sent this many
-        # bytes: a network that drops mid-request. None: never. A function chooses for each
-        # connection from the first bytes its client sends (a request's head, say).
+        # Each new connection is cut once its client has sent this many bytes: the client's
+        # side is reset (a network that drops mid-request), the server's closed once what the
+        # proxy took has reached it (it sees its request end early, as behind a balancer that
+        # lost the client). None: never. A function chooses for each connection from the
+        # first bytes its client sends (a request's head, say).
         self.cut_after_bytes: int | Callable[[bytes], int | None] | None = None
         # For each connection cut, in order: how many of its client's bytes had reached the
         # server when the cut came (what was still on its way is lost with the connection).
@@ -488,7 +488,7 @@ class DelayingProxy:
                 await self._flowing.wait()
                 if not data:
                     if cutting:
-                        self.delivered_before_cut.append(written - _not_yet_delivered(writer))
+                        self.delivered_before_cut.append(written)  # the kernel sends the rest, then a FIN
                     writer.transport.abort()
                     return
                 writer.write(data)
@@ -515,13 +515,6 @@ class DelayingProxy:
             await delivering
         finally:
             delivering.cancel()
-
-
-def _not_yet_delivered(writer: asyncio.StreamWriter) -> int:
-    """Bytes written to ``writer`` that its peer has not received: still in the transport's
-    buffer, or in the kernel's send queue, unacknowledged."""
-    unacknowledged = fcntl.ioctl(writer.get_extra_info("socket").fileno(), termios.TIOCOUTQ, b"\0" * 4)
-    return writer.transport.get_write_buffer_size() + int(struct.unpack("i", unacknowledged)[0])
 
 
 # --- tus, as tuspy (a real client) speaks it ------------------------------------------------
