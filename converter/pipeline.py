@@ -254,10 +254,11 @@ class _Output:
     async def take(self, mp3: bytes) -> None:
         """The file's bytes in order, from its encoder (converter/segments.py)."""
         self._pending += self.mp3.feed(mp3)
-        if len(self._pending) >= OUTPUT_CHUNK or (self.checkpoints is not None and self.checkpoints.due()):
+        checkpoints, size = self.checkpoints, self.size + len(self._pending)
+        if len(self._pending) >= OUTPUT_CHUNK or (checkpoints is not None and checkpoints.due(size)):
             await self.flush()
-            if self.checkpoints is not None:
-                await self.checkpoints.take(self)
+            if checkpoints is not None:
+                await checkpoints.take(self)
 
     async def flush(self) -> None:
         if self._pending:
@@ -315,6 +316,7 @@ class _Checkpoints:
         self.frames = previous.frames if previous is not None else 0
         self._loop = asyncio.get_running_loop()
         self._next = self._loop.time()
+        self._next_size = 0
 
     def hold_on(self, samples: bytes) -> None:
         """The samples as they arrive; those past the hold go on to the analyser."""
@@ -335,13 +337,16 @@ class _Checkpoints:
     def _holds(self, position: int) -> bool:
         return self.held_at <= position <= self.held_at + len(self.held)
 
-    def due(self) -> bool:
-        return self._loop.time() >= self._next
+    def due(self, size: int) -> bool:
+        """A checkpoint is due every ``every_s``, or once the MP3 has grown ``every_bytes``
+        (to ``size``) since the last: a fast upload's checkpoints stay as small as a slow one's."""
+        return self._loop.time() >= self._next or size >= self._next_size
 
     async def take(self, output: _Output, last: bool = False) -> None:
-        if not (last or self.due()):
+        if not (last or self.due(output.size)):
             return
         self._next = self._loop.time() + self.resumable.every_s
+        self._next_size = output.size + self.resumable.every_bytes
         if self.analyser is not None:
             self.measured.append((self.analyser.bytes_taken, self.analyser.state()))
         checkpoint = self.at(output, last=last)

@@ -160,4 +160,7 @@ class Resumable:
     # Store the MP3's bytes handed to the sink since the last commit, and this checkpoint.
     commit: Callable[[Checkpoint], Awaitable[None]]
     every_s: float = 1.0  # at most one checkpoint so often
+    # or once this much MP3 is new: an upload sent faster than real time (a 60-minute WAV in
+    # 20 s) would else carry megabytes a checkpoint, copied whole in memory on their way.
+    every_bytes: int = 1 << 20
     grace_s: float = 3.0  # for the last one, when the request ends early

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from converter.analysis import Analysis
 from converter.options import ConverterConfig, EncodeOptions
 from converter.pipeline import convert
+from converter.process import PIPE_READ
 from converter.resume import Checkpoint, Resumable, frame_offsets, stored_frames
 from tests.support import FFMPEG, Spares, decoded, music, resampled, samples_of, snr_db
 
@@ -42,19 +43,21 @@ class StoredUpload:
         self.checkpoint: Checkpoint | None = None
         self.pending = bytearray()
         self.pending_at = 0
+        self.carried: list[int] = []  # the MP3 bytes each checkpoint stored
 
-    def resumable(self) -> Resumable:
+    def resumable(self, every_s: float = 0.0, every_bytes: int = 1 << 20) -> Resumable:
         previous = self.checkpoint
         self.pending, self.pending_at = bytearray(), previous.resume_at if previous else 0
         stored = []
         if previous is not None and previous.resume_frame > 0:  # else it starts afresh
             stored = stored_frames(bytes(self.mp3[previous.resume_at : previous.size]))
-        return Resumable(previous, stored, self.earlier_offsets, self.commit, every_s=0.0)
+        return Resumable(previous, stored, self.earlier_offsets, self.commit, every_s=every_s, every_bytes=every_bytes)
 
     async def sink(self, chunk: bytes) -> None:
         self.pending += chunk
 
     async def commit(self, checkpoint: Checkpoint) -> None:
+        self.carried.append(len(self.pending))
         self.mp3[self.pending_at :] = self.pending
         assert len(self.mp3) == checkpoint.size
         self.pending_at, self.pending, self.checkpoint = checkpoint.size, bytearray(), checkpoint
@@ -138,6 +141,20 @@ async def test_an_upload_cut_off_anywhere_and_resumed_plays_every_sample_as_one_
     # Nothing is sent twice: what a cut-off request brought is kept, as MP3 or as it was sent,
     # but for a cut within the WAV's header (no format known yet: it is sent again).
     assert all(again == 0 or cut <= WAV_HEADER_BYTES for cut, again in resent)
+
+
+async def test_an_upload_faster_than_real_time_checkpoints_as_its_mp3_grows(tmp_path: Path) -> None:
+    """Checkpoints come every_s apart, or as soon as every_bytes of MP3 are new: a 60-minute WAV
+    sent in 20 s once carried 4-6 MB a checkpoint, copied whole on its way to the database."""
+    stored = StoredUpload()
+    every_bytes = 64 << 10
+    resumable = stored.resumable(every_s=3600.0, every_bytes=every_bytes)
+    wav = music(tmp_path, 44100, 2)
+    converted = await convert(sent(wav, 0, None), stored.sink, EncodeOptions(bitrate_kbps=320), ONE_ENCODER,
+                              resumable=resumable)  # fmt: skip
+    assert converted.size > 8 * every_bytes
+    assert sum(stored.carried) >= converted.size - every_bytes - PIPE_READ  # all but the end checkpointed
+    assert max(stored.carried) <= every_bytes + PIPE_READ  # what one read of FFmpeg's output adds
 
 
 @pytest.mark.parametrize(("rate", "channels"), [(48000, 1), (22050, 2)])
