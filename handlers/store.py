@@ -103,14 +103,12 @@ class LocalCopy:
         if not await writing:
             await self._give_up()
 
-    def sha256(self, header_offset: int, header_frame: bytes) -> asyncio.Future[bytes | None]:
+    def sha256(self, header_offset: int, header_frame: bytes) -> asyncio.Future[bytes | None] | None:
         """The digest of the file as stored (its header frame written last, as in the
-        database), hashed in a thread from now on; None when the copy was given up."""
+        database), hashed in a thread from now on, None if that fails; None at once when
+        the copy was given up."""
         if self._file is None:
-            # Resolved here, at once: no copy to hash, the caller reads the digest back.
-            done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
+            return None
         digest = asyncio.ensure_future(asyncio.to_thread(self._digest, self._file, header_offset, header_frame))
         self._working = digest
         return digest
