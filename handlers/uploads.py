@@ -181,7 +181,7 @@ async def _patched(
         pool, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
     )
     try:
-        return await _converted(request, credentials, claim, offset, links)
+        return await _converted(request, credentials, upload_id, claim, offset, links)
     finally:
         with contextlib.suppress(Exception):  # else its word lapses within app.patch_busy_lease()
             async with asyncio.timeout(SETTLE_TIMEOUT_S):
@@ -189,11 +189,10 @@ async def _patched(
 
 
 async def _converted(
-    request: web.Request, credentials: Credentials, claim: api.Claim, offset: int, links: URL
+    request: web.Request, credentials: Credentials, upload_id: UUID, claim: api.Claim, offset: int, links: URL
 ) -> web.Response:
     """The PATCH's body converted on from the claimed upload's last checkpoint."""
     settings, pool = request.app[SETTINGS], request.app[POOL]
-    upload_id = _upload_id(request)
     if claim.record_id is not None:  # finished already: a PATCH at its end, with nothing more
         return _progressed(offset, settings, record_url(links, claim.record_id, credentials.user_id))
     total = claim.upload_length
