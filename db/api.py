@@ -171,6 +171,7 @@ async def upload_sha256(db: Database, record_id: UUID) -> bytes:
     while chunk := await db.fetchval("SELECT api.record_read_back($1, $2, $3)", record_id, offset, READ_BACK_BYTES):
         await asyncio.to_thread(digest.update, chunk)  # off the event loop: hashlib lets go of the GIL
         offset += len(chunk)
+        del chunk  # not held while the next one arrives
     return digest.digest()
 
 
@@ -300,7 +301,7 @@ async def upload_checkpoint(
     upload_id: UUID,
     generation: int,
     at: int,
-    chunk: bytes,
+    chunk: bytes | bytearray,
     offset: int,
     progress: dict[str, Any],
     wav_header: bytes | None,

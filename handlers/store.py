@@ -93,7 +93,7 @@ class LocalCopy:
         finally:
             await copy._give_up()
 
-    async def beside(self, storing: Awaitable[None], chunk: bytes) -> None:
+    async def beside(self, storing: Awaitable[None], chunk: bytes | bytearray) -> None:
         """``storing`` (the chunk on its way to the database) while the chunk is written here."""
         if self._file is None:
             await storing
@@ -114,7 +114,7 @@ class LocalCopy:
         return digest
 
     @staticmethod
-    def _write(file: BufferedRandom, chunk: bytes) -> bool:
+    def _write(file: BufferedRandom, chunk: bytes | bytearray) -> bool:
         try:
             file.write(chunk)
             return True
@@ -172,7 +172,11 @@ class CheckpointedUpload:
     """A resumable upload's MP3 stored a checkpoint at a time (converter/resume.py): the
     bytes handed on since the last checkpoint and the checkpoint itself in one short
     transaction, each carrying the generation its PATCH claimed, so that a PATCH another
-    has since taken over writes nothing more. The last one makes the MP3 a record."""
+    has since taken over writes nothing more. The last one makes the MP3 a record.
+
+    A PATCH that writes the MP3 from its first byte (an upload sent in one PATCH, the
+    common case) keeps a LocalCopy of it while ``copied``, as POST /record does, and the
+    record's digest is hashed from that; a resumed one's is read back from the database."""
 
     def __init__(self, pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, lifetime_s: float) -> None:
         self.pool = pool
@@ -188,6 +192,15 @@ class CheckpointedUpload:
         self.pending = bytearray()  # handed on since the last checkpoint, from pending_at
         self.pending_at = self.previous.resume_at if self.previous is not None else 0
         self.committed = self.previous.upload_offset if self.previous is not None else 0  # the offset as stored
+        self.copy = LocalCopy(None)
+
+    @contextlib.asynccontextmanager
+    async def copied(self) -> AsyncIterator[None]:
+        if self.pending_at:  # the bytes before it are in the database only
+            yield
+            return
+        async with LocalCopy.made() as self.copy:
+            yield
 
     async def resumable(self) -> Resumable:
         """What the conversion goes on from: the frames stored from the resume point on."""
@@ -202,11 +215,12 @@ class CheckpointedUpload:
 
     async def commit(self, checkpoint: Checkpoint) -> None:
         header = None if self.header_stored else checkpoint.wav_header
-        await api.upload_checkpoint(
-            self.pool, self.upload_id, self.claim.generation, self.pending_at, bytes(self.pending),
+        storing = api.upload_checkpoint(
+            self.pool, self.upload_id, self.claim.generation, self.pending_at, self.pending,
             checkpoint.upload_offset, checkpoint.to_json(), header, self.lifetime_s, checkpoint.analysis or None,
             checkpoint.pending or None,
         )  # fmt: skip
+        await self.copy.beside(storing, self.pending)
         self.header_stored = True
         self.pending_at, self.pending = checkpoint.size, bytearray()
         self.committed = checkpoint.upload_offset
@@ -219,12 +233,14 @@ class CheckpointedUpload:
         """The last bytes stored and the MP3 made a record, in one transaction."""
         assert self.claim.upload_length is not None
         async with api.transaction(self.pool, self.lifetime_s) as db:
-            await api.upload_checkpoint(
-                db, self.upload_id, self.claim.generation, self.pending_at, bytes(self.pending),
+            storing = api.upload_checkpoint(
+                db, self.upload_id, self.claim.generation, self.pending_at, self.pending,
                 self.claim.upload_length, {}, None, self.lifetime_s,
             )  # fmt: skip
+            await self.copy.beside(storing, self.pending)
             record_id = await api.upload_record_begin(db, self.upload_id, self.claim.generation)
-            return await finish_record(db, record_id, converted)
+            digest = self.copy.sha256(converted.header_offset, converted.header_frame)
+            return await finish_record(db, record_id, converted, digest)
 
     async def _read(self, start: int, stop: int) -> bytes:
         read = bytearray()

@@ -201,7 +201,7 @@ async def _converted(
     options = encode_options_from(claim.options, settings.mp3_bitrate_kbps, claim.filename)
     store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s)
     resumable = await store.resumable()
-    async with request.app[SLOTS].admitted(credentials.user_id) as turn:
+    async with request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
         source = _patch_body(body, offset, total)
         try:
             converted = await convert(source, store.sink, options, request.app[CONVERTER], turn, resumable)

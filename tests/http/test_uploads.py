@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import re
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +229,35 @@ async def test_a_short_patch_moves_the_offset_to_its_last_byte(client: Client, a
     assert "Record-Location" in finished.headers
     mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
     assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+
+
+@pytest.mark.parametrize(
+    ("patches", "local_copy"), [(1, "made"), (1, "cannot be made"), (2, "made")], ids=["one", "one-no-copy", "resumed"]
+)
+async def test_a_records_digest_is_its_mp3s_however_it_was_hashed(
+    client: Client,
+    audio: Audio,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    patches: int,
+    local_copy: str,
+) -> None:
+    """A PATCH that writes the MP3 from its first byte hashes a local copy of it, as
+    POST /record does (handlers/store.py LocalCopy); with none, or after a resume, the
+    digest is read back from the database. The ETag is the MP3's SHA-256 either way."""
+    if local_copy == "cannot be made":
+        monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/tmp")
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path = await created(client, user, len(wav))
+    offset = 0
+    for part in range(1, patches + 1):
+        response = await patch(client, user, path, offset, wav[offset : len(wav) * part // patches])
+        assert response.status == 204
+        offset = int(response.headers["Upload-Offset"])
+    download = await client.get(local(response.headers["Record-Location"]))
+    assert download.headers["ETag"] == f'"{hashlib.sha256(await download.read()).hexdigest()}"'
+    assert ("its digest is read back" in caplog.text) == (local_copy == "cannot be made")
 
 
 @pytest.mark.slow
