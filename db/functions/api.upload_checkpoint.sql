@@ -29,7 +29,6 @@ AS $$
 DECLARE
     the_upload app.uploads := app.upload_writer(upload_id, generation);
     new_size bigint := at + coalesce(octet_length(chunk), 0);
-    others bigint;
     descriptor integer;
 BEGIN
     IF at IS NULL OR at < 0 OR upload_offset IS NULL OR upload_offset < the_upload.upload_offset THEN
@@ -39,10 +38,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'PT400',
             MESSAGE = 'The pending bytes are the last of the offset''s, at most 16 MiB of them.';
     END IF;
-    SELECT coalesce(sum(u.mp3_bytes), 0) INTO others
-    FROM app.uploads AS u
-    WHERE u.user_id = the_upload.user_id AND u.id <> the_upload.id AND u.record_id IS NULL;
-    PERFORM app.assert_within_quota(the_upload.user_id, others + new_size);
+    PERFORM app.assert_within_quota(the_upload.user_id, new_size, the_upload.id);
     PERFORM app.assert_within_storage_bound(new_size);
     descriptor := lo_open(the_upload.lo_oid, x'20000'::integer);  -- INV_WRITE
     PERFORM lo_lseek64(descriptor, at, 0);  -- SEEK_SET

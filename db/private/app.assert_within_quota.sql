@@ -1,8 +1,10 @@
 /**
  * For the api functions that store bytes for a user: PT413 when the user's
- * finished records plus `adding` bytes would pass the quota (app.settings).
+ * finished records, the MP3s of their resumable uploads in progress, and
+ * `adding` bytes would pass the quota (app.settings). An upload in progress
+ * that is being written passes its own id: its new size is in `adding`.
  */
-CREATE FUNCTION app.assert_within_quota(user_id bigint, adding bigint) RETURNS void
+CREATE FUNCTION app.assert_within_quota(user_id bigint, adding bigint, writing uuid DEFAULT NULL) RETURNS void
     LANGUAGE plpgsql
     STABLE
     SET search_path = pg_catalog, pg_temp
@@ -16,6 +18,14 @@ BEGIN
         RETURN;
     END IF;
     SELECT u.stored_bytes INTO used FROM app.users AS u WHERE u.id = assert_within_quota.user_id;
+    -- An upload whose record has begun has handed its bytes to that record (mp3_bytes 0).
+    used := used + (
+        SELECT coalesce(sum(p.mp3_bytes), 0)
+        FROM app.uploads AS p
+        WHERE p.user_id = assert_within_quota.user_id
+          AND p.record_id IS NULL
+          AND p.id IS DISTINCT FROM writing
+    );
     IF used + adding > quota THEN
         RAISE EXCEPTION USING ERRCODE = 'PT413',
             MESSAGE = format('This upload would take your storage past its quota of %s MiB (%s MiB used).',
@@ -24,7 +34,7 @@ BEGIN
 END;
 $$;
 
-REVOKE ALL ON FUNCTION app.assert_within_quota(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION app.assert_within_quota(bigint, bigint, uuid) FROM PUBLIC;
 
-COMMENT ON FUNCTION app.assert_within_quota(bigint, bigint) IS
-    'Raises PT413 when the user''s stored bytes plus adding would pass app.settings.user_quota_bytes.';
+COMMENT ON FUNCTION app.assert_within_quota(bigint, bigint, uuid) IS
+    'Raises PT413 when the user''s records, uploads in progress (but writing) and adding would pass app.settings.user_quota_bytes.';

@@ -660,7 +660,8 @@ def test_unfinished_resumable_uploads_count_against_the_quota(
     service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
     """A resumable upload's MP3 so far is the user's storage too: its checkpoints, as a
-    PATCH writes them, stop at the quota with the records and the other unfinished uploads."""
+    PATCH writes them, stop at the quota with the records and the other unfinished uploads,
+    and so do a record that POST /record begins meanwhile and a new upload."""
     user_id, token = create_user(service)
     set_quota(admin, 1000)
     store_record(service, user_id, token, [b"x" * 600])
@@ -674,11 +675,14 @@ def test_unfinished_resumable_uploads_count_against_the_quota(
         return row[0], scalar(service, claim, [user_id, token, row[0]])
 
     checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 78, '{}', %s, 3600)"
-    first = claimed_upload()
+    first, second = claimed_upload(), claimed_upload()
     assert sqlstate_of(service, checkpoint, [*first, b"m" * 401, b"RIFF"]) == "PT413"
     service.execute(checkpoint, [*first, b"m" * 400, b"RIFF"])  # exactly up to the quota
-    second = claimed_upload()
     assert sqlstate_of(service, checkpoint, [*second, b"n", b"RIFF"]) == "PT413"
+    begin = "SELECT api.record_begin(%s, %s, 'b.wav')"
+    assert sqlstate_of(service, begin, [user_id, token]) == "PT413"  # as POST /record begins one
+    create = "SELECT api.upload_create(%s, %s, 'more.wav', '{}', 100000, 3600, 16)"
+    assert sqlstate_of(service, create, [user_id, token]) == "PT413"
     service.execute("SELECT api.upload_delete(%s, %s, %s)", [user_id, token, first[0]])
     service.execute(checkpoint, [*second, b"n" * 400, b"RIFF"])  # the room the first held is free
 
