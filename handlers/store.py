@@ -55,7 +55,7 @@ async def store(connection: api.Database, upload: Upload, config: ConverterConfi
     who = upload.credentials
     record_id = await api.record_begin(connection, who.user_id, who.token, upload.filename)
 
-    async with LocalCopy.made() as copy:
+    async with LocalCopy.made(config.stall_timeout_s) as copy:
 
         async def append(chunk: bytes) -> None:
             await copy.beside(api.record_append(connection, record_id, chunk), chunk)
@@ -71,27 +71,30 @@ class LocalCopy:
     header frame and the measurements) instead of read back through the database's
     connection (~65 ms; db/api.py upload_sha256): that read-back was most of the time from
     an upload's last byte to its 201. It only saves time: when it cannot be written (a full
-    disk, no descriptor left) it is given up and the digest read back."""
+    disk, no descriptor left) or its digest takes longer than ``deadline_s`` (a disk that
+    hangs), it is given up and the digest read back. A chunk's write that hangs stalls the
+    upload (converter/progress.py ends it); nothing waits for it after that."""
 
-    def __init__(self, file: BufferedRandom | None) -> None:
+    def __init__(self, file: BufferedRandom | None, deadline_s: float = 0.0) -> None:
         self._file = file
+        self._deadline_s = deadline_s
         # Its one piece of work in a thread (a chunk's write, then the digest): done before
-        # the next begins, and before the file closes.
+        # the next begins; the file is closed once it is done.
         self._working: asyncio.Future[bool] | asyncio.Future[bytes | None] | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def made(cls) -> AsyncIterator[LocalCopy]:
+    async def made(cls, deadline_s: float) -> AsyncIterator[LocalCopy]:
         try:
             file: BufferedRandom | None = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _give_up)
         except OSError as error:
             log.warning("no local copy of an upload's MP3 (%s): its digest is read back", error)
             file = None
-        copy = cls(file)
+        copy = cls(file, deadline_s)
         try:
             yield copy
         finally:
-            await copy._give_up()
+            copy._give_up()
 
     async def beside(self, storing: Awaitable[None], chunk: bytes | bytearray) -> None:
         """``storing`` (the chunk on its way to the database) while the chunk is written here."""
@@ -100,18 +103,29 @@ class LocalCopy:
             return
         writing = self._working = asyncio.ensure_future(asyncio.to_thread(self._write, self._file, chunk))
         await storing
-        if not await writing:
-            await self._give_up()
+        # Shielded: a cancelled waiter (the upload stalled) must not mark the write done
+        # while its thread still writes (_give_up closes the file only once it is).
+        if not await asyncio.shield(writing):
+            self._give_up()
 
     def sha256(self, header_offset: int, header_frame: bytes) -> asyncio.Future[bytes | None] | None:
         """The digest of the file as stored (its header frame written last, as in the
-        database), hashed in a thread from now on, None if that fails; None at once when
-        the copy was given up."""
+        database), hashed in a thread from now on, None if that fails or takes longer than
+        the deadline; None at once when the copy was given up."""
         if self._file is None:
             return None
-        digest = asyncio.ensure_future(asyncio.to_thread(self._digest, self._file, header_offset, header_frame))
-        self._working = digest
-        return digest
+        hashing = asyncio.ensure_future(asyncio.to_thread(self._digest, self._file, header_offset, header_frame))
+        self._working = hashing
+        return asyncio.ensure_future(self._within_deadline(hashing))
+
+    async def _within_deadline(self, hashing: asyncio.Future[bytes | None]) -> bytes | None:
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return await asyncio.shield(hashing)  # the thread goes on regardless; _give_up closes after it
+        except TimeoutError:
+            log.warning("the local copy of an upload's MP3 took over %g s to hash: its digest is read back",
+                        self._deadline_s)  # fmt: skip
+            return None
 
     @staticmethod
     def _write(file: BufferedRandom, chunk: bytes | bytearray) -> bool:
@@ -133,13 +147,21 @@ class LocalCopy:
             log.warning("the local copy of an upload's MP3 failed (%s): its digest is read back", error)
             return None
 
-    async def _give_up(self) -> None:
-        if self._working is not None:
-            await asyncio.wait([self._working])
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+    def _give_up(self) -> None:
+        """No more of the copy: its file closed now, or once its thread is done with it
+        (closing it under a write would wait for that write, on the event loop)."""
+        file, working, self._file = self._file, self._working, None
+        if file is None:
+            return
+        if working is None or working.done():
+            _close(file)
+        else:
+            working.add_done_callback(lambda _: _close(file))
+
+
+def _close(file: BufferedRandom) -> None:
+    with contextlib.suppress(OSError):
+        file.close()
 
 
 async def finish_record(
@@ -178,11 +200,14 @@ class CheckpointedUpload:
     common case) keeps a LocalCopy of it while ``copied``, as POST /record does, and the
     record's digest is hashed from that; a resumed one's is read back from the database."""
 
-    def __init__(self, pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, lifetime_s: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, lifetime_s: float, deadline_s: float
+    ) -> None:
         self.pool = pool
         self.upload_id = upload_id
         self.claim = claim
-        self.lifetime_s = lifetime_s
+        self.lifetime_s = lifetime_s  # the upload's, extended by each checkpoint
+        self.deadline_s = deadline_s  # for a connection, a rollback, the local copy's digest
         self.previous = (
             Checkpoint.from_json(claim.progress, claim.wav_header, claim.analysis or b"", claim.wav_pending or b"")
             if claim.progress is not None and claim.wav_header is not None
@@ -199,7 +224,7 @@ class CheckpointedUpload:
         if self.pending_at:  # the bytes before it are in the database only
             yield
             return
-        async with LocalCopy.made() as self.copy:
+        async with LocalCopy.made(self.deadline_s) as self.copy:
             yield
 
     async def resumable(self) -> Resumable:
@@ -232,7 +257,7 @@ class CheckpointedUpload:
     async def finish(self, converted: Converted) -> api.Record:
         """The last bytes stored and the MP3 made a record, in one transaction."""
         assert self.claim.upload_length is not None
-        async with api.transaction(self.pool, self.lifetime_s) as db:
+        async with api.transaction(self.pool, self.deadline_s) as db:
             storing = api.upload_checkpoint(
                 db, self.upload_id, self.claim.generation, self.pending_at, self.pending,
                 self.claim.upload_length, {}, None, self.lifetime_s,

@@ -199,7 +199,7 @@ async def _converted(
     remaining = settings.max_upload_bytes - offset if total is None else total - offset
     body = PacedBody(request, pace_of(settings), remaining)  # 413 for a Content-Length beyond it
     options = encode_options_from(claim.options, settings.mp3_bitrate_kbps, claim.filename)
-    store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s)
+    store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
     resumable = await store.resumable()
     async with request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
         source = _patch_body(body, offset, total)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import struct
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -128,6 +131,65 @@ async def test_an_upload_whose_local_copy_fails_is_stored_with_its_true_digest(
     download = await client.get(local(data["url"]))
     assert download.headers["ETag"] == f'"{hashlib.sha256(await download.read()).hexdigest()}"'
     assert "its digest is read back" in caplog.text
+
+
+async def test_an_upload_whose_local_copy_hangs_is_answered_all_the_same(
+    make_client: MakeClient,
+    audio: Audio,
+    admin: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A disk that stops taking writes (the copy on a FIFO nobody reads): the upload
+    stalls and is answered 503 within STALL_TIMEOUT_S instead of waiting on the write for
+    ever; the copy is closed once the write lets go, and nothing is stored."""
+    fifo = tmp_path / "disk"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda: open(os.open(fifo, os.O_RDWR), "wb"))  # noqa: SIM115
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    client = await make_client(stall_timeout_s=1.0)
+    user = await new_user(client)
+
+    def drained_to_its_end() -> bool:  # b"" once the copy's file is closed: no writer left
+        try:
+            return not os.read(reader, 1 << 20)
+        except BlockingIOError:
+            return False
+
+    try:
+        async with asyncio.timeout(20):
+            response = await upload(client, user, audio(seconds=60))
+        assert (await expect_error(response, 503))["message"].startswith("The conversion made no progress for 1 s")
+    finally:
+        await until(drained_to_its_end)  # the write lets go, then the copy is closed
+        os.close(reader)
+    assert nothing_stored(admin)
+
+
+async def test_a_digest_that_hangs_is_read_back_in_time(
+    make_client: MakeClient, audio: Audio, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hashing the local copy takes longer than STALL_TIMEOUT_S (a disk that stops
+    answering reads): the digest is read back from the database, and the ETag is true."""
+    released = threading.Event()
+    file_digest = hashlib.file_digest
+
+    def hanging_digest(file: Any, name: str) -> Any:
+        released.wait(20)
+        return file_digest(file, name)
+
+    monkeypatch.setattr(hashlib, "file_digest", hanging_digest)
+    client = await make_client(stall_timeout_s=1.0)
+    user = await new_user(client)
+    try:
+        async with asyncio.timeout(20):
+            response = await upload(client, user, audio(seconds=10))
+        assert response.status == 201
+    finally:
+        released.set()
+    download = await client.get(local((await response.json())["data"]["url"]))
+    assert download.headers["ETag"] == f'"{hashlib.sha256(await download.read()).hexdigest()}"'
+    assert "took over 1 s to hash: its digest is read back" in caplog.text
 
 
 async def test_link_uses_the_host_the_client_used_or_public_url(make_client: MakeClient, audio: Audio) -> None:
