@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,8 @@ Database = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 # How much of an upload is read back at a time to hash it: what one value in
 # the database and in this process holds, whatever the MP3's size.
 READ_BACK_BYTES = 4 << 20
+
+log = logging.getLogger("mp3.db")
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ async def upload_sha256(db: Database, record_id: UUID) -> bytes:
     """The SHA-256 of an upload in progress, read back a piece at a time (the database could
     only hash it as one value, a GB of its memory for a 4-hour MP3). Not as it is appended:
     the header frame is written last, at the start."""
+    log.debug("record %s: its digest is read back from the database", record_id)
     digest = hashlib.sha256()
     offset = 0
     while chunk := await db.fetchval("SELECT api.record_read_back($1, $2, $3)", record_id, offset, READ_BACK_BYTES):

@@ -71,9 +71,9 @@ class LocalCopy:
     header frame and the measurements) instead of read back through the database's
     connection (~65 ms; db/api.py upload_sha256): that read-back was most of the time from
     an upload's last byte to its 201. It only saves time: when it cannot be written (a full
-    disk, no descriptor left) or its digest takes longer than ``deadline_s`` (a disk that
-    hangs), it is given up and the digest read back. A chunk's write that hangs stalls the
-    upload (converter/progress.py ends it); nothing waits for it after that."""
+    disk, no descriptor left), or a write or the digest takes longer than ``deadline_s`` (a
+    disk that hangs), it is given up and the digest read back; so it is when the upload
+    fails. Nothing waits for a thread it gave up: the file is closed once that lets go."""
 
     def __init__(self, file: BufferedRandom | None, deadline_s: float = 0.0) -> None:
         self._file = file
@@ -102,10 +102,21 @@ class LocalCopy:
             await storing
             return
         writing = self._working = asyncio.ensure_future(asyncio.to_thread(self._write, self._file, chunk))
-        await storing
-        # Shielded: a cancelled waiter (the upload stalled) must not mark the write done
-        # while its thread still writes (_give_up closes the file only once it is).
-        if not await asyncio.shield(writing):
+        try:
+            await storing
+            try:
+                # Shielded: a waiter cancelled or out of time must not mark the write done
+                # while its thread still writes (_give_up closes the file only once it is).
+                async with asyncio.timeout(self._deadline_s):
+                    written = await asyncio.shield(writing)
+            except TimeoutError:
+                log.warning("the local copy of an upload's MP3 took over %g s to write: its digest is read back",
+                            self._deadline_s)  # fmt: skip
+                written = False
+        except BaseException:
+            self._give_up()  # the upload failed or went away: no more writes
+            raise
+        if not written:
             self._give_up()
 
     def sha256(self, header_offset: int, header_frame: bytes) -> asyncio.Future[bytes | None] | None:
@@ -131,6 +142,7 @@ class LocalCopy:
     def _write(file: BufferedRandom, chunk: bytes | bytearray) -> bool:
         try:
             file.write(chunk)
+            file.flush()  # nothing left for close() to write, on the event loop
             return True
         except OSError as error:
             log.warning("the local copy of an upload's MP3 failed (%s): its digest is read back", error)
@@ -240,14 +252,20 @@ class CheckpointedUpload:
 
     async def commit(self, checkpoint: Checkpoint) -> None:
         header = None if self.header_stored else checkpoint.wav_header
+        pending, self.pending = self.pending, bytearray()
         storing = api.upload_checkpoint(
-            self.pool, self.upload_id, self.claim.generation, self.pending_at, self.pending,
+            self.pool, self.upload_id, self.claim.generation, self.pending_at, pending,
             checkpoint.upload_offset, checkpoint.to_json(), header, self.lifetime_s, checkpoint.analysis or None,
             checkpoint.pending or None,
         )  # fmt: skip
-        await self.copy.beside(storing, self.pending)
+        try:
+            await self.copy.beside(storing, pending)
+        except BaseException:
+            # Kept for the next checkpoint, in a new buffer: the copy's thread may still read this one.
+            self.pending = pending + self.pending
+            raise
         self.header_stored = True
-        self.pending_at, self.pending = checkpoint.size, bytearray()
+        self.pending_at = checkpoint.size
         self.committed = checkpoint.upload_offset
 
     async def earlier_offsets(self, frames: int) -> array[int]:

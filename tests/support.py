@@ -23,7 +23,7 @@ import time
 import uuid
 from array import array
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -126,6 +126,33 @@ def nothing_stored(admin: psycopg.Connection) -> bool:
     records = count(admin, "SELECT count(*) FROM app.records")
     objects = count(admin, "SELECT count(*) FROM pg_largeobject_metadata")
     return records == 0 and objects == 0
+
+
+@asynccontextmanager
+async def disk_that_hangs(folder: Path) -> AsyncIterator[None]:
+    """While it lasts, tempfile.TemporaryFile gives a FIFO nobody reads: a write to it blocks
+    once the pipe holds 64 KiB, as on a disk that stopped answering. At its end the FIFO is
+    drained until its last writer has closed it (the service's file, once its thread let go)."""
+    fifo = folder / "disk-that-hangs"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    made = tempfile.TemporaryFile
+    tempfile.TemporaryFile = lambda *_, **__: open(os.open(fifo, os.O_RDWR), "wb")  # type: ignore[assignment]  # noqa: SIM115
+
+    def drained_to_its_end() -> bool:  # b"" once no writer is left
+        try:
+            return not os.read(reader, 1 << 20)
+        except BlockingIOError:
+            return False
+
+    try:
+        yield
+    finally:
+        tempfile.TemporaryFile = made
+        try:
+            await until(drained_to_its_end)
+        finally:
+            os.close(reader)
 
 
 async def held_body(wav: bytes, release: asyncio.Event, head: int = 8192) -> AsyncIterator[bytes]:

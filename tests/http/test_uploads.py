@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import re
@@ -32,6 +33,7 @@ from tests.support import (
     basic,
     count,
     decoded,
+    disk_that_hangs,
     expect_error,
     held_body,
     local,
@@ -232,32 +234,42 @@ async def test_a_short_patch_moves_the_offset_to_its_last_byte(client: Client, a
 
 
 @pytest.mark.parametrize(
-    ("patches", "local_copy"), [(1, "made"), (1, "cannot be made"), (2, "made")], ids=["one", "one-no-copy", "resumed"]
+    ("patches", "local_copy"),
+    [(1, "made"), (1, "cannot be made"), (1, "hangs"), (2, "made")],
+    ids=["one", "one-no-copy", "one-copy-hangs", "resumed"],
 )
 async def test_a_records_digest_is_its_mp3s_however_it_was_hashed(
-    client: Client,
+    make_client: MakeClient,
     audio: Audio,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
     patches: int,
     local_copy: str,
 ) -> None:
     """A PATCH that writes the MP3 from its first byte hashes a local copy of it, as
-    POST /record does (handlers/store.py LocalCopy); with none, or after a resume, the
-    digest is read back from the database. The ETag is the MP3's SHA-256 either way."""
+    POST /record does (handlers/store.py LocalCopy); with none, one that hangs (given up
+    after STALL_TIMEOUT_S), or after a resume, the digest is read back from the database.
+    The ETag is the MP3's SHA-256 either way."""
+    caplog.set_level(logging.DEBUG, logger="mp3.db")
     if local_copy == "cannot be made":
         monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/tmp")
+    client = await make_client(stall_timeout_s=1.0) if local_copy == "hangs" else await make_client()
     user = await new_user(client)
     wav = audio(seconds=20)
     path = await created(client, user, len(wav))
     offset = 0
-    for part in range(1, patches + 1):
-        response = await patch(client, user, path, offset, wav[offset : len(wav) * part // patches])
-        assert response.status == 204
-        offset = int(response.headers["Upload-Offset"])
+    async with contextlib.AsyncExitStack() as disk:
+        if local_copy == "hangs":
+            await disk.enter_async_context(disk_that_hangs(tmp_path))
+        for part in range(1, patches + 1):
+            response = await patch(client, user, path, offset, wav[offset : len(wav) * part // patches])
+            assert response.status == 204
+            offset = int(response.headers["Upload-Offset"])
     download = await client.get(local(response.headers["Record-Location"]))
     assert download.headers["ETag"] == f'"{hashlib.sha256(await download.read()).hexdigest()}"'
-    assert ("its digest is read back" in caplog.text) == (local_copy == "cannot be made")
+    assert ("its digest is read back from the database" in caplog.text) == (patches > 1 or local_copy != "made")
+    assert ("took over 1 s to write" in caplog.text) == (local_copy == "hangs")
 
 
 @pytest.mark.slow

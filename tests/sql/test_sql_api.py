@@ -678,6 +678,7 @@ def test_unfinished_resumable_uploads_count_against_the_quota(
     first, second = claimed_upload(), claimed_upload()
     assert sqlstate_of(service, checkpoint, [*first, b"m" * 401, b"RIFF"]) == "PT413"
     service.execute(checkpoint, [*first, b"m" * 400, b"RIFF"])  # exactly up to the quota
+    service.execute(checkpoint, [*first, b"m" * 400, b"RIFF"])  # again: its own bytes are not counted twice
     assert sqlstate_of(service, checkpoint, [*second, b"n", b"RIFF"]) == "PT413"
     begin = "SELECT api.record_begin(%s, %s, 'b.wav')"
     assert sqlstate_of(service, begin, [user_id, token]) == "PT413"  # as POST /record begins one
