@@ -71,6 +71,7 @@ class UserStorage:
     records: int
     bytes: int
     quota_bytes: int  # 0: no quota
+    uploading_bytes: int  # the MP3s of unfinished resumable uploads: they count against the quota too
 
 
 @dataclass(frozen=True)

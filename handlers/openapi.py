@@ -236,13 +236,17 @@ def _users() -> dict[str, Any]:
                     "200": _ok(
                         {
                             "type": "object",
-                            "required": ["id", "username", "records", "bytes", "quota_bytes"],
+                            "required": ["id", "username", "records", "bytes", "quota_bytes", "uploading_bytes"],
                             "properties": {
                                 "id": {"type": "integer"},
                                 "username": {"type": "string"},
                                 "records": {"type": "integer", "description": "finished records"},
                                 "bytes": {"type": "integer", "description": "their MP3 bytes"},
                                 "quota_bytes": {"type": "integer", "description": "USER_QUOTA_MB; 0: none"},
+                                "uploading_bytes": {
+                                    "type": "integer",
+                                    "description": "MP3 bytes of unfinished uploads, counted against the quota",
+                                },
                             },
                         },
                         "The user and their storage",

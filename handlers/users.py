@@ -39,6 +39,7 @@ async def current_user(request: web.Request) -> web.Response:
             "records": storage.records,
             "bytes": storage.bytes,
             "quota_bytes": storage.quota_bytes,
+            "uploading_bytes": storage.uploading_bytes,
         }
     )
 

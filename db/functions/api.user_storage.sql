@@ -1,9 +1,10 @@
 /**
  * Who an authenticated user is and what they store: their name, finished
- * records, their MP3 bytes, and the quota those bytes count against (0: none).
+ * records, their MP3 bytes, the MP3 bytes of their resumable uploads in
+ * progress, and the quota both count against (0: none).
  */
 CREATE FUNCTION api.user_storage(user_id bigint, token text)
-RETURNS TABLE (username text, records bigint, bytes bigint, quota_bytes bigint)
+RETURNS TABLE (username text, records bigint, bytes bigint, quota_bytes bigint, uploading_bytes bigint)
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
@@ -17,11 +18,16 @@ BEGIN
         u.username,
         (SELECT count(*) FROM app.records AS r WHERE r.user_id = user_storage.user_id AND r.size IS NOT NULL),
         u.stored_bytes,
-        s.user_quota_bytes
+        s.user_quota_bytes,
+        (
+            SELECT coalesce(sum(p.mp3_bytes), 0)::bigint
+            FROM app.uploads AS p
+            WHERE p.user_id = user_storage.user_id AND p.record_id IS NULL
+        )
     FROM app.users AS u, app.settings AS s
     WHERE u.id = user_storage.user_id;
 END;
 $$;
 
 COMMENT ON FUNCTION api.user_storage(bigint, text) IS
-    'The user''s name, records, their bytes, and the storage quota (0: none).';
+    'The user''s name, records, their bytes, the storage quota (0: none), and the bytes of their uploads in progress.';

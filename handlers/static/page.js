@@ -161,13 +161,14 @@ function size(bytes) {
   return unit === 0 ? `${value} bytes` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
 }
 
-function showStorage({records, bytes, quota_bytes: quota}) {
-  const counted = `${records} recording${records === 1 ? "" : "s"}, ${size(bytes)}`;
+function showStorage({records, bytes, quota_bytes: quota, uploading_bytes: uploading}) {
+  const unfinished = uploading ? ` (and ${size(uploading)} in unfinished uploads)` : "";
+  const counted = `${records} recording${records === 1 ? "" : "s"}, ${size(bytes)}${unfinished}`;
   $("storage-text").textContent = quota ? `${counted} of ${size(quota)} allowed.` : `${counted}; no quota.`;
   $("quota-meter").hidden = !quota;
   if (quota) {
     $("quota-meter").max = quota;
-    $("quota-meter").value = Math.min(bytes, quota);
+    $("quota-meter").value = Math.min(bytes + uploading, quota);
     $("quota-meter").high = quota * 0.9;
   }
 }

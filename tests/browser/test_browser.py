@@ -32,9 +32,11 @@ from tests.support import (
     ROOT,
     Audio,
     Client,
+    basic,
     count,
     decoded,
     finished_records,
+    local,
     new_user,
     probe,
     until,
@@ -120,6 +122,12 @@ async def test_a_returning_user_signs_in_uploads_with_options_pages_and_signs_ou
     assert (await upload(client, (user_id, token), audio(seconds=2))).status == 201
     finished_records(admin, user_id, 60)  # older than the upload: more than one page of 50
     admin.execute("UPDATE app.settings SET user_quota_bytes = 50000000")
+    wav = audio(seconds=10)  # and a resumable upload left unfinished: it counts against the quota
+    tus = {**basic(user_id, token), "Tus-Resumable": "1.0.0"}
+    created = await client.post("/uploads", headers={**tus, "Upload-Length": str(len(wav))})
+    patch = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    unfinished = local(created.headers["Location"])
+    assert (await client.patch(unfinished, data=wav[: len(wav) * 4 // 5], headers=patch)).ok
     base = f"http://{client.host}:{client.port}"
     page = await (await browser.new_context(viewport=PHONE, accept_downloads=True)).new_page()
     await page.goto(base + "/")
@@ -134,8 +142,9 @@ async def test_a_returning_user_signs_in_uploads_with_options_pages_and_signs_ou
     await expect(page.locator("#who")).to_have_text("curl-user")
     await expect(page.locator("#account-error")).to_have_text("")
     await expect(page.locator("#storage-text")).to_have_text(
-        re.compile(r"^61 recordings, [0-9.]+ KB of 50 MB allowed\.$")
+        re.compile(r"^61 recordings, [0-9.]+ KB \(and [0-9.]+ KB in unfinished uploads\) of 50 MB allowed\.$")
     )
+    assert (await client.delete(unfinished, headers=tus)).status == 204
     await expect(page.locator("#records tr")).to_have_count(50)  # the first page, newest first
     await expect(page.locator("#records tr").first).to_contain_text("song.mp3")
     await page.locator("#more").scroll_into_view_if_needed()  # the next page comes by itself

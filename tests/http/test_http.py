@@ -656,6 +656,7 @@ async def test_users_me_names_the_user_and_their_storage(client: Client, audio: 
     me = await client.get("/users/me", headers=basic(*user))
     assert (await me.json())["data"] == {
         "id": user[0], "username": "Zoë", "records": 1, "bytes": stored["size"], "quota_bytes": 0,
+        "uploading_bytes": 0,
     }  # fmt: skip
     wrong = await client.get("/users/me", headers=basic(user[0], str(uuid.uuid4())))
     assert (await expect_error(wrong, 401))["message"] == "Unknown user or wrong token."

@@ -634,6 +634,7 @@ def test_the_quota_is_kept_at_begin_while_appending_and_at_finish(
         1,
         600,
         1000,
+        0,
     )
 
     # Past the quota while streaming: stopped at the append that passes it, nothing kept.
@@ -679,6 +680,8 @@ def test_unfinished_resumable_uploads_count_against_the_quota(
     assert sqlstate_of(service, checkpoint, [*first, b"m" * 401, b"RIFF"]) == "PT413"
     service.execute(checkpoint, [*first, b"m" * 400, b"RIFF"])  # exactly up to the quota
     service.execute(checkpoint, [*first, b"m" * 400, b"RIFF"])  # again: its own bytes are not counted twice
+    storage = "SELECT bytes, uploading_bytes FROM api.user_storage(%s, %s)"
+    assert service.execute(storage, [user_id, token]).fetchone() == (600, 400)  # what the user is told
     assert sqlstate_of(service, checkpoint, [*second, b"n", b"RIFF"]) == "PT413"
     begin = "SELECT api.record_begin(%s, %s, 'b.wav')"
     assert sqlstate_of(service, begin, [user_id, token]) == "PT413"  # as POST /record begins one
