@@ -19,11 +19,7 @@ BEGIN
         (SELECT count(*) FROM app.records AS r WHERE r.user_id = user_storage.user_id AND r.size IS NOT NULL),
         u.stored_bytes,
         s.user_quota_bytes,
-        (
-            SELECT coalesce(sum(p.mp3_bytes), 0)::bigint
-            FROM app.uploads AS p
-            WHERE p.user_id = user_storage.user_id AND p.record_id IS NULL
-        )
+        app.uploading_bytes(u.id)
     FROM app.users AS u, app.settings AS s
     WHERE u.id = user_storage.user_id;
 END;

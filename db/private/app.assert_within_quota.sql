@@ -17,15 +17,9 @@ BEGIN
     IF coalesce(quota, 0) = 0 THEN
         RETURN;
     END IF;
-    SELECT u.stored_bytes INTO used FROM app.users AS u WHERE u.id = assert_within_quota.user_id;
-    -- An upload whose record has begun has handed its bytes to that record (mp3_bytes 0).
-    used := used + (
-        SELECT coalesce(sum(p.mp3_bytes), 0)
-        FROM app.uploads AS p
-        WHERE p.user_id = assert_within_quota.user_id
-          AND p.record_id IS NULL
-          AND p.id IS DISTINCT FROM writing
-    );
+    SELECT u.stored_bytes + app.uploading_bytes(u.id, writing) INTO used
+    FROM app.users AS u
+    WHERE u.id = assert_within_quota.user_id;
     IF used + adding > quota THEN
         RAISE EXCEPTION USING ERRCODE = 'PT413',
             MESSAGE = format('This upload would take your storage past its quota of %s MiB (%s MiB used).',
