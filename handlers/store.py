@@ -75,7 +75,7 @@ class LocalCopy:
     disk that hangs), it is given up and the digest read back; so it is when the upload
     fails. Nothing waits for a thread it gave up: the file is closed once that lets go."""
 
-    def __init__(self, file: BufferedRandom | None, deadline_s: float = 0.0) -> None:
+    def __init__(self, file: BufferedRandom | None, deadline_s: float) -> None:
         self._file = file
         self._deadline_s = deadline_s
         # Its one piece of work in a thread (a chunk's write, then the digest): done before
@@ -229,7 +229,7 @@ class CheckpointedUpload:
         self.pending = bytearray()  # handed on since the last checkpoint, from pending_at
         self.pending_at = self.previous.resume_at if self.previous is not None else 0
         self.committed = self.previous.upload_offset if self.previous is not None else 0  # the offset as stored
-        self.copy = LocalCopy(None)
+        self.copy = LocalCopy(None, deadline_s)  # none, unless copied() makes one
 
     @contextlib.asynccontextmanager
     async def copied(self) -> AsyncIterator[None]:
