@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -299,6 +300,24 @@ def process_cpu(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return total
+
+
+def children_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the process's children that it has waited for: the service's FFmpegs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+
+
+def idle_cpu() -> float:
+    """Core-seconds this machine's cores have spent idle (or waiting for a disk) since it started."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / CLOCK_TICKS
+
+
+def own_children_cpu() -> float:
+    """CPU seconds of this process's children that it has waited for (raw FFmpeg, curl)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def postgres_cpu() -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 
 import psycopg
 
@@ -13,7 +14,21 @@ from converter.segments import POST_ROLL_FRAMES
 from converter.splice import pre_roll_frames
 from tests.support import vm_hwm_kib
 
-from .harness import Bench, ChildPeak, content_length, raw_encode, record_id_of, timed_upload
+from .harness import (
+    CORES,
+    Bench,
+    ChildPeak,
+    Service,
+    children_cpu,
+    content_length,
+    idle_cpu,
+    own_children_cpu,
+    postgres_cpu,
+    process_cpu,
+    raw_encode,
+    record_id_of,
+    timed_upload,
+)
 
 SEGMENT_S = ConverterConfig.segment_seconds
 # A later segment's pre- and post-roll, at 44.1 kHz stereo.
@@ -32,6 +47,7 @@ def upload_against_raw(bench: Bench) -> str:
     report.say("| audio | WAV | raw ffmpeg | upload → 201 | ratio | server peak RSS growth | FFmpeg peak RSS |")
     report.say("| --- | --- | --- | --- | --- | --- | --- |")
     last_url = ""
+    splits: dict[float, list[CpuUse]] = {length: [] for length in bench.minutes}
     for length in bench.minutes:
         wav = bench.wav(length)
         service.settle()
@@ -39,9 +55,13 @@ def upload_against_raw(bench: Bench) -> str:
         peak_before = vm_hwm_kib(service.pid)
         watcher = ChildPeak(service.pid)
         for _ in range(bench.rounds):
+            cpu_before = own_children_cpu()
             raw.append(raw_encode(wav, bench.folder))
+            raw_cpu = own_children_cpu() - cpu_before
             with watcher:
+                before = CpuUse.now(service)
                 seconds, answer = timed_upload(service, wav)
+                splits[length].append(CpuUse.now(service).minus(before, raw_cpu, seconds))
             uploads.append(seconds)
             last_url = answer["data"]["url"]
         ratio = statistics.median(uploads) / statistics.median(raw)
@@ -63,7 +83,67 @@ def upload_against_raw(bench: Bench) -> str:
         "(reading the body, joining, storing), which is what this table shows beyond raw x "
         f"{1 + SEGMENT_OVERHEAD:.3f} / 2 on two cores.\n"
     )
+    where_the_cpu_goes(bench, splits)
     return last_url
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Core-seconds, by who used them: the service's FFmpegs, the service, PostgreSQL, nobody."""
+
+    encoders: float
+    service: float
+    postgres: float
+    idle: float
+    raw: float = 0.0  # the raw FFmpeg's of the same round
+    wall: float = 0.0  # the upload's
+
+    @classmethod
+    def now(cls, service: Service) -> CpuUse:
+        return cls(children_cpu(service.pid), process_cpu([service.pid]), postgres_cpu(), idle_cpu())
+
+    def minus(self, before: CpuUse, raw: float, wall: float) -> CpuUse:
+        return CpuUse(
+            self.encoders - before.encoders,
+            self.service - before.service,
+            self.postgres - before.postgres,
+            self.idle - before.idle,
+            raw,
+            wall,
+        )
+
+    @property
+    def others(self) -> float:
+        """The client (curl), this bench, the machine's other tenants."""
+        return max(0.0, self.wall * CORES - self.encoders - self.service - self.postgres - self.idle)
+
+
+def where_the_cpu_goes(bench: Bench, splits: dict[float, list[CpuUse]]) -> None:
+    """Where each upload's CPU went, and the ratio to raw FFmpeg the cores could reach
+    if the service's own process used none: the encoders' and PostgreSQL's work alone."""
+    report = bench.report
+    report.say(f"## Where an upload's CPU goes ({CORES} cores; core-seconds, medians)\n")
+    report.say("| audio | raw FFmpeg | the service's FFmpegs | the service | PostgreSQL | idle | others | floor |")
+    report.say("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for length, uses in splits.items():
+
+        def median(figure: str) -> float:
+            return float(statistics.median(getattr(use, figure) for use in uses))  # noqa: B023 (used at once)
+
+        floor = (median("encoders") + median("postgres")) / CORES / median("raw")
+        report.say(
+            f"| {length:g} min | {median('raw'):.2f} | {median('encoders'):.2f} | {median('service'):.2f} "
+            f"| {median('postgres'):.2f} | {median('idle'):.2f} | {median('others'):.2f} | **{floor:.3f}** |"
+        )
+    report.say()
+    report.say(
+        "CPU time (user + system) over each upload of the table above: the service's FFmpegs as it reaped them "
+        "(/proc/PID/stat's cutime and cstime), its own process, every PostgreSQL process, the cores' idle time "
+        "(/proc/stat); others: the rest of cores x wall time (curl, this bench, other tenants). Raw FFmpeg: "
+        "the CLI's own CPU in the same round. Floor: the upload / raw FFmpeg ratio if the cores did nothing but "
+        "the service's FFmpegs and PostgreSQL, (FFmpegs + PostgreSQL) / cores / raw FFmpeg's CPU: no upload "
+        "on these cores can go below it while the encoders do this much.\n"
+    )
 
 
 def digest_cost(bench: Bench, url: str) -> None:
