@@ -60,6 +60,7 @@ class ConversionSlots:
         self.active = 0  # turns held: by uploads feeding their encoders, and by borrowed encoders
         self.waiting = 0  # uploads waiting for a turn
         self.queued = 0  # uploads waiting for a place
+        self.starting = 0  # uploads holding a place that have not asked for their first turn yet
         self.in_progress = 0  # uploads holding a place
         self.draining = False  # set at shutdown: no new upload starts
         # One permit per turn: taken by Turn.working() (FIFO: every waiter's turn comes)
@@ -151,9 +152,12 @@ class ConversionSlots:
                 self._user_left.notify_all()
 
     # A conversion's further encoders (converter/segments.py's SpareSlots): only
-    # turns free with nobody waiting, given back as soon as someone does.
+    # turns free with nobody waiting, given back as soon as someone does. An upload
+    # queued for a place or starting (its FFmpeg on its way, its first samples not
+    # read) will want a turn any moment: a helper started now would only share its
+    # core and pay an FFmpeg's start-up and its segment's pre- and post-roll for nothing.
     async def borrow(self) -> bool:
-        if self.waiting or self.draining or self._turns.locked():
+        if self.waiting or self.queued or self.starting or self.draining or self._turns.locked():
             return False
         await self._turns.acquire()  # free: returns at once
         self.active += 1
@@ -184,10 +188,13 @@ class Turn:
         self._loop = asyncio.get_running_loop()
         self._held_since: float | None = None  # None: not held
         self._lending: asyncio.TimerHandle | None = None
+        self._starting = True  # counted in slots.starting until it first asks for a turn or ends
+        slots.starting += 1
 
     async def working(self) -> None:
         """Until this upload may feed its encoder: at once while it holds its turn
         (unless it has had it QUANTUM_S and another upload waits), else when its turn comes."""
+        self._started()
         if self._lending is not None:
             self._lending.cancel()
             self._lending = None
@@ -204,9 +211,15 @@ class Turn:
             self._lending = self._loop.call_later(IDLE_GRACE_S, self._give_back)
 
     def end(self) -> None:
+        self._started()
         if self._lending is not None:
             self._lending.cancel()
         self._give_back()
+
+    def _started(self) -> None:
+        if self._starting:
+            self._starting = False
+            self._slots.starting -= 1
 
     def _give_back(self) -> None:
         self._lending = None
