@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from .harness import CORES, Bench, finish_upload, raw_encode, upload_process
+from .harness import CORES, Bench, CpuUse, finish_upload, own_children_cpu, raw_encode, upload_process
 
 TARGETS = {
     "concurrent throughput / (cores x single raw)": "≥ 0.90",
@@ -16,7 +16,9 @@ TARGETS = {
 
 def concurrency(bench: Bench) -> None:
     report, service, wav = bench.report, bench.service, bench.wav(1)
+    cpu_before = own_children_cpu()
     single_raw = statistics.median(raw_encode(wav, bench.folder) for _ in range(3))
+    single_raw_cpu = (own_children_cpu() - cpu_before) / 3
     audio_seconds = 60.0
     limit = CORES * audio_seconds / single_raw
     report.say("## Concurrent 1-minute uploads\n")
@@ -25,17 +27,35 @@ def concurrency(bench: Bench) -> None:
     report.say("| uploads at once | wall | audio-s per s | / limit | statuses |")
     report.say("| --- | --- | --- | --- | --- |")
     best = 0.0
+    uses: dict[int, CpuUse] = {}
     for count in (1, 2, 4, 8):
         service.settle()
+        before = CpuUse.now(service)
         start = time.perf_counter()
         processes = [upload_process(service, wav) for _ in range(count)]
         statuses = [finish_upload(process)[0] for process in processes]
         wall = time.perf_counter() - start
+        uses[count] = CpuUse.now(service).minus(before, count * single_raw_cpu, wall)
         rate = count * audio_seconds / wall
         best = max(best, rate / limit)
         seen = ", ".join(f"{status}x{statuses.count(status)}" for status in sorted(set(statuses)))
         report.say(f"| {count} | {wall:.2f} s | {rate:.1f} | {rate / limit:.2f} | {seen} |")
     report.figures["concurrent throughput / (cores x single raw)"] = f"{best:.2f}"
+    report.say()
+    report.say("| uploads at once | the service's FFmpegs / raw FFmpeg's | the service | PostgreSQL | idle | others "
+               "| floor |")  # fmt: skip
+    report.say("| --- | --- | --- | --- | --- | --- | --- |")
+    for count, use in uses.items():
+        floor = use.raw / (use.encoders + use.postgres)
+        report.say(f"| {count} | {use.encoders:.2f} / {use.raw:.2f} core-s | {use.service:.2f} | {use.postgres:.2f} "
+                   f"| {use.idle:.2f} | {use.others:.2f} | **{floor:.2f}** |")  # fmt: skip
+    report.say(
+        "\nWhere each row's CPU went (core-seconds; the columns as in the uploads part's table); raw FFmpeg's: "
+        "the uploads' count x the single raw encode's CPU. Floor: the throughput / limit these cores would reach "
+        "if they did nothing but the service's FFmpegs and PostgreSQL.\n"
+    )
+    report.say("| uploads at once | wall | audio-s per s | / limit | statuses |")
+    report.say("| --- | --- | --- | --- | --- |")
     with bench.another_service(PARALLEL_SEGMENTS="0") as one_encoder:
         rates = {}
         for name, target in (("segments on", service), ("segments off", one_encoder), ("segments on ", service)):

@@ -329,3 +329,34 @@ def postgres_cpu() -> float:
                 if (entry / "comm").read_text().startswith("postgres"):
                     pids.append(int(entry.name))
     return process_cpu(pids)
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Core-seconds, by who used them: the service's FFmpegs, the service, PostgreSQL, nobody."""
+
+    encoders: float
+    service: float
+    postgres: float
+    idle: float
+    raw: float = 0.0  # the raw FFmpeg's of the same round
+    wall: float = 0.0  # the upload's
+
+    @classmethod
+    def now(cls, service: Service) -> CpuUse:
+        return cls(children_cpu(service.pid), process_cpu([service.pid]), postgres_cpu(), idle_cpu())
+
+    def minus(self, before: CpuUse, raw: float, wall: float) -> CpuUse:
+        return CpuUse(
+            self.encoders - before.encoders,
+            self.service - before.service,
+            self.postgres - before.postgres,
+            self.idle - before.idle,
+            raw,
+            wall,
+        )
+
+    @property
+    def others(self) -> float:
+        """The client (curl), this bench, the machine's other tenants."""
+        return max(0.0, self.wall * CORES - self.encoders - self.service - self.postgres - self.idle)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
 
 import psycopg
 
@@ -18,13 +17,9 @@ from .harness import (
     CORES,
     Bench,
     ChildPeak,
-    Service,
-    children_cpu,
+    CpuUse,
     content_length,
-    idle_cpu,
     own_children_cpu,
-    postgres_cpu,
-    process_cpu,
     raw_encode,
     record_id_of,
     timed_upload,
@@ -85,37 +80,6 @@ def upload_against_raw(bench: Bench) -> str:
     )
     where_the_cpu_goes(bench, splits)
     return last_url
-
-
-@dataclass(frozen=True)
-class CpuUse:
-    """Core-seconds, by who used them: the service's FFmpegs, the service, PostgreSQL, nobody."""
-
-    encoders: float
-    service: float
-    postgres: float
-    idle: float
-    raw: float = 0.0  # the raw FFmpeg's of the same round
-    wall: float = 0.0  # the upload's
-
-    @classmethod
-    def now(cls, service: Service) -> CpuUse:
-        return cls(children_cpu(service.pid), process_cpu([service.pid]), postgres_cpu(), idle_cpu())
-
-    def minus(self, before: CpuUse, raw: float, wall: float) -> CpuUse:
-        return CpuUse(
-            self.encoders - before.encoders,
-            self.service - before.service,
-            self.postgres - before.postgres,
-            self.idle - before.idle,
-            raw,
-            wall,
-        )
-
-    @property
-    def others(self) -> float:
-        """The client (curl), this bench, the machine's other tenants."""
-        return max(0.0, self.wall * CORES - self.encoders - self.service - self.postgres - self.idle)
 
 
 def where_the_cpu_goes(bench: Bench, splits: dict[float, list[CpuUse]]) -> None:
