@@ -20,6 +20,7 @@ the per-100 ms work, gating and the formats are here.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import struct
 import zlib
@@ -318,19 +319,18 @@ class Analyser:
     def _mean_power(self, subblocks: int) -> float:
         """Mean square over the last ``subblocks`` sub-blocks (their lengths differ by a sample
         where the rate is not a multiple of 10)."""
-        recent = list(self._recent)[-subblocks:]
         rate = self.format.sample_rate
         end = self._subblocks * rate // SUBBLOCKS_PER_SECOND
         start = (self._subblocks - subblocks) * rate // SUBBLOCKS_PER_SECOND
-        return math.fsum(recent) / (end - start)
+        return math.fsum(itertools.islice(reversed(self._recent), subblocks)) / (end - start)
 
     def _widen_pixels(self) -> None:
         """Twice the samples per pixel: pairs merged, an odd last one carried into the pixel being built."""
         values = array("b", self._pixels)
-        merged = array("b")
-        for i in range(0, len(values) - 3, 4):
-            merged.append(min(values[i], values[i + 2]))
-            merged.append(max(values[i + 1], values[i + 3]))
+        whole = len(values) - len(values) % 4  # the pixels that pair up, each a (min, max) byte pair
+        merged = array("b", bytes(whole // 2))
+        merged[0::2] = array("b", map(min, values[0:whole:4], values[2:whole:4]))
+        merged[1::2] = array("b", map(max, values[1:whole:4], values[3:whole:4]))
         carried = len(values) % 4 == 2
         low, high = (values[-2], values[-1]) if carried else (0, 0)
         _measure.widen_pixels(self._core, low, high, carried)

@@ -107,7 +107,9 @@ class EncoderProcess:
         self.progress = progress
         self.borrowed = borrowed  # its slot is to be given back when it ends
         self.releasing = False  # to end as soon as its last piece is fed
-        self.source_samples_per_frame = source_samples_per_frame
+        # A whole number when nothing is resampled: int arithmetic for each frame, not Fraction's.
+        whole = source_samples_per_frame.denominator == 1
+        self.source_samples_per_frame = source_samples_per_frame.numerator if whole else source_samples_per_frame
         self.pieces: list[Piece] = []
         self.fed_bytes = 0  # a chunk may end inside a sample: counted in bytes
         self.block_align = block_align
