@@ -52,7 +52,14 @@ class ShuttingDown(Unavailable):
 
 
 class ConversionSlots:
-    def __init__(self, size: int, queue_timeout: float, max_uploads: int | None = None, per_user: int = 2) -> None:
+    def __init__(
+        self,
+        size: int,
+        queue_timeout: float,
+        max_uploads: int | None = None,
+        per_user: int = 2,
+        start_grace_s: float = IDLE_GRACE_S,
+    ) -> None:
         self.size = size
         self.queue_timeout = queue_timeout
         self.max_uploads = max_uploads or 4 * size
@@ -60,7 +67,10 @@ class ConversionSlots:
         self.active = 0  # turns held: by uploads feeding their encoders, and by borrowed encoders
         self.waiting = 0  # uploads waiting for a turn
         self.queued = 0  # uploads waiting for a place
-        self.starting = 0  # uploads holding a place that have not asked for their first turn yet
+        # Uploads holding a place that have not asked for their first turn yet, each for
+        # start_grace_s at most: a client that sends nothing must not keep helpers off.
+        self.starting = 0
+        self.start_grace_s = start_grace_s
         self.in_progress = 0  # uploads holding a place
         self.draining = False  # set at shutdown: no new upload starts
         # One permit per turn: taken by Turn.working() (FIFO: every waiter's turn comes)
@@ -188,8 +198,10 @@ class Turn:
         self._loop = asyncio.get_running_loop()
         self._held_since: float | None = None  # None: not held
         self._lending: asyncio.TimerHandle | None = None
-        self._starting = True  # counted in slots.starting until it first asks for a turn or ends
+        # Counted in slots.starting until it first asks for a turn, ends, or has waited
+        # start_grace_s for its client's first bytes.
         slots.starting += 1
+        self._starting: asyncio.TimerHandle | None = self._loop.call_later(slots.start_grace_s, self._started)
 
     async def working(self) -> None:
         """Until this upload may feed its encoder: at once while it holds its turn
@@ -217,8 +229,9 @@ class Turn:
         self._give_back()
 
     def _started(self) -> None:
-        if self._starting:
-            self._starting = False
+        if self._starting is not None:
+            self._starting.cancel()
+            self._starting = None
             self._slots.starting -= 1
 
     def _give_back(self) -> None:

@@ -204,7 +204,8 @@ async def test_no_helper_is_borrowed_while_another_upload_is_about_to_want_the_s
     and pay an FFmpeg's start-up and a segment's pre- and post-roll: none is borrowed (eight
     uploads at once converted 7 % less with them)."""
     wav = music(tmp_path, 44100, 2)
-    slots = ConversionSlots(2, queue_timeout=30, max_uploads=2 if other == "starting" else 1)
+    # A start-up grace longer than the test: the other upload starts all along.
+    slots = ConversionSlots(2, queue_timeout=30, max_uploads=2 if other == "starting" else 1, start_grace_s=60)
     other_may_end = asyncio.Event()  # set once the first upload is converted
 
     async def other_upload() -> None:
@@ -231,6 +232,20 @@ async def test_no_helper_is_borrowed_while_another_upload_is_about_to_want_the_s
     assert slots.active == slots.starting == slots.queued == 0
     out[result.header_offset : result.header_offset + len(result.header_frame)] = result.header_frame
     assert len(decoded(bytes(out), 2)) == len(samples_of(wav))
+
+
+async def test_an_upload_that_sends_nothing_keeps_helpers_off_only_for_its_start_up_grace() -> None:
+    """A client that is admitted and then sends nothing counts as starting for the
+    grace only (a quarter of a second by default), not for as long as its read timeout:
+    one silent connection must not keep every other upload on one encoder."""
+    slots = ConversionSlots(2, queue_timeout=30, start_grace_s=0.05)
+    async with slots.admitted(user_id=1):
+        assert slots.starting == 1
+        assert not await slots.borrow()
+        await until(lambda: slots.starting == 0, seconds=10)
+        assert await slots.borrow()
+        slots.give_back()
+    assert slots.active == slots.starting == 0
 
 
 async def test_frames_that_arrive_while_the_store_is_busy_are_not_lost(tmp_path: Path) -> None:
