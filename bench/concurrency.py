@@ -43,15 +43,15 @@ def concurrency(bench: Bench) -> None:
     report.figures["concurrent throughput / (cores x single raw)"] = f"{best:.2f}"
     report.say()
     report.say("| uploads at once | the service's FFmpegs / raw FFmpeg's | the service | PostgreSQL | idle | others "
-               "| floor |")  # fmt: skip
+               "| ceiling |")  # fmt: skip
     report.say("| --- | --- | --- | --- | --- | --- | --- |")
     for count, use in uses.items():
-        floor = use.raw / (use.encoders + use.postgres)
+        ceiling = use.raw / (use.encoders + use.postgres)
         report.say(f"| {count} | {use.encoders:.2f} / {use.raw:.2f} core-s | {use.service:.2f} | {use.postgres:.2f} "
-                   f"| {use.idle:.2f} | {use.others:.2f} | **{floor:.2f}** |")  # fmt: skip
+                   f"| {use.idle:.2f} | {use.others:.2f} | **{ceiling:.2f}** |")  # fmt: skip
     report.say(
         "\nWhere each row's CPU went (core-seconds; the columns as in the uploads part's table); raw FFmpeg's: "
-        "the uploads' count x the single raw encode's CPU. Floor: the throughput / limit these cores would reach "
+        "the uploads' count x the single raw encode's CPU. Ceiling: the throughput / limit these cores would reach "
         "if they did nothing but the service's FFmpegs and PostgreSQL.\n"
     )
     report.say("| uploads at once | wall | audio-s per s | / limit | statuses |")

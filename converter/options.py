@@ -47,6 +47,10 @@ class CpuShare(Protocol):
         """The upload now waits for its client."""
         ...
 
+    def finishing(self) -> None:
+        """The body is all in: its encoders' tail is still CPU work, so a turn held is kept for it."""
+        ...
+
 
 @dataclass(frozen=True)
 class ConverterConfig:

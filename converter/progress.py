@@ -103,6 +103,8 @@ class Progress:
                     await share.working()
                 self.moved()
             yield chunk
+        if share is not None:
+            share.finishing()
 
     async def watched(self, work: Awaitable[T]) -> T:
         """``work``'s result; ConversionStalled when nothing moves for ``stall_s``."""

@@ -167,7 +167,7 @@ class ConversionSlots:
     # read) will want a turn any moment: a helper started now would only share its
     # core and pay an FFmpeg's start-up and its segment's pre- and post-roll for nothing.
     async def borrow(self) -> bool:
-        if self.waiting or self.queued or self.starting or self.draining or self._turns.locked():
+        if self.waiting or self.starting or self.draining or self._turns.locked():
             return False
         await self._turns.acquire()  # free: returns at once
         self.active += 1
@@ -221,6 +221,14 @@ class Turn:
         """The upload waits for its client: past IDLE_GRACE_S its turn goes to another."""
         if self._held_since is not None and self._lending is None:
             self._lending = self._loop.call_later(IDLE_GRACE_S, self._give_back)
+
+    def finishing(self) -> None:
+        """The body is all in, not a slow client: the turn, if held, is not lent. Its encoders
+        still have the read-ahead to encode, and a helper started on a lent turn would only
+        share a core with them. (Nor is a turn taken again: the tail needs none to go on.)"""
+        if self._lending is not None:
+            self._lending.cancel()
+            self._lending = None
 
     def end(self) -> None:
         self._started()
