@@ -23,6 +23,7 @@ from array import array
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from io import BufferedRandom
+from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -36,6 +37,8 @@ from db.api import READ_BACK_BYTES
 from handlers.params import Credentials
 
 log = logging.getLogger("mp3.store")
+
+Done = TypeVar("Done")
 
 
 @dataclass(frozen=True)
@@ -104,15 +107,7 @@ class LocalCopy:
         writing = self._working = asyncio.ensure_future(asyncio.to_thread(self._write, self._file, chunk))
         try:
             await storing
-            try:
-                # Shielded: a waiter cancelled or out of time must not mark the write done
-                # while its thread still writes (_give_up closes the file only once it is).
-                async with asyncio.timeout(self._deadline_s):
-                    written = await asyncio.shield(writing)
-            except TimeoutError:
-                log.warning("the local copy of an upload's MP3 took over %g s to write: its digest is read back",
-                            self._deadline_s)  # fmt: skip
-                written = False
+            written = await self._within_deadline(writing, "write")
         except BaseException:
             self._give_up()  # the upload failed or went away: no more writes
             raise
@@ -127,15 +122,18 @@ class LocalCopy:
             return None
         hashing = asyncio.ensure_future(asyncio.to_thread(self._digest, self._file, header_offset, header_frame))
         self._working = hashing
-        return asyncio.ensure_future(self._within_deadline(hashing))
+        return asyncio.ensure_future(self._within_deadline(hashing, "hash"))
 
-    async def _within_deadline(self, hashing: asyncio.Future[bytes | None]) -> bytes | None:
+    async def _within_deadline(self, work: asyncio.Future[Done], doing: str) -> Done | None:
+        """What the thread's ``work`` gives, or None once it takes longer than the deadline.
+        Shielded: a waiter cancelled or out of time must not mark the work done while its
+        thread still runs (_give_up closes the file only once it is)."""
         try:
             async with asyncio.timeout(self._deadline_s):
-                return await asyncio.shield(hashing)  # the thread goes on regardless; _give_up closes after it
+                return await asyncio.shield(work)
         except TimeoutError:
-            log.warning("the local copy of an upload's MP3 took over %g s to hash: its digest is read back",
-                        self._deadline_s)  # fmt: skip
+            log.warning("the local copy of an upload's MP3 took over %g s to %s: its digest is read back",
+                        self._deadline_s, doing)  # fmt: skip
             return None
 
     @staticmethod

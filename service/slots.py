@@ -163,9 +163,9 @@ class ConversionSlots:
 
     # A conversion's further encoders (converter/segments.py's SpareSlots): only
     # turns free with nobody waiting, given back as soon as someone does. An upload
-    # queued for a place or starting (its FFmpeg on its way, its first samples not
-    # read) will want a turn any moment: a helper started now would only share its
-    # core and pay an FFmpeg's start-up and its segment's pre- and post-roll for nothing.
+    # starting (admitted, its first samples not read) will want a turn any moment: a
+    # helper started now would only share its core and pay an FFmpeg's start-up and
+    # its segment's pre- and post-roll for nothing.
     async def borrow(self) -> bool:
         if self.waiting or self.starting or self.draining or self._turns.locked():
             return False
@@ -207,9 +207,7 @@ class Turn:
         """Until this upload may feed its encoder: at once while it holds its turn
         (unless it has had it QUANTUM_S and another upload waits), else when its turn comes."""
         self._started()
-        if self._lending is not None:
-            self._lending.cancel()
-            self._lending = None
+        self._keep()
         if self._held_since is not None:
             if not (self._slots.contended and self._loop.time() - self._held_since > QUANTUM_S):
                 return
@@ -226,15 +224,18 @@ class Turn:
         """The body is all in, not a slow client: the turn, if held, is not lent. Its encoders
         still have the read-ahead to encode, and a helper started on a lent turn would only
         share a core with them. (Nor is a turn taken again: the tail needs none to go on.)"""
-        if self._lending is not None:
-            self._lending.cancel()
-            self._lending = None
+        self._keep()
 
     def end(self) -> None:
         self._started()
+        self._keep()
+        self._give_back()
+
+    def _keep(self) -> None:
+        """No lending of the turn pending (the upload is not waiting for its client)."""
         if self._lending is not None:
             self._lending.cancel()
-        self._give_back()
+            self._lending = None
 
     def _started(self) -> None:
         if self._starting is not None:
