@@ -1,0 +1,60 @@
+"""FFmpeg as the service starts it (converter/process.py): bounded and with wide pipes
+before it reads a byte of an upload, and still a plain child that encodes what it is sent."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from converter.process import FFMPEG_MEMORY_LIMIT, PIPE_BUFFER, reap, spawn
+from tests.support import FFMPEG, decoded
+
+# One second of 8 kHz mono silence in, MP3 out: any FFmpeg the service starts.
+COMMAND = [FFMPEG, "-nostdin", "-loglevel", "error", "-f", "s16le", "-ar", "8000", "-ac", "1", "-i", "pipe:0"]
+COMMAND += ["-c:a", "libmp3lame", "-f", "mp3", "pipe:1"]
+
+
+def address_space_limits(pid: int) -> tuple[str, str]:
+    with open(f"/proc/{pid}/limits") as limits:
+        line = next(line for line in limits if line.startswith("Max address space"))
+    soft, hard = line.split()[3:5]
+    return soft, hard  # bytes, or "unlimited"
+
+
+def widest_pipe() -> int:
+    """PIPE_BUFFER, or what the kernel allows if less."""
+    return min(PIPE_BUFFER, int(Path("/proc/sys/fs/pipe-max-size").read_text()))
+
+
+def pipe_size(pid: int, descriptor: int) -> int:
+    # The child's end, opened anew: the same pipe, whose size both ends share.
+    opened = os.open(f"/proc/{pid}/fd/{descriptor}", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return fcntl.fcntl(opened, fcntl.F_GETPIPE_SZ)
+    finally:
+        os.close(opened)
+
+
+async def test_ffmpeg_starts_with_its_memory_bounded_and_wide_pipes() -> None:
+    process = await spawn(COMMAND)
+    try:
+        assert address_space_limits(process.pid) == (str(FFMPEG_MEMORY_LIMIT),) * 2
+        assert pipe_size(process.pid, 0) == widest_pipe()
+        assert pipe_size(process.pid, 1) == widest_pipe()
+    finally:
+        await reap(process)
+
+
+async def test_a_confined_ffmpeg_encodes_what_it_is_sent() -> None:
+    process = await spawn(COMMAND)
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(bytes(16000))
+        process.stdin.close()
+        mp3 = await process.stdout.read()
+        assert await process.wait() == 0
+    finally:
+        await reap(process)
+    assert len(decoded(mp3, channels=1)) >= 8000  # the second, and the frame that pads it
