@@ -3,12 +3,16 @@ before it reads a byte of an upload, and still a plain child that encodes what i
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import resource
 from pathlib import Path
 
+import pytest
+
 from converter.process import FFMPEG_MEMORY_LIMIT, PIPE_BUFFER, reap, spawn
-from tests.support import FFMPEG, decoded
+from tests.support import FFMPEG, decoded, ffmpeg_children, until
 
 # One second of 8 kHz mono silence in, MP3 out: any FFmpeg the service starts.
 COMMAND = [FFMPEG, "-nostdin", "-loglevel", "error", "-f", "s16le", "-ar", "8000", "-ac", "1", "-i", "pipe:0"]
@@ -58,3 +62,13 @@ async def test_a_confined_ffmpeg_encodes_what_it_is_sent() -> None:
     finally:
         await reap(process)
     assert len(decoded(mp3, channels=1)) >= 8000  # the second, and the frame that pads it
+
+
+async def test_an_ffmpeg_that_cannot_be_confined_is_killed_and_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object) -> None:
+        raise PermissionError(errno.EPERM, "prlimit refused")
+
+    monkeypatch.setattr(resource, "prlimit", refused)
+    with pytest.raises(PermissionError):
+        await spawn(COMMAND)
+    await until(lambda: not ffmpeg_children(os.getpid()))
