@@ -28,12 +28,12 @@ async def spawn(command: list[str]) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    process = asyncio.subprocess.Process(transport, protocol, loop)
     try:
         confine(transport)
-    except BaseException:
-        transport.close()  # kills it: no FFmpeg is left running unconfined
+    except Exception:
+        await reap(process)  # no FFmpeg is left running unconfined
         raise
-    process = asyncio.subprocess.Process(transport, protocol, loop)
     assert process.stdin is not None
     process.stdin.transport.set_write_buffer_limits(high=PIPE_BUFFER)
     return process
