@@ -3,7 +3,10 @@ service with AUDIO_ANALYSIS on against one with it off, alternating; and the siz
 the waveform stored with the record.
 
 Both services are started for this part, so that neither carries the memory
-high-water mark of the uploads before it.
+high-water mark of the uploads before it. Each upload's memory is its service's
+peak over what that service held before its first upload: what it held just
+before each one varies by several MiB from round to round (memory the previous
+upload freed and the allocator kept, or gave back), which the peaks do not.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import psycopg
 
 from converter.analysis import Analyser
 from converter.wav import WavHeader
+from tests.support import vm_rss_kib
 
 from .harness import Bench, Service, peak_growth_kib, process_cpu, record_id_of, timed_upload
 
@@ -28,7 +32,7 @@ TARGETS = {WALL: "≤ 1.03", MEMORY: "≤ 2 MiB"}
 @dataclass(frozen=True)
 class Uploaded:
     seconds: float  # upload → 201
-    growth_kib: int  # the server's peak RSS over its RSS before the upload
+    growth_kib: int  # the server's peak RSS over its RSS before its first upload
     cpu: float  # the server's CPU seconds for it (FFmpeg's apart)
     record_id: str
 
@@ -38,10 +42,13 @@ def analysis_cost(bench: Bench) -> None:
     seen: dict[str, list[Uploaded]] = {"on": [], "off": []}
     with bench.another_service(AUDIO_ANALYSIS="on") as measuring, bench.another_service(AUDIO_ANALYSIS="off") as not_:
         services = {"on": measuring, "off": not_}
+        for service in services.values():
+            service.settle()
+        idle_kib = {name: vm_rss_kib(service.pid) for name, service in services.items()}
         for _ in range(bench.rounds):
             for name, service in services.items():
                 service.settle()
-                seen[name].append(upload_watched(service, wav))
+                seen[name].append(upload_watched(service, wav, idle_kib[name]))
     with psycopg.connect(bench.database.owner_url, autocommit=True) as owner:
         stored = {
             name: owner.execute(
@@ -67,7 +74,8 @@ def analysis_cost(bench: Bench) -> None:
     report.say(f"\nOn / off: **{ratio:.3f}** of the wall time, **{growth['on'] - growth['off']:+.1f} MiB** of memory.")
     report.say("Two services on the same database, started for this part, one upload each in turn with `curl -T`.")
     report.say("Peak RSS growth: the server's VmHWM during the upload (reset before it, /proc/PID/clear_refs)")
-    report.say("over its RSS before; CPU: the server process's own (the analysis runs in it; FFmpeg is apart).\n")
+    report.say("over its RSS before its first upload (its RSS just before each upload varies by MiB from round to")
+    report.say("round, its peaks do not); CPU: the server process's own (the analysis runs in it; FFmpeg is apart).\n")
     alone = statistics.median(analyser_cpu(wav) for _ in range(bench.rounds))
     report.say(
         f"The analyser alone (converter/analysis.py's `Analyser`, in this process, fed the same WAV's samples "
@@ -97,8 +105,8 @@ def analyser_cpu(wav: Path) -> float:
         return used + time.process_time() - start
 
 
-def upload_watched(service: Service, wav: Path) -> Uploaded:
-    """One `curl -T` upload of ``wav``, with the server's memory and CPU over it."""
+def upload_watched(service: Service, wav: Path, idle_kib: int) -> Uploaded:
+    """One `curl -T` upload of ``wav``, with the server's memory (its peak over ``idle_kib``) and CPU over it."""
     cpu_before = process_cpu([service.pid])
-    growth, (seconds, answer) = peak_growth_kib(service.pid, lambda: timed_upload(service, wav))
+    growth, (seconds, answer) = peak_growth_kib(service.pid, lambda: timed_upload(service, wav), idle_kib)
     return Uploaded(seconds, growth, process_cpu([service.pid]) - cpu_before, record_id_of(answer["data"]["url"]))

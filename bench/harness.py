@@ -279,12 +279,13 @@ class ChildPeak:
 Result = TypeVar("Result")
 
 
-def peak_growth_kib(pid: int, action: Callable[[], Result]) -> tuple[int, Result]:
-    """How far the process's resident memory rose above where it was while ``action``
-    ran (KiB), and what ``action`` answered: its high-water mark is reset first
-    (/proc/PID/clear_refs, Linux 4.0), so earlier peaks do not hide this one."""
+def peak_growth_kib(pid: int, action: Callable[[], Result], over_kib: int | None = None) -> tuple[int, Result]:
+    """How far the process's resident memory rose while ``action`` ran (KiB), above
+    ``over_kib`` or else above where it was just before, and what ``action`` answered:
+    its high-water mark is reset first (/proc/PID/clear_refs, Linux 4.0), so earlier
+    peaks do not hide this one."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
-    before = vm_rss_kib(pid)
+    before = vm_rss_kib(pid) if over_kib is None else over_kib
     result = action()
     return vm_hwm_kib(pid) - before, result
 
