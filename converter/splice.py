@@ -165,15 +165,22 @@ def may_follow(before: Frame, after: Frame) -> bool:
 
 
 def join_frame(earlier: list[Frame], later: list[Frame], first: int, last: int) -> tuple[int, int] | None:
-    """Where ``later[i:]`` may follow ``earlier[:i]``: the first i in [first, last)
-    and the bit-rate index frame i-1 must be raised to (0: as it is), or None.
+    """Where ``later[i:]`` may follow ``earlier[:i]``: an i in [first, last) and the
+    bit-rate index frame i-1 must be raised to (0: as it is), or None.
 
     Both lists hold the same frames of audio (index i is the same stretch in
     each). Two encodings of one passage tend to keep their reservoirs a few bytes
-    apart for a while; when no frame fits as it is, the first that fits once the
-    frame before it is one or more bit rates larger (its payload grows at its
-    end, where the reservoir goes) is taken. A larger frame is legal in any
-    stream, constant bit rate included: each frame's header gives its own."""
+    apart for a while. The first frame that fits as it is and whose reservoir is
+    no smaller than the earlier encoding's there is taken: a later encoder that
+    began a few frames back may have saved fewer bytes than the earlier one by
+    then, and frames after a join there (an attack, say, that needs the bytes)
+    get fewer bits than one encoding would give them (a resumed upload joined at
+    an attack lost 8 dB in that frame). Failing that, the first that fits as it
+    is; failing that, the first that fits once the frame before it is one or more
+    bit rates larger (its payload grows at its end, where the reservoir goes). A
+    larger frame is legal in any stream, constant bit rate included: each frame's
+    header gives its own."""
+    fits: int | None = None
     enlarged: tuple[int, int] | None = None
     held = 0  # the later encoding's payload bytes before i, in the list
     for i in range(1, min(last, len(earlier), len(later))):
@@ -185,12 +192,14 @@ def join_frame(earlier: list[Frame], later: list[Frame], first: int, last: int) 
         if wanted > held or not may_follow(before, after):
             continue
         if wanted <= before.unused_tail:
-            return i, 0
-        if enlarged is None:
+            if wanted >= earlier[i].side.main_data_begin:
+                return i, 0
+            fits = i if fits is None else fits
+        elif enlarged is None:
             index = _bitrate_index_with_room(before, wanted - before.unused_tail)
             if index is not None:
                 enlarged = i, index
-    return enlarged
+    return enlarged if fits is None else (fits, 0)
 
 
 def _bitrate_index_with_room(frame: Frame, more: int) -> int | None:

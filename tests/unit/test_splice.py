@@ -133,6 +133,17 @@ def test_the_join_is_the_first_frame_whose_reservoir_fits_where_the_earlier_enco
     assert join_frame(earlier, later, 4, 5) == (4, 0)  # not before the first allowed
 
 
+def test_a_join_waits_for_the_later_encoding_to_have_saved_the_reservoir_the_earlier_one_has_there() -> None:
+    # The earlier encoding's frames begin 150 bytes back and leave 200 unused at their end.
+    earlier = [frame(main_data_begin=150, main_data_bytes=381 - 200 + 150, fill=0xE0 + n) for n in range(5)]
+    later = [
+        frame(main_data_begin=begin, main_data_bytes=200, fill=0x10 + n) for n, begin in enumerate([0, 20, 60, 150])
+    ]
+    # 20 and 60 bytes fit, but the frames after them would have less to spend than one encoding gives them.
+    assert join_frame(earlier, later, 1, 4) == (3, 0)
+    assert join_frame(earlier, later, 1, 3) == (1, 0)  # none within reach has caught up: the first that fits
+
+
 def test_a_join_waits_for_block_types_that_may_follow() -> None:
     earlier, later = encodings([0, 60, 60, 60], [0, 50, 50, 50])
     earlier[1] = frame(main_data_bytes=381 - 60, types=(LONG, START))  # a short block must follow
