@@ -10,9 +10,11 @@ error, they play noise.
 
 A join is made at a frame J near the boundary where both encodings hold the
 same stretch of audio (the earlier one encoded on past the boundary, the later
-one began before it): the first J whose ``main_data_begin`` fits in the bytes
-the earlier encoding left unused at the end of frame J-1, and whose block types
-may follow that frame's. Those bytes then receive the reservoir bytes the later
+one began before it): a J whose ``main_data_begin`` fits in the bytes the
+earlier encoding left unused at the end of frame J-1, and whose block types may
+follow that frame's; the first such J where the later encoding's reservoir is
+no smaller than the earlier one's, if there is one (see ``join_frame``), else
+the first. Those bytes then receive the reservoir bytes the later
 encoding had before J, so frame J decodes as it did there. Frames keep their
 lengths and order, so the sample count and the header frame (converter/mp3.py)
 come out as for one encoding.
@@ -244,7 +246,7 @@ def _place_reservoir(frames: list[Frame], at: int, reservoir: bytes) -> None:
 
 
 def join(earlier: list[Frame], later: list[Frame], first: int, last: int) -> int | None:
-    """Join at the first index in [first, last) that allows it: frames ``earlier[:i]``
+    """Join at the index in [first, last) that ``join_frame`` picks: frames ``earlier[:i]``
     are then made ready to be followed by ``later[i:]``; i, or None when none fits."""
     found = join_frame(earlier, later, first, last)
     if found is None:

@@ -142,6 +142,9 @@ def test_a_join_waits_for_the_later_encoding_to_have_saved_the_reservoir_the_ear
     # 20 and 60 bytes fit, but the frames after them would have less to spend than one encoding gives them.
     assert join_frame(earlier, later, 1, 4) == (3, 0)
     assert join_frame(earlier, later, 1, 3) == (1, 0)  # none within reach has caught up: the first that fits
+    # A frame that fits as it is, though short of the reservoir, still beats an enlarged one before it.
+    later[1] = frame(main_data_begin=250, main_data_bytes=200, fill=0x11)  # 250 > 200 unused: fits only enlarged
+    assert join_frame(earlier, later, 1, 3) == (2, 0)
 
 
 def test_a_join_waits_for_block_types_that_may_follow() -> None:
