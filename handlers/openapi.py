@@ -540,6 +540,11 @@ def _components() -> dict[str, Any]:
             "Retry-After": {"schema": {"type": "integer"}},
             "ETag": {"schema": {"type": "string"}},
             "Content-Disposition": {"schema": {"type": "string"}},
+            "Tus-Version": {"description": "the tus versions this server speaks", "schema": {"const": TUS_VERSION}},
+            "Tus-Max-Size": {
+                "description": "the largest Upload-Length accepted, in bytes (MAX_UPLOAD_MB)",
+                "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+            },
         },
         "schemas": {
             "NewUser": {

@@ -103,6 +103,30 @@ async def test_every_error_status_documented_uses_the_envelope(client: Client) -
                     assert schema == {"$ref": "#/components/schemas/Error"}, (path, method, status)
 
 
+async def test_every_reference_in_the_document_resolves(client: Client) -> None:
+    """A $ref to nothing breaks the tools that read the document (code generators, validators,
+    Swagger UI's own resolver) for the operation that holds it."""
+    document = await (await client.get("/openapi.json")).json()
+
+    def references(node: object) -> list[str]:
+        if isinstance(node, dict):
+            own = [node["$ref"]] if "$ref" in node else []
+            return own + [ref for value in node.values() for ref in references(value)]
+        if isinstance(node, list):
+            return [ref for value in node for ref in references(value)]
+        return []
+
+    found = references(document)
+    assert found
+    for ref in found:
+        assert ref.startswith("#/"), ref
+        target: object = document
+        for part in ref[2:].split("/"):
+            assert isinstance(target, dict), f"{ref} passes through a value"
+            assert part in target, f"{ref} points at nothing"
+            target = target[part]
+
+
 async def test_swagger_ui_is_served_by_the_service_itself(client: Client) -> None:
     page = await client.get("/docs")
     assert page.status == 200
