@@ -716,6 +716,23 @@ static PyObject *widen_pixels(PyObject *self, PyObject *args)
     return result;
 }
 
+/* pixel_being_built(core) -> its min and max as two signed bytes, as finished pixels are; empty when no frame
+   of it has come yet. audiowaveform ends a waveform with such a part of a pixel, so the result does too. */
+static PyObject *pixel_being_built(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "w*", &view))
+        return NULL;
+    PyObject *result = NULL;
+    Core *core = checked(&view);
+    if (core) {
+        int8_t bounds[2] = {clamp8(floor(core->pixel_min * 128.0)), clamp8(ceil(core->pixel_max * 128.0))};
+        result = PyBytes_FromStringAndSize((const char *)bounds, core->pixel_frames ? 2 : 0);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* counters(core) -> (frames, samples_per_pixel) */
 static PyObject *counters(PyObject *self, PyObject *args)
 {
@@ -736,6 +753,7 @@ static PyMethodDef methods[] = {
     {"feed", feed, METH_VARARGS, "feed(core, samples) -> (sub-block energies, pixels)"},
     {"finish", finish, METH_VARARGS, "finish(core) -> (true peak, sample peak) (changes the core)"},
     {"widen_pixels", widen_pixels, METH_VARARGS, "widen_pixels(core, min, max, carried) -> None"},
+    {"pixel_being_built", pixel_being_built, METH_VARARGS, "pixel_being_built(core) -> b'' or its min and max"},
     {"counters", counters, METH_VARARGS, "counters(core) -> (frames, samples per pixel)"},
     {NULL, NULL, 0, NULL},
 };

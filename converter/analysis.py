@@ -47,7 +47,8 @@ ENCODINGS = {
 # --- waveform peaks -----------------------------------------------------------------------
 # A pixel starts as 1/100 s of audio and widens (twice the samples, pairs of pixels merged,
 # which is exact for minima and maxima) whenever the recording has more than MAX_PIXELS:
-# a 3-minute song keeps 18,000 pixels, 6 hours at 44.1 kHz 67,500 (135 KB as .dat).
+# a 3-minute song keeps 18,000 pixels, 6 hours at 44.1 kHz 67,500 (135 KB as .dat). The last
+# pixel holds the frames left over, however few, as audiowaveform's does.
 PIXELS_PER_SECOND = 100
 MAX_PIXELS = 1 << 17  # 256 KiB of .dat at most
 DAT_VERSION = 2
@@ -253,7 +254,12 @@ class Analyser:
             true_peak=_decibels(true_peak),
             sample_peak=_decibels(sample_peak),
         )
-        peaks = Peaks(self.format.sample_rate, samples_per_pixel, bytes(self._pixels))
+        # The last pixel may hold fewer samples than the others, as audiowaveform's last does.
+        pixels = bytes(self._pixels) + _measure.pixel_being_built(self._core)
+        if len(pixels) > 2 * MAX_PIXELS:  # that part of a pixel was one too many: widen once more
+            merged, last = _pairs_merged(pixels)
+            pixels, samples_per_pixel = merged + last, 2 * samples_per_pixel
+        peaks = Peaks(self.format.sample_rate, samples_per_pixel, pixels)
         return Analysis(loudness, peaks, frames)
 
     def state(self) -> bytes:
@@ -326,15 +332,20 @@ class Analyser:
 
     def _widen_pixels(self) -> None:
         """Twice the samples per pixel: pairs merged, an odd last one carried into the pixel being built."""
-        values = array("b", self._pixels)
-        whole = len(values) - len(values) % 4  # the pixels that pair up, each a (min, max) byte pair
-        merged = array("b", bytes(whole // 2))
-        merged[0::2] = array("b", map(min, values[0:whole:4], values[2:whole:4]))
-        merged[1::2] = array("b", map(max, values[1:whole:4], values[3:whole:4]))
-        carried = len(values) % 4 == 2
-        low, high = (values[-2], values[-1]) if carried else (0, 0)
-        _measure.widen_pixels(self._core, low, high, carried)
-        self._pixels = bytearray(merged.tobytes())
+        merged, last = _pairs_merged(bytes(self._pixels))
+        low, high = array("b", last) if last else (0, 0)
+        _measure.widen_pixels(self._core, low, high, bool(last))
+        self._pixels = bytearray(merged)
+
+
+def _pairs_merged(pixels: bytes) -> tuple[bytes, bytes]:
+    """Pixels (min, max byte pairs) merged two by two, and an odd last one left as it is."""
+    values = array("b", pixels)
+    whole = len(values) - len(values) % 4  # the pixels that pair up
+    merged = array("b", bytes(whole // 2))
+    merged[0::2] = array("b", map(min, values[0:whole:4], values[2:whole:4]))
+    merged[1::2] = array("b", map(max, values[1:whole:4], values[3:whole:4]))
+    return merged.tobytes(), values[whole:].tobytes()
 
 
 class _Gate:

@@ -66,6 +66,20 @@ def decoded(mp3: bytes, channels: int) -> array[int]:
     return array("h", result.stdout)
 
 
+def reference_peaks(wav: bytes, channels: int, samples_per_pixel: int) -> bytes:
+    """audiowaveform's peaks of a WAV as FFmpeg decodes it: per pixel the lowest and highest sample of
+    any channel, in 8 bits rounded outwards (floor of the lowest x 128, ceiling of the highest x 128,
+    within -128..127); the last pixel holds what is left, however few samples that is."""
+    command = [FFMPEG, "-v", "error", "-i", "-", "-f", "f64le", "-c:a", "pcm_f64le", "-"]
+    values = array("d", subprocess.run(command, input=wav, capture_output=True, check=True).stdout)
+    pixels = bytearray()
+    for start in range(0, len(values), samples_per_pixel * channels):
+        window = values[start : start + samples_per_pixel * channels]
+        low, high = math.floor(min(window) * 128), math.ceil(max(window) * 128)
+        pixels += struct.pack("bb", max(-128, min(127, low)), max(-128, min(127, high)))
+    return bytes(pixels)
+
+
 async def new_user(client: Client, name: str = "alice") -> tuple[int, str]:
     response = await client.post("/users", json={"username": name})
     assert response.status == 201, await response.text()

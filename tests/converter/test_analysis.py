@@ -29,7 +29,7 @@ from converter import _measure, analysis
 from converter.analysis import Analyser, Analysis, Loudness, replay_gain
 from converter.build_measure import build
 from converter.wav import FORMAT_ALAW, FORMAT_FLOAT, FORMAT_MULAW, FORMAT_PCM, WavFormat, WavHeader
-from tests.support import FFMPEG
+from tests.support import FFMPEG, reference_peaks
 
 # FFmpeg's PCM codec for each of the encodings converter/wav.py accepts.
 CODECS = {
@@ -230,7 +230,7 @@ def test_short_recordings_measure_what_they_can() -> None:
     result = one_frame.result()
     assert result.sample_frames == 1
     assert result.loudness.sample_peak == pytest.approx(20 * math.log10(0.5))
-    assert result.peaks.length == 0  # a pixel is 1/100 s: none finished
+    assert result.peaks.data == struct.pack("bb", -64, 64)  # a pixel is 1/100 s: this one holds the one frame
 
 
 def test_float_samples_beyond_full_scale_and_not_numbers() -> None:
@@ -248,27 +248,13 @@ def test_float_samples_beyond_full_scale_and_not_numbers() -> None:
 # --- waveform peaks ---------------------------------------------------------------------------
 
 
-def reference_peaks(wav_bytes: bytes, channels: int, samples_per_pixel: int) -> bytes:
-    """Per pixel, the lowest and highest sample of any channel as FFmpeg decodes them, in 8 bits
-    rounded outwards (floor of the lowest x 128, ceiling of the highest x 128, within -128..127)."""
-    command = [FFMPEG, "-v", "error", "-i", "-", "-f", "f64le", "-c:a", "pcm_f64le", "-"]
-    values = array("d", subprocess.run(command, input=wav_bytes, capture_output=True, check=True).stdout)
-    frames = len(values) // channels
-    pixels = bytearray()
-    for start in range(0, frames - samples_per_pixel + 1, samples_per_pixel):
-        window = values[start * channels : (start + samples_per_pixel) * channels]
-        low, high = math.floor(min(window) * 128), math.ceil(max(window) * 128)
-        pixels += struct.pack("bb", max(-128, min(127, low)), max(-128, min(127, high)))
-    return bytes(pixels)
-
-
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("channels", [1, 2, 6])
 def test_peaks_are_the_samples_min_and_max_exactly(codec: str, channels: int) -> None:
     recording = wav(MUSIC.replace("aformat=channel_layouts=stereo", "volume=3"), 3, 22050, channels, codec)
     peaks = analysed(recording, piece=1000).peaks  # pieces that cut sample frames
     assert peaks.samples_per_pixel == 220  # 1/100 s at 22.05 kHz
-    assert peaks.length == 3 * 22050 // 220
+    assert peaks.length == 3 * 22050 // 220 + 1  # the last one holds the 150 frames left over
     assert peaks.data == reference_peaks(recording, channels, 220)
 
 
@@ -281,6 +267,17 @@ def test_long_recordings_widen_their_pixels_exactly() -> None:
     assert peaks.samples_per_pixel == 80 * 8  # 700 pixels of 1/100 s, halved three times
     assert 50 < peaks.length <= 100
     assert peaks.data == reference_peaks(recording, 2, 640)
+
+
+def test_the_last_part_of_a_pixel_widens_the_waveform_rather_than_pass_its_bound() -> None:
+    """MAX_PIXELS whole pixels and a few frames more: one pixel more than the bound, so the result
+    takes twice the samples per pixel, exactly as if computed at that width."""
+    recording = wav(SPEECH, (100 * 80 + 40) / 8000, 8000, 2, "pcm_s16le")  # 100 pixels and half of one
+    with mock.patch.object(analysis, "MAX_PIXELS", 100):
+        peaks = analysed(recording, piece=777).peaks
+    assert peaks.samples_per_pixel == 160
+    assert peaks.length == 51
+    assert peaks.data == reference_peaks(recording, 2, 160)
 
 
 def test_six_hours_fit_in_a_few_hundred_kilobytes() -> None:

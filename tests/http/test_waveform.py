@@ -4,12 +4,10 @@ GET /record/waveform in audiowaveform's formats, from psql, and as ReplayGain in
 from __future__ import annotations
 
 import io
-import math
 import re
 import struct
 import subprocess
 import uuid
-from array import array
 from typing import Any
 
 import psycopg
@@ -17,7 +15,7 @@ import pytest
 from mutagen.mp3 import MP3
 
 from tests.database import MakeClient
-from tests.support import FFMPEG, Audio, Client, basic, expect_error, local, new_user, upload
+from tests.support import FFMPEG, Audio, Client, basic, expect_error, local, new_user, reference_peaks, upload
 
 SECONDS = 3.0
 
@@ -37,19 +35,6 @@ def ebur128(wav: bytes) -> tuple[float, float]:
     assert integrated, summary
     assert true_peak, summary
     return float(integrated.group(1)), float(true_peak.group(1))
-
-
-def reference_peaks(wav: bytes, channels: int, samples_per_pixel: int) -> bytes:
-    """Each pixel's lowest and highest sample of any channel, as FFmpeg decodes the WAV, in 8 bits
-    rounded outwards."""
-    command = [FFMPEG, "-v", "error", "-i", "-", "-f", "f64le", "-c:a", "pcm_f64le", "-"]
-    values = array("d", subprocess.run(command, input=wav, capture_output=True, check=True).stdout)
-    pixels = bytearray()
-    for start in range(0, len(values) // channels - samples_per_pixel + 1, samples_per_pixel):
-        window = values[start * channels : (start + samples_per_pixel) * channels]
-        low, high = math.floor(min(window) * 128), math.ceil(max(window) * 128)
-        pixels += struct.pack("bb", max(-128, low), min(127, high))
-    return bytes(pixels)
 
 
 Measured = tuple[dict[str, Any], bytes, tuple[int, str]]
