@@ -66,6 +66,12 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Waveform:
+    sha256: bytes  # the record's MP3's
+    waveform: bytes  # audiowaveform's .dat, version 2
+
+
+@dataclass(frozen=True)
 class UserStorage:
     username: str
     records: int
@@ -193,9 +199,10 @@ async def record_measure(
     )
 
 
-async def record_waveform(db: Database, record_id: UUID, user_id: int) -> bytes:
-    waveform: bytes = await db.fetchval("SELECT api.record_waveform($1, $2)", record_id, user_id)
-    return waveform
+async def record_waveform(db: Database, user_id: int, token: str, record_id: UUID) -> Waveform:
+    return Waveform(
+        **_fields(await db.fetchrow("SELECT * FROM api.record_waveform($1, $2, $3)", user_id, token, record_id))
+    )
 
 
 async def record_open(db: Database, record_id: UUID, user_id: int) -> Record:

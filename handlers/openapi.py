@@ -284,6 +284,7 @@ def _records(default_kbps: int) -> dict[str, Any]:
             "get": {
                 "tags": ["records"],
                 "summary": "The record's waveform, in audiowaveform's .dat (v2, 8-bit) or JSON",
+                "security": CREDENTIALS,
                 "parameters": [
                     *RECORD_QUERY,
                     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["dat", "json"]}},
@@ -298,6 +299,7 @@ def _records(default_kbps: int) -> dict[str, Any]:
                     },
                     "304": {"description": "Not modified (If-None-Match)"},
                     "400": BAD_REQUEST,
+                    "401": UNAUTHORIZED,
                     "404": _error("No such record, another user's, or one with no waveform"),
                     "503": UNAVAILABLE,
                 },

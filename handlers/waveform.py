@@ -4,8 +4,9 @@ read it unchanged: the binary `.dat` (version 2, 8-bit) or its JSON, chosen by
 `?format=dat|json`, else by Accept (JSON when it asks for application/json).
 
 Measured from the samples as they streamed through the converter (converter/analysis.py),
-stored with the record, gone with it. The same access rule as the download: no token,
-the random record id is the secret the link carries.
+stored with the record, gone with it. With credentials (SPEC), checked in
+api.record_waveform with the ownership: 401 for wrong ones, 404 for a record that is
+not theirs, as DELETE /record answers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from db import api
 from handlers.errors import ApiError
-from handlers.params import record_id_from, user_id_from
+from handlers.params import credentials_from, record_id_from, user_id_from
 from handlers.reads import read_fresh
 
 FORMATS = ("dat", "json")
@@ -25,17 +26,21 @@ DAT_HEADER = struct.Struct("<iIiiIi")  # version, flags, sample rate, samples pe
 
 async def waveform(request: web.Request) -> web.StreamResponse:
     record_id = record_id_from(request.query.get("id"))
-    user_id = user_id_from(request.query.get("user"))
+    credentials = credentials_from(request)
+    user_id = user_id_from(request.query.get("user", str(credentials.user_id)))
+    if user_id != credentials.user_id:
+        raise ApiError(404, "No such record, or it has no waveform.")  # as api.record_waveform says
     wanted = _format_of(request)
-    record = await read_fresh(request, lambda db: api.record_open(db, record_id, user_id))
-    etag = f'"{record.sha256.hex()}-waveform-{wanted}"'  # one per representation of these bytes
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable", "Vary": "Accept"}
+    found = await read_fresh(
+        request, lambda db: api.record_waveform(db, credentials.user_id, credentials.token, record_id)
+    )
+    etag = f'"{found.sha256.hex()}-waveform-{wanted}"'  # one per representation of these bytes
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable", "Vary": "Accept, Authorization"}
     if any(tag.value in (etag.strip('"'), "*") for tag in request.if_none_match or ()):
         return web.Response(status=304, headers=headers)
-    dat = await read_fresh(request, lambda db: api.record_waveform(db, record_id, user_id))
     if wanted == "dat":
-        return web.Response(body=dat, content_type="application/octet-stream", headers=headers)
-    return web.json_response(waveform_json(dat), headers=headers)
+        return web.Response(body=found.waveform, content_type="application/octet-stream", headers=headers)
+    return web.json_response(waveform_json(found.waveform), headers=headers)
 
 
 def waveform_json(dat: bytes) -> dict[str, object]:

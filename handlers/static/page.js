@@ -538,7 +538,7 @@ function waveform(record, audio) {
   });
   for (const change of ["timeupdate", "seeked", "loadedmetadata"]) audio.addEventListener(change, draw);
   new ResizeObserver(draw).observe(canvas);
-  fetch(`${record.waveform}&format=dat`).then(async (response) => {
+  call(`${record.waveform}&format=dat`).then(async (response) => {
     if (!response.ok) return;
     peaks = new Int8Array(await response.arrayBuffer(), 24);
     canvas.dataset.pixels = String(peaks.length / 2);

@@ -65,8 +65,8 @@ async def test_the_record_states_its_loudness_as_ffmpeg_measures_it(client: Clie
 async def test_the_waveform_is_audiowaveforms_dat_or_json_with_every_peak_exact(
     client: Client, measured: Measured
 ) -> None:
-    record, wav, _ = measured
-    response = await client.get(local(record["waveform"]))
+    record, wav, user = measured
+    response = await client.get(local(record["waveform"]), headers=basic(*user))
     assert response.status == 200
     assert response.headers["Content-Type"] == "application/octet-stream"
     dat = await response.read()
@@ -76,8 +76,8 @@ async def test_the_waveform_is_audiowaveforms_dat_or_json_with_every_peak_exact(
     assert length == int(SECONDS * rate) // samples_per_pixel
     assert dat[24:] == reference_peaks(wav, 2, samples_per_pixel)
 
-    as_json = await (await client.get(local(record["waveform"]) + "&format=json")).json()
-    by_accept = await client.get(local(record["waveform"]), headers={"Accept": "application/json"})
+    as_json = await (await client.get(local(record["waveform"]) + "&format=json", headers=basic(*user))).json()
+    by_accept = await client.get(local(record["waveform"]), headers={"Accept": "application/json"} | basic(*user))
     assert await by_accept.json() == as_json
     assert as_json == {
         "version": 2, "channels": channels, "sample_rate": rate, "samples_per_pixel": samples_per_pixel,
@@ -86,30 +86,40 @@ async def test_the_waveform_is_audiowaveforms_dat_or_json_with_every_peak_exact(
 
 
 async def test_the_waveform_has_an_etag_per_format_and_answers_304(client: Client, measured: Measured) -> None:
-    record, _, _ = measured
-    url = local(record["waveform"])
-    dat_tag = (await client.get(url)).headers["ETag"]
-    json_tag = (await client.get(url + "&format=json")).headers["ETag"]
+    record, _, user = measured
+    url, owner = local(record["waveform"]), basic(*user)
+    dat_tag = (await client.get(url, headers=owner)).headers["ETag"]
+    json_tag = (await client.get(url + "&format=json", headers=owner)).headers["ETag"]
     assert dat_tag != json_tag
-    unchanged = await client.get(url, headers={"If-None-Match": dat_tag})
+    unchanged = await client.get(url, headers={"If-None-Match": dat_tag} | owner)
     assert unchanged.status == 304
-    assert (await client.get(url, headers={"If-None-Match": json_tag})).status == 200
+    assert (await client.get(url, headers={"If-None-Match": json_tag} | owner)).status == 200
+    await expect_error(await client.get(url, headers={"If-None-Match": dat_tag}), 401)  # not without credentials
 
 
-async def test_the_waveform_has_the_downloads_access_rule_and_goes_with_the_record(
-    client: Client, measured: Measured
-) -> None:
-    record, _, _ = measured
-    other, _ = await new_user(client, "mallory")
-    missing = await expect_error(await client.get(f"/record/waveform?id={uuid.uuid4()}&user={record['user']}"), 404)
-    theirs = await expect_error(await client.get(f"/record/waveform?id={record['id']}&user={other}"), 404)
-    assert theirs == missing
-    await expect_error(await client.get(local(record["waveform"]) + "&format=png"), 400)
-    await expect_error(await client.get(f"/record/waveform?id=nope&user={record['user']}"), 400)
+async def test_the_waveform_is_its_owners_alone_and_goes_with_the_record(client: Client, measured: Measured) -> None:
+    """SPEC: with credentials. Missing or wrong ones are 401; someone else's record, or none, 404 alike."""
+    record, _, user = measured
+    url, owner = local(record["waveform"]), basic(*user)
+    other = await new_user(client, "mallory")
+    refused = await client.get(url)
+    await expect_error(refused, 401)
+    assert refused.headers["WWW-Authenticate"].startswith("Basic")
+    await expect_error(await client.get(url, headers=basic(user[0], str(uuid.uuid4()))), 401)
+    await expect_error(await client.get(url + f"&token={user[1]}"), 400)  # never a token in a URL
 
-    deleted = await client.delete(f"/record?id={record['id']}&user={record['user']}", headers=basic(*measured[2]))
+    missing = await expect_error(
+        await client.get(f"/record/waveform?id={uuid.uuid4()}&user={user[0]}", headers=owner), 404
+    )
+    assert await expect_error(await client.get(url, headers=basic(*other)), 404) == missing
+    theirs = f"/record/waveform?id={record['id']}&user={other[0]}"
+    assert await expect_error(await client.get(theirs, headers=basic(*other)), 404) == missing
+    await expect_error(await client.get(url + "&format=png", headers=owner), 400)
+    await expect_error(await client.get(f"/record/waveform?id=nope&user={user[0]}", headers=owner), 400)
+
+    deleted = await client.delete(f"/record?id={record['id']}&user={record['user']}", headers=owner)
     assert deleted.status == 204
-    assert await expect_error(await client.get(local(record["waveform"])), 404) == missing
+    assert await expect_error(await client.get(url, headers=owner), 404) == missing
 
 
 async def test_the_mp3_carries_replay_gain_to_minus_18_lufs_and_the_true_peak(
@@ -125,9 +135,10 @@ async def test_the_mp3_carries_replay_gain_to_minus_18_lufs_and_the_true_peak(
 async def test_psql_reads_the_waveform_and_loudness(
     admin: psycopg.Connection, client: Client, measured: Measured
 ) -> None:
-    record, _, _ = measured
-    dat = await (await client.get(local(record["waveform"]))).read()
-    assert admin.execute("SELECT api.record_waveform(%s, %s)", [record["id"], record["user"]]).fetchone() == (dat,)
+    record, _, user = measured
+    dat = await (await client.get(local(record["waveform"]), headers=basic(*user))).read()
+    found = admin.execute("SELECT waveform FROM api.record_waveform(%s, %s, %s)", [*user, record["id"]]).fetchone()
+    assert found == (dat,)
     row = admin.execute(
         "SELECT loudness, loudness_range, true_peak FROM api.records_list(%s, %s)", list(measured[2])
     ).fetchone()
@@ -142,7 +153,9 @@ async def test_with_analysis_off_records_say_so_and_have_no_waveform(make_client
     record = (await response.json())["data"]
     assert record["loudness"] == {"integrated": None, "range": None, "true_peak": None}
     assert record["waveform"] is None
-    await expect_error(await client.get(f"/record/waveform?id={record['id']}&user={user[0]}"), 404)
+    await expect_error(
+        await client.get(f"/record/waveform?id={record['id']}&user={user[0]}", headers=basic(*user)), 404
+    )
     mp3 = await (await client.get(local(record["url"]))).read()
     info: Any = MP3(io.BytesIO(mp3)).info  # type: ignore[no-untyped-call]
     assert info.track_gain is None
@@ -153,5 +166,5 @@ async def test_a_silent_recording_has_a_flat_waveform_and_no_loudness(client: Cl
     user = await new_user(client)
     record = (await (await upload(client, user, silence)).json())["data"]
     assert record["loudness"] == {"integrated": None, "range": None, "true_peak": None}
-    dat = await (await client.get(local(record["waveform"]))).read()
+    dat = await (await client.get(local(record["waveform"]), headers=basic(*user))).read()
     assert set(dat[24:]) == {0}
