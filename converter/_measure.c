@@ -12,6 +12,8 @@ One pass over the raw samples, in order. Each sample is decoded to a double
   in stages of 2x), computed only for the blocks whose samples could raise it:
   no interpolated point exceeds the largest sample of its window times the sum
   of the magnitudes of the taps that make it (Python works that "reach" out).
+  At the recording's ends, as FFmpeg's ebur128: the samples before the first
+  are its next ones mirrored, and no point is made past the last (mirror_start).
 
 All of it lives in one bytearray, struct Core followed by per-channel arrays,
 which Python saves and restores as it is. The loop is strictly sequential and
@@ -337,23 +339,20 @@ CLONED static float last_stage_peak(const float *in, int n, const float *taps, i
     return largest_lane(peak);
 }
 
-/* The points interpolated among one channel's last block and the samples before it (its window), stage by stage while
-   they could still raise the true peak: no point of the stages from s on exceeds reach[s] times the
-   largest value stage s is fed (the summed magnitudes of the taps that make it). Each block's points
-   reach past its own stretch into its neighbours' (the stages' filters need samples on both sides),
-   so that together the blocks leave out none. */
-static void true_peak_block(Core *core, Arrays *a, int64_t c)
+/* The points interpolated among n samples of one channel (x), stage by stage while they could still raise the
+   true peak: no point of the stages from s on exceeds reach[s] times the largest value stage s is fed (the
+   summed magnitudes of the taps that make it). Only points whose taps all fall on the n samples are made. */
+static void interpolate(Core *core, const Arrays *a, const float *x, int n, double largest)
 {
     enum { MOST = TP_WINDOW << MAX_STAGES };
     float one[MOST], other[MOST];
-    const float *x = a->history + c * a->history_length;
-    double largest = a->previous_max[c] > a->block_max[c] ? a->previous_max[c] : a->block_max[c];
     const float *in = x;
-    int n = TP_WINDOW;
     for (int64_t stage = 0; stage < core->stages && core->reach[stage] * largest > core->true_peak; stage++) {
         float *out = stage % 2 ? other : one, midpoints;
         const float *taps = stage == 0 ? a->first_taps : a->later_taps;
         int half = stage == 0 ? FIRST_HALF : LATER_HALF;
+        if (n < 2 * half)
+            break; /* too few samples for a point */
         if (stage == core->stages - 1) {
             midpoints = last_stage_peak(in, n, taps, half, out);
         } else {
@@ -364,13 +363,42 @@ static void true_peak_block(Core *core, Arrays *a, int64_t c)
             core->true_peak = midpoints;
         largest = midpoints > largest ? midpoints : largest; /* the samples passed on are no larger than before */
     }
+}
+
+/* The points of one channel's last block and the samples before it (its window). Each block's points reach
+   past its own stretch into its neighbours' (the stages' filters need samples on both sides), so that
+   together the blocks leave out none. */
+static void true_peak_block(Core *core, Arrays *a, int64_t c)
+{
+    const float *x = a->history + c * a->history_length;
+    double largest = a->previous_max[c] > a->block_max[c] ? a->previous_max[c] : a->block_max[c];
+    interpolate(core, a, x, TP_WINDOW, largest);
     a->previous_max[c] = a->block_max[c];
     a->block_max[c] = 0.0;
     memmove(a->history + c * a->history_length, x + TP_BLOCK, (size_t)(a->history_length - TP_BLOCK) * sizeof(float));
 }
 
-static void finish_block(Core *core, Arrays *a)
+/* Before the recording's first sample, its next ones mirrored (sample -n is sample n, as far as the
+   recording goes), in each channel; after its last, nothing: finish() makes no point whose taps reach past
+   it. So a recording that starts or ends loud is not measured as a step from or to silence, whose overshoot
+   is in none of its samples. BS.1770-4 says nothing of the ends; this is what FFmpeg's ebur128 does (its
+   resampler mirrors the start, libswresample's invert_initial_buffer, and is never flushed), whose figures
+   the measurement is to agree with. available: the recording's samples in the block. */
+static void mirror_start(Arrays *a, int64_t channels, int64_t available)
 {
+    const int64_t before = a->history_length - TP_BLOCK;
+    for (int64_t c = 0; c < channels; c++) {
+        float *x = a->history + c * a->history_length + before;
+        for (int64_t n = 1; n <= before; n++)
+            x[-n] = x[n < available ? n : available - 1];
+    }
+}
+
+/* first: the block is the recording's first (its window reaches before the recording). */
+static void finish_block(Core *core, Arrays *a, int first)
+{
+    if (first)
+        mirror_start(a, core->channels, TP_BLOCK);
     for (int64_t c = 0; c < core->channels; c++) { /* the block's largest sample, as the points see it */
         a->block_max[c] = largest_of(a->history + c * a->history_length + (a->history_length - TP_BLOCK), TP_BLOCK);
     }
@@ -491,7 +519,7 @@ static inline __attribute__((always_inline)) void run_channels(Core *core, Array
         if (block_fill == TP_BLOCK) {
             for (int64_t p = 0; p < pairs; p++)
                 pair_flush(&pair[p]);
-            finish_block(core, a);
+            finish_block(core, a, core->frames + f == TP_BLOCK);
             block_fill = 0;
         }
         if (pixel_frames == samples_per_pixel) {
@@ -666,8 +694,8 @@ done:
     return result;
 }
 
-/* finish(core) -> (true peak, sample peak) after silence to the end of the last point's window: the last
-   block's samples and points counted (changes the core: pass a copy) */
+/* finish(core) -> (true peak, sample peak), the last block's samples counted, and its points whose taps all
+   fall on the recording (see mirror_start) (changes the core: pass a copy) */
 static PyObject *finish(PyObject *self, PyObject *args)
 {
     Py_buffer view;
@@ -677,12 +705,17 @@ static PyObject *finish(PyObject *self, PyObject *args)
     Core *core = checked(&view);
     if (core) {
         Arrays a = arrays_of(core);
-        int64_t offset = a.history_length - TP_BLOCK, silence = TP_WINDOW; /* past the last points' reach */
-        for (int64_t i = 0; i < silence; i++) {
-            for (int64_t c = 0; c < core->channels; c++)
-                a.history[c * a.history_length + offset + core->block_fill] = 0.0f;
-            if (++core->block_fill == TP_BLOCK)
-                finish_block(core, &a);
+        const int64_t offset = a.history_length - TP_BLOCK, fill = core->block_fill;
+        if (core->frames > 0 && core->frames == fill) /* the block being built is the recording's first */
+            mirror_start(&a, core->channels, fill);
+        for (int64_t c = 0; c < core->channels && core->frames > 0; c++) {
+            const float *x = a.history + c * a.history_length;
+            double most = largest_of(x + offset, (int)fill);
+            if (most > core->sample_peak)
+                core->sample_peak = most;
+            if (most > core->true_peak)
+                core->true_peak = most;
+            interpolate(core, &a, x, (int)(offset + fill), a.previous_max[c] > most ? a.previous_max[c] : most);
         }
         result = Py_BuildValue("dd", core->true_peak, core->sample_peak);
     }

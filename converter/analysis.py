@@ -97,7 +97,9 @@ LOW_FREQUENCY = {"LFE", "LFE2"}
 # oversampled signal and need 8. No point exceeds the largest sample it is made of by more
 # than the summed magnitudes of its taps (the stages taken as one filter: stage_reaches), so
 # blocks whose samples stay that far below the peak so far are not interpolated
-# (converter/_measure.c), which changes nothing in the result.
+# (converter/_measure.c), which changes nothing in the result. At the ends, as FFmpeg's ebur128
+# does: the samples before the first mirror those after it, and no point is made past the last,
+# so a recording cut off loud is not measured as a step from or to silence.
 OVERSAMPLED_RATE = 176_400
 FIRST_TAPS_EACH_SIDE = 12  # as converter/_measure.c's FIRST_HALF
 LATER_TAPS_EACH_SIDE = 4  # and LATER_HALF

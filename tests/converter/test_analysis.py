@@ -62,11 +62,14 @@ SPEECH = (
 )
 
 
-def wav(source: str, seconds: float, rate: int, channels: int, codec: str = "pcm_s16le", *extra: str) -> bytes:
-    """The source faded in and out over 50 ms, as recordings begin and end: a tone cut off at full
-    level rings between the samples (the Gibbs overshoot), differently through each meter's filter."""
-    fades = f"afade=t=in:d=0.05,afade=t=out:st={seconds - 0.05}:d=0.05"
-    source = f"{source.format(rate=rate, quarter=rate / 4)},{fades}"
+def wav(
+    source: str, seconds: float, rate: int, channels: int, codec: str = "pcm_s16le", *extra: str, faded: bool = True
+) -> bytes:
+    """The source faded in and out over 50 ms, as recordings begin and end; or, not ``faded``, cut
+    off as it is (a tone cut at full level rings between the samples near the cut, which meters
+    interpolate differently)."""
+    fades = f",afade=t=in:d=0.05,afade=t=out:st={seconds - 0.05}:d=0.05" if faded else ""
+    source = f"{source.format(rate=rate, quarter=rate / 4)}{fades}"
     command = [FFMPEG, "-v", "error", "-f", "lavfi", "-i", source]
     command += ["-t", str(seconds), "-ar", str(rate), "-ac", str(channels), "-c:a", codec, *extra, "-f", "wav", "-"]
     return subprocess.run(command, capture_output=True, check=True).stdout
@@ -122,6 +125,26 @@ def test_loudness_agrees_with_ffmpeg_ebur128(case: str) -> None:
     assert loudness.true_peak is not None
     assert loudness.integrated == pytest.approx(integrated, abs=0.1)
     assert loudness.range == pytest.approx(loudness_range, abs=0.1)
+    assert loudness.true_peak == pytest.approx(true_peak, abs=0.1)
+
+
+CUT_OFF_CASES = {
+    "starts on a crest, 100 Hz": ("aevalsrc='0.95*cos(2*PI*100*t)':s={rate}", 6, 48000),
+    "ends on a crest, 100 Hz": ("aevalsrc='0.95*sin(2*PI*100*t)':s={rate}", 6.0025, 48000),
+    "cut at both ends, 3 kHz": ("aevalsrc='0.8*sin(2*PI*3000*t+1.1)':s={rate}", 3.0123, 44100),
+    "cut at both ends, 9 kHz": ("aevalsrc='0.9*sin(2*PI*9000*t+2.2)':s={rate}", 2.5071, 44100),
+}
+
+
+@pytest.mark.parametrize("case", CUT_OFF_CASES)
+def test_a_recording_cut_off_loud_has_the_true_peak_ffmpeg_measures(case: str) -> None:
+    """What lies before the first sample and after the last is not a step from or to silence: its
+    overshoot is in none of the recording's samples, and FFmpeg's ebur128 counts none (the samples
+    before the start mirrored, nothing interpolated past the end)."""
+    source, seconds, rate = CUT_OFF_CASES[case]
+    recording = wav(source, seconds, rate, 1, "pcm_f32le", faded=False)
+    _integrated, _range, true_peak = ebur128(recording)
+    loudness = analysed(recording, piece=4097).loudness
     assert loudness.true_peak == pytest.approx(true_peak, abs=0.1)
 
 
