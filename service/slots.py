@@ -37,8 +37,10 @@ class Unavailable(Exception):
 
 
 class NoFreeSlot(Unavailable):
-    def __init__(self, waited: float) -> None:
-        super().__init__("Every conversion slot is busy; try again shortly.", waited)
+    """No upload place (``max_uploads``) came free in time; conversion turns are never refused."""
+
+    def __init__(self, waited: float, places: int) -> None:
+        super().__init__(f"All {places} upload places are taken (MAX_UPLOADS); try again shortly.", waited)
 
 
 class TooManyOfYours(Unavailable):
@@ -145,7 +147,7 @@ class ConversionSlots:
                 async with asyncio.timeout_at(deadline.when()):
                     await self._places.acquire()
             except TimeoutError:
-                raise NoFreeSlot(self.queue_timeout) from None
+                raise NoFreeSlot(self.queue_timeout, self.max_uploads) from None
             finally:
                 self.queued -= 1
             self.in_progress += 1

@@ -433,10 +433,11 @@ async def test_upload_over_the_limit_is_cut_off_with_413_while_streaming(
     assert nothing_stored(admin)
 
 
-async def test_every_slot_busy_past_the_queue_timeout_is_503_with_retry_after(
+async def test_every_upload_place_taken_past_the_queue_timeout_is_503_with_retry_after(
     make_client: MakeClient, audio: Audio
 ) -> None:
-    client = await make_client(convert_concurrency=1, max_uploads=1, queue_timeout_s=0.2)
+    """MAX_UPLOADS uploads in progress: the next waits QUEUE_TIMEOUT_S for a place, then is told so."""
+    client = await make_client(convert_concurrency=2, max_uploads=1, queue_timeout_s=0.2)
     user_id, token = await new_user(client)
     wav = audio()
     release = asyncio.Event()
@@ -445,7 +446,8 @@ async def test_every_slot_busy_past_the_queue_timeout_is_503_with_retry_after(
     await until(lambda: client.app[SLOTS].in_progress == 1)
 
     refused = await client.post("/record", data=wav, headers=headers)
-    await expect_error(refused, 503)
+    body = await expect_error(refused, 503)
+    assert body["message"] == "All 1 upload places are taken (MAX_UPLOADS); try again shortly."
     assert int(refused.headers["Retry-After"]) >= 1
 
     release.set()
