@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -81,13 +82,19 @@ class _Connection(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:  # an answer had begun: only the connection can end
             raise ConnectionError("a response had begun; the connection is closed instead")
+        request_id = uuid.uuid4().hex  # a request that broke HTTP has no header worth taking one from
         if status >= 500:
-            log.error("error handling a request from %s", request.remote, exc_info=exc)
+            log.error(
+                "error handling a request from %s", request.remote, exc_info=exc, extra={"request_id": request_id}
+            )
             answer = "Internal error."
         else:
-            log.info("refused a request from %s: %s", request.remote, message or exc)
+            log.info("refused a request from %s: %s", request.remote, message or exc, extra={"request_id": request_id})
             answer = "The request is malformed: its request line or headers break HTTP/1.1."
         response = error_response(status, answer)
+        # No route was matched, so on_response_prepare does not run: what it gives every answer, here.
+        response.headers["X-Request-Id"] = request_id
+        response.headers["X-Content-Type-Options"] = "nosniff"
         response.force_close()
         return response
 

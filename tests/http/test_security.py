@@ -7,6 +7,7 @@ import base64
 import hashlib
 import logging
 import math
+import re
 import struct
 import subprocess
 import uuid
@@ -235,6 +236,9 @@ async def test_requests_refused_before_any_handler_are_answered_in_the_envelope(
     assert head.split()[1] == b"400", answer[:300]  # aiohttp answers these as HTTP/1.0
     assert b"Content-Type: application/json" in head
     assert body.startswith(b'{"code": 400, "status": "bad_request"')
+    # SPEC: every response carries X-Request-Id; a request that broke HTTP gets one of the service's.
+    assert re.search(rb"\r\nX-Request-Id: [0-9a-f]{32}\r\n", head + b"\r\n"), head
+    assert b"\r\nX-Content-Type-Options: nosniff" in head
 
 
 # --- the service role, and the logs --------------------------------------------------
