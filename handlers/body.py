@@ -8,6 +8,9 @@ spent while we wait for the client and earned back at MIN_UPLOAD_KBPS per
 byte received. A client that stops sends nothing for READ_TIMEOUT_S; one that
 trickles runs out of time within READ_TIMEOUT_S of falling below the rate;
 time we spend not reading (FFmpeg busy, a slot to wait for) is never counted.
+A client that sent Expect: 100-continue is asked for its body (100 Continue) by
+the first read, so whatever a handler refuses before reading is answered
+before the client has sent any of it (handlers.server.continue_if_owed).
 
 Multipart forms are parsed by python-multipart, fed from those reads: it
 searches for boundaries with bytes.find, so a hostile body costs little CPU
@@ -30,6 +33,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from handlers.errors import ApiError
+from handlers.server import continue_if_owed
 from settings import Settings
 
 READ_SIZE = 256 * 1024
@@ -65,6 +69,7 @@ class PacedBody:
         refuse_content_encoding(request)
         if request.content_length is not None and request.content_length > max_bytes:
             raise too_large(max_bytes)
+        self._request = request
         self._content = request.content
         self._pace = pace
         self._max_bytes = max_bytes
@@ -73,6 +78,7 @@ class PacedBody:
 
     async def read(self, size: int = READ_SIZE) -> bytes:
         """Up to ``size`` bytes as soon as some arrive; b"" at the end of the body."""
+        await continue_if_owed(self._request)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:

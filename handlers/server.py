@@ -10,6 +10,7 @@ import uuid
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.typedefs import Handler
@@ -31,10 +32,12 @@ MAX_HEADERS = 64
 # After an answer to a request whose body was not read, how long the rest is
 # read and dropped so the client sees the answer rather than a reset.
 LINGERING_S = 5.0
-# The one expectation the service meets (aiohttp answers it with 100 Continue).
+# The one expectation the service meets: 100 Continue once a handler reads the body.
 CONTINUE = "100-continue"
 # What a request expected that the service does not meet, for refuse_unmet_expectations.
 UNMET_EXPECTATION = web.RequestKey("unmet_expectation", str)
+# Set while a client that sent Expect: 100-continue holds its body back, waiting to be asked.
+CONTINUE_OWED = web.RequestKey("continue_owed", bool)
 
 
 def make_runner(app: web.Application) -> web.AppRunner:
@@ -60,7 +63,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 class _Connection(RequestHandler):
-    """aiohttp's connection, with two changes.
+    """aiohttp's connection, with three changes.
 
     Requests aiohttp refuses before any handler runs (a malformed request line
     or header, a header too long) are answered in the service's JSON envelope,
@@ -73,9 +76,27 @@ class _Connection(RequestHandler):
     reports the error to the body instead; this does the same. (aiohttp 3.14:
     the parser failure shows only as an error entry queued for the connection;
     tests/test_faults.py fails if a new aiohttp changes that.)
+
+    And a request answered before its body was asked for (Expect: 100-continue,
+    see continue_if_owed) ends its connection: the client may send the body next
+    or never, so nothing after the answer could be read as a request.
     """
 
     __slots__ = ()
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        held_back = CONTINUE_OWED in request and not request.content.is_eof()
+        if held_back:
+            resp.force_close()  # says Connection: close
+        answered = await super().finish_response(request, resp, start_time)
+        if held_back and request.content.total_bytes == 0:
+            # None of it came: closed after the answer rather than lingering for a
+            # body that will not come. One that sends it anyway is read and dropped
+            # as any refused body (LINGERING_S), so that it sees the answer.
+            self.force_close()
+        return answered
 
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
@@ -123,17 +144,28 @@ async def refuse_unmet_expectations(request: web.Request, handler: Handler) -> w
     return await handler(request)
 
 
-def _without_unmet_expectation(message: RawRequestMessage) -> tuple[RawRequestMessage, str | None]:
-    """The request without its Expect headers when one of them asks what the service does
-    not meet, and what it asked; the request as it is otherwise."""
+async def continue_if_owed(request: web.BaseRequest) -> None:
+    """100 Continue, when the client waits for it, as the handler first reads the body
+    (handlers.body.PacedBody): whatever a handler refuses from the request's head
+    (Content-Length over the limit, credentials, a tus offset) is answered before the
+    client has sent a byte of it. RFC 9110 §10.1.1 lets a server answer a final status
+    instead of 100; aiohttp's own expect handler would answer 100 before any handler runs."""
+    if CONTINUE_OWED in request:
+        del request[CONTINUE_OWED]
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp does: the answer itself has not begun
+
+
+def _without_expectations(message: RawRequestMessage) -> tuple[RawRequestMessage, str | None]:
+    """The request without its Expect headers, and what they asked: the first
+    expectation the service does not meet, else 100-continue; None without one."""
     if hdrs.EXPECT not in message.headers:  # also aiohttp's stand-in for a request it could not parse
         return message, None
     unmet = [value for value in message.headers.getall(hdrs.EXPECT) if value.strip().lower() != CONTINUE]
-    if not unmet:
-        return message, None
     headers = CIMultiDict((name, value) for name, value in message.headers.items() if name.lower() != "expect")
     raw_headers = tuple((name, value) for name, value in message.raw_headers if name.lower() != b"expect")
-    return message._replace(headers=CIMultiDictProxy(headers), raw_headers=raw_headers), unmet[0]
+    stripped = message._replace(headers=CIMultiDictProxy(headers), raw_headers=raw_headers)
+    return stripped, unmet[0] if unmet else CONTINUE
 
 
 class _Server(web.Server):
@@ -154,12 +186,17 @@ class _Runner(web.AppRunner):
             writer: AbstractStreamWriter,
             task: asyncio.Task[None],
         ) -> BaseRequest:
-            # aiohttp answers an Expect it does not know (417, plain text) before any
-            # middleware runs: it is not shown one, and the middleware answers instead.
-            message, unmet = _without_unmet_expectation(message)
+            # aiohttp acts on Expect before any middleware or handler runs: 417 in plain
+            # text to one it does not know, 100 Continue to 100-continue. It is shown
+            # none: the middleware answers the first, continue_if_owed the second.
+            # (An HTTP/1.0 client's 100-continue is ignored, as RFC 9110 says.)
+            message, expected = _without_expectations(message)
             request = make_request(message, payload, protocol, writer, task)
-            if unmet is not None:
-                request[UNMET_EXPECTATION] = unmet
+            if expected == CONTINUE:
+                if message.version == HttpVersion11:
+                    request[CONTINUE_OWED] = True
+            elif expected is not None:
+                request[UNMET_EXPECTATION] = expected
             return request
 
         server.request_factory = request_factory

@@ -24,6 +24,7 @@ import uuid
 from array import array
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +34,7 @@ import psycopg
 import requests
 from aiohttp import ClientResponse, FormData, web
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 from tusclient.uploader.uploader import Uploader
@@ -223,6 +225,33 @@ async def raw_request(client: Client | ServiceProcess, head: bytes, body: bytes 
     answer = await asyncio.wait_for(reader.read(65536), 30)
     writer.close()
     return answer
+
+
+@dataclass
+class RawAnswer:
+    """One answer read off a raw connection."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+    def envelope(self) -> dict[str, Any]:
+        """The JSON error envelope it carries (as expect_error checks one)."""
+        assert self.headers["Content-Type"].startswith("application/json"), self
+        body: dict[str, Any] = json.loads(self.body)
+        assert set(body) == {"code", "status", "message", "data"}, body
+        assert body["code"] == self.status, body
+        return body
+
+
+async def answer_of(reader: asyncio.StreamReader) -> RawAnswer:
+    """The next answer on a raw connection (an interim 100 Continue is one): its head, and its body
+    by Content-Length."""
+    async with asyncio.timeout(30):
+        status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").rstrip("\r\n").split("\r\n")
+        headers = CIMultiDict[str]((name, value) for name, _, value in (line.partition(": ") for line in lines))
+        body = await reader.readexactly(int(headers.get("Content-Length", "0")))
+    return RawAnswer(int(status_line.split()[1]), headers, body)
 
 
 def multipart_head(boundary: str, length: int, user: tuple[int, str] | None = None) -> bytes:

@@ -17,9 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from handlers import server
+from tests.database import MakeClient
 from tests.support import (
     Audio,
     Client,
+    RawAnswer,
+    answer_of,
     basic,
     expect_error,
     form,
@@ -370,3 +374,136 @@ async def test_an_expectation_other_than_100_continue_is_417_in_the_envelope_wit
         writer.write(body)
         assert (await reader.read()).startswith(b"HTTP/1.1 201 ")
     writer.close()
+
+
+# --- Expect: 100-continue: refused before the body is asked for ------------------------
+
+
+def expect_continue_head(method: str, path: str, length: int, content_type: str, headers: dict[str, str]) -> bytes:
+    """A request head that asks for 100 Continue before its body is sent (curl's, over 1 MiB)."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n"
+        f"{lines}Expect: 100-continue\r\n\r\n"
+    ).encode()
+
+
+async def refused_without_continue(client: Client, head: bytes) -> RawAnswer:
+    """The answer to a head whose body is held back, as a client waiting for 100 Continue holds it;
+    then the connection must end without a byte of it sent."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head)
+    answer = await answer_of(reader)
+    assert answer.status != 100, "asked for a body it then refused"
+    assert answer.headers["Connection"] == "close"
+    async with asyncio.timeout(30):  # LINGERING_S is an hour in these tests: closed, not lingering
+        assert await reader.read() == b""
+    writer.close()
+    return answer
+
+
+@pytest.fixture
+async def lingering_client(make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> Client:
+    """The service, with an hour's lingering read after an unread body: a connection that is
+    not closed at once would outlive a test's deadline."""
+    monkeypatch.setattr(server, "LINGERING_S", 3600.0)
+    return await make_client()
+
+
+@pytest.mark.parametrize("path", ["/record", "/files.convert"])
+async def test_an_upload_refused_from_its_head_is_answered_instead_of_100_continue(
+    lingering_client: Client, admin: psycopg.Connection, path: str
+) -> None:
+    """curl sends Expect: 100-continue for bodies over 1 MiB: it got 100 Continue, sent
+    megabytes, and only then heard 413 or 401 (it had sent 2.75 MB of a 2 GB upload)."""
+    client = lingering_client
+    user_id, token = await new_user(client)
+    right, wrong = basic(user_id, token), basic(user_id, str(uuid.uuid4()))
+
+    too_large = await refused_without_continue(
+        client, expect_continue_head("POST", path, 2_000_000_000, "audio/wav", right)
+    )
+    assert too_large.status == 413
+    assert too_large.envelope()["message"] == "The upload is larger than the limit of 1024 MiB."
+
+    for credentials, content_type in [
+        (wrong, "audio/wav"),
+        (wrong, "multipart/form-data; boundary=x"),
+        ({}, "audio/wav"),  # a raw WAV carries no form fields: credentials only in headers
+        (basic(user_id, "not-a-token"), "audio/wav"),
+    ]:
+        unauthorized = await refused_without_continue(
+            client, expect_continue_head("POST", path, 5_000_000, content_type, credentials)
+        )
+        assert unauthorized.status == 401, (credentials, content_type)
+        assert unauthorized.headers["WWW-Authenticate"].startswith("Basic ")
+        unauthorized.envelope()
+    assert nothing_stored(admin)
+
+
+async def test_a_patch_refused_from_its_head_is_answered_instead_of_100_continue(
+    lingering_client: Client, audio: Audio
+) -> None:
+    client = lingering_client
+    user = await new_user(client)
+    wav = audio(seconds=2)
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = await client.post("/uploads", headers={**basic(*user), **tus, "Upload-Length": str(len(wav))})
+    assert created.status == 201, await created.text()
+    path = local(created.headers["Location"])
+
+    def patch_head(offset: int, given: dict[str, str]) -> bytes:
+        headers = {**given, **tus, "Upload-Offset": str(offset)}
+        return expect_continue_head("PATCH", path, len(wav) - offset, "application/offset+octet-stream", headers)
+
+    elsewhere = await refused_without_continue(client, patch_head(1000, basic(*user)))
+    assert elsewhere.status == 409
+    assert elsewhere.envelope()["message"] == "The upload's offset is 0, not 1000: send from there."
+    assert elsewhere.headers["Tus-Resumable"] == "1.0.0"
+
+    others = await refused_without_continue(client, patch_head(0, basic(*await new_user(client, "bob"))))
+    assert others.status == 404
+    wrong_token = await refused_without_continue(client, patch_head(0, basic(user[0], str(uuid.uuid4()))))
+    assert wrong_token.status == 401
+    assert wrong_token.headers["WWW-Authenticate"].startswith("Basic ")
+    too_long = await refused_without_continue(client, patch_head(0, {**basic(*user), "Upload-Length": str(2 << 30)}))
+    assert too_long.status == 413
+    assert too_long.headers["Tus-Max-Size"] == str(1024 << 20)
+    for refused in (others, wrong_token, too_long):
+        refused.envelope()
+
+    head = await client.head(path, headers={**basic(*user), **tus})
+    assert head.headers["Upload-Offset"] == "0"
+
+
+async def test_an_upload_that_passes_its_checks_is_asked_for_its_body_with_100_continue(
+    client: Client, audio: Audio
+) -> None:
+    user = await new_user(client)
+    wav = audio(seconds=2)
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = await client.post("/uploads", headers={**basic(*user), **tus, "Upload-Length": str(len(wav))})
+    path = local(created.headers["Location"])
+    patch_headers = {**basic(*user), **tus, "Upload-Offset": "0"}
+    for head, answered in [
+        (expect_continue_head("POST", "/record", len(wav), "audio/wav", basic(*user)), 201),
+        (expect_continue_head("PATCH", path, len(wav), "application/offset+octet-stream", patch_headers), 204),
+    ]:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(head)
+        assert (await answer_of(reader)).status == 100
+        writer.write(wav)
+        assert (await answer_of(reader)).status == answered
+        writer.close()
+
+
+async def test_a_client_that_sends_its_body_without_waiting_for_100_continue_still_hears_the_refusal(
+    client: Client,
+) -> None:
+    """RFC 9110 lets a client send the body without waiting: it is read and dropped as any
+    refused body, so that the answer reaches the client rather than a reset."""
+    user_id, _ = await new_user(client)
+    body = bytes(4000)
+    head = expect_continue_head("POST", "/record", len(body), "audio/wav", basic(user_id, str(uuid.uuid4())))
+    answer = await raw_request(client, head, body)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
