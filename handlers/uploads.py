@@ -177,15 +177,30 @@ async def _patched(
 ) -> web.Response:
     settings, pool = request.app[SETTINGS], request.app[POOL]
     upload_id = _upload_id(request)
-    claim = await api.upload_claim(
-        pool, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
+    # Shielded: a PATCH cancelled while it claims (its client left at once) must still learn
+    # the claim's generation to settle it. Cancelled, asyncpg would ask PostgreSQL to cancel
+    # the claim, which undoes nothing once it has committed, its answer still on the way.
+    claiming = asyncio.ensure_future(
+        api.upload_claim(
+            pool, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
+        )
     )
     try:
+        claim = await asyncio.shield(claiming)
         return await _converted(request, credentials, upload_id, claim, offset, links)
     finally:
-        with contextlib.suppress(Exception):  # else its word lapses within app.patch_busy_lease()
-            async with asyncio.timeout(SETTLE_TIMEOUT_S):
-                await api.upload_settled(pool, upload_id, claim.generation)
+        await _settled(pool, upload_id, claiming)
+
+
+async def _settled(pool: api.Database, upload_id: UUID, claiming: asyncio.Future[api.Claim]) -> None:
+    """The PATCH no longer at work on the upload (api.upload_settled), once its claim has
+    answered (at once, but for a PATCH cancelled while claiming). A claim refused changed
+    nothing; one that never answers, or a settle that fails, leaves the mark to lapse
+    within app.patch_busy_lease()."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(SETTLE_TIMEOUT_S):
+            claim = await claiming
+            await api.upload_settled(pool, upload_id, claim.generation)
 
 
 async def _converted(
