@@ -612,3 +612,38 @@ async def test_a_patch_cut_while_its_claim_answers_says_it_is_done(
         async with session.patch(url, data=wav, headers=headers) as response:
             assert response.status == 204
             assert "Record-Location" in response.headers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # the service reaches it through the proxy
+async def test_a_last_patch_whose_client_leaves_before_its_answer_finishes_the_upload(
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """A client sends the whole WAV in one PATCH and goes away while the PATCH stores its
+    last bytes: every byte arrived, so the upload is finished all the same, and the
+    client's HEAD finds it at its end, the record playing every sample (it was left at
+    its last checkpoint, seconds behind, and the record never made)."""
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "impatient")
+    wav = audio(seconds=20)
+    path = await created_on(service_process, user, len(wav))
+    with psycopg.connect(admin.info.dsn) as locker:  # the record's row waits for its user's
+        locker.execute("SELECT 1 FROM app.users WHERE id = %s FOR UPDATE", [user[0]])
+        _, writer = await asyncio.open_connection(service_process.host, service_process.port)
+        writer.write(patch_head(path, user, 0, len(wav)) + wav)
+        await writer.drain()
+        await until(lambda: waiting_for_a_lock(admin, "api.upload_record_begin") == 1, 60)
+        await leave(writer)
+    await until(lambda: cancelled_patch_logged(service_process, path))
+
+    async with aiohttp.ClientSession() as session:
+        url = service_process.base + path
+        async with session.head(url, headers={**basic(*user), **TUS}) as response:
+            assert response.headers["Upload-Offset"] == str(len(wav))
+        async with session.get(url, headers=basic(*user)) as response:
+            assert response.status == 200
+            record = (await response.json())["data"]
+        mp3 = await (await session.get(service_process.base + local(record["url"]))).read()
+    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+    assert records_match_large_objects(admin)
