@@ -31,7 +31,9 @@ from uuid import UUID
 from aiohttp import web
 from yarl import URL
 
+from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.pipeline import convert
+from converter.resume import Resumable
 from db import api
 from handlers.body import PacedBody, pace_of, too_large
 from handlers.errors import ApiError
@@ -177,15 +179,30 @@ async def _patched(
 ) -> web.Response:
     settings, pool = request.app[SETTINGS], request.app[POOL]
     upload_id = _upload_id(request)
-    claim = await api.upload_claim(
-        pool, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
+    # Shielded: a PATCH cancelled while it claims (its client left at once) must still learn
+    # the claim's generation to settle it. Cancelled, asyncpg would ask PostgreSQL to cancel
+    # the claim, which undoes nothing once it has committed, its answer still on the way.
+    claiming = asyncio.ensure_future(
+        api.upload_claim(
+            pool, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
+        )
     )
     try:
+        claim = await asyncio.shield(claiming)
         return await _converted(request, credentials, upload_id, claim, offset, links)
     finally:
-        with contextlib.suppress(Exception):  # else its word lapses within app.patch_busy_lease()
-            async with asyncio.timeout(SETTLE_TIMEOUT_S):
-                await api.upload_settled(pool, upload_id, claim.generation)
+        await _settled(pool, upload_id, claiming)
+
+
+async def _settled(pool: api.Database, upload_id: UUID, claiming: asyncio.Future[api.Claim]) -> None:
+    """The PATCH no longer at work on the upload (api.upload_settled), once its claim has
+    answered (at once, but for a PATCH cancelled while claiming). A claim refused changed
+    nothing; one that never answers, or a settle that fails, leaves the mark to lapse
+    within app.patch_busy_lease()."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(SETTLE_TIMEOUT_S):
+            claim = await claiming
+            await api.upload_settled(pool, upload_id, claim.generation)
 
 
 async def _converted(
@@ -202,26 +219,72 @@ async def _converted(
     store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
     resumable = await store.resumable()
     async with request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
-        source = _patch_body(body, offset, total)
-        try:
-            converted = await convert(source, store.sink, options, request.app[CONVERTER], turn, resumable)
-        except PatchEnded:
-            if not store.header_stored:
-                raise ApiError(
-                    400, "Send the WAV's whole header in the first PATCH: its samples' format must be known."
-                ) from None
-            return _progressed(store.committed, settings)
-        record = await store.finish(converted)
+        source = _PatchBody(body, offset, total)
+        storing = asyncio.ensure_future(_stored(store, source, options, request.app[CONVERTER], turn, resumable))
+        record = await _to_its_end_once_the_body_ended(storing, source)
+    if record is None:
+        if not store.header_stored:
+            raise ApiError(400, "Send the WAV's whole header in the first PATCH: its samples' format must be known.")
+        return _progressed(store.committed, settings)
     assert total is not None  # the body ended at it
     return _progressed(total, settings, record_url(links, record.id, credentials.user_id))
 
 
-async def _patch_body(body: PacedBody, offset: int, total: int | None) -> AsyncIterator[bytes]:
-    """The PATCH's bytes; PatchEnded at its end unless it ends the upload."""
-    async for chunk in body.chunks():
-        yield chunk
-    if total is None or offset + body.received < total:
-        raise PatchEnded
+class _PatchBody:
+    """The PATCH's bytes; PatchEnded at their end unless they end the upload. ``ended`` once
+    no more are read, however they ended (at their end, or the client gone)."""
+
+    def __init__(self, body: PacedBody, offset: int, total: int | None) -> None:
+        self.body = body
+        self.offset = offset
+        self.total = total
+        self.ended = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.body.chunks():
+                yield chunk
+        finally:
+            self.ended = True
+        if self.total is None or self.offset + self.body.received < self.total:
+            raise PatchEnded
+
+
+async def _stored(
+    store: CheckpointedUpload,
+    body: _PatchBody,
+    options: EncodeOptions,
+    config: ConverterConfig,
+    turn: CpuShare,
+    resumable: Resumable,
+) -> api.Record | None:
+    """The body converted on from the last checkpoint: the record, once it ends the upload;
+    None when it ends before (what it brought is kept, converter/resume.py)."""
+    try:
+        converted = await convert(body.chunks(), store.sink, options, config, turn, resumable)
+    except PatchEnded:
+        return None
+    return await store.finish(converted)
+
+
+async def _to_its_end_once_the_body_ended(
+    storing: asyncio.Future[api.Record | None], body: _PatchBody
+) -> api.Record | None:
+    """What ``storing`` gives. A PATCH cancelled (its client gone, the service stopping)
+    while its body still arrives cancels it: it keeps what it can (converter/resume.py).
+    Once the body has ended, it runs to its end, bounded as any conversion is: every byte
+    is here, and a client that left after its last one, before the answer, finds the upload
+    finished when it asks HEAD rather than back at its last checkpoint (a body cut short
+    is storing its last checkpoint, within its grace). A second cancellation (the service
+    stopping: slots.cancel_uploads) cancels it all the same."""
+    try:
+        return await asyncio.shield(storing)
+    except asyncio.CancelledError:
+        if not body.ended:
+            storing.cancel()
+        with contextlib.suppress(Exception):  # its failure reaches no one: the PATCH is cancelled
+            await storing
+        raise
 
 
 def _progressed(offset: int, settings: Settings, record_link: str | None = None) -> web.Response:

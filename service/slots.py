@@ -120,12 +120,16 @@ class ConversionSlots:
 
     async def cancel_uploads(self, cleanup_s: float) -> None:
         """Cancel every upload still in progress and give them ``cleanup_s`` to
-        clean up (kill FFmpeg, roll back). Their clients get no answer."""
+        clean up (kill FFmpeg, roll back), or to finish (a PATCH whose every byte
+        had arrived, handlers/uploads.py); whatever still runs then is cancelled
+        once more, which ends that too. Their clients get no answer."""
         tasks = list(self._uploads)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=cleanup_s)
+            _, running = await asyncio.wait(tasks, timeout=cleanup_s)
+            for task in running:
+                task.cancel()
 
     @contextlib.asynccontextmanager
     async def admitted(self, user_id: int) -> AsyncIterator[Turn]:

@@ -389,6 +389,38 @@ class ServiceProcess:
             self.process.wait()
 
 
+# /proc/net/tcp's states (include/net/tcp_states.h) of a connection whose other end is still open:
+# ESTABLISHED, and FIN_WAIT1 and FIN_WAIT2 after this end closed.
+PEER_STILL_OPEN = frozenset({"01", "04", "05"})
+
+
+def let_go_of(connection: tuple[tuple[str, int], tuple[str, int]]) -> bool:
+    """Whether the other end of a connection this host closed (its (local, remote) ends,
+    IPv4) has closed its socket too, as a server does once it has seen the client go:
+    the closing end waits in FIN_WAIT2 until then (/proc/net/tcp)."""
+    (local_host, local_port), (remote_host, remote_port) = connection
+    wanted = (_proc_net_address(local_host, local_port), _proc_net_address(remote_host, remote_port))
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == wanted:
+            return fields[3] not in PEER_STILL_OPEN
+    return True  # gone: its TIME_WAIT is over
+
+
+def _proc_net_address(host: str, port: int) -> str:
+    return f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+
+
+def waiting_for_a_lock(admin: psycopg.Connection, call: str) -> int:
+    """The database sessions whose statement calls ``call`` (an api function) and waits for a lock."""
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() "
+        "AND query LIKE %s",
+        [f"%{call}(%"],
+    ).fetchone()
+    return int((row or (0,))[0])
+
+
 def vm_rss_kib(pid: int) -> int:
     """A process's resident memory, KiB, as the kernel counts it."""
     return _status_kib(pid, "VmRSS:")

@@ -36,6 +36,7 @@ from tests.support import (
     disk_that_hangs,
     expect_error,
     held_body,
+    let_go_of,
     local,
     new_user,
     records_match_large_objects,
@@ -43,6 +44,7 @@ from tests.support import (
     tus_uploader,
     until,
     uploads_with_cuts,
+    waiting_for_a_lock,
 )
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -533,3 +535,115 @@ async def test_an_upload_survives_its_service_killed_and_resumes_on_another_proc
         first.stop()
         second.stop()
     await until(lambda: records_match_large_objects(admin))
+
+
+# --- a PATCH whose client leaves at the worst moment, the database 30 ms away -------------
+
+
+def patch_head(path: str, user: tuple[int, str], offset: int, length: int) -> bytes:
+    auth = basic(*user)["Authorization"]
+    return (
+        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def created_on(service: ServiceProcess, user: tuple[int, str], length: int) -> str:
+    async with aiohttp.ClientSession() as session:
+        headers = {**basic(*user), **TUS, "Upload-Length": str(length)}
+        async with session.post(f"{service.base}/uploads", headers=headers) as response:
+            assert response.status == 201
+            return local(response.headers["Location"])
+
+
+async def leave(writer: asyncio.StreamWriter) -> None:
+    """The client closes its connection, and the service sees it go (its request is cancelled)."""
+    ends = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+    writer.close()
+    await until(lambda: let_go_of(ends))
+
+
+def claims_and_settled(admin: psycopg.Connection, upload_id: str) -> tuple[int, bool]:
+    """How many PATCHes have claimed the upload, and whether the last one said it is done
+    (rather than leave its mark to lapse)."""
+    row = admin.execute(
+        "SELECT generation, patch_busy_until IS NULL FROM app.uploads WHERE id = %s", [upload_id]
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), bool(row[1])
+
+
+def cancelled_patch_logged(service: ServiceProcess, path: str) -> bool:
+    return f"PATCH {path} - cancelled" in service.log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # the service reaches it through the proxy
+async def test_a_patch_cut_while_its_claim_answers_says_it_is_done(
+    service_process: ServiceProcess, database_proxy: DelayingProxy, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """The client goes away while its PATCH's claim of the upload has committed and its
+    answer is on the way back from the database: the PATCH still says it is done, so the
+    client's HEAD answers at once (it was left marked as being patched for 6 s, and a HEAD
+    waited 5 s), and the client sends on."""
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "hasty")
+    wav = audio(seconds=5)
+    path = await created_on(service_process, user, len(wav))
+    upload_id = path.rsplit("/", 1)[1]
+    with psycopg.connect(admin.info.dsn) as locker:  # the claim waits for the upload's row
+        locker.execute("SELECT 1 FROM app.uploads WHERE id = %s FOR UPDATE", [upload_id])
+        _, writer = await asyncio.open_connection(service_process.host, service_process.port)
+        writer.write(patch_head(path, user, 0, len(wav)) + wav[:32768])
+        await until(lambda: waiting_for_a_lock(admin, "api.upload_claim") == 1)
+        database_proxy.freeze()  # the claim's answer is held on its way back
+    await until(lambda: claims_and_settled(admin, upload_id)[0] == 1)  # committed
+    await leave(writer)
+    database_proxy.thaw()
+    await until(lambda: cancelled_patch_logged(service_process, path))
+
+    assert claims_and_settled(admin, upload_id) == (1, True)
+    async with aiohttp.ClientSession() as session:
+        url = service_process.base + path
+        async with session.head(url, headers={**basic(*user), **TUS}) as response:
+            assert response.headers["Upload-Offset"] == "0"
+        headers = {**basic(*user), **TUS, **PATCH, "Upload-Offset": "0"}
+        async with session.patch(url, data=wav, headers=headers) as response:
+            assert response.status == 204
+            assert "Record-Location" in response.headers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # the service reaches it through the proxy
+async def test_a_last_patch_whose_client_leaves_before_its_answer_finishes_the_upload(
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """A client sends the whole WAV in one PATCH and goes away while the PATCH stores its
+    last bytes: every byte arrived, so the upload is finished all the same, and the
+    client's HEAD finds it at its end, the record playing every sample (it was left at
+    its last checkpoint, seconds behind, and the record never made)."""
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "impatient")
+    wav = audio(seconds=20)
+    path = await created_on(service_process, user, len(wav))
+    with psycopg.connect(admin.info.dsn) as locker:  # the record's row waits for its user's
+        locker.execute("SELECT 1 FROM app.users WHERE id = %s FOR UPDATE", [user[0]])
+        _, writer = await asyncio.open_connection(service_process.host, service_process.port)
+        writer.write(patch_head(path, user, 0, len(wav)) + wav)
+        await writer.drain()
+        await until(lambda: waiting_for_a_lock(admin, "api.upload_record_begin") == 1, 60)
+        await leave(writer)
+    await until(lambda: cancelled_patch_logged(service_process, path))
+
+    async with aiohttp.ClientSession() as session:
+        url = service_process.base + path
+        async with session.head(url, headers={**basic(*user), **TUS}) as response:
+            assert response.headers["Upload-Offset"] == str(len(wav))
+        async with session.get(url, headers=basic(*user)) as response:
+            assert response.status == 200
+            record = (await response.json())["data"]
+        mp3 = await (await session.get(service_process.base + local(record["url"]))).read()
+    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+    assert records_match_large_objects(admin)
