@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -65,10 +65,14 @@ def pace_of(settings: Settings) -> Pace:
 class PacedBody:
     """The request body, read in chunks under the size and pace bounds."""
 
-    def __init__(self, request: web.Request, pace: Pace, max_bytes: int) -> None:
+    def __init__(
+        self, request: web.Request, pace: Pace, max_bytes: int, refusal: Callable[[], ApiError] | None = None
+    ) -> None:
+        """``refusal``: the 413 for a body beyond ``max_bytes`` (else too_large's)."""
         refuse_content_encoding(request)
+        self._refusal = refusal or (lambda: too_large(max_bytes))
         if request.content_length is not None and request.content_length > max_bytes:
-            raise too_large(max_bytes)
+            raise self._refusal()
         self._request = request
         self._content = request.content
         self._pace = pace
@@ -91,7 +95,7 @@ class PacedBody:
         waited = loop.time() - started
         self.received += len(chunk)
         if self.received > self._max_bytes:
-            raise too_large(self._max_bytes)
+            raise self._refusal()
         earned = len(chunk) / self._pace.min_bytes_per_s if self._pace.min_bytes_per_s else waited
         self._credit_s = min(self._pace.read_timeout_s, self._credit_s - waited + earned)
         return chunk

@@ -213,8 +213,10 @@ async def _converted(
     if claim.record_id is not None:  # finished already: a PATCH at its end, with nothing more
         return _progressed(offset, settings, record_url(links, claim.record_id, credentials.user_id))
     total = claim.upload_length
-    remaining = settings.max_upload_bytes - offset if total is None else total - offset
-    body = PacedBody(request, pace_of(settings), remaining)  # 413 for a Content-Length beyond it
+    if total is None:
+        body = PacedBody(request, pace_of(settings), settings.max_upload_bytes - offset, lambda: _too_large(settings))
+    else:
+        body = PacedBody(request, pace_of(settings), total - offset, lambda: _past_its_length(total, offset))
     options = encode_options_from(claim.options, settings.mp3_bitrate_kbps, claim.filename)
     store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
     resumable = await store.resumable()
@@ -357,6 +359,13 @@ def _too_large(settings: Settings) -> ApiError:
     error = too_large(settings.max_upload_bytes)
     error.headers["Tus-Max-Size"] = str(settings.max_upload_bytes)
     return error
+
+
+def _past_its_length(length: int, offset: int) -> ApiError:
+    """413 for a PATCH that would take the upload past its Upload-Length (a Content-Length
+    beyond it, or more bytes than that)."""
+    message = f"The PATCH goes past the upload's length: {length - offset} of its {length} bytes remain from {offset}."
+    return ApiError(413, message, {"Connection": "close"})
 
 
 def _http_date(moment: datetime) -> str:

@@ -344,6 +344,13 @@ async def test_what_the_protocol_refuses(client: Client, audio: Audio) -> None:
     too_long = await client.post("/uploads", headers={**basic(*user), **TUS, "Upload-Length": str(2 << 30)})
     await expect_error(too_long, 413)
     assert too_long.headers["Tus-Max-Size"] == str(1024 << 20)
+    past_its_length = await client.patch(
+        path, data=wav + b"\0" * 100, headers={**basic(*user), **TUS, **PATCH, "Upload-Offset": "0"}
+    )
+    body = await expect_error(past_its_length, 413)
+    assert (
+        body["message"] == f"The PATCH goes past the upload's length: {len(wav)} of its {len(wav)} bytes remain from 0."
+    )
     await expect_error(await client.post("/uploads", headers={**basic(*user), **TUS}), 400)  # no length
     await expect_error(await client.post("/uploads", headers={**TUS, "Upload-Length": "10"}), 401)
     bad_metadata = {**basic(*user), **TUS, "Upload-Length": "10", "Upload-Metadata": "bitrate not-base64!"}
