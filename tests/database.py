@@ -73,9 +73,11 @@ SUITE_DB_DELAY_S = float(os.environ.get("TEST_DB_DELAY_MS") or 0) / 1000
 
 
 @pytest.fixture
-def database_delay_s() -> float:
-    """How long PostgreSQL's replies take to reach the service (parametrize it to choose)."""
-    return SUITE_DB_DELAY_S
+def database_delay_s(request: pytest.FixtureRequest) -> float:
+    """How long PostgreSQL's replies take to reach the service: parametrize it to choose,
+    directly or with ``indirect=True`` (which would otherwise be ignored without a word)."""
+    delay: float = getattr(request, "param", SUITE_DB_DELAY_S)
+    return delay
 
 
 @pytest.fixture
