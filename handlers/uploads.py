@@ -42,6 +42,7 @@ from handlers.reads import read_fresh
 from handlers.shapes import link, link_base, ok, record_json, record_url
 from handlers.store import CheckpointedUpload
 from service.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
+from service.slots import ConversionSlots
 from settings import Settings
 
 TUS_VERSION = "1.0.0"
@@ -223,7 +224,7 @@ async def _converted(
     async with request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
         source = _PatchBody(body, offset, total)
         storing = asyncio.ensure_future(_stored(store, source, options, request.app[CONVERTER], turn, resumable))
-        record = await _to_its_end_once_the_body_ended(storing, source)
+        record = await _to_its_end_once_the_body_ended(storing, source, request.app[SLOTS])
     if record is None:
         if not store.header_stored:
             raise ApiError(400, "Send the WAV's whole header in the first PATCH: its samples' format must be known.")
@@ -270,19 +271,19 @@ async def _stored(
 
 
 async def _to_its_end_once_the_body_ended(
-    storing: asyncio.Future[api.Record | None], body: _PatchBody
+    storing: asyncio.Future[api.Record | None], body: _PatchBody, slots: ConversionSlots
 ) -> api.Record | None:
-    """What ``storing`` gives. A PATCH cancelled (its client gone, the service stopping)
-    while its body still arrives cancels it: it keeps what it can (converter/resume.py).
-    Once the body has ended, it runs to its end, bounded as any conversion is: every byte
-    is here, and a client that left after its last one, before the answer, finds the upload
-    finished when it asks HEAD rather than back at its last checkpoint (a body cut short
-    is storing its last checkpoint, within its grace). A second cancellation (the service
-    stopping: slots.cancel_uploads) cancels it all the same."""
+    """What ``storing`` gives. A PATCH cancelled while its body still arrives (its client
+    gone), or by the service stopping, cancels it: it keeps what it can within its grace
+    (converter/resume.py), as the shutdown expects. Cancelled once its body has ended by
+    anything else (its client left after its last byte, before the answer), it runs to its
+    end, bounded as any conversion is: every byte is here, and the client finds the upload
+    finished when it asks HEAD rather than back at its last checkpoint. A second
+    cancellation (the service stopping meanwhile) cancels it all the same."""
     try:
         return await asyncio.shield(storing)
     except asyncio.CancelledError:
-        if not body.ended:
+        if not body.ended or slots.draining:
             storing.cancel()
         with contextlib.suppress(Exception):  # its failure reaches no one: the PATCH is cancelled
             await storing

@@ -120,16 +120,13 @@ class ConversionSlots:
 
     async def cancel_uploads(self, cleanup_s: float) -> None:
         """Cancel every upload still in progress and give them ``cleanup_s`` to
-        clean up (kill FFmpeg, roll back), or to finish (a PATCH whose every byte
-        had arrived, handlers/uploads.py); whatever still runs then is cancelled
-        once more, which ends that too. Their clients get no answer."""
+        clean up (kill FFmpeg, keep a resumable upload's last checkpoint, roll
+        back). Their clients get no answer."""
         tasks = list(self._uploads)
         for task in tasks:
             task.cancel()
         if tasks:
-            _, running = await asyncio.wait(tasks, timeout=cleanup_s)
-            for task in running:
-                task.cancel()
+            await asyncio.wait(tasks, timeout=cleanup_s)
 
     @contextlib.asynccontextmanager
     async def admitted(self, user_id: int) -> AsyncIterator[Turn]:
