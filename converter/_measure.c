@@ -383,14 +383,15 @@ static void true_peak_block(Core *core, Arrays *a, int64_t c)
    it. So a recording that starts or ends loud is not measured as a step from or to silence, whose overshoot
    is in none of its samples. BS.1770-4 says nothing of the ends; this is what FFmpeg's ebur128 does (its
    resampler mirrors the start, libswresample's invert_initial_buffer, and is never flushed), whose figures
-   the measurement is to agree with. available: the recording's samples in the block. */
-static void mirror_start(Arrays *a, int64_t channels, int64_t available)
+   the measurement is to agree with. The block holds more than TP_OVERLAP of the recording's samples:
+   a recording of no more than that has no points at all (finish), as in ebur128. */
+static void mirror_start(Arrays *a, int64_t channels)
 {
     const int64_t before = a->history_length - TP_BLOCK;
     for (int64_t c = 0; c < channels; c++) {
         float *x = a->history + c * a->history_length + before;
         for (int64_t n = 1; n <= before; n++)
-            x[-n] = x[n < available ? n : available - 1];
+            x[-n] = x[n];
     }
 }
 
@@ -398,7 +399,7 @@ static void mirror_start(Arrays *a, int64_t channels, int64_t available)
 static void finish_block(Core *core, Arrays *a, int first)
 {
     if (first)
-        mirror_start(a, core->channels, TP_BLOCK);
+        mirror_start(a, core->channels);
     for (int64_t c = 0; c < core->channels; c++) { /* the block's largest sample, as the points see it */
         a->block_max[c] = largest_of(a->history + c * a->history_length + (a->history_length - TP_BLOCK), TP_BLOCK);
     }
@@ -706,8 +707,11 @@ static PyObject *finish(PyObject *self, PyObject *args)
     if (core) {
         Arrays a = arrays_of(core);
         const int64_t offset = a.history_length - TP_BLOCK, fill = core->block_fill;
-        if (core->frames > 0 && core->frames == fill) /* the block being built is the recording's first */
-            mirror_start(&a, core->channels, fill);
+        /* the samples before the block: mirrored when the block is the recording's first; none to make
+           points of when the recording has no more than TP_OVERLAP (mirror_start) */
+        const int points = core->frames > TP_OVERLAP;
+        if (points && core->frames == fill)
+            mirror_start(&a, core->channels);
         for (int64_t c = 0; c < core->channels && core->frames > 0; c++) {
             const float *x = a.history + c * a.history_length;
             double most = largest_of(x + offset, (int)fill);
@@ -715,7 +719,8 @@ static PyObject *finish(PyObject *self, PyObject *args)
                 core->sample_peak = most;
             if (most > core->true_peak)
                 core->true_peak = most;
-            interpolate(core, &a, x, (int)(offset + fill), a.previous_max[c] > most ? a.previous_max[c] : most);
+            if (points)
+                interpolate(core, &a, x, (int)(offset + fill), a.previous_max[c] > most ? a.previous_max[c] : most);
         }
         result = Py_BuildValue("dd", core->true_peak, core->sample_peak);
     }

@@ -148,6 +148,19 @@ def test_a_recording_cut_off_loud_has_the_true_peak_ffmpeg_measures(case: str) -
     assert loudness.true_peak == pytest.approx(true_peak, abs=0.1)
 
 
+@pytest.mark.parametrize("frames", [1, 13, 32])
+def test_a_recording_too_short_to_interpolate_has_the_true_peak_of_its_samples(frames: int) -> None:
+    """No more samples than the lead-in the start's mirror takes: no points are made of them at
+    all (ebur128's resampler makes none either), so none can be made of samples that are not
+    there. A 5 kHz cosine ending on its full-scale crest."""
+    crest = [round(32767 * math.cos(2 * math.pi * 5000 / 44100 * (n - frames + 1))) for n in range(frames)]
+    analyser = Analyser(WavFormat(FORMAT_PCM, 2, 44100, 4, 16))
+    analyser.take(struct.pack(f"<{2 * frames}h", *(value for sample in crest for value in (sample, 0))))
+    loudness = analyser.result().loudness
+    assert loudness.sample_peak == pytest.approx(20 * math.log10(32767 / 32768))
+    assert loudness.true_peak == loudness.sample_peak
+
+
 def test_surround_channels_weigh_as_bs1770_says() -> None:
     """5.1 from six channels at different levels: the surrounds count 1.41 times, the LFE not at all."""
     levels = "pan=5.1|c0=0.5*c0|c1=0.1*c0|c2=0.2*c0|c3=0.9*c0|c4=0.3*c0|c5=0.05*c0"
