@@ -75,7 +75,8 @@ class _Connection(RequestHandler):
     its slot and FFmpeg until the read timeout. aiohttp's pure-Python parser
     reports the error to the body instead; this does the same. (aiohttp 3.14:
     the parser failure shows only as an error entry queued for the connection;
-    tests/test_faults.py fails if a new aiohttp changes that.)
+    tests/process/test_process.py::test_a_malformed_chunk_is_answered_400_and_frees_everything
+    fails if a new aiohttp changes that.)
 
     And a request answered before its body was asked for (Expect: 100-continue,
     see continue_if_owed) ends its connection: the client may send the body next
