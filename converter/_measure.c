@@ -185,6 +185,13 @@ static int8_t clamp8(double scaled)
     return scaled <= -128.0 ? -128 : scaled >= 127.0 ? 127 : (int8_t)scaled;
 }
 
+/* A pixel as the waveform keeps it: its lowest and highest sample in 8 bits, each rounded outwards. */
+static void store_pixel(int8_t *out, double lowest, double highest)
+{
+    out[0] = clamp8(floor(lowest * 128.0));
+    out[1] = clamp8(ceil(highest * 128.0));
+}
+
 /* Eight points at a time, in vectors the machine's width or split into narrower ones by the compiler. */
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
@@ -395,6 +402,15 @@ static void mirror_start(Arrays *a, int64_t channels)
     }
 }
 
+/* A block's largest sample counted in both peaks: the samples themselves first, the bar the points must pass. */
+static void count_samples(Core *core, double largest)
+{
+    if (largest > core->sample_peak)
+        core->sample_peak = largest;
+    if (largest > core->true_peak)
+        core->true_peak = largest;
+}
+
 /* first: the block is the recording's first (its window reaches before the recording). */
 static void finish_block(Core *core, Arrays *a, int first)
 {
@@ -403,12 +419,8 @@ static void finish_block(Core *core, Arrays *a, int first)
     for (int64_t c = 0; c < core->channels; c++) { /* the block's largest sample, as the points see it */
         a->block_max[c] = largest_of(a->history + c * a->history_length + (a->history_length - TP_BLOCK), TP_BLOCK);
     }
-    for (int64_t c = 0; c < core->channels; c++) { /* the samples themselves first: the bar the points must pass */
-        if (a->block_max[c] > core->sample_peak)
-            core->sample_peak = a->block_max[c];
-        if (a->block_max[c] > core->true_peak)
-            core->true_peak = a->block_max[c];
-    }
+    for (int64_t c = 0; c < core->channels; c++)
+        count_samples(core, a->block_max[c]);
     for (int64_t c = 0; c < core->channels; c++)
         true_peak_block(core, a, c);
     core->block_fill = 0;
@@ -530,8 +542,8 @@ static inline __attribute__((always_inline)) void run_channels(Core *core, Array
                 pixel_max = high[0] > pixel_max ? high[0] : pixel_max, pixel_max = high[1] > pixel_max ? high[1] : pixel_max;
                 pair[p].low = splat(INFINITY), pair[p].high = splat(-INFINITY);
             }
-            *(*pixels)++ = clamp8(floor(pixel_min * 128.0));
-            *(*pixels)++ = clamp8(ceil(pixel_max * 128.0));
+            store_pixel(*pixels, pixel_min, pixel_max);
+            *pixels += 2;
             pixel_frames = 0;
             pixel_min = INFINITY, pixel_max = -INFINITY;
         }
@@ -715,10 +727,7 @@ static PyObject *finish(PyObject *self, PyObject *args)
         for (int64_t c = 0; c < core->channels && core->frames > 0; c++) {
             const float *x = a.history + c * a.history_length;
             double most = largest_of(x + offset, (int)fill);
-            if (most > core->sample_peak)
-                core->sample_peak = most;
-            if (most > core->true_peak)
-                core->true_peak = most;
+            count_samples(core, most);
             if (points)
                 interpolate(core, &a, x, (int)(offset + fill), a.previous_max[c] > most ? a.previous_max[c] : most);
         }
@@ -764,7 +773,8 @@ static PyObject *pixel_being_built(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     Core *core = checked(&view);
     if (core) {
-        int8_t bounds[2] = {clamp8(floor(core->pixel_min * 128.0)), clamp8(ceil(core->pixel_max * 128.0))};
+        int8_t bounds[2];
+        store_pixel(bounds, core->pixel_min, core->pixel_max);
         result = PyBytes_FromStringAndSize((const char *)bounds, core->pixel_frames ? 2 : 0);
     }
     PyBuffer_Release(&view);
