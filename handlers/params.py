@@ -86,6 +86,16 @@ def credentials_from(request: web.Request) -> Credentials:
     return credentials_given(header_credentials(request), {})
 
 
+def owners_credentials(request: web.Request, not_found: str) -> Credentials:
+    """Credentials from the headers, for a record the query's ``user`` owns (theirs when it
+    names none): another user's is 404 ``not_found``, as the api function answers a record
+    that is not theirs."""
+    credentials = credentials_from(request)
+    if user_id_from(request.query.get("user", str(credentials.user_id))) != credentials.user_id:
+        raise ApiError(404, not_found)
+    return credentials
+
+
 def credentials_given(from_headers: Credentials | None, fields: Mapping[str, str]) -> Credentials:
     """The headers' credentials, else the form fields user and token (multipart uploads);
     400 when both are given and differ."""

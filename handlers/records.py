@@ -20,9 +20,9 @@ from handlers.params import (
     credentials_given,
     encode_options_from,
     header_credentials,
+    owners_credentials,
     page_size_from,
     record_id_from,
-    user_id_from,
 )
 from handlers.reads import read_fresh
 from handlers.shapes import link, link_base, ok, record_json
@@ -59,10 +59,7 @@ async def list_records(request: web.Request) -> web.Response:
 
 async def delete_record(request: web.Request) -> web.Response:
     record_id = record_id_from(request.query.get("id"))
-    credentials = credentials_from(request)
-    user_id = user_id_from(request.query.get("user", str(credentials.user_id)))
-    if user_id != credentials.user_id:
-        raise ApiError(404, "No such record.")
+    credentials = owners_credentials(request, "No such record.")
     await api.record_delete(request.app[POOL], credentials.user_id, credentials.token, record_id)
     return web.Response(status=204)
 

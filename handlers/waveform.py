@@ -17,7 +17,7 @@ from aiohttp import web
 
 from db import api
 from handlers.errors import ApiError
-from handlers.params import credentials_from, record_id_from, user_id_from
+from handlers.params import owners_credentials, record_id_from
 from handlers.reads import read_fresh
 
 FORMATS = ("dat", "json")
@@ -26,10 +26,7 @@ DAT_HEADER = struct.Struct("<iIiiIi")  # version, flags, sample rate, samples pe
 
 async def waveform(request: web.Request) -> web.StreamResponse:
     record_id = record_id_from(request.query.get("id"))
-    credentials = credentials_from(request)
-    user_id = user_id_from(request.query.get("user", str(credentials.user_id)))
-    if user_id != credentials.user_id:
-        raise ApiError(404, "No such record, or it has no waveform.")  # as api.record_waveform says
+    credentials = owners_credentials(request, "No such record, or it has no waveform.")  # api.record_waveform's
     wanted = _format_of(request)
     found = await read_fresh(
         request, lambda db: api.record_waveform(db, credentials.user_id, credentials.token, record_id)
