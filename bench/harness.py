@@ -197,8 +197,9 @@ def fetch(url: str, target: Path) -> None:
     subprocess.run(["curl", "-sSf", "-o", str(target), url], check=True)
 
 
-def fetch_to_null(url: str) -> None:
-    subprocess.run(["curl", "-sSf", "-o", "/dev/null", url], check=True)
+def fetch_to_null(url: str, times: int = 1) -> None:
+    """GET ``url`` ``times`` times in a row on one kept-alive connection (one curl), bodies discarded."""
+    subprocess.run(["curl", "-sSf", *["-o", "/dev/null"] * times, *[url] * times], check=True)
 
 
 def post_json(url: str, body: dict[str, str]) -> dict[str, dict[str, object]]:
