@@ -34,7 +34,7 @@ from converter.errors import (
     NotAWav,
     RecordingTooLong,
 )
-from service.keys import BROKEN_OFF, SETTINGS
+from service.keys import BROKEN_OFF, SETTINGS, SLOTS
 from service.slots import NoFreeSlot, ShuttingDown, TooManyOfYours, Unavailable
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,15 @@ def _from_postgres(error: asyncpg.PostgresError) -> ApiError:
 
 def database_unavailable() -> ApiError:
     return ApiError(503, "The database is unavailable; try again shortly.", {"Retry-After": RETRY_AFTER_S})
+
+
+def outcome_status(request: web.Request, error: BaseException) -> int:
+    """The status a request that ended with ``error`` answered, or would have answered had its
+    client stayed: what the metrics count it as."""
+    if isinstance(error, asyncio.CancelledError):
+        # Cancelled: by the shutdown, or because the client went away mid-request.
+        return 503 if request.app[SLOTS].draining else CLIENT_GONE
+    return api_error_for(error).status
 
 
 def api_error_for(error: BaseException) -> ApiError:

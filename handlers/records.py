@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -14,7 +13,7 @@ from converter.errors import ConversionStalled
 from converter.pipeline import sniffed
 from db import api
 from handlers.body import DEFAULT_FILENAME, MultipartForm, PacedBody, multipart_boundary, pace_of
-from handlers.errors import CLIENT_GONE, ApiError, api_error_for, unauthorized
+from handlers.errors import ApiError, outcome_status, unauthorized
 from handlers.params import (
     credentials_from,
     credentials_given,
@@ -73,7 +72,7 @@ async def stored_upload(request: web.Request) -> tuple[api.Record, URL]:
         async with request.app[SLOTS].upload():
             stored = await _convert_upload(request)
     except BaseException as error:
-        metrics.conversions.labels(status=str(_outcome(request, error))).inc()
+        metrics.conversions.labels(status=str(outcome_status(request, error))).inc()
         if isinstance(error, ConversionStalled):
             metrics.stalls.labels(stage=error.stage).inc()
         raise
@@ -81,13 +80,6 @@ async def stored_upload(request: web.Request) -> tuple[api.Record, URL]:
     metrics.conversion_seconds.observe(time.perf_counter() - started)
     metrics.bytes_out.inc(stored[0].size)
     return stored
-
-
-def _outcome(request: web.Request, error: BaseException) -> int:
-    if isinstance(error, asyncio.CancelledError):
-        # Cancelled: by the shutdown, or because the client went away mid-request.
-        return 503 if request.app[SLOTS].draining else CLIENT_GONE
-    return api_error_for(error).status
 
 
 async def _convert_upload(request: web.Request) -> tuple[api.Record, URL]:

@@ -36,7 +36,7 @@ from converter.pipeline import convert
 from converter.resume import Resumable
 from db import api
 from handlers.body import PacedBody, pace_of, too_large
-from handlers.errors import ApiError
+from handlers.errors import ApiError, outcome_status
 from handlers.params import TAG_FIELDS, Credentials, credentials_from, encode_options_from
 from handlers.reads import read_fresh
 from handlers.shapes import link, link_base, ok, record_json, record_url
@@ -168,8 +168,7 @@ async def patch_upload(request: web.Request) -> web.Response:
         try:
             response = await _patched(request, credentials, offset, length, links)
         except BaseException as error:
-            status = error.status if isinstance(error, ApiError) else 500
-            metrics.upload_patches.labels(status=str(status)).inc()
+            metrics.upload_patches.labels(status=str(outcome_status(request, error))).inc()
             raise
     metrics.upload_patches.labels(status=str(response.status)).inc()
     return response

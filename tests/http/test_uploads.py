@@ -22,7 +22,7 @@ import requests
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
 import app as service_app
-from service.keys import SLOTS
+from service.keys import METRICS, SLOTS
 from settings import Settings
 from tests.database import MakeClient
 from tests.support import (
@@ -183,6 +183,10 @@ async def test_a_head_the_moment_a_patch_is_cut_answers_all_that_patch_brought(c
         proxy.stop()
     offset = await offset_of(client, user, path)
     assert cut_after // 2 < offset <= cut_after  # what reached the service, as MP3 and as sent
+    # An operator's dashboard counts the cut PATCH as its client's doing, not as the service failing.
+    patches = client.app[METRICS].registry
+    await until(lambda: patches.get_sample_value("mp3_upload_patches_total", {"status": "400"}) == 1)
+    assert patches.get_sample_value("mp3_upload_patches_total", {"status": "500"}) is None
     finished = await patch(client, user, path, offset, wav[offset:])
     assert finished.status == 204
     record = (await (await client.get(path, headers=basic(*user))).json())["data"]
