@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import Counter
 from yarl import URL
 
-from converter.errors import ConversionStalled
 from converter.pipeline import sniffed
 from db import api
 from handlers.body import DEFAULT_FILENAME, MultipartForm, PacedBody, multipart_boundary, pace_of
@@ -73,8 +70,7 @@ async def stored_upload(request: web.Request) -> tuple[api.Record, URL]:
             stored = await _convert_upload(request)
     except BaseException as error:
         metrics.conversions.labels(status=str(outcome_status(request, error))).inc()
-        if isinstance(error, ConversionStalled):
-            metrics.stalls.labels(stage=error.stage).inc()
+        metrics.count_stall(error)
         raise
     metrics.conversions.labels(status="201").inc()
     metrics.conversion_seconds.observe(time.perf_counter() - started)
@@ -130,11 +126,4 @@ async def upload_from(request: web.Request) -> Upload:
             415, "Send the WAV as a multipart/form-data file part, or as the body with Content-Type audio/wav."
         )
     options = encode_options_from(dict(request.query) | fields, settings.mp3_bitrate_kbps, filename)
-    counted = _counted(request.app[METRICS].bytes_in, chunks)
-    return Upload(credentials, filename, options, await sniffed(counted))
-
-
-async def _counted(received: Counter, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        received.inc(len(chunk))
-        yield chunk
+    return Upload(credentials, filename, options, await sniffed(request.app[METRICS].received(chunks)))

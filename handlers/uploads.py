@@ -169,6 +169,7 @@ async def patch_upload(request: web.Request) -> web.Response:
             response = await _patched(request, credentials, offset, length, links)
         except BaseException as error:
             metrics.upload_patches.labels(status=str(outcome_status(request, error))).inc()
+            metrics.count_stall(error)
             raise
     metrics.upload_patches.labels(status=str(response.status)).inc()
     return response
@@ -221,7 +222,7 @@ async def _converted(
     store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
     resumable = await store.resumable()
     async with request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
-        source = _PatchBody(body, offset, total)
+        source = _PatchBody(body, request.app[METRICS].received(body.chunks()), offset, total)
         storing = asyncio.ensure_future(_stored(store, source, options, request.app[CONVERTER], turn, resumable))
         record = await _to_its_end_once_the_body_ended(storing, source, request.app[SLOTS])
     if record is None:
@@ -229,6 +230,7 @@ async def _converted(
             raise ApiError(400, "Send the WAV's whole header in the first PATCH: its samples' format must be known.")
         return _progressed(store.committed, settings)
     assert total is not None  # the body ended at it
+    request.app[METRICS].bytes_out.inc(record.size)
     return _progressed(total, settings, record_url(links, record.id, credentials.user_id))
 
 
@@ -236,15 +238,16 @@ class _PatchBody:
     """The PATCH's bytes; PatchEnded at their end unless they end the upload. ``ended`` once
     no more are read, however they ended (at their end, or the client gone)."""
 
-    def __init__(self, body: PacedBody, offset: int, total: int | None) -> None:
-        self.body = body
+    def __init__(self, body: PacedBody, wav: AsyncIterator[bytes], offset: int, total: int | None) -> None:
+        self.body = body  # how many bytes it brought
+        self.wav = wav  # its bytes, as counted for /metrics
         self.offset = offset
         self.total = total
         self.ended = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self.body.chunks():
+            async for chunk in self.wav:
                 yield chunk
         finally:
             self.ended = True

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from converter.errors import ConversionStalled
 from service.slots import ConversionSlots
 
 
@@ -49,3 +52,14 @@ class Metrics:
         encoding.set_function(lambda: slots.active)
         turn_waits = Gauge("mp3_turn_waits", "Uploads waiting for their turn on the CPU", registry=self.registry)
         turn_waits.set_function(lambda: slots.waiting)
+
+    async def received(self, wav: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """An upload's WAV bytes as they arrive (POST or PATCH), counted as they pass."""
+        async for chunk in wav:
+            self.bytes_in.inc(len(chunk))
+            yield chunk
+
+    def count_stall(self, error: BaseException) -> None:
+        """An upload (POST or PATCH) that ended with ``error``: counted by its stage if it stalled."""
+        if isinstance(error, ConversionStalled):
+            self.stalls.labels(stage=error.stage).inc()

@@ -294,6 +294,10 @@ async def test_tuspy_in_chunks_of_64_kib_sends_each_byte_once(service_process: S
     patches = re.search(r'^mp3_upload_patches_total\{status="204"\} (\S+)$', metrics, re.MULTILINE)
     assert patches is not None
     assert float(patches.group(1)) == -(-len(wav) // 65536)  # one per chunk: none sent again
+    received = re.search(r"^mp3_upload_bytes_total (\S+)$", metrics, re.MULTILINE)
+    stored = re.search(r"^mp3_output_bytes_total (\S+)$", metrics, re.MULTILINE)
+    assert received is not None and stored is not None
+    assert (float(received.group(1)), float(stored.group(1))) == (len(wav), len(mp3))  # as for a POST
     assert len(decoded(mp3, 2)) == 5 * 44100 * 2
 
 

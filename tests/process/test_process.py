@@ -254,6 +254,15 @@ async def stall_counted(service: ServiceProcess, stage: str) -> float:
     return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
 
 
+async def stop_every_encoder(service: ServiceProcess, stopped: set[int]) -> None:
+    """SIGSTOP each FFmpeg the service starts, until cancelled; ``stopped``: their pids."""
+    while True:
+        for pid in set(service.ffmpeg_children()) - stopped:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+        await asyncio.sleep(0.01)
+
+
 def answered_503_retry_later(answer: bytes) -> None:
     head_bytes, _, body = answer.partition(b"\r\n\r\n")
     assert head_bytes.startswith(b"HTTP/1.1 503"), answer
@@ -278,15 +287,7 @@ async def test_a_conversion_whose_encoder_hangs_is_answered_503_and_frees_everyt
         user = await service_process.new_user(session, "frozen")
     wav = audio(seconds=60)
     stopped: set[int] = set()
-
-    async def stop_every_encoder() -> None:
-        while True:
-            for pid in set(service_process.ffmpeg_children()) - stopped:
-                os.kill(pid, signal.SIGSTOP)
-                stopped.add(pid)
-            await asyncio.sleep(0.01)
-
-    stopping = asyncio.create_task(stop_every_encoder())
+    stopping = asyncio.create_task(stop_every_encoder(service_process, stopped))
     reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
     writer.write(head("/record", user, "audio/wav", len(wav)) + wav)
     try:
@@ -307,6 +308,38 @@ async def test_a_conversion_whose_encoder_hangs_is_answered_503_and_frees_everyt
     assert errors[0].endswith(
         "POST /record answered 503: no progress for 1 s while waiting for FFmpeg to take the samples"
     )
+
+
+async def test_a_patch_whose_encoder_hangs_is_answered_503_and_counted_as_a_stall(
+    service_process: ServiceProcess, audio: Audio
+) -> None:
+    """A resumable upload's PATCH stalls as a POST does: 503 after STALL_TIMEOUT_S, its FFmpeg
+    gone, and /metrics shows the stall and the PATCH's status, as an operator's alert expects."""
+    service_process.env |= {"STALL_TIMEOUT_S": "1", "PARALLEL_SEGMENTS": "1"}
+    await service_process.start()
+    wav = audio(seconds=60)
+    stopped: set[int] = set()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "frozen")
+        tus = {**basic(*user), "Tus-Resumable": "1.0.0"}
+        async with session.post(
+            f"{service_process.base}/uploads", headers={**tus, "Upload-Length": str(len(wav))}
+        ) as created:
+            assert created.status == 201
+            upload_url = created.headers["Location"]
+        stopping = asyncio.create_task(stop_every_encoder(service_process, stopped))
+        headers = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        try:
+            async with session.patch(upload_url, data=wav, headers=headers) as patched:
+                body = await expect_error(patched, 503)
+        finally:
+            stopping.cancel()
+        assert body["message"] == "The conversion made no progress for 1 s and was stopped; try again shortly."
+        metrics = await (await session.get(f"{service_process.base}/metrics")).text()
+    assert stopped
+    await until(lambda: not [pid for pid in stopped if alive(pid)])
+    assert await stall_counted(service_process, "FFmpeg to take the samples") == 1
+    assert 'mp3_upload_patches_total{status="503"} 1.0' in metrics.splitlines()
 
 
 async def test_an_upload_whose_database_stops_answering_is_answered_503_and_leaves_nothing(
