@@ -84,7 +84,7 @@ async def create_upload(request: web.Request) -> web.Response:
         raise ApiError(400, "Give Upload-Length or Upload-Defer-Length, not both.")
     if length is not None and length > settings.max_upload_bytes:
         raise _too_large(settings)
-    if request.content_length:
+    if request.body_exists:  # a Content-Length above 0, or a chunked body
         raise ApiError(
             400, "Send the WAV in PATCH requests: a POST to /uploads carries no body (creation-with-upload)."
         )

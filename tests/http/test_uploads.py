@@ -12,6 +12,7 @@ import logging
 import re
 import signal
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +297,8 @@ async def test_tuspy_in_chunks_of_64_kib_sends_each_byte_once(service_process: S
     assert float(patches.group(1)) == -(-len(wav) // 65536)  # one per chunk: none sent again
     received = re.search(r"^mp3_upload_bytes_total (\S+)$", metrics, re.MULTILINE)
     stored = re.search(r"^mp3_output_bytes_total (\S+)$", metrics, re.MULTILINE)
-    assert received is not None and stored is not None
+    assert received is not None
+    assert stored is not None
     assert (float(received.group(1)), float(stored.group(1))) == (len(wav), len(mp3))  # as for a POST
     assert len(decoded(mp3, 2)) == 5 * 44100 * 2
 
@@ -360,6 +362,13 @@ async def test_what_the_protocol_refuses(client: Client, audio: Audio) -> None:
         body["message"] == f"The PATCH goes past the upload's length: {len(wav)} of its {len(wav)} bytes remain from 0."
     )
     await expect_error(await client.post("/uploads", headers={**basic(*user), **TUS}), 400)  # no length
+    with_length = {**basic(*user), **TUS, "Upload-Length": str(len(wav))}
+
+    async def chunked(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    for creation_with_upload in (wav, chunked(wav)):  # as Content-Length, or chunked
+        await expect_error(await client.post("/uploads", data=creation_with_upload, headers=with_length), 400)
     await expect_error(await client.post("/uploads", headers={**TUS, "Upload-Length": "10"}), 401)
     bad_metadata = {**basic(*user), **TUS, "Upload-Length": "10", "Upload-Metadata": "bitrate not-base64!"}
     await expect_error(await client.post("/uploads", headers=bad_metadata), 400)
