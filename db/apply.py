@@ -87,13 +87,17 @@ def apply(
     confine_cluster: bool = False,
 ) -> None:
     """Prepare the database as the administrator, then migrate and reload the api as the owner."""
+    owner_url = as_role(admin_url, roles.owner)
     with psycopg.connect(admin_url, autocommit=True) as admin:
         prepare_database(admin, roles)
         if confine_cluster:
             close_other_databases(admin)
-        admin.execute("DROP SCHEMA IF EXISTS api CASCADE")  # whoever an earlier version let own it
-        drop_private_code(admin)
-    owner_url = as_role(admin_url, roles.owner)
+        # The code goes before the migrations only when they may change what it reads, or
+        # when an earlier version let another role own the schema: otherwise the services
+        # already running keep calling it until the reload swaps it in one transaction.
+        if migrations_pending(owner_url, migrations_dir) or not owns_api(admin, roles.owner):
+            admin.execute("DROP SCHEMA IF EXISTS api CASCADE")
+            drop_private_code(admin)
     apply_migrations(owner_url, migrations_dir)
     with psycopg.connect(owner_url) as owner:
         reload_functions(owner, roles.service)
@@ -188,6 +192,20 @@ def as_role(url: str, role: str) -> str:
     query = dict(parse_qsl(parts.query))
     query["options"] = f"{query.get('options', '')} -c role={role}".strip()
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))  # libpq: %20, not +
+
+
+def migrations_pending(database_url: str, migrations_dir: Path = MIGRATIONS_DIR) -> bool:
+    backend = get_backend(yoyo_url(database_url))
+    return bool(backend.to_apply(read_migrations(str(migrations_dir))))
+
+
+def owns_api(admin: psycopg.Connection, owner: str) -> bool:
+    """Whether ``owner`` owns schema api (true too when there is none yet: nothing to drop)."""
+    found = admin.execute(
+        "SELECT n.nspowner = r.oid FROM pg_namespace AS n, pg_roles AS r WHERE n.nspname = 'api' AND r.rolname = %s",
+        [owner],
+    ).fetchone()
+    return found is None or bool(found[0])
 
 
 def apply_migrations(database_url: str, migrations_dir: Path = MIGRATIONS_DIR) -> None:

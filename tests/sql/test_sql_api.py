@@ -28,7 +28,7 @@ from db.apply import (
     apply,
     function_files,
 )
-from tests.support import ROOT, finished_records, store_record
+from tests.support import ROOT, finished_records, store_record, wait_until
 
 
 def sqlstate_of(connection: psycopg.Connection, query: str, params: Any = None) -> str | None:
@@ -566,6 +566,41 @@ def test_apply_is_repeatable_and_drops_functions_that_no_longer_have_a_file(
         len(list(MIGRATIONS_DIR.glob("*.sql"))),
     )
     assert admin.execute("SELECT rolname FROM pg_roles WHERE rolname = %s", [DEFAULT_SERVICE_ROLE]).fetchone()
+
+
+def test_applying_a_release_without_migrations_leaves_the_api_to_running_services(
+    admin: psycopg.Connection, service: psycopg.Connection
+) -> None:
+    """A rolling deploy applies its release beside services still running: while its
+    migrations wait (here for yoyo's lock, which this test holds), they call the api as before."""
+    user_id, token = create_user(service)
+    info = admin.info
+    holder = psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=info.user)
+    holder.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 0)")  # held until rollback
+    failures: list[BaseException] = []
+
+    def applying() -> None:
+        try:
+            apply(f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
+        except BaseException as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=applying)
+    thread.start()
+    try:
+        wait_until(lambda: scalar(admin, WAITING_FOR_THE_LOCK), 20)
+        assert service.execute("SELECT id FROM api.user_check(%s, %s)", [user_id, token]).fetchone() == (user_id,)
+    finally:
+        holder.rollback()
+        holder.close()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert failures == []
+
+
+WAITING_FOR_THE_LOCK = """
+    SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%yoyo_lock%%'
+"""
 
 
 def test_the_replication_login_may_replicate_and_not_even_connect_to_the_database(admin: psycopg.Connection) -> None:
