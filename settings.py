@@ -7,10 +7,13 @@ Every variable, its default and its meaning is listed in docs/operations.md,
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import shutil
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from converter.mp3 import LAME_CBR_KBPS
@@ -19,6 +22,27 @@ from converter.mp3 import LAME_CBR_KBPS
 MAX_DURATION_LIMIT_S = 6 * 3600
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may keep busy: those it may run on, or fewer when its container's
+    CPU quota (`docker run --cpus`, a Kubernetes limit) allows less time, rounded up. The
+    host's count would start an encoder per host core inside a 2-CPU container."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cpu_quota(cgroup)
+    return cpus if quota is None else max(1, min(cpus, math.ceil(quota)))
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time the cgroup allows (cgroup v2's cpu.max, v1's CFS quota); None: no bound."""
+    with suppress(OSError, ValueError, ZeroDivisionError):
+        limit, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if limit == "max" else int(limit) / int(period)
+    with suppress(OSError, ValueError):
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
 
 
 class ConfigError(Exception):
@@ -36,13 +60,13 @@ class Settings:
     public_url: str | None = None
     max_upload_bytes: int = 1024 * 1024 * 1024
     mp3_bitrate_kbps: int = 192
-    convert_concurrency: int = os.cpu_count() or 1
+    convert_concurrency: int = usable_cpus()
     # Uploads in progress at once, however slowly they arrive (0: four per conversion slot),
     # and one user's: each holds an FFmpeg and a database connection.
     max_uploads: int = 0
     user_max_uploads: int = 2
     # Encoders one upload may use at once, on slots nobody waits for (0 or 1: one).
-    parallel_segments: int = os.cpu_count() or 1
+    parallel_segments: int = usable_cpus()
     queue_timeout_s: float = 10.0
     ffmpeg_timeout_s: float = 3600.0
     # A conversion in which nothing moves (FFmpeg hung, the database silent) for this

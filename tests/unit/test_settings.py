@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from settings import ConfigError, Settings
+from settings import ConfigError, Settings, usable_cpus
 
 BASE = {"DATABASE_URL": "postgresql://mp3_service@localhost/mp3"}
 
@@ -94,3 +97,26 @@ def test_values_are_read_from_the_environment() -> None:
 def test_bad_values_stop_the_service_with_a_message_naming_them(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env(BASE | {name: value})
+
+
+@pytest.mark.parametrize(
+    ("files", "cpus"),
+    [
+        ({}, "all"),  # no cgroup files: the CPUs it may run on
+        ({"cpu.max": "max 100000\n"}, "all"),
+        ({"cpu.max": "150000 100000\n"}, 2),  # docker run --cpus 1.5
+        ({"cpu.max": "20000 100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "all"),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+        ({"cpu.max": "garbage"}, "all"),
+    ],
+)
+def test_the_default_concurrency_is_the_cpus_a_container_may_use(
+    tmp_path: Path, files: dict[str, str], cpus: int | str
+) -> None:
+    """A 2-CPU container on a 64-core host gets 2 conversion slots and encoders, not 64."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    runnable = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == (runnable if cpus == "all" else min(runnable, int(cpus)))
