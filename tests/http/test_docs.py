@@ -445,6 +445,58 @@ def compose_file(name: str) -> tuple[set[str], set[str]]:
     return set(services), set(re.findall(r'profiles: \["([\w-]+)"\]', text))
 
 
+COMPOSE_FILES = ("compose.yaml", "compose.scale.yaml")
+
+
+def compose_defaults(name: str) -> dict[str, set[str]]:
+    """Each `${VARIABLE:-default}` of a compose file: the defaults it gives each variable."""
+    defaults: dict[str, set[str]] = {}
+    for variable, default in re.findall(r"\$\{([A-Z][A-Z0-9_]*):-([^}]*)\}", (ROOT / name).read_text()):
+        defaults.setdefault(variable, set()).add(default)
+    return defaults
+
+
+def app_environment(name: str) -> set[str]:
+    """The variables a compose file passes to its `app` service."""
+    app = (ROOT / name).read_text().split("\n  app:\n", 1)[1]
+    app = re.split(r"^  [\w-]+:\s*$", app, maxsplit=1, flags=re.MULTILINE)[0]
+    environment = app.split("\n    environment:\n", 1)[1]
+    return set(re.findall(r"^      ([A-Z][A-Z0-9_]*):", environment, re.MULTILINE))
+
+
+def test_copying_the_env_example_keeps_every_compose_files_defaults() -> None:
+    """`cp .env.example .env` (docs/operations.md) changes no setting of either stack:
+    `${X:-default}` replaces only an empty value, so a value .env.example gives
+    overrides each file's own default (MAX_UPLOADS=0 made the balancer's maxconn 0:
+    no limit per replica)."""
+    overridden = [
+        f"{name}: {variable}={value} (its default: {', '.join(sorted(compose_defaults(name)[variable]))})"
+        for variable, value in env_example().items()
+        if value
+        for name in COMPOSE_FILES
+        if compose_defaults(name).get(variable, {value}) != {value}
+    ]
+    assert overridden == []
+
+
+# Settings the compose files fix for the container (its address, the image's FFmpeg, the
+# URLs built from the passwords) rather than offer to the operator.
+FIXED_IN_CONTAINER = {"DATABASE_URL", "DATABASE_READ_URL", "HOST", "PORT", "FFMPEG_BINARY"}
+
+
+def test_both_compose_files_pass_every_setting_the_env_example_offers() -> None:
+    settings = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', (ROOT / "settings.py").read_text())) - FIXED_IN_CONTAINER
+    assert settings - env_example().keys() == set()
+    missing = [
+        f"{name}: {setting}"
+        for name in COMPOSE_FILES
+        for setting in sorted(settings - app_environment(name))
+        # The read replica's lag bound means nothing in a stack without one.
+        if not (setting == "REPLICA_MAX_LAG_S" and "DATABASE_READ_URL" not in app_environment(name))
+    ]
+    assert missing == []
+
+
 def test_the_examples_not_run_name_what_the_compose_stack_has() -> None:
     env = env_example()
     logins = {(env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]), ("mp3_service", env["SERVICE_ROLE_PASSWORD"])}
