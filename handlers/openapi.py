@@ -48,7 +48,9 @@ BAD_REQUEST = _error("Malformed JSON, form, ids or options")
 UNAUTHORIZED = _error("Missing or wrong credentials, or an unknown user (the same answer)", "WWW-Authenticate")
 NOT_FOUND = _error("No such record, or another user's (the same answer)")
 UNAVAILABLE = _error(
-    "The database is unreachable, every conversion slot stayed busy, or the service is stopping", "Retry-After"
+    "The database is unreachable, no upload place came free within QUEUE_TIMEOUT_S (MAX_UPLOADS, or the user's"
+    " USER_MAX_UPLOADS), a conversion stalled for STALL_TIMEOUT_S, or the service is stopping",
+    "Retry-After",
 )
 
 CREDENTIALS: list[dict[str, list[str]]] = [{"basic": []}, {"userHeaders": []}]
@@ -494,7 +496,7 @@ def _older_clients(default_kbps: int) -> dict[str, Any]:
 def _operations() -> dict[str, Any]:
     return {
         "/health": {"get": _status("Liveness: the database answers, FFmpeg is there", {"type": "object"})},
-        "/ready": {"get": _status("Readiness for uploads: also a free conversion slot", {"type": "object"})},
+        "/ready": {"get": _status("Readiness for uploads: also a free upload place (MAX_UPLOADS)", {"type": "object"})},
         "/ready/downloads": {
             "get": _status("Readiness for downloads and listings: the read replica or the primary", {"type": "object"})
         },
