@@ -58,6 +58,13 @@ RECORD_QUERY = [
     {"name": "id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
     {"name": "user", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
 ]
+# DELETE /record and the waveform take the credentials' user when the query names none
+# (handlers/params.py, owners_credentials); another user's is 404.
+OWNERS_RECORD_QUERY = [
+    RECORD_QUERY[0],
+    RECORD_QUERY[1]
+    | {"required": False, "description": "the record's owner: the credentials' user when left out (another's: 404)"},
+]
 LEGACY_RECORD_QUERY = [
     {"name": "record_id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
     {"name": "user_id", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
@@ -288,7 +295,7 @@ def _records(default_kbps: int) -> dict[str, Any]:
                 "summary": "The record's waveform, in audiowaveform's .dat (v2, 8-bit) or JSON",
                 "security": CREDENTIALS,
                 "parameters": [
-                    *RECORD_QUERY,
+                    *OWNERS_RECORD_QUERY,
                     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["dat", "json"]}},
                 ],
                 "responses": {
@@ -315,7 +322,7 @@ def _records(default_kbps: int) -> dict[str, Any]:
                 "tags": ["records"],
                 "summary": "Delete a record and its MP3",
                 "security": CREDENTIALS,
-                "parameters": RECORD_QUERY,
+                "parameters": OWNERS_RECORD_QUERY,
                 "responses": {
                     "204": {"description": "Deleted"},
                     "400": BAD_REQUEST,

@@ -289,6 +289,22 @@ async def test_every_status_a_route_answers_is_documented_for_it(make_client: Ma
         assert status in spec["paths"][path][method]["responses"], (method, path, status)
 
 
+async def test_the_user_query_parameter_is_required_where_leaving_it_out_is_refused(
+    client: Client, audio: Audio
+) -> None:
+    """A download needs `user` (the link names it); deleting a record and its waveform take
+    the credentials' user when the query names none: the document says which."""
+    spec = await document(client)
+    user_id, token = await new_user(client)
+    stored = (await (await upload(client, (user_id, token), audio())).json())["data"]
+    without_user = f"?id={stored['id']}"
+    for method, path in (("get", "/record"), ("head", "/record"), ("get", "/record/waveform"), ("delete", "/record")):
+        (parameter,) = [p for p in spec["paths"][path][method]["parameters"] if p["name"] == "user"]
+        response = await client.request(method.upper(), path + without_user, headers=basic(user_id, token))
+        assert response.status < 500, (method, path, response.status)
+        assert parameter["required"] == (response.status == 400), (method, path, response.status)
+
+
 # --- the Markdown documents against the repository -----------------------------------
 
 
