@@ -395,15 +395,19 @@ def _resumable_uploads() -> dict[str, Any]:
     upload_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
     unsupported = _error("Another Tus-Resumable than 1.0.0", "Tus-Version")
     gone = _error("Expired: UPLOAD_EXPIRY_S without a request writing to it")
-    statuses = {"400": BAD_REQUEST, "401": UNAUTHORIZED, "404": NOT_FOUND, "410": gone, "412": unsupported}
+    statuses = {"400": BAD_REQUEST, "401": UNAUTHORIZED, "412": unsupported}
+    # Only an operation on an upload named by its id can miss it or find it expired: the POST
+    # that creates one answers neither.
+    of_an_upload = {"404": NOT_FOUND, "410": gone}
 
     def tus_operation(summary: str, responses: dict[str, Any], *parameters: dict[str, Any]) -> dict[str, Any]:
+        named = of_an_upload if upload_id in parameters else {}
         return {
             "tags": ["resumable uploads"],
             "summary": summary,
             "security": CREDENTIALS,
             "parameters": [tus, *parameters],
-            "responses": statuses | responses | {"503": UNAVAILABLE},
+            "responses": statuses | named | responses | {"503": UNAVAILABLE},
         }
 
     def header(name: str, description: str, required: bool = False) -> dict[str, Any]:

@@ -305,6 +305,20 @@ async def test_the_user_query_parameter_is_required_where_leaving_it_out_is_refu
         assert parameter["required"] == (response.status == 400), (method, path, response.status)
 
 
+async def test_only_operations_that_name_something_document_it_missing_or_gone(client: Client) -> None:
+    """404 and 410 are answers about the record, upload or file a request names: an operation
+    naming none (POST /uploads creates its upload) cannot give them."""
+    wrong = [
+        f"{method.upper()} {path}: {status}"
+        for path, operations in (await document(client))["paths"].items()
+        for method, operation in operations.items()
+        for status in ("404", "410")
+        if status in operation["responses"]
+        and not any(parameter["in"] in {"path", "query"} for parameter in operation.get("parameters", []))
+    ]
+    assert wrong == []
+
+
 # --- the Markdown documents against the repository -----------------------------------
 
 
