@@ -24,6 +24,7 @@ from handlers.page import VENDOR_PREFIX, VENDORED
 from handlers.params import encode_options_from
 from handlers.records import WAV_TYPES
 from handlers.swagger import DOCS_ASSETS_PREFIX
+from settings import ConfigError, Settings
 from tests.database import MakeClient
 from tests.documents import (
     DOCUMENTS,
@@ -384,6 +385,30 @@ def test_the_settings_table_has_every_setting_the_code_reads() -> None:
     assert "MIGRATE_DATABASE_URL" in table  # scripts/run's own
     compose_variables = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert compose_variables - named_variables(ROOT / "docs/operations.md") == set()
+
+
+def test_the_settings_table_gives_the_largest_value_settings_py_takes() -> None:
+    """Each numeric setting takes the largest value the table gives it (its row's, or the
+    rule for durations above the table) and refuses the next."""
+    operations = ROOT / "docs/operations.md"
+    rows = {cells[0].strip("`"): cells[2] for cells in table_after(operations, "## Settings")}
+    above_the_table = prose(operations).split("\n## Settings\n", 1)[1].split("\n|", 1)[0]
+    (most_seconds,) = re.findall(r"\(`\*_S`\).*? at most (\d+)", above_the_table, re.DOTALL)
+    numeric = re.findall(r'_(?:number|seconds)\(env, "([A-Z][A-Z0-9_]+)"', (ROOT / "settings.py").read_text())
+    assert len(numeric) > 15
+    valid = {"DATABASE_URL": "postgresql://mp3_service@localhost/mp3"}
+    wrong = []
+    for name in sorted(set(numeric) - {"MP3_BITRATE"}):  # its row lists LAME's rates
+        stated = re.findall(r"at most (\d+)", rows[name], re.IGNORECASE) or (
+            [most_seconds] if name.endswith("_S") else []
+        )
+        if len(stated) != 1:
+            wrong.append(f"{name}: no bound in its row")
+            continue
+        Settings.from_env({**valid, name: stated[0]})
+        with pytest.raises(ConfigError):
+            Settings.from_env({**valid, name: str(int(stated[0]) + 1)})
+    assert wrong == []
 
 
 def test_every_variable_a_script_reads_is_in_the_scripts_table() -> None:
