@@ -44,7 +44,7 @@ def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": envelope}}}
 
 
-BAD_REQUEST = _error("Malformed JSON, form, ids or options")
+BAD_REQUEST = _error("Malformed JSON, form, ids or options, or credentials given twice and differently")
 UNAUTHORIZED = _error("Missing or wrong credentials, or an unknown user (the same answer)", "WWW-Authenticate")
 NOT_FOUND = _error("No such record, or another user's (the same answer)")
 UNAVAILABLE = _error(

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from aiohttp import hdrs
 
-from converter.wav import NOT_A_WAV
+from converter.wav import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, NOT_A_WAV
 from handlers.errors import ApiError
 from handlers.page import VENDOR_PREFIX, VENDORED
 from handlers.params import encode_options_from
@@ -56,6 +56,7 @@ from tests.support import (
     basic,
     decoded,
     expect_error,
+    form,
     free_port,
     local,
     new_user,
@@ -288,6 +289,26 @@ async def test_every_status_a_route_answers_is_documented_for_it(make_client: Ma
     for method, path, call in asked:
         status = str((await call).status)
         assert status in spec["paths"][path][method]["responses"], (method, path, status)
+
+
+async def test_the_statuses_name_the_wavs_and_the_credentials_the_service_refuses(client: Client, audio: Audio) -> None:
+    """api.md's 422 row gives the reader's bounds (converter/wav.py); the 400 for credentials
+    given twice, in headers and as form fields, is in its 400 row and in the API document."""
+    statuses = {cells[0]: cells[1] for cells in table_after(ROOT / "docs/api.md", "## Statuses")}
+    for bound in (f"more than {MAX_CHANNELS} channels", f"below {MIN_SAMPLE_RATE // 1000} kHz"):
+        assert bound in statuses["422"]
+    assert f"above {MAX_SAMPLE_RATE // 1000} kHz" in statuses["422"]
+    user_id, token = await new_user(client)
+    other_id, other_token = await new_user(client, "bob")
+    twice = await client.post(
+        "/record", data=form(audio(), user=other_id, token=other_token), headers=basic(user_id, token)
+    )
+    assert (await expect_error(twice, 400))[
+        "message"
+    ] == "Credentials were given twice, and differently: send them once."
+    assert "credentials given twice and differently" in statuses["400"]
+    described = (await document(client))["paths"]["/record"]["post"]["responses"]["400"]["description"]
+    assert "credentials given twice and differently" in described
 
 
 async def test_the_user_query_parameter_is_required_where_leaving_it_out_is_refused(
