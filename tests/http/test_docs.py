@@ -311,6 +311,22 @@ async def test_the_statuses_name_the_wavs_and_the_credentials_the_service_refuse
     assert "credentials given twice and differently" in described
 
 
+async def test_the_json_answers_outside_the_envelope_are_the_ones_api_md_names(client: Client) -> None:
+    envelope = prose(ROOT / "docs/api.md").split("Every JSON answer", 1)[1].split("Credentials,", 1)[0]
+    outside = {
+        path
+        for path, operations in (await document(client))["paths"].items()
+        for operation in operations.values()
+        for status, answer in operation["responses"].items()
+        if status.startswith("2") and "application/json" in answer.get("content", {})
+        if answer["content"]["application/json"]["schema"].get("required") != ["status", "data"]
+    }
+    assert {"/record/waveform", "/openapi.json", "/files.convert"} <= outside
+    assert {
+        path for path in outside if f"{path}`" not in envelope and path.rsplit("/", 1)[0] + "/`" not in envelope
+    } == set()
+
+
 async def test_the_user_query_parameter_is_required_where_leaving_it_out_is_refused(
     client: Client, audio: Audio
 ) -> None:
