@@ -81,7 +81,8 @@ class Settings:
     # A slow mobile uplink (EDGE) still sends 100+ kbit/s; a trickle below this is cut off.
     min_upload_kbps: int = 64
     idle_timeout_s: float = 15.0
-    # A download's client that accepts none of a 256 KiB slice for this long is cut off.
+    # A download's client that acknowledges under 64 KiB in this long is cut off (without
+    # Linux's tcp_info: one that takes none of a 256 KiB slice; handlers/send.py).
     send_timeout_s: float = 60.0
     shutdown_timeout_s: float = 30.0
     log_format: str = "text"

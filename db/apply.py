@@ -67,6 +67,10 @@ LARGE_OBJECT_CREATION = ("lo_create(oid)", "lo_creat(integer)", "lo_from_bytea(o
 LARGE_OBJECT_IMPORT = ("lo_import(text)", "lo_import(text, oid)")
 
 
+class UnusableUrl(ValueError):
+    """The database URL given cannot apply migrations; the message says why."""
+
+
 @dataclass(frozen=True)
 class Roles:
     owner: str = DEFAULT_OWNER_ROLE
@@ -113,7 +117,10 @@ def prepare_database(admin: psycopg.Connection, roles: Roles) -> None:
     Database-level rights are not copied when a database is created from a
     template, so this is also what a copy needs (the tests' databases are)."""
     if admin.info.user in (roles.owner, roles.service):
-        raise ValueError(f"run the apply command as an administrator, not as {admin.info.user}")
+        raise UnusableUrl(
+            f"run the apply command as an administrator (a superuser), not as {admin.info.user}"
+            " (scripts/run takes that URL from MIGRATE_DATABASE_URL)"
+        )
     ensure_role(admin, roles.owner, login=False)
     ensure_role(admin, roles.service, login=True, password=roles.service_password)
     if roles.replication_password is not None:
@@ -219,7 +226,7 @@ def yoyo_url(database_url: str) -> str:
     """yoyo picks its driver from the URL scheme; ours is psycopg 3."""
     scheme, separator, rest = database_url.partition("://")
     if not separator or scheme not in {"postgres", "postgresql", "postgresql+psycopg"}:
-        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, not {scheme!r}")
+        raise UnusableUrl(f"DATABASE_URL must be a postgresql:// URL, not {scheme!r}")
     return f"postgresql+psycopg://{rest}"
 
 
@@ -285,13 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     confine = os.environ.get("CONFINE_CLUSTER") or "0"
     if confine not in {"0", "1"}:
         parser.error(f"CONFINE_CLUSTER must be 1 (the cluster serves this service alone) or 0, not {confine!r}")
-    apply(
-        args.database_url,
-        roles,
-        user_quota_mb=_whole_number(parser, "USER_QUOTA_MB", "MiB (0: no quota)"),
-        storage_max_gb=_whole_number(parser, "STORAGE_MAX_GB", "GiB (0: no bound)"),
-        confine_cluster=confine == "1",
-    )
+    try:
+        apply(
+            args.database_url,
+            roles,
+            user_quota_mb=_whole_number(parser, "USER_QUOTA_MB", "MiB (0: no quota)"),
+            storage_max_gb=_whole_number(parser, "STORAGE_MAX_GB", "GiB (0: no bound)"),
+            confine_cluster=confine == "1",
+        )
+    except UnusableUrl as error:  # an operator's mistake: a message, not a traceback
+        parser.error(str(error))
     print(
         f"database up to date; api reloaded from {len(function_files())} files, owned by {roles.owner};"
         f" role {roles.service} granted"

@@ -46,7 +46,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """GET /ready: the database answers, FFmpeg is there, and a conversion slot is free."""
+    """GET /ready: the database answers, FFmpeg is there, and an upload place (MAX_UPLOADS) is
+    free; conversion turns are never refused (service/slots.py), so they are not asked."""
     problems = await health_problems(request)
     slots = request.app[SLOTS]
     if slots.free == 0:

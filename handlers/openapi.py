@@ -44,17 +44,26 @@ def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": envelope}}}
 
 
-BAD_REQUEST = _error("Malformed JSON, form, ids or options")
+BAD_REQUEST = _error("Malformed JSON, form, ids or options, or credentials given twice and differently")
 UNAUTHORIZED = _error("Missing or wrong credentials, or an unknown user (the same answer)", "WWW-Authenticate")
 NOT_FOUND = _error("No such record, or another user's (the same answer)")
 UNAVAILABLE = _error(
-    "The database is unreachable, every conversion slot stayed busy, or the service is stopping", "Retry-After"
+    "The database is unreachable, no upload place came free within QUEUE_TIMEOUT_S (MAX_UPLOADS, or the user's"
+    " USER_MAX_UPLOADS), a conversion stalled for STALL_TIMEOUT_S, or the service is stopping",
+    "Retry-After",
 )
 
 CREDENTIALS: list[dict[str, list[str]]] = [{"basic": []}, {"userHeaders": []}]
 RECORD_QUERY = [
     {"name": "id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
     {"name": "user", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
+]
+# DELETE /record and the waveform take the credentials' user when the query names none
+# (handlers/params.py, owners_credentials); another user's is 404.
+OWNERS_RECORD_QUERY = [
+    RECORD_QUERY[0],
+    RECORD_QUERY[1]
+    | {"required": False, "description": "the record's owner: the credentials' user when left out (another's: 404)"},
 ]
 LEGACY_RECORD_QUERY = [
     {"name": "record_id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
@@ -286,7 +295,7 @@ def _records(default_kbps: int) -> dict[str, Any]:
                 "summary": "The record's waveform, in audiowaveform's .dat (v2, 8-bit) or JSON",
                 "security": CREDENTIALS,
                 "parameters": [
-                    *RECORD_QUERY,
+                    *OWNERS_RECORD_QUERY,
                     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["dat", "json"]}},
                 ],
                 "responses": {
@@ -313,7 +322,7 @@ def _records(default_kbps: int) -> dict[str, Any]:
                 "tags": ["records"],
                 "summary": "Delete a record and its MP3",
                 "security": CREDENTIALS,
-                "parameters": RECORD_QUERY,
+                "parameters": OWNERS_RECORD_QUERY,
                 "responses": {
                     "204": {"description": "Deleted"},
                     "400": BAD_REQUEST,
@@ -386,15 +395,19 @@ def _resumable_uploads() -> dict[str, Any]:
     upload_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
     unsupported = _error("Another Tus-Resumable than 1.0.0", "Tus-Version")
     gone = _error("Expired: UPLOAD_EXPIRY_S without a request writing to it")
-    statuses = {"400": BAD_REQUEST, "401": UNAUTHORIZED, "404": NOT_FOUND, "410": gone, "412": unsupported}
+    statuses = {"400": BAD_REQUEST, "401": UNAUTHORIZED, "412": unsupported}
+    # Only an operation on an upload named by its id can miss it or find it expired: the POST
+    # that creates one answers neither.
+    of_an_upload = {"404": NOT_FOUND, "410": gone}
 
     def tus_operation(summary: str, responses: dict[str, Any], *parameters: dict[str, Any]) -> dict[str, Any]:
+        named = of_an_upload if upload_id in parameters else {}
         return {
             "tags": ["resumable uploads"],
             "summary": summary,
             "security": CREDENTIALS,
             "parameters": [tus, *parameters],
-            "responses": statuses | responses | {"503": UNAVAILABLE},
+            "responses": statuses | named | responses | {"503": UNAVAILABLE},
         }
 
     def header(name: str, description: str, required: bool = False) -> dict[str, Any]:
@@ -494,7 +507,7 @@ def _older_clients(default_kbps: int) -> dict[str, Any]:
 def _operations() -> dict[str, Any]:
     return {
         "/health": {"get": _status("Liveness: the database answers, FFmpeg is there", {"type": "object"})},
-        "/ready": {"get": _status("Readiness for uploads: also a free conversion slot", {"type": "object"})},
+        "/ready": {"get": _status("Readiness for uploads: also a free upload place (MAX_UPLOADS)", {"type": "object"})},
         "/ready/downloads": {
             "get": _status("Readiness for downloads and listings: the read replica or the primary", {"type": "object"})
         },

@@ -18,12 +18,13 @@ import psycopg
 import pytest
 from aiohttp import hdrs
 
-from converter.wav import NOT_A_WAV
+from converter.wav import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, NOT_A_WAV
 from handlers.errors import ApiError
 from handlers.page import VENDOR_PREFIX, VENDORED
 from handlers.params import encode_options_from
 from handlers.records import WAV_TYPES
 from handlers.swagger import DOCS_ASSETS_PREFIX
+from settings import ConfigError, Settings
 from tests.database import MakeClient
 from tests.documents import (
     DOCUMENTS,
@@ -55,6 +56,7 @@ from tests.support import (
     basic,
     decoded,
     expect_error,
+    form,
     free_port,
     local,
     new_user,
@@ -289,6 +291,72 @@ async def test_every_status_a_route_answers_is_documented_for_it(make_client: Ma
         assert status in spec["paths"][path][method]["responses"], (method, path, status)
 
 
+async def test_the_statuses_name_the_wavs_and_the_credentials_the_service_refuses(client: Client, audio: Audio) -> None:
+    """api.md's 422 row gives the reader's bounds (converter/wav.py); the 400 for credentials
+    given twice, in headers and as form fields, is in its 400 row and in the API document."""
+    statuses = {cells[0]: cells[1] for cells in table_after(ROOT / "docs/api.md", "## Statuses")}
+    for bound in (f"more than {MAX_CHANNELS} channels", f"below {MIN_SAMPLE_RATE // 1000} kHz"):
+        assert bound in statuses["422"]
+    assert f"above {MAX_SAMPLE_RATE // 1000} kHz" in statuses["422"]
+    user_id, token = await new_user(client)
+    other_id, other_token = await new_user(client, "bob")
+    twice = await client.post(
+        "/record", data=form(audio(), user=other_id, token=other_token), headers=basic(user_id, token)
+    )
+    assert (await expect_error(twice, 400))[
+        "message"
+    ] == "Credentials were given twice, and differently: send them once."
+    assert "credentials given twice and differently" in statuses["400"]
+    described = (await document(client))["paths"]["/record"]["post"]["responses"]["400"]["description"]
+    assert "credentials given twice and differently" in described
+
+
+async def test_the_json_answers_outside_the_envelope_are_the_ones_api_md_names(client: Client) -> None:
+    envelope = prose(ROOT / "docs/api.md").split("Every JSON answer", 1)[1].split("Credentials,", 1)[0]
+    outside = {
+        path
+        for path, operations in (await document(client))["paths"].items()
+        for operation in operations.values()
+        for status, answer in operation["responses"].items()
+        if status.startswith("2") and "application/json" in answer.get("content", {})
+        if answer["content"]["application/json"]["schema"].get("required") != ["status", "data"]
+    }
+    assert {"/record/waveform", "/openapi.json", "/files.convert"} <= outside
+    assert {
+        path for path in outside if f"{path}`" not in envelope and path.rsplit("/", 1)[0] + "/`" not in envelope
+    } == set()
+
+
+async def test_the_user_query_parameter_is_required_where_leaving_it_out_is_refused(
+    client: Client, audio: Audio
+) -> None:
+    """A download needs `user` (the link names it); deleting a record and its waveform take
+    the credentials' user when the query names none: the document says which."""
+    spec = await document(client)
+    user_id, token = await new_user(client)
+    stored = (await (await upload(client, (user_id, token), audio())).json())["data"]
+    without_user = f"?id={stored['id']}"
+    for method, path in (("get", "/record"), ("head", "/record"), ("get", "/record/waveform"), ("delete", "/record")):
+        (parameter,) = [p for p in spec["paths"][path][method]["parameters"] if p["name"] == "user"]
+        response = await client.request(method.upper(), path + without_user, headers=basic(user_id, token))
+        assert response.status < 500, (method, path, response.status)
+        assert parameter["required"] == (response.status == 400), (method, path, response.status)
+
+
+async def test_only_operations_that_name_something_document_it_missing_or_gone(client: Client) -> None:
+    """404 and 410 are answers about the record, upload or file a request names: an operation
+    naming none (POST /uploads creates its upload) cannot give them."""
+    wrong = [
+        f"{method.upper()} {path}: {status}"
+        for path, operations in (await document(client))["paths"].items()
+        for method, operation in operations.items()
+        for status in ("404", "410")
+        if status in operation["responses"]
+        and not any(parameter["in"] in {"path", "query"} for parameter in operation.get("parameters", []))
+    ]
+    assert wrong == []
+
+
 # --- the Markdown documents against the repository -----------------------------------
 
 
@@ -354,6 +422,30 @@ def test_the_settings_table_has_every_setting_the_code_reads() -> None:
     assert "MIGRATE_DATABASE_URL" in table  # scripts/run's own
     compose_variables = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert compose_variables - named_variables(ROOT / "docs/operations.md") == set()
+
+
+def test_the_settings_table_gives_the_largest_value_settings_py_takes() -> None:
+    """Each numeric setting takes the largest value the table gives it (its row's, or the
+    rule for durations above the table) and refuses the next."""
+    operations = ROOT / "docs/operations.md"
+    rows = {cells[0].strip("`"): cells[2] for cells in table_after(operations, "## Settings")}
+    above_the_table = prose(operations).split("\n## Settings\n", 1)[1].split("\n|", 1)[0]
+    (most_seconds,) = re.findall(r"\(`\*_S`\).*? at most (\d+)", above_the_table, re.DOTALL)
+    numeric = re.findall(r'_(?:number|seconds)\(env, "([A-Z][A-Z0-9_]+)"', (ROOT / "settings.py").read_text())
+    assert len(numeric) > 15
+    valid = {"DATABASE_URL": "postgresql://mp3_service@localhost/mp3"}
+    wrong = []
+    for name in sorted(set(numeric) - {"MP3_BITRATE"}):  # its row lists LAME's rates
+        stated = re.findall(r"at most (\d+)", rows[name], re.IGNORECASE) or (
+            [most_seconds] if name.endswith("_S") else []
+        )
+        if len(stated) != 1:
+            wrong.append(f"{name}: no bound in its row")
+            continue
+        Settings.from_env({**valid, name: stated[0]})
+        with pytest.raises(ConfigError):
+            Settings.from_env({**valid, name: str(int(stated[0]) + 1)})
+    assert wrong == []
 
 
 def test_every_variable_a_script_reads_is_in_the_scripts_table() -> None:
@@ -443,6 +535,58 @@ def compose_file(name: str) -> tuple[set[str], set[str]]:
         r"^  ([\w-]+):\s*$", text.split("\nservices:\n", 1)[1].split("\nvolumes:", 1)[0], re.MULTILINE
     )
     return set(services), set(re.findall(r'profiles: \["([\w-]+)"\]', text))
+
+
+COMPOSE_FILES = ("compose.yaml", "compose.scale.yaml")
+
+
+def compose_defaults(name: str) -> dict[str, set[str]]:
+    """Each `${VARIABLE:-default}` of a compose file: the defaults it gives each variable."""
+    defaults: dict[str, set[str]] = {}
+    for variable, default in re.findall(r"\$\{([A-Z][A-Z0-9_]*):-([^}]*)\}", (ROOT / name).read_text()):
+        defaults.setdefault(variable, set()).add(default)
+    return defaults
+
+
+def app_environment(name: str) -> set[str]:
+    """The variables a compose file passes to its `app` service."""
+    app = (ROOT / name).read_text().split("\n  app:\n", 1)[1]
+    app = re.split(r"^  [\w-]+:\s*$", app, maxsplit=1, flags=re.MULTILINE)[0]
+    environment = app.split("\n    environment:\n", 1)[1]
+    return set(re.findall(r"^      ([A-Z][A-Z0-9_]*):", environment, re.MULTILINE))
+
+
+def test_copying_the_env_example_keeps_every_compose_files_defaults() -> None:
+    """`cp .env.example .env` (docs/operations.md) changes no setting of either stack:
+    `${X:-default}` replaces only an empty value, so a value .env.example gives
+    overrides each file's own default (MAX_UPLOADS=0 made the balancer's maxconn 0:
+    no limit per replica)."""
+    overridden = [
+        f"{name}: {variable}={value} (its default: {', '.join(sorted(compose_defaults(name)[variable]))})"
+        for variable, value in env_example().items()
+        if value
+        for name in COMPOSE_FILES
+        if compose_defaults(name).get(variable, {value}) != {value}
+    ]
+    assert overridden == []
+
+
+# Settings the compose files fix for the container (its address, the image's FFmpeg, the
+# URLs built from the passwords) rather than offer to the operator.
+FIXED_IN_CONTAINER = {"DATABASE_URL", "DATABASE_READ_URL", "HOST", "PORT", "FFMPEG_BINARY"}
+
+
+def test_both_compose_files_pass_every_setting_the_env_example_offers() -> None:
+    settings = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', (ROOT / "settings.py").read_text())) - FIXED_IN_CONTAINER
+    assert settings - env_example().keys() == set()
+    missing = [
+        f"{name}: {setting}"
+        for name in COMPOSE_FILES
+        for setting in sorted(settings - app_environment(name))
+        # The read replica's lag bound means nothing in a stack without one.
+        if not (setting == "REPLICA_MAX_LAG_S" and "DATABASE_READ_URL" not in app_environment(name))
+    ]
+    assert missing == []
 
 
 def test_the_examples_not_run_name_what_the_compose_stack_has() -> None:

@@ -81,7 +81,8 @@ async def test_the_access_log_believes_a_forwarded_address_only_from_a_trusted_p
     assert {line["remote"] for line in logged} == {"127.0.0.1"}  # the peer, whatever it claims
 
 
-async def test_ready_is_503_while_every_slot_is_busy(make_client: MakeClient, audio: Audio) -> None:
+async def test_ready_is_503_while_every_upload_place_is_taken(make_client: MakeClient, audio: Audio) -> None:
+    """Upload places, not conversion turns (never refused): the API document says so too."""
     client = await make_client(convert_concurrency=1, max_uploads=1)
     ready = await client.get("/ready")
     assert ready.status == 200
@@ -93,9 +94,12 @@ async def test_ready_is_503_while_every_slot_is_busy(make_client: MakeClient, au
         client.post("/record", data=held_body(audio(), release), headers={**basic(*user), "Content-Type": "audio/wav"})
     )
     await until(lambda: client.app[SLOTS].free == 0)
+    await until(lambda: client.app[SLOTS].active == 0)  # waiting for its client, it lent its turn
     not_ready = await client.get("/ready")
     body = await expect_error(not_ready, 503)
     assert body["message"] == "Not ready: all 1 upload places are taken."
+    document = await (await client.get("/openapi.json")).json()
+    assert "free upload place" in document["paths"]["/ready"]["get"]["summary"]
     assert (await client.get("/health")).status == 200  # alive, just busy
     release.set()
     assert (await busy).status == 201

@@ -391,6 +391,8 @@ async def test_an_expired_upload_is_410_and_swept_with_its_mp3(
     admin.execute("UPDATE app.uploads SET expires_at = now() - interval '1 second'")
     assert await head_status(client, user, path, **TUS) == 410
     await expect_error(await patch(client, user, path, 0, wav), 410)
+    await expect_error(await client.get(path, headers=basic(*user)), 410)  # as docs/operations.md says
+    await expect_error(await client.delete(path, headers={**basic(*user), **TUS}), 410)  # the sweeper's to remove
     assert count(admin, "SELECT api.uploads_sweep(10)") == 1
     assert count(admin, "SELECT count(*) FROM app.uploads") == 0
     assert count(admin, "SELECT count(*) FROM pg_largeobject_metadata") == 0

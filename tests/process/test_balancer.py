@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import re
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -96,6 +98,27 @@ async def test_an_upload_spelled_with_percent_encoding_is_stored_by_no_backend(
     writer.close()
     assert answer.split()[1] == b"404", answer[:300]
     assert nothing_stored(admin)
+
+
+async def test_the_balancers_own_413_speaks_tus_to_a_resumable_upload(balanced: tuple[Client, str]) -> None:
+    """A Content-Length over MAX_UPLOAD_MB is refused by HAProxy itself, from a static page that
+    cannot tell a tus PATCH from a POST /record: it says Tus-Resumable to both (the app says it
+    on every answer under /uploads; other clients ignore it)."""
+    _, base = balanced
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"PATCH /uploads/{uuid.uuid4()} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+        "Content-Type: application/offset+octet-stream\r\n"
+        f"Content-Length: {2 << 30}\r\nConnection: close\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(30):
+        answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"413", answer[:300]
+    assert b"\r\ntus-resumable: 1.0.0\r\n" in head.lower() + b"\r\n"  # HAProxy writes names in lower case
+    assert json.loads(body)["code"] == 413
 
 
 def backends_by_request(log: Path) -> dict[tuple[str, str], str]:

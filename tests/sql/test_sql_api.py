@@ -971,6 +971,20 @@ def test_apply_stores_the_storage_bound_it_is_given(admin: psycopg.Connection) -
     assert "STORAGE_MAX_GB must be a whole number of GiB" in refused.stderr
 
 
+def test_apply_given_the_service_roles_url_says_which_url_it_needs(admin: psycopg.Connection) -> None:
+    """The mistake scripts/run invites with DATABASE_URL set and no MIGRATE_DATABASE_URL: a
+    usage error naming the role and what to give instead, not a traceback."""
+    info = admin.info
+    url = f"postgresql://{DEFAULT_SERVICE_ROLE}@{info.host}:{info.port}/{info.dbname}"
+    refused = subprocess.run([sys.executable, "-m", "db.apply", url], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2  # argparse's usage error
+    assert f"error: run the apply command as an administrator (a superuser), not as {DEFAULT_SERVICE_ROLE}" in (
+        refused.stderr
+    )
+    assert "MIGRATE_DATABASE_URL" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 # --- the cluster around the database ------------------------------------------------
 
 
