@@ -94,18 +94,26 @@ class FileSender:
 
     def _run(self) -> None:
         while not self._stopping:
-            for key, _ in self._selector.select():
-                if key.fileobj == self._wake_read:
-                    self._take_requests()
-                    continue
-                try:
-                    self._send_slice(key.data)
-                except Exception as error:  # a bug: that download fails, the others go on
-                    log.exception("sending a cached file failed")
-                    self._finish(key.data, error)
+            self._round()
         for key in list(self._selector.get_map().values()):
             if key.fileobj != self._wake_read:
                 self._finish(key.data, ConnectionAbortedError("the service is stopping"))
+
+    def _round(self) -> None:
+        """One wait, and a slice to each socket that can take one."""
+        for key, _ in self._selector.select():
+            if key.fileobj == self._wake_read:
+                self._take_requests()
+                continue
+            # A job dropped earlier in this round (its wake-up came first) is finished, its
+            # descriptors closed and perhaps already another job's: its event is stale.
+            if self._selector.get_map().get(key.fd) is not key:
+                continue
+            try:
+                self._send_slice(key.data)
+            except Exception as error:  # a bug: that download fails, the others go on
+                log.exception("sending a cached file failed")
+                self._finish(key.data, error)
 
     def _take_requests(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -119,10 +127,7 @@ class FileSender:
             if isinstance(request, Sending):
                 self._selector.register(request.socket_fd, selectors.EVENT_WRITE, request)
                 continue
-            dropped = request[1]
-            key = self._selector.get_map().get(dropped.socket_fd)
-            if key is not None and key.data is dropped:  # not finished (its descriptor may be another's now)
-                self._finish(dropped, ConnectionAbortedError("dropped"))
+            self._finish(request[1], ConnectionAbortedError("dropped"))
 
     def _send_slice(self, sending: Sending) -> None:
         try:
@@ -142,6 +147,9 @@ class FileSender:
             self._finish(sending, None)
 
     def _finish(self, sending: Sending, failure: BaseException | None) -> None:
+        key = self._selector.get_map().get(sending.socket_fd)
+        if key is None or key.data is not sending:  # finished already: its descriptors are closed
+            return
         self._selector.unregister(sending.socket_fd)
         os.close(sending.socket_fd)
         os.close(sending.file_fd)
