@@ -56,7 +56,8 @@ class Sender:
             await self._taken(self.response.write(view[offset : offset + SEND_SLICE]))
 
     async def sendfile(self, file: BinaryIO, start: int, stop: int) -> None:
-        """By the kernel's sendfile; NotImplementedError for a transport that cannot (TLS)."""
+        """By the kernel's sendfile; NotImplementedError for a transport that cannot (TLS),
+        or when the file-sending thread has failed (service/file_sender.py)."""
         transport = self.request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")

@@ -58,13 +58,17 @@ class FileSender:
         # after each wake-up: what is put before a write to the pipe is seen after it.
         self._requests: queue.SimpleQueue[Sending | tuple[str, Sending]] = queue.SimpleQueue()
         self._stopping = False
+        self.failed = False  # the thread ended on a bug: send refuses, its callers copy instead
         self._thread = threading.Thread(target=self._run, name="file-sender", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def send(self, socket_fd: int, file_fd: int, start: int, stop: int) -> Sending:
-        """Send [start, stop) of the file into the socket (both descriptors stay the caller's)."""
+        """Send [start, stop) of the file into the socket (both descriptors stay the caller's);
+        NotImplementedError once the thread has failed."""
+        if self.failed:
+            raise NotImplementedError("the file-sending thread has failed")
         sending = Sending(os.dup(socket_fd), os.dup(file_fd), start, stop, asyncio.get_running_loop())
         self._request(sending)
         return sending
@@ -93,11 +97,16 @@ class FileSender:
     # --- the thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopping:
-            self._round()
+        ending: BaseException = ConnectionAbortedError("the service is stopping")
+        try:
+            while not self._stopping:
+                self._round()
+        except Exception as error:  # a bug outside any one job's: said, and no download waits on it
+            log.critical("the file-sending thread failed: cached downloads go out on the event loop", exc_info=True)
+            self.failed, ending = True, error
         for key in list(self._selector.get_map().values()):
             if key.fileobj != self._wake_read:
-                self._finish(key.data, ConnectionAbortedError("the service is stopping"))
+                self._finish(key.data, ending)
 
     def _round(self) -> None:
         """One wait, and a slice to each socket that can take one."""

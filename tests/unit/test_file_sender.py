@@ -58,3 +58,31 @@ async def test_a_download_dropped_as_its_socket_turns_writable_ends_once_and_the
         assert stays_peer.recv(200) == cached.read_bytes()[:100]
     sender.start()
     sender.close()
+
+
+async def test_a_sender_whose_thread_fails_ends_its_downloads_and_takes_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug outside any one download's (here its wait for sockets fails) ends the thread:
+    the downloads it held fail at once rather than wait for SEND_TIMEOUT_S, and new ones are
+    refused (NotImplementedError), which the download handler answers by copying instead."""
+    cached = tmp_path / "cached.mp3"
+    cached.write_bytes(b"x" * 100)
+    sender = FileSender()
+    ours, peer = socket.socketpair()
+    with ours, peer, cached.open("rb") as file:
+        fill(ours)  # the job waits for the client
+        waiting = sender.send(ours.fileno(), file.fileno(), 0, 100)
+        sender._round()  # takes it
+        monkeypatch.setattr(sender._selector, "select", broken_select)
+        sender.start()
+        with pytest.raises(OSError, match="the selector broke"):
+            await asyncio.wait_for(waiting.done, 5)
+        with pytest.raises(NotImplementedError):
+            sender.send(ours.fileno(), file.fileno(), 0, 100)
+    sender.close()
+    assert "the file-sending thread failed" in caplog.text
+
+
+def broken_select(timeout: float | None = None) -> list[object]:
+    raise OSError("the selector broke")
