@@ -5,7 +5,8 @@ comes first (ownership is checked in SQL), then the MP3 is read back in
 chunks, each its own short statement, and written as it arrives: a slow
 client holds no transaction and the server holds one chunk at a time. A
 record downloaded before is sent from the local cache with sendfile
-(service/download_cache.py), after the same check.
+(service/download_cache.py), after the same check, and broken off as soon as
+the record is deleted, as a download from the database is.
 
 Bytes go out through handlers/send.py: a client that reads slowly is served
 however long its download lasts, one that stops reading is cut off after
@@ -15,21 +16,25 @@ SEND_TIMEOUT_S.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote
 from uuid import UUID
 
+import asyncpg
 from aiohttp import web
 
 from handlers.errors import ApiError, ResponseBroken
 from handlers.params import record_id_from, user_id_from
-from handlers.reads import open_for_download, read_bytes
+from handlers.reads import NOT_THERE, open_for_download, read_bytes
 from handlers.send import Sender
 from service.download_cache import CacheFill
 from service.keys import DOWNLOAD_CACHE, DOWNLOAD_READS
+
+log = logging.getLogger("mp3.download")
 
 READ_CHUNK = 1024 * 1024
 # Reads in flight per download, each on its own pool connection: PostgreSQL's
@@ -78,8 +83,10 @@ async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> w
         cache = request.app.get(DOWNLOAD_CACHE)
         cached = cache.open(digest) if cache else None
         if cached is not None:
-            with cached:
-                await _send_file(send, cached, start, end + 1)
+            assert cache is not None
+            deletions = _Deletions(request, record_id, user_id)
+            with cached, cache.watching(digest, deletions.check):
+                await deletions.break_off_if_deleted(_send_file(send, cached, start, end + 1), send)
         else:
             whole = start == 0 and end == size - 1
             fill = cache.fill(digest, size) if cache and whole else None
@@ -134,6 +141,48 @@ async def _stream(
             pending.cancel()
         if fill is not None:  # ended before the last byte was read
             fill.abandon()
+
+
+class _Deletions:
+    """A download from the cache goes on while its record exists, as one from the database
+    does (each of whose reads asks): told of every deletion of a record with its bytes (the
+    announcement names the bytes, not the record), it asks whether its own is gone."""
+
+    def __init__(self, request: web.Request, record_id: UUID, user_id: int) -> None:
+        self._request, self._record_id, self._user_id = request, record_id, user_id
+        # Set once, with the database's answer, when this download's record is found deleted.
+        self._gone: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+        self._checks: set[asyncio.Task[None]] = set()
+
+    def check(self) -> None:
+        task = asyncio.ensure_future(self._ask())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _ask(self) -> None:
+        try:
+            await open_for_download(self._request, self._record_id, self._user_id)
+        except asyncpg.PostgresError as error:
+            if error.sqlstate == NOT_THERE and not self._gone.done():
+                self._gone.set_result(error)
+        except Exception:  # the database unsure: the download goes on, as it began
+            log.debug("a deletion's check failed", exc_info=True)
+
+    async def break_off_if_deleted(self, sending: Awaitable[None], send: Sender) -> None:
+        """``sending`` to its end, or broken off (ResponseBroken) once the record is found gone."""
+        task = asyncio.ensure_future(sending)
+        try:
+            either: set[asyncio.Future[Any]] = {task, self._gone}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if self._gone.done() and not task.done():
+                raise ResponseBroken(send.response, self._gone.result(), 0)
+            await task
+        finally:
+            for check in self._checks:
+                check.cancel()
+            if not task.done():  # broken off, or this request cancelled: the sending stops first
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
 
 async def _send_file(send: Sender, file: BinaryIO, start: int, stop: int) -> None:

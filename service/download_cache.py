@@ -18,6 +18,8 @@ A deleted record's file goes at once, in every process: the database announces
 each deletion (channel mp3_record_deleted, the MP3's digest; migration 0006)
 and ``dropping_deleted_records`` listens. While it cannot listen (the database
 restarting), deletions go unheard, so on listening again it empties the cache.
+A download already sending the file is told (``watching``) and stops if its own
+record is the one gone, as a download from the database does.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -54,6 +56,8 @@ class DownloadCache:
         self._filling: dict[str, int] = {}  # digest → size, room held while a first download writes it
         self._dropped_while_filling: set[str] = set()  # deleted meanwhile: not to be admitted
         self.used_bytes = 0  # of both, kept as they change rather than summed on every eviction
+        # digest → what to call whenever a record of those bytes is deleted (downloads sending the file)
+        self._watchers: dict[str, set[Callable[[], None]]] = {}
 
     def open(self, digest: str) -> BinaryIO | None:
         """The cached MP3 of this digest, opened (an open file survives its eviction), or None."""
@@ -85,9 +89,25 @@ class DownloadCache:
         self.used_bytes += size
         return fill
 
+    @contextlib.contextmanager
+    def watching(self, digest: str, deleted: Callable[[], None]) -> Iterator[None]:
+        """While in it, ``deleted`` is called each time a record with these bytes is deleted
+        (whose it was, the digest does not say)."""
+        self._watchers.setdefault(digest, set()).add(deleted)
+        try:
+            yield
+        finally:
+            watchers = self._watchers[digest]
+            watchers.discard(deleted)
+            if not watchers:
+                del self._watchers[digest]
+
     def drop(self, digest: str) -> None:
-        """Its record was deleted: the file goes, and a first download writing it is not admitted.
-        Anything else (any text can be announced) names no file and changes nothing."""
+        """Its record was deleted: the file goes, and a first download writing it is not admitted;
+        the downloads sending it are told. Anything else (any text can be announced) names no
+        file and changes nothing."""
+        for deleted in list(self._watchers.get(digest, ())):
+            deleted()
         size = self._files.pop(digest, None)
         if size is not None:
             self.used_bytes -= size

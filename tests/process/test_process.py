@@ -30,6 +30,7 @@ from tests.support import (
     form,
     held_body,
     idle_in_transaction,
+    local,
     nothing_stored,
     open_descriptors,
     records_match_large_objects,
@@ -386,9 +387,12 @@ async def test_sigusr1_logs_what_every_task_awaits(service_process: ServiceProce
 # --- downloads that cannot continue ------------------------------------------------
 
 
+@pytest.mark.parametrize("download", ["first", "repeat"])
 async def test_a_download_that_cannot_continue_breaks_off_and_never_sends_a_second_response(
-    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection, download: str
 ) -> None:
+    """The record is deleted while a slow client downloads it, from the database (the first
+    download) or from the download cache (a repeat): the download stops short, either way."""
     await service_process.start()
     async with aiohttp.ClientSession() as session:
         user = await service_process.new_user(session, "listener")
@@ -396,6 +400,9 @@ async def test_a_download_that_cannot_continue_breaks_off_and_never_sends_a_seco
         upload = form(audio(seconds=180, rate=48000, channels=1), user=user[0], token=user[1], bitrate=320)
         created = await (await session.post(f"{service_process.base}/record", data=upload)).json()
         record = created["data"]
+        if download == "repeat":
+            async with session.get(service_process.base + local(record["url"])) as whole:
+                assert len(await whole.read()) == record["size"]  # now in the download cache
 
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow listener: the service must wait
