@@ -63,12 +63,19 @@ async def _username_from(request: web.Request) -> str:
         raw = await body.read_all()
         # curl -d '{"username": ...}' labels JSON as a urlencoded form: the body decides.
         if request.content_type == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
-            value = _last(parse_qs(raw.decode("utf-8", "replace")).get("username"))
+            value = _form_username(raw)
         else:
             value = _json_username(raw)
     if not isinstance(value, str):
         raise ApiError(400, 'A username is required: {"username": "alice"}.')
     return value
+
+
+def _form_username(raw: bytes) -> object:
+    try:  # raw or percent-encoded, the name must be UTF-8: replaced bytes would name someone else
+        return _last(parse_qs(raw.decode("utf-8"), errors="strict").get("username"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "The username must be UTF-8 text.") from None
 
 
 def _json_username(raw: bytes) -> object:

@@ -85,6 +85,12 @@ async def test_bad_usernames_are_400(client: Client, body: bytes) -> None:
     await expect_error(response, 400)
 
 
+@pytest.mark.parametrize("body", [b"username=%ff%fe", b"username=caf\xe9"], ids=["percent-encoded", "raw"])
+async def test_a_form_username_that_is_not_utf8_is_400_not_replaced(client: Client, body: bytes) -> None:
+    response = await client.post("/users", data=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    await expect_error(response, 400)
+
+
 async def test_username_taken_in_any_case_is_409(client: Client) -> None:
     await new_user(client, "Dave")
     body = await expect_error(await client.post("/users", json={"username": "dAVE"}), 409)
