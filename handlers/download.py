@@ -63,7 +63,11 @@ async def serve_record(request: web.Request, record_id: UUID, user_id: int) -> w
         }
     )
     response.last_modified = record.created_at
-    # aiohttp parses If-None-Match; the weak comparison it calls for is ours.
+    # aiohttp parses If-Match and If-None-Match; the comparisons (strong, weak) are ours.
+    if request.if_match is not None and not any(
+        tag.value in (digest, "*") and not tag.is_weak for tag in request.if_match
+    ):
+        raise ApiError(412, "If-Match names none of the record's ETag.")
     if any(tag.value in (digest, "*") for tag in request.if_none_match or ()):
         response.set_status(304)
         return response

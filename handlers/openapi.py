@@ -140,12 +140,14 @@ DOWNLOAD_RESPONSES = {
     "304": {"description": "If-None-Match matched the ETag"},
     "400": BAD_REQUEST,
     "404": NOT_FOUND,
+    "412": _error("If-Match names none of the record's ETag"),
     "416": _error("The range is outside the file"),
     "503": UNAVAILABLE,
 }
 DOWNLOAD_HEADERS = [
     {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}, "example": "bytes=0-1023"},
     {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+    {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}},
 ]
 
 

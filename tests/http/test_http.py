@@ -588,6 +588,16 @@ async def test_matching_if_none_match_is_304(client: Client, stored: tuple[dict[
     assert (await client.get(local(data["url"]), headers={"If-None-Match": '"other"'})).status == 200
 
 
+async def test_if_match_naming_other_bytes_is_412(client: Client, stored: tuple[dict[str, Any], bytes]) -> None:
+    """RFC 9110: a GET whose If-Match names no current ETag (strongly) is not performed."""
+    data, mp3 = stored
+    etag = (await client.head(local(data["url"]))).headers["ETag"]
+    for other in ('"other"', f"W/{etag}"):
+        await expect_error(await client.get(local(data["url"]), headers={"If-Match": other}), 412)
+    for matching in (etag, f'"other", {etag}', "*"):
+        assert await (await client.get(local(data["url"]), headers={"If-Match": matching})).read() == mp3
+
+
 async def test_another_users_record_is_404_like_a_missing_one(
     client: Client, stored: tuple[dict[str, Any], bytes]
 ) -> None:
