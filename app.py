@@ -25,10 +25,12 @@ from handlers.params import refuse_encoded_paths, refuse_tokens_in_urls
 from handlers.routes import setup_routes
 from handlers.server import make_runner, refuse_unmet_expectations
 from handlers.uploads import tus_resumable
+from service.database_check import DATABASE_CHECK_TIMEOUT_S, DatabaseCheck
 from service.download_cache import DownloadCache, dropping_deleted_records
 from service.file_sender import FileSender
 from service.keys import (
     CONVERTER,
+    DATABASE_CHECK,
     DOWNLOAD_CACHE,
     DOWNLOAD_READS,
     FILE_SENDER,
@@ -46,8 +48,8 @@ from settings import ConfigError, Settings
 
 # Connections beyond the uploads', for downloads, listings and user creation.
 SPARE_CONNECTIONS = 8
-# Of those, what downloads can never take: /health, listings and sign-ins stay quick
-# however many clients download.
+# Of those, what downloads can never take: listings and sign-ins stay quick however
+# many clients download. (/health asks on a connection of its own: DatabaseCheck.)
 KEPT_FROM_DOWNLOADS = 2
 CONNECT_TIMEOUT_S = 5.0
 # How long cancelled uploads get to kill FFmpeg and roll back, and the pool to close.
@@ -94,12 +96,14 @@ def init_app(settings: Settings) -> web.Application:
 
 async def database_pool(app: web.Application) -> AsyncIterator[None]:
     """The pools open after migrations ran (the run command applies them first): the
-    primary's, and the read replica's when DATABASE_READ_URL names one, with its watcher
+    primary's, the health checks' pool of one on the primary (service/database_check.py),
+    and the read replica's when DATABASE_READ_URL names one, with its watcher
     (service/replica.py), which measures it once before the first request."""
     settings = app[SETTINGS]
     connections = settings.uploads_at_once + SPARE_CONNECTIONS  # an upload holds one throughout
     app[POOL] = await _pool(settings.database_url, connections, settings.stall_timeout_s)
-    pools = [app[POOL]]
+    app[DATABASE_CHECK] = DatabaseCheck(await _pool(settings.database_url, 1, DATABASE_CHECK_TIMEOUT_S))
+    pools = [app[POOL], app[DATABASE_CHECK].pool]
     watcher = None
     if settings.database_read_url:
         pools.append(await replica_pool(settings.database_read_url, SPARE_CONNECTIONS))

@@ -25,8 +25,8 @@ import asyncpg
 from aiohttp import web
 
 from db import api
-from db.deadline import UNREACHABLE, within
-from service.keys import POOL, REPLICA
+from db.deadline import UNREACHABLE
+from service.keys import DATABASE_CHECK, POOL, REPLICA
 
 T = TypeVar("T")
 
@@ -65,15 +65,16 @@ async def read_bytes(request: web.Request, record_id: UUID, user_id: int, offset
     return await read_fresh(request, lambda db: api.record_read(db, record_id, user_id, offset, count))
 
 
-async def where_downloads_read(request: web.Request, timeout_s: float) -> str:
+async def where_downloads_read(request: web.Request) -> str:
     """Where downloads' bytes come from now, "replica" or "primary", asked of no server
     while the replica serves (its watcher knows); TimeoutError or the database's error
-    when neither answers within ``timeout_s``."""
+    when neither answers: the primary within DATABASE_CHECK_TIMEOUT_S, on the health
+    checks' connection (service/database_check.py), the replica within REPLICA_TIMEOUT_S."""
     replica = request.app.get(REPLICA)
     if replica is not None and replica.serves():
         return "replica"
     try:
-        await within(timeout_s, request.app[POOL], api.ping)
+        await request.app[DATABASE_CHECK].answers()
         return "primary"
     except Exception:
         if replica is None or not replica.answers:

@@ -1,4 +1,4 @@
-"""Request ids, access logs, /ready and /metrics."""
+"""Request ids, access logs, /health, /ready and /metrics."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import logging
 
 import pytest
 
-from service.keys import SLOTS
+from service.keys import POOL, SLOTS
 from service.logs import JsonFormatter
+from settings import Settings
 from tests.database import MakeClient
 from tests.support import (
     Audio,
     Client,
+    DelayingProxy,
     basic,
     expect_error,
     held_body,
@@ -103,6 +105,52 @@ async def test_ready_is_503_while_every_upload_place_is_taken(make_client: MakeC
     assert (await client.get("/health")).status == 200  # alive, just busy
     release.set()
     assert (await busy).status == 201
+
+
+async def test_health_says_whether_the_database_answers_not_whether_the_pool_is_busy(
+    make_client: MakeClient, database_proxy: DelayingProxy, service_settings: Settings
+) -> None:
+    """A flood of cheap requests (anonymous 404s, wrong tokens: a round trip each) can hold
+    every connection of the shared pool for a moment. The balancer asks /health (writes,
+    uploads) and /ready/downloads (reads) every second and takes a replica out at its first
+    503: these said "the database does not answer" then, and the flood took every replica
+    out at once. A database that really does not answer still makes them 503."""
+    client = await make_client(database_url=database_proxy.url(service_settings.database_url))
+    pool = client.app[POOL]
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        async with asyncio.timeout(30):
+            scrape = asyncio.create_task(client.get("/metrics"))  # its storage figures wait for the pool
+            for path in ("/health", "/ready", "/ready/downloads"):
+                answer = await client.get(path)
+                assert answer.status == 200, f"{path}: {await answer.text()}"
+            assert (await scrape).status == 200
+    finally:
+        for connection in held:
+            await pool.release(connection)
+
+    database_proxy.freeze()
+    try:
+        async with asyncio.timeout(30):
+            for path in ("/health", "/ready"):
+                body = await expect_error(await client.get(path), 503)
+                assert "the database does not answer" in body["message"]
+            await expect_error(await client.get("/ready/downloads"), 503)
+    finally:
+        database_proxy.thaw()
+    async with asyncio.timeout(30):
+        assert (await client.get("/health")).status == 200  # the check's connection came back
+
+
+@pytest.mark.parametrize("database_delay_s", [0.3], indirect=True)
+async def test_health_checks_asked_at_once_share_one_round_trip(client: Client) -> None:
+    """A flood of /health itself, from a database 0.3 s away: checks asked while one is on
+    its way share its answer. Queued in turn for the check's one connection, 20 of them
+    would have taken 6 s, and those past DATABASE_CHECK_TIMEOUT_S (2 s) answered 503."""
+    assert (await client.get("/health")).status == 200  # the check's connection is open
+    async with asyncio.timeout(30):
+        answers = await asyncio.gather(*(client.get("/health") for _ in range(20)))
+    assert [answer.status for answer in answers] == [200] * 20
 
 
 def sample(text: str, name: str) -> float:
