@@ -167,8 +167,10 @@ async def _encode(
                 opening += chunk
                 if len(opening) >= plan.shortest_bytes:
                     break
-            else:
-                short = bool(opening)  # no samples at all: nothing to encode, with or without silence
+            else:  # the whole recording
+                short = len(opening) >= plan.source.block_align
+                if not short:
+                    opening.clear()  # part of a sample: no audio (FFmpeg given only that fails)
         except BaseException:
             await output.keep_what_can_be_kept(None)
             raise
