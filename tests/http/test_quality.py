@@ -122,14 +122,21 @@ def tone(channels: int, rate: int, samples: int) -> bytes:
 
 
 @pytest.mark.parametrize("samples", [1, 2, 4, 10, 40, 46, 47, 48, 60, 100, 200])
-@pytest.mark.parametrize("rate", [8000, 22050, 44100, 96000, 192000, 384000, 768000])
-async def test_the_shortest_recordings_play_every_sample_and_no_more(client: Client, samples: int, rate: int) -> None:
+@pytest.mark.parametrize(
+    ("rate", "sample_rate"),
+    [(8000, None), (22050, None), (44100, None), (96000, None), (192000, None), (384000, None), (768000, None),
+     (88200, None), (48000, 44100), (44100, 8000)],
+)  # fmt: skip
+async def test_the_shortest_recordings_play_every_sample_and_no_more(
+    client: Client, samples: int, rate: int, sample_rate: int | None
+) -> None:
     """Down to one sample: no 'holds no audio' for a duration rounded to 0, and no 529
     decoder samples left in by a decoder that cannot trim both ends of one frame. Resampled
-    (above 48 kHz), no 422 for a recording FFmpeg's resampler made nothing of, and no lead-in
-    of silence counted at the WAV's rate and skipped at the MP3's, with the recording."""
+    (above 48 kHz, or as asked), no 422 for a recording FFmpeg's resampler made nothing of,
+    and no lead-in of silence counted at the WAV's rate and skipped at the MP3's, with the
+    recording."""
     wav = tone(1, rate, samples)
-    data, mp3 = await converted(client, wav)
+    data, mp3 = await converted(client, wav, **({"sample_rate": sample_rate} if sample_rate else {}))
     assert data["duration"] == round(samples / rate, 6)
     played = decoded(mp3, 1)
     assert len(played) == max(1, round(samples * data["sample_rate"] / rate))  # one at least: half a sample plays
