@@ -19,6 +19,18 @@ from converter.process import spawn
 from converter.splice import pre_roll_frames
 from converter.wav import WavFormat
 
+# A decoder skips LAME's delay (576) and its own (529) at the start and trims the
+# padding at the end; when both fall in one frame, as they do for a recording of
+# fewer than 47 samples, FFmpeg's decoder trims only the start. A short recording is
+# encoded after this much silence at the MP3's rate, declared as part of the delay:
+# its start then falls on a frame boundary (576 + 529 + 47 = 1152, twice 576), where
+# both trims hold.
+LEAD_IN_SAMPLES = 47
+# FFmpeg's resampler makes nothing of fewer samples than its filter spans (about 32 at
+# the MP3's rate, whatever the source's rate) and not all of a few more. A recording
+# of fewer samples than this at the MP3's rate is short: encoded with the lead-in
+# before it and this much silence after it (the padding trims it), at every rate.
+SHORTEST_SAMPLES = 64
 # A stream whose frames fall on the source's samples only this many frames apart (or
 # more) is never cut: its pre-rolls would be as long (source rates MP3 knows nothing of).
 MOST_PERIOD_FRAMES = 64
@@ -40,6 +52,13 @@ class EncoderPlan:
     ffmpeg: str
     source: WavFormat
     options: EncodeOptions  # as chosen for this source: rate, channels and tags filled in
+    short: bool = False  # the whole recording is shorter than shortest_bytes: silence around it
+
+    @functools.cached_property
+    def shortest_bytes(self) -> int:
+        """The source's sample bytes of SHORTEST_SAMPLES at the MP3's rate: a recording of
+        fewer is short."""
+        return short_frames(self.source.sample_rate, self.sample_rate) * self.source.block_align
 
     @functools.cached_property
     def sample_rate(self) -> int:
@@ -81,12 +100,20 @@ class EncoderPlan:
     async def start(self, first: bool) -> asyncio.subprocess.Process:
         """An FFmpeg for this upload; only the first one's output begins the file (the tags)."""
         options = self.options if first else replace(self.options, tags={})
-        return await spawn(ffmpeg_command(self.ffmpeg, options, self.source, tags=first))
+        return await spawn(ffmpeg_command(self.ffmpeg, options, self.source, tags=first, short=self.short))
 
 
-def ffmpeg_command(ffmpeg: str, options: EncodeOptions, source: WavFormat, tags: bool = True) -> list[str]:
+def short_frames(source_rate: int, mp3_rate: int) -> int:
+    """SHORTEST_SAMPLES at the MP3's rate, in the source's sample frames."""
+    return math.ceil(SHORTEST_SAMPLES * source_rate / mp3_rate)
+
+
+def ffmpeg_command(
+    ffmpeg: str, options: EncodeOptions, source: WavFormat, tags: bool = True, short: bool = False
+) -> list[str]:
     """FFmpeg told the samples' exact format and decoder, allowed to open nothing but its pipes;
-    without ``tags``, its output is frames alone (a later part of a file)."""
+    without ``tags``, its output is frames alone (a later part of a file); ``short``, the
+    recording is encoded with silence around it (SHORTEST_SAMPLES)."""
     command = [
         ffmpeg,
         "-nostdin",
@@ -113,8 +140,20 @@ def ffmpeg_command(ffmpeg: str, options: EncodeOptions, source: WavFormat, tags:
     if options.sample_rate:
         command += ["-ar", str(options.sample_rate)]
     out_channels = options.channels or (1 if source.channels == 1 else 2)
+    filters = []
     if source.speakers_unknown and source.channels > out_channels:
-        command += ["-af", even_downmix(source.channels, out_channels)]
+        filters.append(even_downmix(source.channels, out_channels))
+    if short:
+        # The silence after goes in before the resampler (which needs it), the lead-in
+        # after it: exactly LEAD_IN_SAMPLES at the MP3's rate, whatever the source's.
+        mp3_rate = options.sample_rate or source.sample_rate
+        filters += [
+            f"apad=pad_len={short_frames(source.sample_rate, mp3_rate)}",
+            f"aresample={mp3_rate}",
+            f"adelay=delays={LEAD_IN_SAMPLES}S:all=1",
+        ]
+    if filters:
+        command += ["-af", ",".join(filters)]
     if options.channels:
         command += ["-ac", str(options.channels)]
     for name, value in options.tags.items():

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from converter.analysis import Analyser, Analysis, replay_gain
-from converter.command import EncoderPlan
+from converter.command import LEAD_IN_SAMPLES, EncoderPlan
 from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
 from converter.mp3 import Mp3Stream, mp3_sample_rate_for
 from converter.options import ConverterConfig, CpuShare, EncodeOptions
@@ -28,12 +28,6 @@ from converter.splice import Frame
 from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavHeader, looks_like_wav
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
-# A decoder skips LAME's delay (576) and its own (529) at the start and trims the
-# padding at the end; when both fall in one frame, as they do for a recording of
-# fewer samples than this, FFmpeg's decoder trims only the start. Such a recording
-# is encoded after this much silence, declared as part of the delay: its start then
-# falls on a frame boundary (576 + 529 + 47 = 1152, twice 576), where both trims hold.
-SHORTEST_SAMPLES = LEAD_IN_SAMPLES = 47
 MAX_PREAMBLE = 16 << 20  # header bytes read before FFmpeg starts, at most
 
 
@@ -127,7 +121,8 @@ async def convert(
         raise ConversionError("The WAV holds no audio samples.")
     if mp3.first is None:
         raise ConversionError("The WAV could not be converted: its samples could not be encoded.")
-    samples_out = round(header.sample_frames * mp3.first.sample_rate / header.format.sample_rate)
+    # One at least: a recording of one sample at 96 kHz is half a sample at 48 kHz, and plays.
+    samples_out = max(1, round(header.sample_frames * mp3.first.sample_rate / header.format.sample_rate))
     vbr = options.vbr_quality is not None
     earlier = None
     if stored is not None and resumable is not None:
@@ -161,40 +156,58 @@ async def _encode(
 ) -> tuple[SegmentedEncoder, int]:
     """The upload's samples through its encoder (but its first ``skip`` bytes) into ``output``
     and through the ``analyser``; the encoder, done, and the samples of silence put before
-    the recording (see SHORTEST_SAMPLES), which the analyser never sees."""
-    shortest = SHORTEST_SAMPLES * plan.source.block_align
-    # Held until the recording is known not to be that short (a resumed one is not).
-    first: bytearray | None = bytearray() if stored is None else None
-    lead_in = 0
+    the recording at the MP3's rate (a short one: converter/command.py), which the analyser
+    never sees. The encoder starts once the recording is known to be short or not."""
+    chunks = _accounted(samples, output.checkpoints, analyser, skip)
+    opening = bytearray()  # held until then (a resumed recording is not short)
+    short = False
+    if stored is None:
+        try:
+            async for chunk in chunks:
+                opening += chunk
+                if len(opening) >= plan.shortest_bytes:
+                    break
+            else:  # the whole recording
+                short = len(opening) >= plan.source.block_align
+                if not short:
+                    opening.clear()  # part of a sample: no audio (FFmpeg given only that fails)
+        except BaseException:
+            await output.keep_what_can_be_kept(None)
+            raise
+    if short:
+        plan = replace(plan, short=True)
     running = SegmentedEncoder.running(plan, config, declared_bytes, output.take, progress, stored)
     async with running as encoder:
         try:
-            async for chunk in samples:
-                if output.checkpoints is not None:
-                    output.checkpoints.hold_on(chunk)
-                elif analyser is not None:
-                    analyser.take(chunk)
-                if skip:
-                    chunk, skip = chunk[skip:], max(0, skip - len(chunk))
-                    if not chunk:
-                        continue
-                if first is not None:
-                    first += chunk
-                    if len(first) < shortest:
-                        continue
-                    chunk, first = bytes(first), None
+            if opening:
+                await encoder.take(bytes(opening))
+            async for chunk in chunks:
                 await encoder.take(chunk)
         except BaseException:
             await output.keep_what_can_be_kept(encoder)
             raise
-        if first:
-            lead_in = LEAD_IN_SAMPLES
-            await encoder.take(plan.source.silence(lead_in) + first)
         if output.checkpoints is not None:
             output.checkpoints.let_go_of_all()
         await encoder.finish()
     await output.flush()
-    return encoder, lead_in
+    return encoder, LEAD_IN_SAMPLES if short else 0
+
+
+async def _accounted(
+    samples: AsyncIterator[bytes], checkpoints: _Checkpoints | None, analyser: Analyser | None, skip: int
+) -> AsyncIterator[bytes]:
+    """The samples for the encoder, each chunk held for the ``checkpoints`` (or measured) as it
+    arrives; but the first ``skip`` bytes, which the encoder had already."""
+    async for chunk in samples:
+        if checkpoints is not None:
+            checkpoints.hold_on(chunk)
+        elif analyser is not None:
+            analyser.take(chunk)
+        if skip:
+            chunk, skip = chunk[skip:], max(0, skip - len(chunk))
+            if not chunk:
+                continue
+        yield chunk
 
 
 async def sniffed(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -265,15 +278,17 @@ class _Output:
             chunk, self._pending = bytes(self._pending), bytearray()
             await self._write(chunk)
 
-    async def keep_what_can_be_kept(self, encoder: SegmentedEncoder) -> None:
+    async def keep_what_can_be_kept(self, encoder: SegmentedEncoder | None) -> None:
         """The upload's source ended early: for a resumable conversion, its encoders flush
-        what they were given and a last checkpoint stores it, within the grace allowed."""
+        what they were given (if it had started any) and a last checkpoint stores it, within
+        the grace allowed."""
         if self.checkpoints is None:
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.checkpoints.resumable.grace_s):
-                await encoder.finish()
-                await self.flush()
+                if encoder is not None:
+                    await encoder.finish()
+                    await self.flush()
                 await self.checkpoints.take(self, last=True)
 
     async def _write(self, chunk: bytes) -> None:

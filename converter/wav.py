@@ -50,9 +50,6 @@ SPEAKER_PAIRS = (0x3, 0xC0, 0x30, 0x600)  # front, front of centre, back, side: 
 # that the file does not carry (and no recorder writes such files).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 768_000
 
-# The byte of silence where it is not 0: unsigned 8-bit PCM's middle, G.711's zero levels.
-SILENT_BYTE = {(FORMAT_PCM, 1): 0x80, (FORMAT_ALAW, 1): 0xD5, (FORMAT_MULAW, 1): 0xFF}
-
 # FFmpeg's raw demuxer and PCM decoder for each sample encoding and width (bytes).
 RAW_FORMATS = {
     (FORMAT_PCM, 1): ("u8", "pcm_u8"),
@@ -104,11 +101,6 @@ class WavFormat:
         if self.channels <= 8 or self.channels in FFMPEG_DEFAULT_LAYOUTS:
             return f"{self.channels}c"
         return f"{self.channels} channels"
-
-    def silence(self, sample_frames: int) -> bytes:
-        """That many sample frames of silence in this encoding (not zeros for all of them)."""
-        byte = SILENT_BYTE.get((self.format_tag, self.block_align // self.channels), 0)
-        return bytes([byte]) * (sample_frames * self.block_align)
 
     @property
     def speakers_unknown(self) -> bool:

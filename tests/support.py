@@ -42,7 +42,7 @@ from yarl import URL
 
 from converter.command import EncoderPlan
 from converter.options import EncodeOptions
-from converter.wav import FORMAT_PCM, WavFormat
+from converter.wav import FORMAT_PCM, WavFormat, WavHeader
 from settings import Settings, find_ffmpeg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -753,9 +753,17 @@ def samples_of(wav: bytes) -> array[int]:
 
 
 def resampled(wav: bytes, rate: int) -> array[int]:
-    """The WAV's 16-bit samples at ``rate``, as FFmpeg's resampler makes them."""
-    command = [FFMPEG, "-v", "error", "-i", "-", "-ar", str(rate), "-f", "s16le", "-"]
-    return array("h", subprocess.run(command, input=wav, capture_output=True, check=True).stdout)
+    """The WAV's 16-bit samples at ``rate``, as FFmpeg's resampler makes them: those that fall
+    within the recording, made with silence after it (alone, FFmpeg's resampler makes nothing of
+    fewer samples than its filter spans, about 32 at ``rate``, and not all of a few more)."""
+    header = WavHeader()
+    header.feed(wav)
+    assert header.format is not None
+    source_rate, channels = header.format.sample_rate, header.format.channels
+    padding = f"apad=pad_len={math.ceil(64 * source_rate / rate)}"
+    command = [FFMPEG, "-v", "error", "-i", "-", "-af", padding, "-ar", str(rate), "-f", "s16le", "-"]
+    samples = array("h", subprocess.run(command, input=wav, capture_output=True, check=True).stdout)
+    return samples[: math.ceil(header.sample_frames * rate / source_rate) * channels]
 
 
 def snr_db(reference: array[int], test: array[int], start: int = 0, stop: int | None = None) -> float:

@@ -384,8 +384,8 @@ async def test_files_that_are_not_wav_are_415_and_leave_nothing(
 
 
 @pytest.mark.parametrize(
-    "kind", ["garbage-after-riff", "no-samples", "zero-channels", "zero-rate", "65535-channels", "bad-align",
-             "data-before-fmt", "adpcm"],
+    "kind", ["garbage-after-riff", "no-samples", "part-of-a-sample", "zero-channels", "zero-rate", "65535-channels",
+             "bad-align", "data-before-fmt", "adpcm"],
 )  # fmt: skip
 async def test_wavs_that_cannot_be_converted_are_422_and_leave_nothing(
     client: Client, admin: psycopg.Connection, kind: str
@@ -394,6 +394,7 @@ async def test_wavs_that_cannot_be_converted_are_422_and_leave_nothing(
     payloads = {
         "garbage-after-riff": b"RIFF\x00\x10\x00\x00WAVE" + b"\x13\x37garbage" * 500,
         "no-samples": wav_header(data_size=0),
+        "part-of-a-sample": wav_header(rate=96000, data_size=3) + b"\x01\x02\x03",
         "zero-channels": wav_header(channels=0, data_size=4000) + samples,
         "zero-rate": wav_header(rate=0, data_size=4000) + samples,
         "65535-channels": wav_header(channels=65535, data_size=4000) + samples,
@@ -402,7 +403,9 @@ async def test_wavs_that_cannot_be_converted_are_422_and_leave_nothing(
         "adpcm": wav_header(tag=2, bits=4, data_size=4000) + samples,
     }
     user = await new_user(client)
-    await expect_error(await upload(client, user, payloads[kind]), 422)
+    body = await expect_error(await upload(client, user, payloads[kind]), 422)
+    if kind in ("no-samples", "part-of-a-sample"):
+        assert body["message"] == "The WAV holds no audio samples."
     assert nothing_stored(admin)
 
 

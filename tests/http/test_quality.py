@@ -11,7 +11,19 @@ import pytest
 from mutagen.mp3 import MP3, BitrateMode
 from mutagen.mp3._util import XingHeader
 
-from tests.support import Audio, Client, decoded, expect_error, local, new_user, probe, upload, wav_header
+from tests.support import (
+    Audio,
+    Client,
+    decoded,
+    expect_error,
+    local,
+    new_user,
+    probe,
+    resampled,
+    snr_db,
+    upload,
+    wav_header,
+)
 
 
 async def converted(client: Client, wav: bytes, **fields: Any) -> tuple[dict[str, Any], bytes]:
@@ -101,22 +113,36 @@ async def test_request_fields_override_tags_and_the_title_falls_back_to_the_file
 
 
 def tone(channels: int, rate: int, samples: int) -> bytes:
-    """A WAV of exactly ``samples`` sample frames: a different tone in each channel."""
+    """A WAV of exactly ``samples`` sample frames, loud from the first: a different tone in each channel."""
     frames = array("h", bytes(2 * channels * samples))
     for n in range(samples):
         for channel in range(channels):
-            frames[n * channels + channel] = int(8000 * math.sin(2 * math.pi * (200 + 50 * channel) * n / rate))
+            frames[n * channels + channel] = int(20000 * math.cos(2 * math.pi * (1000 + 40 * channel) * n / rate))
     return wav_header(channels=channels, rate=rate, data_size=len(frames) * 2) + frames.tobytes()
 
 
-@pytest.mark.parametrize("samples", [1, 2, 4, 10, 46, 47, 48])
-@pytest.mark.parametrize("rate", [8000, 22050, 44100])
-async def test_the_shortest_recordings_play_every_sample_and_no_more(client: Client, samples: int, rate: int) -> None:
+@pytest.mark.parametrize("samples", [1, 2, 4, 10, 40, 46, 47, 48, 60, 100, 200])
+@pytest.mark.parametrize(
+    ("rate", "sample_rate"),
+    [(8000, None), (22050, None), (44100, None), (96000, None), (192000, None), (384000, None), (768000, None),
+     (88200, None), (48000, 44100), (44100, 8000)],
+)  # fmt: skip
+async def test_the_shortest_recordings_play_every_sample_and_no_more(
+    client: Client, samples: int, rate: int, sample_rate: int | None
+) -> None:
     """Down to one sample: no 'holds no audio' for a duration rounded to 0, and no 529
-    decoder samples left in by a decoder that cannot trim both ends of one frame."""
-    data, mp3 = await converted(client, tone(1, rate, samples))
+    decoder samples left in by a decoder that cannot trim both ends of one frame. Resampled
+    (above 48 kHz, or as asked), no 422 for a recording FFmpeg's resampler made nothing of,
+    and no lead-in of silence counted at the WAV's rate and skipped at the MP3's, with the
+    recording."""
+    wav = tone(1, rate, samples)
+    data, mp3 = await converted(client, wav, **({"sample_rate": sample_rate} if sample_rate else {}))
     assert data["duration"] == round(samples / rate, 6)
-    assert len(decoded(mp3, 1)) == samples
+    played = decoded(mp3, 1)
+    assert len(played) == max(1, round(samples * data["sample_rate"] / rate))  # one at least: half a sample plays
+    # An MP3 of a few samples is 14 dB or better (measured); the recording skipped
+    # or shifted is 0 dB or less.
+    assert snr_db(resampled(wav, data["sample_rate"]), played) > 10
 
 
 @pytest.mark.parametrize("channels", [3, 8, 9, 10, 12, 16, 17, 18, 19, 24, 25, 32, 33, 63, 64])
