@@ -21,10 +21,10 @@ bounded in bytes here.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from aiohttp import hdrs, web
 from aiohttp.helpers import parse_mimetype
@@ -319,9 +319,7 @@ def _text(raw: bytes) -> str:
 
 def _readable_filename(raw: bytes) -> str:
     """The part's file name as text PostgreSQL accepts (api.record_begin makes it a safe base name)."""
-    return BROWSER_ESCAPE.sub(lambda escape: chr(int(escape[1], 16)), _text(raw)) or DEFAULT_FILENAME
-
-
-# Browsers percent-encode these three characters of a file name (the WHATWG's multipart/form-data
-# encoding) and send the rest raw, as curl sends all: any other % is the name's own.
-BROWSER_ESCAPE = re.compile("%(22|0[Dd]|0[Aa])")
+    # Browsers percent-encode some characters of the name (", CR, LF), aiohttp's client all
+    # but letters and digits, curl none: decoded, as most names are meant. (A name whose own
+    # text holds %XX loses it: Take%2F1.wav becomes 1.mp3.)
+    return unquote(_text(raw)) or DEFAULT_FILENAME

@@ -137,10 +137,9 @@ async def test_a_file_part_before_the_credentials_is_401(
         (b"../../etc/cron.d/evil.wav", "evil.mp3"),
         (b"C:\\\\Users\\\\x\\\\song.wav", "song.mp3"),  # backslashes escaped, as in any quoted-string
         (b"n" * 1000 + b".wav", "n" * 255 + ".mp3"),
-        (b"Take%2F1 at 100%25.wav", "Take%2F1 at 100%25.mp3"),  # a name that has percent signs in it
         (b"say %22hi%22.wav", 'say \\"hi\\".mp3'),  # a browser's %22 for a quote in the name
     ],
-    ids=["non-utf8", "slashes", "backslashes", "very-long", "percent-signs", "browser-quote"],
+    ids=["non-utf8", "slashes", "backslashes", "very-long", "browser-quote"],
 )
 async def test_file_names_of_every_kind_become_safe_download_names(
     client: Client, audio: Audio, raw_name: bytes, stored_name: str
