@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import signal
 import sys
@@ -223,20 +221,6 @@ async def serve(settings: Settings) -> None:
     await runner.cleanup()
 
 
-# glibc's mallopt parameter, and the size from which buffers get pages of their own.
-M_MMAP_THRESHOLD = -3
-OWN_PAGES_FROM = 1 << 20  # a download's chunk (handlers/download.py READ_CHUNK) and up
-
-
-def return_large_buffers_when_freed() -> None:
-    """glibc raises its mmap threshold to the largest buffer freed so far, so after the first
-    download's 1 MiB chunks the next come from the heap, which keeps what a burst took: 100
-    stalled first downloads left 111 MiB behind once cut off. A fixed threshold keeps such
-    buffers in pages of their own, returned to the system when freed. (Not glibc: nothing.)"""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, OWN_PAGES_FROM)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="The WAV to MP3 service; settings from the environment.")
     parser.add_argument("--log-format", choices=("text", "json"), help="overrides LOG_FORMAT")
@@ -246,7 +230,6 @@ def main() -> None:
     except ConfigError as error:
         sys.exit(f"configuration error: {error}")
     configure_logging(arguments.log_format or settings.log_format)
-    return_large_buffers_when_freed()
     asyncio.run(serve(settings))
 
 
