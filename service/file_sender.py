@@ -59,6 +59,9 @@ class FileSender:
         self._requests: queue.SimpleQueue[Sending | tuple[str, Sending]] = queue.SimpleQueue()
         self._stopping = False
         self.failed = False  # the thread ended on a bug: send refuses, its callers copy instead
+        # Held while send checks ``failed`` and queues, and while the failing thread sets it: a
+        # job is either refused or queued before the thread empties the queue for the last time.
+        self._failing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="file-sender", daemon=True)
 
     def start(self) -> None:
@@ -67,10 +70,12 @@ class FileSender:
     def send(self, socket_fd: int, file_fd: int, start: int, stop: int) -> Sending:
         """Send [start, stop) of the file into the socket (both descriptors stay the caller's);
         NotImplementedError once the thread has failed."""
-        if self.failed:
-            raise NotImplementedError("the file-sending thread has failed")
-        sending = Sending(os.dup(socket_fd), os.dup(file_fd), start, stop, asyncio.get_running_loop())
-        self._request(sending)
+        with self._failing:
+            if self.failed:
+                raise NotImplementedError("the file-sending thread has failed")
+            sending = Sending(os.dup(socket_fd), os.dup(file_fd), start, stop, asyncio.get_running_loop())
+            self._requests.put(sending)
+        self._wake()
         return sending
 
     def drop(self, sending: Sending) -> None:
@@ -102,11 +107,15 @@ class FileSender:
             while not self._stopping:
                 self._round()
         except Exception as error:  # a bug outside any one job's: said, and no download waits on it
+            with self._failing:
+                self.failed = True
+            ending = error
             log.critical("the file-sending thread failed: cached downloads go out on the event loop", exc_info=True)
-            self.failed, ending = True, error
         for key in list(self._selector.get_map().values()):
             if key.fileobj != self._wake_read:
                 self._finish(key.data, ending)
+        # Jobs not yet taken sent nothing: refused as send refuses, their callers copy instead.
+        self._refuse_waiting(NotImplementedError("the file-sending thread has ended"))
 
     def _round(self) -> None:
         """One wait, and a slice to each socket that can take one."""
@@ -138,6 +147,17 @@ class FileSender:
                 continue
             self._finish(request[1], ConnectionAbortedError("dropped"))
 
+    def _refuse_waiting(self, failure: BaseException) -> None:
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(request, Sending):
+                os.close(request.socket_fd)
+                os.close(request.file_fd)
+                _settle_soon(request, failure)
+
     def _send_slice(self, sending: Sending) -> None:
         try:
             sent = os.sendfile(
@@ -162,8 +182,12 @@ class FileSender:
         self._selector.unregister(sending.socket_fd)
         os.close(sending.socket_fd)
         os.close(sending.file_fd)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            sending.loop.call_soon_threadsafe(_settle, sending.done, failure)
+        _settle_soon(sending, failure)
+
+
+def _settle_soon(sending: Sending, failure: BaseException | None) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        sending.loop.call_soon_threadsafe(_settle, sending.done, failure)
 
 
 def _settle(done: asyncio.Future[None], failure: BaseException | None) -> None:

@@ -75,9 +75,12 @@ async def test_a_sender_whose_thread_fails_ends_its_downloads_and_takes_no_more(
         waiting = sender.send(ours.fileno(), file.fileno(), 0, 100)
         sender._round()  # takes it
         monkeypatch.setattr(sender._selector, "select", broken_select)
+        queued = sender.send(ours.fileno(), file.fileno(), 0, 100)  # asked for as the thread fails
         sender.start()
         with pytest.raises(OSError, match="the selector broke"):
             await asyncio.wait_for(waiting.done, 5)
+        with pytest.raises(NotImplementedError):  # it sent nothing: its caller copies instead
+            await asyncio.wait_for(queued.done, 5)
         with pytest.raises(NotImplementedError):
             sender.send(ours.fileno(), file.fileno(), 0, 100)
     sender.close()
