@@ -157,8 +157,11 @@ class _Deletions:
         # Set once, with the database's answer, when this download's record is found deleted.
         self._gone: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
         self._checks: set[asyncio.Task[None]] = set()
+        self._ended = False  # no check starts once the download has ended
 
     def check(self) -> None:
+        if self._ended:
+            return
         task = asyncio.ensure_future(self._ask())
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
@@ -182,6 +185,7 @@ class _Deletions:
                 raise ResponseBroken(send.response, self._gone.result(), 0)
             await task
         finally:
+            self._ended = True
             for check in self._checks:
                 check.cancel()
             if not task.done():  # broken off, or this request cancelled: the sending stops first

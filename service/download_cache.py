@@ -117,7 +117,8 @@ class DownloadCache:
             self._dropped_while_filling.add(digest)
 
     def clear(self) -> None:
-        for digest in list(self._files) + list(self._filling):
+        """Every file goes, and every download sending one (an evicted file too) is told."""
+        for digest in set(self._files) | set(self._filling) | set(self._watchers):
             self.drop(digest)
 
     def close(self) -> None:

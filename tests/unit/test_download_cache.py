@@ -108,3 +108,14 @@ async def test_a_dropped_digest_leaves_the_cache_and_one_being_written_is_not_ad
     assert await filled(cache, filling)  # a record with those bytes, uploaded again, is cached again
     cache.clear()
     assert (list(cache.directory.iterdir()), cache.used_bytes) == ([], 0)
+
+
+def test_emptying_the_cache_tells_a_download_whose_file_was_evicted_already(tmp_path: Path) -> None:
+    """After the deletion listener was away (deletions unheard), every download still sending
+    a file must ask whether its record is gone, also one whose file the cache has let go."""
+    cache = DownloadCache(1 << 20, parent=str(tmp_path))
+    told: list[str] = []
+    with cache.watching("ab" * 32, lambda: told.append("evicted file's download")):
+        cache.clear()
+    assert told == ["evicted file's download"]
+    cache.close()
