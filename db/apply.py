@@ -203,7 +203,10 @@ def as_role(url: str, role: str) -> str:
 
 def migrations_pending(database_url: str, migrations_dir: Path = MIGRATIONS_DIR) -> bool:
     backend = get_backend(yoyo_url(database_url))
-    return bool(backend.to_apply(read_migrations(str(migrations_dir))))
+    try:
+        return bool(backend.to_apply(read_migrations(str(migrations_dir))))
+    finally:
+        backend.connection.close()  # not left idle in its transaction, holding yoyo's tables
 
 
 def owns_api(admin: psycopg.Connection, owner: str) -> bool:
