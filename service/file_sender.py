@@ -23,6 +23,7 @@ import os
 import queue
 import selectors
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 log = logging.getLogger("mp3.file_sender")
@@ -137,26 +138,24 @@ class FileSender:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_read, 4096):
                 pass
-        while True:
-            try:
-                request = self._requests.get_nowait()
-            except queue.Empty:
-                return
+        for request in self._queued():
             if isinstance(request, Sending):
                 self._selector.register(request.socket_fd, selectors.EVENT_WRITE, request)
-                continue
-            self._finish(request[1], ConnectionAbortedError("dropped"))
+            else:
+                self._finish(request[1], ConnectionAbortedError("dropped"))
 
     def _refuse_waiting(self, failure: BaseException) -> None:
+        for request in self._queued():
+            if isinstance(request, Sending):
+                _close_and_settle(request, failure)
+
+    def _queued(self) -> Iterator[Sending | tuple[str, Sending]]:
+        """The requests queued so far, taken in order."""
         while True:
             try:
-                request = self._requests.get_nowait()
+                yield self._requests.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(request, Sending):
-                os.close(request.socket_fd)
-                os.close(request.file_fd)
-                _settle_soon(request, failure)
 
     def _send_slice(self, sending: Sending) -> None:
         try:
@@ -180,12 +179,13 @@ class FileSender:
         if key is None or key.data is not sending:  # finished already: its descriptors are closed
             return
         self._selector.unregister(sending.socket_fd)
-        os.close(sending.socket_fd)
-        os.close(sending.file_fd)
-        _settle_soon(sending, failure)
+        _close_and_settle(sending, failure)
 
 
-def _settle_soon(sending: Sending, failure: BaseException | None) -> None:
+def _close_and_settle(sending: Sending, failure: BaseException | None) -> None:
+    """The job's descriptors closed, and its ``done`` settled on its loop."""
+    os.close(sending.socket_fd)
+    os.close(sending.file_fd)
     with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
         sending.loop.call_soon_threadsafe(_settle, sending.done, failure)
 
