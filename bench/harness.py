@@ -31,6 +31,7 @@ from tests.support import (
     children_of,
     make_audio,
     private_cluster,
+    reset_high_water_mark,
     vm_hwm_kib,
     vm_rss_kib,
 )
@@ -285,7 +286,7 @@ def peak_growth_kib(pid: int, action: Callable[[], Result], over_kib: int | None
     ``over_kib`` or else above where it was just before, and what ``action`` answered:
     its high-water mark is reset first (/proc/PID/clear_refs, Linux 4.0), so earlier
     peaks do not hide this one."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    reset_high_water_mark(pid)
     before = vm_rss_kib(pid) if over_kib is None else over_kib
     result = action()
     return vm_hwm_kib(pid) - before, result

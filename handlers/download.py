@@ -3,7 +3,7 @@
 No token: the random record id is the secret the link carries. The metadata
 comes first (ownership is checked in SQL), then the MP3 is read back in
 chunks, each its own short statement, and written as it arrives: a slow
-client holds no transaction and the server holds one chunk at a time. A
+client holds no transaction, and no more memory than it takes (FIRST_READ). A
 record downloaded before is sent from the local cache with sendfile
 (service/download_cache.py), after the same check, and broken off as soon as
 the record is deleted, as a download from the database is.
@@ -40,6 +40,12 @@ READ_CHUNK = 1024 * 1024
 # Reads in flight per download, each on its own pool connection: PostgreSQL's
 # reading of the large object is the slow part, and two backends use two cores.
 READS_AHEAD = 2
+# A download's first read. Reads double, up to READ_CHUNK, and are made ahead only
+# while the client takes every byte as fast as it is written (as TCP's slow start
+# grows its window): a client that reads nothing holds a few hundred KiB of ours
+# until SEND_TIMEOUT_S cuts it off, not megabytes, and one that reads slowly holds
+# as little for as long as it likes.
+FIRST_READ = 64 * 1024
 RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 # Positions beyond any file: more digits than this are read as "past the end".
 MAX_POSITION_DIGITS = 18
@@ -112,20 +118,23 @@ async def _stream(
     stop: int,
     fill: CacheFill | None,
 ) -> None:
-    """Write the bytes [start, stop), reading the next chunk while the current one is sent,
-    and into the cache when this download fills it.
+    """Write the bytes [start, stop), in reads that grow while the client keeps up (see
+    FIRST_READ), the next one read while the current one is sent once they are at their
+    largest, and into the cache when this download fills it.
 
     A failure here comes after the status line (the record deleted meanwhile,
     the database gone): it can only break the response off (ResponseBroken)."""
-    upcoming = iter(range(start, stop, READ_CHUNK))
+    offset, size, ahead = start, FIRST_READ, 1
     # Reads in flight, in byte order; each is awaited, or cancelled below when the
     # download ends early, so none is left to finish (or fail) unseen.
     reads: deque[asyncio.Future[bytes]] = deque()
     sent = 0
     try:
         while True:
-            while len(reads) < READS_AHEAD and (offset := next(upcoming, None)) is not None:
-                reads.append(asyncio.ensure_future(read_chunk(offset, min(READ_CHUNK, stop - offset))))
+            while len(reads) < ahead and offset < stop:
+                count = min(size, stop - offset)
+                reads.append(asyncio.ensure_future(read_chunk(offset, count)))
+                offset += count
             if not reads:
                 return
             chunk = await reads.popleft()
@@ -138,6 +147,9 @@ async def _stream(
                     fill = None
             await send.write(chunk)
             sent += len(chunk)
+            keeping_up = send.caught_up(len(chunk))
+            size = min(2 * size, READ_CHUNK) if keeping_up else size
+            ahead = READS_AHEAD if keeping_up and size == READ_CHUNK else 1
     except Exception as error:
         raise ResponseBroken(send.response, error, sent) from error
     finally:

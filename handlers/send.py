@@ -18,9 +18,11 @@ A cached file goes out by the kernel's sendfile on a thread of its own
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import socket
 import sys
+import termios
 from collections.abc import Awaitable
 from typing import BinaryIO
 
@@ -38,6 +40,8 @@ MIN_TAKEN = 64 * 1024
 TCP_INFO = getattr(socket, "TCP_INFO", None)
 BYTES_ACKED_AT = 120
 TCP_INFO_SIZE = BYTES_ACKED_AT + 8
+# Linux's ioctl for a socket's unacknowledged bytes: the terminal's TIOCOUTQ, by number.
+SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)
 
 
 class Sender:
@@ -54,6 +58,26 @@ class Sender:
         view = memoryview(data)
         for offset in range(0, len(view), SEND_SLICE):
             await self._taken(self.response.write(view[offset : offset + SEND_SLICE]))
+
+    def caught_up(self, allowance: int) -> bool:
+        """The client has taken every byte written but the last ``allowance``: the transport
+        holds none, and the kernel no more than that unacknowledged. (Its send buffer takes
+        megabytes even from a client that reads nothing; where the kernel does not say what
+        it holds, only the transport's buffer is known.)"""
+        transport = self.request.transport
+        if transport is None or transport.get_write_buffer_size():
+            return False
+        return self._unacknowledged() <= allowance
+
+    def _unacknowledged(self) -> int:
+        """Bytes of this connection the kernel holds, sent or not, that the client has not acknowledged."""
+        if self._socket is None or SIOCOUTQ is None:
+            return 0
+        try:
+            answer = fcntl.ioctl(self._socket.fileno(), SIOCOUTQ, bytes(4))
+        except OSError:
+            return 0
+        return int.from_bytes(answer, sys.byteorder, signed=True)
 
     async def sendfile(self, file: BinaryIO, start: int, stop: int) -> None:
         """By the kernel's sendfile; NotImplementedError for a transport that cannot (TLS),

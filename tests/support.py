@@ -431,6 +431,11 @@ def vm_hwm_kib(pid: int) -> int:
     return _status_kib(pid, "VmHWM:")
 
 
+def reset_high_water_mark(pid: int) -> None:
+    """From now on, vm_hwm_kib counts from the process's present memory (Linux 4.0+)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def _status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key):

@@ -34,8 +34,11 @@ from tests.support import (
     nothing_stored,
     open_descriptors,
     records_match_large_objects,
+    reset_high_water_mark,
     store_record,
     until,
+    vm_hwm_kib,
+    vm_rss_kib,
     wav_header,
 )
 
@@ -488,6 +491,34 @@ async def test_a_client_that_stops_reading_a_download_is_cut_off_and_a_slow_read
     log = service_process.log.read_text()
     assert log.count("GET /record 200 broken off after") == len(stalled)
     assert "the client took almost nothing for 2 s" in log
+
+
+async def test_clients_that_stop_reading_hold_little_of_the_services_memory(
+    service_process: ServiceProcess, service: psycopg.Connection
+) -> None:
+    """A download link is public: anyone who has one can open many downloads and read none.
+    Until SEND_TIMEOUT_S cuts them off, each must cost the service little memory: what it
+    reads from the database grows only as fast as its client takes the bytes."""
+    service_process.env |= {"SEND_TIMEOUT_S": "2"}
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "hoarder")
+    record_id = store_record(service, *user, [os.urandom(1 << 20) for _ in range(7)])
+    request = f"GET /record?id={record_id}&user={user[0]} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    reset_high_water_mark(service_process.pid)
+    before_kib = vm_rss_kib(service_process.pid)
+    stalled = [stalled_download(service_process, request) for _ in range(STALLED_CLIENTS)]
+    try:
+        await until(lambda: all(reset_by_peer(sock) for sock in stalled))
+    finally:
+        for sock in stalled:
+            sock.close()
+    held_kib = vm_hwm_kib(service_process.pid) - before_kib
+    # Reads of 1 MiB, one ahead, held for each client: over 2 MiB each (51 MiB for 20)
+    assert held_kib < STALLED_CLIENTS * 1024, f"{STALLED_CLIENTS} stalled downloads held {held_kib} KiB"
+
+
+STALLED_CLIENTS = 20
 
 
 async def test_cached_downloads_broken_off_midway_leave_no_descriptor_behind(
