@@ -6,7 +6,8 @@
  * bytes; at most 16 MiB) at the new `upload_offset`, which may not go back; the
  * WAV's header once. PT423 when another request has claimed the upload since;
  * PT413 past the user's quota (this and the user's other uploads in progress
- * count), PT507 past the service's bound. Extends the expiry.
+ * count), PT507 past the service's bound (every upload in progress counts, with
+ * the WAV bytes it keeps). Extends the expiry.
  */
 CREATE FUNCTION api.upload_checkpoint(
     upload_id uuid,
@@ -39,7 +40,11 @@ BEGIN
             MESSAGE = 'The pending bytes are the last of the offset''s, at most 16 MiB of them.';
     END IF;
     PERFORM app.assert_within_quota(the_upload.user_id, new_size, the_upload.id);
-    PERFORM app.assert_within_storage_bound(new_size);
+    PERFORM app.assert_within_storage_bound(
+        new_size + app.upload_kept_bytes(coalesce(the_upload.wav_header, upload_checkpoint.wav_header),
+                                         upload_checkpoint.wav_pending, upload_checkpoint.analysis),
+        the_upload.id
+    );
     descriptor := lo_open(the_upload.lo_oid, x'20000'::integer);  -- INV_WRITE
     PERFORM lo_lseek64(descriptor, at, 0);  -- SEEK_SET
     PERFORM lowrite(descriptor, coalesce(chunk, ''::bytea));

@@ -472,6 +472,25 @@ async def test_one_user_holds_sixteen_unfinished_uploads_at_most(client: Client)
     assert (await expect_error(refused, 429))["message"].startswith("You have 16 uploads in progress")
 
 
+async def test_deleting_a_finished_uploads_record_ends_the_upload(client: Client, audio: Audio) -> None:
+    """A finished upload answers its record until it expires; once the user deletes that
+    record, the upload is gone with it (404), not an upload in progress again that HEAD
+    offers to resume and that counts against the 16 a user may have."""
+    user = await new_user(client)
+    wav = audio(seconds=1)
+    path = await created(client, user, len(wav))
+    assert (await patch(client, user, path, 0, wav)).status == 204
+    record = (await (await client.get(path, headers=basic(*user))).json())["data"]
+    deleted = await client.delete(f"/record?id={record['id']}&user={user[0]}", headers=basic(*user))
+    assert deleted.status == 204
+
+    assert await head_status(client, user, path, **TUS) == 404
+    await expect_error(await client.get(path, headers=basic(*user)), 404)
+    await expect_error(await patch(client, user, path, len(wav), b""), 404)
+    for _ in range(16):
+        await created(client, user, 1000)
+
+
 def test_psql_lists_a_users_uploads_and_terminates_one(service: psycopg.Connection) -> None:
     user_id, _, token = service.execute("SELECT * FROM api.user_create('ann')").fetchone() or ()
     upload_id, _ = (

@@ -904,6 +904,38 @@ def test_the_storage_bound_counts_every_user_at_begin_while_appending_and_at_fin
     store_record(service, *bob, [b"v" * 5000])
 
 
+def test_unfinished_uploads_of_every_user_count_against_the_storage_bound(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """Accounts are free: uploads left unfinished must not be room without a bound. Every
+    user's count, with the WAV bytes each keeps to resume from, and one written again is
+    not counted twice."""
+    alice, bob, carol = create_user(service), create_user(service, "bob"), create_user(service, "carol")
+    set_storage_bound(admin, 1000)
+    store_record(service, *alice, [b"x" * 300])
+
+    def claimed_upload(user: tuple[int, str]) -> tuple[Any, int]:
+        row = service.execute(
+            "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 100000, 3600, 16)", list(user)
+        ).fetchone()
+        assert row is not None
+        claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600)"
+        return row[0], scalar(service, claim, [*user, row[0]])
+
+    checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 78, '{}', 'RIFF', 3600, NULL, %s)"
+    bobs, carols = claimed_upload(bob), claimed_upload(carol)
+    service.execute(checkpoint, [*bobs, b"m" * 300, b"w" * 70])  # 374 bytes held
+    service.execute(checkpoint, [*bobs, b"m" * 300, b"w" * 70])  # again: its own bytes are not counted twice
+    assert sqlstate_of(service, checkpoint, [*carols, b"n" * 323, None]) == "PT507"
+    service.execute(checkpoint, [*carols, b"n" * 322, None])  # 300 + 374 + 326: exactly up to the bound
+    assert sqlstate_of(service, checkpoint, [*carols, b"n" * 322, b"w"]) == "PT507"  # its WAV bytes count
+    assert sqlstate_of(service, "SELECT api.record_begin(%s, %s, 'b.wav')", list(alice)) == "PT507"
+    create = "SELECT api.upload_create(%s, %s, 'more.wav', '{}', 100000, 3600, 16)"
+    assert sqlstate_of(service, create, list(alice)) == "PT507"
+    service.execute("SELECT api.upload_delete(%s, %s, %s)", [*bob, bobs[0]])
+    store_record(service, *alice, [b"z" * 374])  # the room bob's upload held is free
+
+
 def test_two_uploads_of_two_users_finishing_at_once_cannot_both_pass_the_storage_bound(
     service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
