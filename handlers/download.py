@@ -194,7 +194,7 @@ class _Deletions:
             either: set[asyncio.Future[Any]] = {task, self._gone}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if self._gone.done() and not task.done():
-                raise ResponseBroken(send.response, self._gone.result(), 0)
+                raise ResponseBroken(send.response, self._gone.result(), send.file_bytes_sent)
             await task
         finally:
             self._ended = True
@@ -209,6 +209,7 @@ async def _send_file(send: Sender, file: BinaryIO, start: int, stop: int) -> Non
     """The bytes [start, stop) of a cached file, by the kernel's sendfile, as aiohttp's
     FileResponse sends (it cannot be used itself: its ETag, Range and conditional
     handling are of a file, ours are of the record)."""
+    copied = 0
     try:
         try:
             # The status line and headers are already in the transport's buffer
@@ -216,12 +217,12 @@ async def _send_file(send: Sender, file: BinaryIO, start: int, stop: int) -> Non
             await send.sendfile(file, start, stop)
         except NotImplementedError:  # a transport that cannot sendfile (TLS): in chunks
             file.seek(start)
-            while start < stop:
-                chunk = await asyncio.to_thread(file.read, min(READ_CHUNK, stop - start))
+            while start + copied < stop:
+                chunk = await asyncio.to_thread(file.read, min(READ_CHUNK, stop - start - copied))
                 await send.write(chunk)
-                start += len(chunk)
+                copied += len(chunk)
     except Exception as error:
-        raise ResponseBroken(send.response, error, 0) from error
+        raise ResponseBroken(send.response, error, send.file_bytes_sent + copied) from error
 
 
 def _wanted_range(request: web.Request, etag: str, size: int) -> tuple[int, int] | None:

@@ -29,6 +29,7 @@ from typing import BinaryIO
 from aiohttp import web
 
 from handlers.errors import ClientNotReading
+from service.file_sender import Sending
 from service.keys import FILE_SENDER, SETTINGS
 
 # One write or sendfile call: the bound on each one's time in the event loop's thread.
@@ -53,6 +54,16 @@ class Sender:
         self.timeout_s = request.app[SETTINGS].send_timeout_s
         transport = request.transport
         self._socket = transport.get_extra_info("socket") if transport is not None else None
+        self._from_file: tuple[Sending, int] | None = None  # the file being sent, from where
+
+    @property
+    def file_bytes_sent(self) -> int:
+        """Of the file being sent (or last sent) by sendfile, the bytes the kernel has taken
+        so far (the sending thread moves them on as it goes)."""
+        if self._from_file is None:
+            return 0
+        sending, start = self._from_file
+        return sending.offset - start
 
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -91,6 +102,7 @@ class Sender:
         await self._headers_out(transport, raw.fileno())
         sender = self.request.app[FILE_SENDER]
         sending = sender.send(raw.fileno(), file.fileno(), start, stop)
+        self._from_file = sending, start
         try:
             await self._taken(sending.done)
         finally:
