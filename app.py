@@ -80,7 +80,8 @@ def init_app(settings: Settings) -> web.Application:
         parallel_segments=settings.parallel_segments,
         spare=app[SLOTS],
     )
-    app[METRICS] = Metrics(app[SLOTS])
+    app[BUSY_UPLOADS] = BusyUploads()
+    app[METRICS] = Metrics(app[SLOTS], app[BUSY_UPLOADS])
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(security_headers)
     app.on_response_prepare.append(tus_resumable)
@@ -127,10 +128,9 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
 
 
 async def busy_uploads(app: web.Application) -> AsyncIterator[None]:
-    """The uploads HEADs wait on (service/busy_uploads.py), their polls ended before the pool closes."""
-    app[BUSY_UPLOADS] = uploads = BusyUploads()
+    """The polls of the uploads HEADs wait on (service/busy_uploads.py) ended before the pool closes."""
     yield
-    await uploads.close()
+    await app[BUSY_UPLOADS].close()
 
 
 async def upload_sweeper(app: web.Application) -> AsyncIterator[None]:

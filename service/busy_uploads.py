@@ -64,6 +64,12 @@ class BusyUploads:
 
     def __init__(self) -> None:
         self._watches: dict[WatchKey, _Watch] = {}
+        self.unwatched = 0  # HEADs answered at once, a PATCH at work, as many uploads watched as may be
+
+    @property
+    def waiting(self) -> int:
+        """HEADs waiting for a PATCH at work, on all uploads together."""
+        return sum(watch.waiting for watch in self._watches.values())
 
     async def at_rest(
         self, pool: asyncpg.Pool, user_id: int, token: str, upload_id: UUID, seen: api.ResumableUpload, deadline: float
@@ -79,6 +85,7 @@ class BusyUploads:
         watch = self._watches.get(key)
         if watch is None:
             if not self._room_for(user_id):
+                self.unwatched += 1
                 return seen
             watch = self._watches[key] = _Watch(seen, deadline)
             watch.polling = asyncio.create_task(self._poll(key, watch, pool, token))
