@@ -23,10 +23,12 @@ from handlers.params import refuse_encoded_paths, refuse_tokens_in_urls
 from handlers.routes import setup_routes
 from handlers.server import make_runner, refuse_unmet_expectations
 from handlers.uploads import tus_resumable
+from service.busy_uploads import BusyUploads
 from service.database_check import DATABASE_CHECK_TIMEOUT_S, DatabaseCheck
 from service.download_cache import DownloadCache, dropping_deleted_records
 from service.file_sender import FileSender
 from service.keys import (
+    BUSY_UPLOADS,
     CONVERTER,
     DATABASE_CHECK,
     DOWNLOAD_CACHE,
@@ -78,7 +80,8 @@ def init_app(settings: Settings) -> web.Application:
         parallel_segments=settings.parallel_segments,
         spare=app[SLOTS],
     )
-    app[METRICS] = Metrics(app[SLOTS])
+    app[BUSY_UPLOADS] = BusyUploads()
+    app[METRICS] = Metrics(app[SLOTS], app[BUSY_UPLOADS])
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(security_headers)
     app.on_response_prepare.append(tus_resumable)
@@ -86,6 +89,7 @@ def init_app(settings: Settings) -> web.Application:
     # (STALL_TIMEOUT_S): a download waits for a permit no longer than those reads take.
     app[DOWNLOAD_READS] = asyncio.Semaphore(SPARE_CONNECTIONS - KEPT_FROM_DOWNLOADS)
     app.cleanup_ctx.append(database_pool)
+    app.cleanup_ctx.append(busy_uploads)
     app.cleanup_ctx.append(upload_sweeper)
     app.cleanup_ctx.append(download_cache)
     setup_routes(app)
@@ -121,6 +125,12 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
         except TimeoutError:
             log.warning("closing a database pool took longer than %g s; terminated", CANCEL_TIMEOUT_S)
             pool.terminate()
+
+
+async def busy_uploads(app: web.Application) -> AsyncIterator[None]:
+    """The polls of the uploads HEADs wait on (service/busy_uploads.py) ended before the pool closes."""
+    yield
+    await app[BUSY_UPLOADS].close()
 
 
 async def upload_sweeper(app: web.Application) -> AsyncIterator[None]:

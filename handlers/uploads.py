@@ -35,13 +35,15 @@ from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.pipeline import convert
 from converter.resume import Resumable
 from db import api
+from db.deadline import within
 from handlers.body import PacedBody, pace_of, too_large
 from handlers.errors import ApiError, outcome_status
 from handlers.params import TAG_FIELDS, Credentials, credentials_from, encode_options_from
 from handlers.reads import read_fresh
 from handlers.shapes import link, link_base, ok, record_json, record_url
 from handlers.store import CheckpointedUpload
-from service.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
+from service.busy_uploads import HEAD_WAITS_S
+from service.keys import BUSY_UPLOADS, CONVERTER, METRICS, POOL, SETTINGS, SLOTS
 from service.slots import ConversionSlots
 from settings import Settings
 
@@ -55,10 +57,6 @@ MAX_METADATA_BYTES = 8192
 METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and comma
 MOST_OPEN_UPLOADS = 16  # a user's unfinished uploads at once
 DIGITS = 19  # an offset or a length: a bigint at most
-# A HEAD waits at most this long for a PATCH at work on the upload (one cut off
-# stores what it brought within the converter's 3 s grace), asking every BUSY_POLL_S.
-HEAD_WAITS_S = 5.0
-BUSY_POLL_S = 0.05
 SETTLE_TIMEOUT_S = 5.0  # a PATCH's word that it is done, at most
 
 
@@ -114,18 +112,20 @@ async def head_upload(request: web.Request) -> web.Response:
 
 
 async def _once_no_patch_works_on(request: web.Request) -> api.ResumableUpload:
-    """The upload once no PATCH is at work on it, or after HEAD_WAITS_S. A client asks
-    HEAD the moment its PATCH is cut off, while that PATCH, on this replica or another,
-    is still storing what it brought (within the converter's grace): the offset to
-    resume from is the one it leaves, not the one before it."""
+    """The upload once no PATCH is at work on it, or what is known of it HEAD_WAITS_S
+    after the HEAD began. A client asks HEAD the moment its PATCH is cut off, while that
+    PATCH, on this replica or another, is still storing what it brought (within the
+    converter's grace): the offset to resume from is the one it leaves, not the one
+    before it. The HEAD's own query checks its credentials, within the same deadline
+    (503 past it: nothing is known); HEADs that then wait share the polls
+    (service/busy_uploads.py)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HEAD_WAITS_S
-    while True:
-        upload = await _opened(request)
-        left = deadline - loop.time()
-        if upload.patch_busy_s <= 0 or upload.record_id is not None or left <= 0:
-            return upload
-        await asyncio.sleep(min(BUSY_POLL_S, upload.patch_busy_s, left))
+    credentials = credentials_from(request)
+    user_id, token, upload_id = credentials.user_id, credentials.token, _upload_id(request)
+    pool = request.app[POOL]
+    seen = await within(HEAD_WAITS_S, pool, lambda db: api.upload_open(db, user_id, token, upload_id))
+    return await request.app[BUSY_UPLOADS].at_rest(pool, user_id, token, upload_id, seen, deadline)
 
 
 async def get_upload(request: web.Request) -> web.Response:

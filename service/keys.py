@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from converter.options import ConverterConfig
+from service.busy_uploads import BusyUploads
 from service.database_check import DatabaseCheck
 from service.download_cache import DownloadCache
 from service.file_sender import FileSender
@@ -23,6 +24,7 @@ DATABASE_CHECK = web.AppKey("database_check", DatabaseCheck)
 # Absent without DATABASE_READ_URL.
 REPLICA = web.AppKey("replica", ReadReplica)  # downloads' bytes, and reads while POOL is down
 SLOTS = web.AppKey("slots", ConversionSlots)
+BUSY_UPLOADS = web.AppKey("busy_uploads", BusyUploads)  # the uploads HEADs wait on, one poll each
 METRICS = web.AppKey("metrics", Metrics)
 CONVERTER = web.AppKey("converter", ConverterConfig)
 # Absent when DOWNLOAD_CACHE_MB is 0.

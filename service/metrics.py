@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from converter.errors import ConversionStalled
+from service.busy_uploads import BusyUploads
 from service.slots import ConversionSlots
 
 
 class Metrics:
     """The service's Prometheus metrics, in a registry of its own (one per application)."""
 
-    def __init__(self, slots: ConversionSlots) -> None:
+    def __init__(self, slots: ConversionSlots, busy_uploads: BusyUploads) -> None:
         self.registry = CollectorRegistry()
         self.conversions = Counter(
             "mp3_conversions", "Uploads by outcome (the HTTP status answered)", ["status"], registry=self.registry
@@ -52,6 +55,9 @@ class Metrics:
         encoding.set_function(lambda: slots.active)
         turn_waits = Gauge("mp3_turn_waits", "Uploads waiting for their turn on the CPU", registry=self.registry)
         turn_waits.set_function(lambda: slots.waiting)
+        head_waits = Gauge("mp3_upload_head_waits", "HEADs waiting for a PATCH at work", registry=self.registry)
+        head_waits.set_function(lambda: busy_uploads.waiting)
+        self.registry.register(_Unwatched(busy_uploads))
 
     async def received(self, wav: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """An upload's WAV bytes as they arrive (POST or PATCH), counted as they pass."""
@@ -63,3 +69,14 @@ class Metrics:
         """An upload (POST or PATCH) that ended with ``error``: counted by its stage if it stalled."""
         if isinstance(error, ConversionStalled):
             self.stalls.labels(stage=error.stage).inc()
+
+
+class _Unwatched(Collector):
+    """HEADs that found a PATCH at work and answered at once: as many uploads watched as may be."""
+
+    def __init__(self, busy_uploads: BusyUploads) -> None:
+        self.busy_uploads = busy_uploads
+
+    def collect(self) -> Iterator[Metric]:
+        help_text = "HEADs answered at once though a PATCH was at work: as many uploads watched as may be"
+        yield CounterMetricFamily("mp3_upload_heads_unwatched", help_text, value=self.busy_uploads.unwatched)

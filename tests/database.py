@@ -36,8 +36,10 @@ def load_schema(host: str, port: int, user: str, dbname: str, **_: Any) -> None:
 
 
 # A throwaway cluster: durability buys nothing here, and without fsync each
-# test's copy of the template database takes a fraction of the time.
+# test's copy of the template database takes a fraction of the time. It counts
+# the statements it runs (tests/support.py's ``statements_calling``).
 THROWAWAY = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+THROWAWAY += " -c shared_preload_libraries=pg_stat_statements"
 postgresql_proc = factories.postgresql_proc(executable=str(PG_CTL), load=[load_schema], postgres_options=THROWAWAY)
 
 postgresql = factories.postgresql("postgresql_proc")

@@ -138,6 +138,20 @@ def count(admin: psycopg.Connection, query: str) -> int:
     return int(row[0])
 
 
+def statements_calling(admin: psycopg.Connection, function: str) -> int:
+    """How many statements calling ``function`` this test's database has run so far, as
+    pg_stat_statements counts them (the test cluster preloads it): each is counted as it
+    ends, before its answer leaves, unlike pg_stat_database's figures, which a backend
+    reports a second or more later."""
+    admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    row = admin.execute(
+        """SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+           WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query LIKE %s""",
+        [f"%{function}(%"],
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def nothing_stored(admin: psycopg.Connection) -> bool:
     records = count(admin, "SELECT count(*) FROM app.records")
     objects = count(admin, "SELECT count(*) FROM pg_largeobject_metadata")

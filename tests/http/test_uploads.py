@@ -21,8 +21,10 @@ import psycopg
 import pytest
 import requests
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
+from yarl import URL
 
 import app as service_app
+from service.busy_uploads import HEAD_WAITS_S
 from service.keys import METRICS, SLOTS
 from settings import Settings
 from tests.database import MakeClient
@@ -42,6 +44,7 @@ from tests.support import (
     new_user,
     records_match_large_objects,
     resampled,
+    statements_calling,
     tus_uploader,
     until,
     uploads_with_cuts,
@@ -218,6 +221,105 @@ def test_psql_sees_a_patch_at_work_until_it_says_it_is_done(service: psycopg.Con
     assert busy_s() > 0  # the older PATCH is done; the newer one still works
     service.execute("SELECT api.upload_settled(%s, %s)", (upload_id, second))
     assert busy_s() == 0
+
+
+def claimed(service: psycopg.Connection, user: tuple[int, str], path: str, length: int | None = None) -> int:
+    """A PATCH at work on the upload, as the service marks one (api.upload_claim): its generation."""
+    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, %s, 3600)"
+    (generation,) = service.execute(claim, (user[0], user[1], path.rsplit("/", 1)[1], length)).fetchone() or ()
+    return int(generation)
+
+
+def settled(service: psycopg.Connection, path: str, *generations: int) -> None:
+    """The PATCHes of these generations done, as each says when it has answered (api.upload_settled)."""
+    for generation in generations:
+        service.execute("SELECT api.upload_settled(%s, %s)", (path.rsplit("/", 1)[1], generation))
+
+
+async def head_answer(session: aiohttp.ClientSession, url: URL | str, user: tuple[int, str]) -> tuple[int, Any]:
+    async with session.head(url, headers={**basic(*user), **TUS}) as response:
+        return response.status, response.headers
+
+
+@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # each poll holds a connection that long
+async def test_heads_waiting_on_a_busy_upload_cost_a_query_each_and_leave_the_pool_to_others(
+    client: Client, admin: psycopg.Connection, service: psycopg.Connection
+) -> None:
+    """200 HEADs at once on an upload a PATCH is at work on: each costs its own query, then
+    they wait together on one poll of the database at a time, so another user's listing
+    meanwhile waits behind a poll or two, not a pile of them (every HEAD polled every 50 ms,
+    5,000 queries from one client, and listings took seconds). Once the PATCH is done (a
+    newer one took over and gave the length, then both said they were done), every HEAD
+    answers the upload as it is then."""
+    heads = 200
+    user = await new_user(client)
+    other = await new_user(client, "bob")
+    path = await created(client, user, None)
+    first = claimed(service, user, path)
+    before = statements_calling(admin, "api.upload_open")
+    # No connection limit on the client's side: each HEAD is at the service at once.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        waiting = [asyncio.ensure_future(head_answer(session, client.make_url(path), user)) for _ in range(heads)]
+        await until(lambda: statements_calling(admin, "api.upload_open") >= before + heads + 10)
+        asked = statements_calling(admin, "api.upload_open")
+        listing = await client.get("/records", headers=basic(*other))
+        assert listing.status == 200
+        assert statements_calling(admin, "api.upload_open") - asked <= 10  # what the listing waited behind
+        settled(service, path, first, claimed(service, user, path, length=1000))
+        answers = await asyncio.gather(*waiting)
+    assert statements_calling(admin, "api.upload_open") - before < 2 * heads  # not one per HEAD per 50 ms
+    for status, headers in answers:
+        assert status == 200
+        assert (headers["Upload-Offset"], headers["Upload-Length"]) == ("0", "1000")
+
+
+@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # the service reaches it through the proxy
+async def test_a_head_answers_what_it_knows_after_5_s_though_the_database_stops_answering(
+    make_client: MakeClient, database_proxy: DelayingProxy, admin: psycopg.Connection, service: psycopg.Connection
+) -> None:
+    """A HEAD waits for a PATCH at work 5 s at most from its start, its polls' waits for the
+    database included: the database freezes while it waits, and it answers the offset it
+    knows while the database is still frozen (it waited on its poll for STALL_TIMEOUT_S)."""
+    client = await make_client(stall_timeout_s=600)
+    user = await new_user(client)
+    path = await created(client, user, 1000)
+    claimed(service, user, path)
+    head = asyncio.ensure_future(head_answer(client.session, client.make_url(path), user))
+    await until(lambda: statements_calling(admin, "api.upload_open") >= 2)  # its own query and a poll answered
+    database_proxy.freeze()
+    try:
+        async with asyncio.timeout(4 * HEAD_WAITS_S):  # the test's own bound: it waits for nothing longer
+            status, headers = await head
+    finally:
+        database_proxy.thaw()
+    assert status == 200
+    assert (headers["Upload-Offset"], headers["Upload-Length"]) == ("0", "1000")
+
+
+async def test_heads_on_more_busy_uploads_than_are_watched_answer_at_once(
+    client: Client, service: psycopg.Connection
+) -> None:
+    """A process watches 4 busy uploads at once, 2 of one user's: a HEAD on a fifth, or on a
+    third of one user's, answers at once the offset it found (an operator sees it counted),
+    while the HEADs already waiting go on waiting for their PATCHes."""
+    alice, bea, cem = await new_user(client), await new_user(client, "bea"), await new_user(client, "cem")
+    owners = [alice, alice, bea, bea, alice, cem]
+    paths = [await created(client, owner, 1000) for owner in owners]
+    generations = [claimed(service, owner, path) for owner, path in zip(owners, paths, strict=True)]
+    metrics = client.app[METRICS].registry
+    waiting = [
+        asyncio.ensure_future(head_answer(client.session, client.make_url(path), owner))
+        for owner, path in zip(owners[:4], paths[:4], strict=True)
+    ]
+    await until(lambda: metrics.get_sample_value("mp3_upload_head_waits") == 4)
+    for owner, path in zip(owners[4:], paths[4:], strict=True):  # alice's third, and cem's first
+        assert (await head_answer(client.session, client.make_url(path), owner))[0] == 200
+    assert metrics.get_sample_value("mp3_upload_heads_unwatched_total") == 2
+    assert not any(head.done() for head in waiting)
+    for path, generation in zip(paths, generations, strict=True):
+        settled(service, path, generation)
+    assert [status for status, _ in await asyncio.gather(*waiting)] == [200] * 4
+    assert metrics.get_sample_value("mp3_upload_head_waits") == 0
 
 
 # Clients send the next chunk from the offset a 204 gives (TUS-NOTES): a 204 that leaves it
