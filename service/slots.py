@@ -134,35 +134,44 @@ class ConversionSlots:
         queue_timeout), and its turn on the CPU, taken as it works (see Turn)."""
         if self.draining:
             raise ShuttingDown
+        await self._queued_for_a_place(user_id)
+        self.in_progress += 1
+        turn = Turn(self)
+        try:
+            yield turn
+        finally:
+            turn.end()
+            self.in_progress -= 1
+            self._places.release()
+            await self._users_upload_ended(user_id)
+
+    async def _queued_for_a_place(self, user_id: int) -> None:
+        """Until the user has fewer than per_user places and one is free, within queue_timeout.
+        Counted in ``queued`` until the wait ends, however it ends: its client may leave."""
         deadline = asyncio.timeout(self.queue_timeout)
         self.queued += 1
         try:
-            async with deadline, self._user_left:
-                await self._user_left.wait_for(lambda: self._per_user[user_id] < self.per_user)
-                self._per_user[user_id] += 1
-        except TimeoutError:
-            self.queued -= 1
-            raise TooManyOfYours(self.queue_timeout, self.per_user) from None
-        try:
+            try:
+                async with deadline, self._user_left:
+                    await self._user_left.wait_for(lambda: self._per_user[user_id] < self.per_user)
+                    self._per_user[user_id] += 1
+            except TimeoutError:
+                raise TooManyOfYours(self.queue_timeout, self.per_user) from None
             try:
                 async with asyncio.timeout_at(deadline.when()):
                     await self._places.acquire()
-            except TimeoutError:
-                raise NoFreeSlot(self.queue_timeout, self.max_uploads) from None
-            finally:
-                self.queued -= 1
-            self.in_progress += 1
-            turn = Turn(self)
-            try:
-                yield turn
-            finally:
-                turn.end()
-                self.in_progress -= 1
-                self._places.release()
+            except BaseException as error:
+                await self._users_upload_ended(user_id)
+                if isinstance(error, TimeoutError):
+                    raise NoFreeSlot(self.queue_timeout, self.max_uploads) from None
+                raise
         finally:
-            self._per_user[user_id] -= 1
-            async with self._user_left:
-                self._user_left.notify_all()
+            self.queued -= 1
+
+    async def _users_upload_ended(self, user_id: int) -> None:
+        self._per_user[user_id] -= 1
+        async with self._user_left:
+            self._user_left.notify_all()
 
     # A conversion's further encoders (converter/segments.py's SpareSlots): only
     # turns free with nobody waiting, given back as soon as someone does. An upload

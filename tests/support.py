@@ -380,10 +380,10 @@ class ServiceProcess:
         return created["data"]["id"], created["data"]["token"]
 
     async def all_slots_free(self, session: aiohttp.ClientSession) -> bool:
-        """What /ready tells a load balancer: no upload holds a place."""
+        """What /ready tells a load balancer: no upload holds a place, none waits for one."""
         async with session.get(f"{self.base}/ready") as response:
             data = (await response.json())["data"] if response.status == 200 else {}
-            return bool(data) and data["free_slots"] == data["slots"]
+            return bool(data) and data["free_slots"] == data["slots"] and data["queued"] == 0
 
     def ffmpeg_children(self) -> list[int]:
         """FFmpeg processes the service has started and not yet reaped."""

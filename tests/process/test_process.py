@@ -242,11 +242,36 @@ async def test_slow_uploads_of_one_account_keep_no_other_upload_waiting(
         async with session.post(f"{service_process.base}/record", data=third) as refused:
             body = await expect_error(refused, 503)
             assert body["message"] == "You have 2 uploads in progress already; let one finish first."
+        await a_waiting_upload_whose_client_leaves(service_process, session, slow, audio)
 
         stop.set()
         answers = await asyncio.gather(*trickles)
     assert [answer.split(b" ", 2)[1] for answer in answers] == [b"201", b"201"]
     await everything_freed(service_process, admin)
+
+
+async def a_waiting_upload_whose_client_leaves(
+    service: ServiceProcess, session: aiohttp.ClientSession, user: tuple[int, str], audio: Audio
+) -> None:
+    """An upload waiting for its account's place is counted as queued while it waits, and
+    no more once its client leaves (/ready and mp3_queue_depth said 1 for good)."""
+
+    async def queued() -> int:
+        async with session.get(f"{service.base}/ready") as response:
+            return int((await response.json())["data"]["queued"])
+
+    async def one_waits() -> bool:
+        return await queued() == 1
+
+    async def none_waits() -> bool:
+        return await queued() == 0
+
+    wav = audio()
+    _, writer = await asyncio.open_connection(service.host, service.port)
+    writer.write(head("/record", user, "audio/wav", len(wav)) + wav[:1000])
+    await eventually(one_waits, seconds=1.5)  # within QUEUE_TIMEOUT_S, which would answer it 503
+    writer.transport.abort()
+    await eventually(none_waits)
 
 
 # --- conversions that stop moving -------------------------------------------------
