@@ -472,8 +472,9 @@ def children_of(pid: int) -> list[int]:
 
 
 def ffmpeg_children(pid: int) -> list[int]:
-    """The FFmpeg processes ``pid`` has started and not yet reaped."""
-    return [child for child in children_of(pid) if _command_of(child) == "ffmpeg"]
+    """The FFmpeg processes ``pid`` has started and not yet reaped: the system's ``ffmpeg``,
+    or imageio-ffmpeg's ``ffmpeg-linux-x86_64-v…`` (settings.py's fallback) as its name begins."""
+    return [child for child in children_of(pid) if _command_of(child).startswith("ffmpeg")]
 
 
 def _command_of(pid: int) -> str:
