@@ -2,7 +2,7 @@
 
 An upload in progress holds an FFmpeg and a database connection whatever its
 pace: at most ``max_uploads`` at once, and ``per_user`` of one user's, each a
-bounded wait (``queue_timeout``) and then 503. Encoding takes a core only while
+bounded wait (``queue_timeout``) and then 503; at most ``max_uploads`` wait. Encoding takes a core only while
 samples arrive, so the ``size`` conversion slots are turns on the CPU, held
 while an upload feeds its encoder: one that has waited for its client for
 ``IDLE_GRACE_S`` gives its turn back (a trickle holds none: two from one free
@@ -147,7 +147,17 @@ class ConversionSlots:
 
     async def _queued_for_a_place(self, user_id: int) -> None:
         """Until the user has fewer than per_user places and one is free, within queue_timeout.
-        Counted in ``queued`` until the wait ends, however it ends: its client may leave."""
+        Counted in ``queued`` until the wait ends, however it ends: its client may leave.
+
+        At most max_uploads wait: each holds what its client sent before it was admitted
+        (the first read of its body, up to a few hundred KiB), so an account with its
+        places taken could otherwise park hundreds of uploads and their memory. One that
+        would wait beyond that is refused at once; one that can start at once never waits."""
+        if self.queued >= self.max_uploads:
+            if self._per_user[user_id] >= self.per_user:
+                raise TooManyOfYours(self.queue_timeout, self.per_user)
+            if self._places.locked():
+                raise NoFreeSlot(self.queue_timeout, self.max_uploads)
         deadline = asyncio.timeout(self.queue_timeout)
         self.queued += 1
         try:

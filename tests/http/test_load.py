@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiohttp import ClientResponse
 
 from service.keys import SLOTS
 from tests.database import MakeClient
 from tests.support import (
     Audio,
     basic,
+    expect_error,
     held_body,
     local,
     new_user,
@@ -32,6 +34,37 @@ async def test_more_uploads_than_slots_wait_their_turn_and_all_are_valid(make_cl
     for response in responses:
         mp3 = await (await client.get(local((await response.json())["data"]["url"]))).read()
         assert probe(mp3)["duration"] == pytest.approx(2.0, abs=0.01)
+
+
+async def test_no_more_uploads_wait_for_a_place_than_there_are_places(make_client: MakeClient, audio: Audio) -> None:
+    """Each waiting upload holds what its client sent before it was admitted: one account
+    with its places taken parked 900 of them, 800 MB of the service's memory. As many wait
+    as there are places; the next is answered 503 at once, and those waiting still start."""
+    client = await make_client(convert_concurrency=1, max_uploads=2, queue_timeout_s=60)
+    users = [await new_user(client, name) for name in ("first", "second", "third")]
+    release = asyncio.Event()
+
+    def held(user: tuple[int, str]) -> asyncio.Task[ClientResponse]:
+        headers = {**basic(*user), "Content-Type": "audio/wav"}
+        return asyncio.create_task(client.post("/record", data=held_body(audio(), release), headers=headers))
+
+    running = [held(users[0]), held(users[1])]
+    await until(lambda: client.app[SLOTS].free == 0)
+    waiting = [held(users[2]), held(users[2])]
+    await until(lambda: client.app[SLOTS].queued == 2)
+
+    async with asyncio.timeout(30):  # it would wait the queue's 60 s
+        refused = await upload(client, users[2], audio())
+    body = await expect_error(refused, 503)
+    assert body["message"] == "You have 2 uploads in progress already; let one finish first."
+    async with asyncio.timeout(30):
+        refused = await upload(client, await new_user(client, "fourth"), audio())
+    body = await expect_error(refused, 503)
+    assert body["message"] == "All 2 upload places are taken (MAX_UPLOADS); try again shortly."
+    assert refused.headers["Retry-After"] == "60"
+
+    release.set()
+    assert [(await task).status for task in running + waiting] == [201] * 4
 
 
 async def test_downloads_and_user_creation_answer_while_every_slot_converts(
