@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -87,26 +87,54 @@ class StorageStats:
     max_bytes: int  # STORAGE_MAX_GB; 0: no bound
 
 
+# A server that answers rolls back in a few round trips (asyncpg first cancels a statement
+# in flight, on a connection of its own); one that does not has just cost a statement's
+# whole deadline, and waiting as long again for its rollback would double the answer's delay.
+ROLLBACK_TIMEOUT_S = 2.0
+
+
 @contextlib.asynccontextmanager
 async def transaction(pool: asyncpg.Pool, deadline_s: float) -> AsyncIterator[PoolConnectionProxy]:
     """A pool connection in a transaction: committed when the block ends, rolled back
     when it raises (a cancellation too). A rollback the server has not finished within
-    ``deadline_s`` (it stopped answering) ends the connection instead: PostgreSQL rolls
-    back what a lost connection held, and nobody waits on a silent server."""
+    ROLLBACK_TIMEOUT_S (or ``deadline_s``, if shorter), a BEGIN or a COMMIT it did not
+    answer, end the connection instead: PostgreSQL rolls back what a lost connection
+    held, and nobody waits on a silent server (the pool, taking the connection back,
+    would wait for the cancel of the statement as long again)."""
     async with pool.acquire(timeout=deadline_s) as connection:
         transaction = connection.transaction()
-        await transaction.start()
+        with _ended_unless_answered(connection):
+            await transaction.start()
         try:
             yield connection
         except BaseException:
             try:
-                async with asyncio.timeout(deadline_s):
+                async with asyncio.timeout(min(deadline_s, ROLLBACK_TIMEOUT_S)):
                     await transaction.rollback()
             except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
-                with contextlib.suppress(asyncpg.InterfaceError):  # asyncpg may have ended it already
-                    connection.terminate()
+                _end(connection)
             raise
-        await transaction.commit()
+        with _ended_unless_answered(connection):
+            await transaction.commit()
+
+
+@contextlib.contextmanager
+def _ended_unless_answered(connection: PoolConnectionProxy) -> Iterator[None]:
+    """The connection ended if the statement in the block got no answer (its deadline
+    passed, its caller was cancelled, the connection broke); an error the server
+    answered (a PostgresError) leaves it usable."""
+    try:
+        yield
+    except asyncpg.PostgresError:
+        raise
+    except BaseException:
+        _end(connection)
+        raise
+
+
+def _end(connection: PoolConnectionProxy) -> None:
+    with contextlib.suppress(asyncpg.InterfaceError):  # asyncpg may have ended it already
+        connection.terminate()
 
 
 async def ping(db: Database) -> None:
