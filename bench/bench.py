@@ -34,8 +34,9 @@ bench/report.py writes the results):
 - rate: wrk for 10 s each against user creation and a small download;
 - faults: early endings of an upload (the client's FIN, RST, a malformed
   chunk): the time from the client's act to the slot free, FFmpeg reaped and
-  the transaction gone; and /health's latency while three clients send
-  multipart preambles of a million line feeds each.
+  the transaction gone; /health's latency while three clients send
+  multipart preambles of a million line feeds each; the server's memory while
+  300 uploads of one account each send 1 MiB and wait to be admitted.
 
 `--only PART` (repeatable) runs just the parts named and writes to --output
 (default bench/RESULTS-only.md, so RESULTS.md keeps the whole run).
@@ -103,6 +104,7 @@ def main() -> int:
         if "faults" in parts:
             faults.early_endings(bench)
             faults.preamble_flood(bench)
+            faults.connection_flood(bench)
     command = f"scripts/bench{' --quick' if args.quick else ''} --rounds {args.rounds}"
     command += "".join(f" --only {part}" for part in args.only or ())
     write_results(output, report, TARGETS, command)

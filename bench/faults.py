@@ -1,6 +1,8 @@
 """Early endings of an upload (the client's FIN, RST, a malformed chunk): from the
-client's act to the slot free, FFmpeg reaped and the transaction gone; and /health's
-latency while three clients send multipart preambles of a million line feeds each."""
+client's act to the slot free, FFmpeg reaped and the transaction gone; /health's
+latency while three clients send multipart preambles of a million line feeds each;
+and what connections that each send 1 MB of an upload, more than can be admitted,
+hold of the service's memory."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from contextlib import suppress
 
 import psycopg
 
-from tests.support import ffmpeg_children, idle_in_transaction
+from tests.support import ffmpeg_children, idle_in_transaction, reset_high_water_mark, vm_hwm_kib, vm_rss_kib
 
 from .harness import Bench, health_latencies, percentile
 
@@ -120,4 +122,45 @@ def preamble_flood(bench: Bench, seconds: float = 5.0, clients: int = 3) -> None
         f"| {max(latencies):.1f} ms | {len(answers)} | {', '.join(sorted(statuses))} |"
     )
     report.figures["/health p99 during a preamble flood"] = f"{percentile(latencies, 99):.1f} ms"
+    report.say()
+
+
+def connection_flood(bench: Bench, connections: int = 300, sent: int = 1 << 20) -> None:
+    """``connections`` uploads of one account at once, each sending ``sent`` bytes of a longer
+    WAV and then nothing: two take its places, MAX_UPLOADS wait, the rest are 503 at once.
+    The server's peak RSS growth meanwhile: what a connection holds before its upload is
+    admitted (what aiohttp read ahead of the handler, and the upload's first read)."""
+    report, service = bench.report, bench.service
+    audio = bench.wav(1).read_bytes()  # 11 MB: it states its length, sends 1 MB of it
+    head = (
+        f"POST /record HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: {len(audio)}\r\n"
+        f"Authorization: Basic {service.basic}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    before = vm_rss_kib(service.pid)
+    reset_high_water_mark(service.pid)
+    socks = []
+    try:
+        for _ in range(connections):
+            sock = socket.create_connection((service.host, service.port))
+            sock.setblocking(False)
+            with suppress(BlockingIOError):
+                sock.send(head + audio[:sent])
+            socks.append(sock)
+        time.sleep(3.0)  # every connection's bytes read as far as the service reads them unadmitted
+        growth_mib = (vm_hwm_kib(service.pid) - before) / 1024
+    finally:
+        for sock in socks:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+    report.say(f"## {connections} uploads of one account at once, each sending {sent >> 20} MiB, then nothing\n")
+    report.say("| server peak RSS growth | per connection |")
+    report.say("| --- | --- |")
+    report.say(f"| {growth_mib:.0f} MiB | {growth_mib * 1024 / connections:.0f} KiB |")
+    report.say()
+    report.say(
+        "Two take the account's places, MAX_UPLOADS wait, the rest are answered 503 at once; each holds what "
+        "aiohttp read ahead of the handler (a recv of up to 256 KiB, then 128 KiB more before it stops "
+        "reading) and the upload's first read. A balancer in front bounds the connections "
+        "(compose.scale.yaml's HAProxy maxconn); the service does not."
+    )
     report.say()
