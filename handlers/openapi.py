@@ -49,7 +49,8 @@ UNAUTHORIZED = _error("Missing or wrong credentials, or an unknown user (the sam
 NOT_FOUND = _error("No such record, or another user's (the same answer)")
 UNAVAILABLE = _error(
     "The database is unreachable, no upload place came free within QUEUE_TIMEOUT_S (MAX_UPLOADS, or the user's"
-    " USER_MAX_UPLOADS), a conversion stalled for STALL_TIMEOUT_S, or the service is stopping",
+    " USER_MAX_UPLOADS; at once when MAX_UPLOADS wait already), a conversion stalled for STALL_TIMEOUT_S,"
+    " or the service is stopping",
     "Retry-After",
 )
 

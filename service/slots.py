@@ -2,7 +2,7 @@
 
 An upload in progress holds an FFmpeg and a database connection whatever its
 pace: at most ``max_uploads`` at once, and ``per_user`` of one user's, each a
-bounded wait (``queue_timeout``) and then 503; at most ``max_uploads`` wait. Encoding takes a core only while
+bounded wait (``queue_timeout``) and then 503; at most ``max_uploads`` wait for each. Encoding takes a core only while
 samples arrive, so the ``size`` conversion slots are turns on the CPU, held
 while an upload feeds its encoder: one that has waited for its client for
 ``IDLE_GRACE_S`` gives its turn back (a trickle holds none: two from one free
@@ -68,7 +68,8 @@ class ConversionSlots:
         self.per_user = per_user
         self.active = 0  # turns held: by uploads feeding their encoders, and by borrowed encoders
         self.waiting = 0  # uploads waiting for a turn
-        self.queued = 0  # uploads waiting for a place
+        self.waiting_for_account = 0  # uploads waiting for a place of their account's
+        self.waiting_for_place = 0  # uploads waiting for a place of the service's
         # Uploads holding a place that have not asked for their first turn yet, each for
         # start_grace_s at most: a client that sends nothing must not keep helpers off.
         self.starting = 0
@@ -92,6 +93,11 @@ class ConversionSlots:
     def free(self) -> int:
         """Uploads that would be admitted now (what /ready reports)."""
         return self.max_uploads - self.in_progress
+
+    @property
+    def queued(self) -> int:
+        """Uploads waiting for a place, their account's or the service's (/ready, /metrics)."""
+        return self.waiting_for_account + self.waiting_for_place
 
     @property
     def uploads(self) -> int:
@@ -146,37 +152,50 @@ class ConversionSlots:
             await self._users_upload_ended(user_id)
 
     async def _queued_for_a_place(self, user_id: int) -> None:
-        """Until the user has fewer than per_user places and one is free, within queue_timeout.
-        Counted in ``queued`` until the wait ends, however it ends: its client may leave.
+        """Until the user has fewer than per_user places and one of the service's is free,
+        within queue_timeout, waiting in two lines: for a place of the account's, then for
+        one of the service's. Counted in them until its wait ends, however it ends.
 
-        At most max_uploads wait: each holds what its client sent before it was admitted
-        (the first read of its body, up to a few hundred KiB), so an account with its
-        places taken could otherwise park hundreds of uploads and their memory. One that
-        would wait beyond that is refused at once; one that can start at once never waits."""
-        if self.queued >= self.max_uploads:
-            if self._per_user[user_id] >= self.per_user:
-                raise TooManyOfYours(self.queue_timeout, self.per_user)
-            if self._places.locked():
-                raise NoFreeSlot(self.queue_timeout, self.max_uploads)
+        Each line holds at most max_uploads: a waiting upload holds what its client sent
+        before it was admitted (hundreds of KiB), so an account with its places taken could
+        otherwise park hundreds of uploads and their memory. One that would wait beyond that
+        is refused at once; one that can start at once never waits. The lines are apart so
+        that one account's uploads waiting for its own places keep no other account from
+        waiting for the service's. A shutdown begun while it waited refuses it."""
+        if self._per_user[user_id] >= self.per_user and self.waiting_for_account >= self.max_uploads:
+            raise TooManyOfYours(self.queue_timeout, self.per_user)
         deadline = asyncio.timeout(self.queue_timeout)
-        self.queued += 1
+        self.waiting_for_account += 1
         try:
-            try:
-                async with deadline, self._user_left:
-                    await self._user_left.wait_for(lambda: self._per_user[user_id] < self.per_user)
-                    self._per_user[user_id] += 1
-            except TimeoutError:
-                raise TooManyOfYours(self.queue_timeout, self.per_user) from None
-            try:
-                async with asyncio.timeout_at(deadline.when()):
-                    await self._places.acquire()
-            except BaseException as error:
-                await self._users_upload_ended(user_id)
-                if isinstance(error, TimeoutError):
-                    raise NoFreeSlot(self.queue_timeout, self.max_uploads) from None
-                raise
+            async with deadline, self._user_left:
+                await self._user_left.wait_for(lambda: self._per_user[user_id] < self.per_user)
+                self._per_user[user_id] += 1
+        except TimeoutError:
+            raise TooManyOfYours(self.queue_timeout, self.per_user) from None
         finally:
-            self.queued -= 1
+            self.waiting_for_account -= 1
+        try:
+            await self._a_place_of_the_services(deadline.when())
+        except BaseException:
+            await self._users_upload_ended(user_id)
+            raise
+
+    async def _a_place_of_the_services(self, deadline: float | None) -> None:
+        if self.draining:
+            raise ShuttingDown
+        if self._places.locked() and self.waiting_for_place >= self.max_uploads:
+            raise NoFreeSlot(self.queue_timeout, self.max_uploads)
+        self.waiting_for_place += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._places.acquire()
+        except TimeoutError:
+            raise NoFreeSlot(self.queue_timeout, self.max_uploads) from None
+        finally:
+            self.waiting_for_place -= 1
+        if self.draining:
+            self._places.release()
+            raise ShuttingDown
 
     async def _users_upload_ended(self, user_id: int) -> None:
         self._per_user[user_id] -= 1

@@ -36,35 +36,63 @@ async def test_more_uploads_than_slots_wait_their_turn_and_all_are_valid(make_cl
         assert probe(mp3)["duration"] == pytest.approx(2.0, abs=0.01)
 
 
-async def test_no_more_uploads_wait_for_a_place_than_there_are_places(make_client: MakeClient, audio: Audio) -> None:
+async def test_no_more_uploads_wait_in_each_line_than_there_are_places(make_client: MakeClient, audio: Audio) -> None:
     """Each waiting upload holds what its client sent before it was admitted: one account
     with its places taken parked 900 of them, 800 MB of the service's memory. As many wait
-    as there are places; the next is answered 503 at once, and those waiting still start."""
+    for their account's places as there are places of the service's, and as many for the
+    service's; the next of either is answered 503 at once. The lines are apart: one account
+    filling its line keeps no other account from waiting for a place, and all still start."""
     client = await make_client(convert_concurrency=1, max_uploads=2, queue_timeout_s=60)
-    users = [await new_user(client, name) for name in ("first", "second", "third")]
-    release = asyncio.Event()
+    many, other, third, fourth = [await new_user(client, name) for name in ("many", "other", "third", "fourth")]
+    slots, release = client.app[SLOTS], asyncio.Event()
 
     def held(user: tuple[int, str]) -> asyncio.Task[ClientResponse]:
         headers = {**basic(*user), "Content-Type": "audio/wav"}
         return asyncio.create_task(client.post("/record", data=held_body(audio(), release), headers=headers))
 
-    running = [held(users[0]), held(users[1])]
-    await until(lambda: client.app[SLOTS].free == 0)
-    waiting = [held(users[2]), held(users[2])]
-    await until(lambda: client.app[SLOTS].queued == 2)
+    async def refused_at_once(user: tuple[int, str]) -> str:
+        async with asyncio.timeout(30):  # it would wait the queue's 60 s
+            response = await upload(client, user, audio())
+        assert response.headers["Retry-After"] == "60"
+        return str((await expect_error(response, 503))["message"])
 
-    async with asyncio.timeout(30):  # it would wait the queue's 60 s
-        refused = await upload(client, users[2], audio())
-    body = await expect_error(refused, 503)
-    assert body["message"] == "You have 2 uploads in progress already; let one finish first."
-    async with asyncio.timeout(30):
-        refused = await upload(client, await new_user(client, "fourth"), audio())
-    body = await expect_error(refused, 503)
-    assert body["message"] == "All 2 upload places are taken (MAX_UPLOADS); try again shortly."
-    assert refused.headers["Retry-After"] == "60"
+    uploads = [held(many), held(other)]
+    await until(lambda: slots.free == 0)
+    uploads.append(held(many))  # its account has a place left: it waits for one of the service's
+    await until(lambda: slots.waiting_for_place == 1)
+    uploads += [held(many), held(many)]  # its account's places are both taken (one waits)
+    await until(lambda: slots.waiting_for_account == 2)
+    assert await refused_at_once(many) == "You have 2 uploads in progress already; let one finish first."
+
+    uploads.append(held(third))  # the account line is full: a place of the service's is still waited for
+    await until(lambda: slots.waiting_for_place == 2)
+    assert await refused_at_once(fourth) == "All 2 upload places are taken (MAX_UPLOADS); try again shortly."
 
     release.set()
-    assert [(await task).status for task in running + waiting] == [201] * 4
+    assert [(await task).status for task in uploads] == [201] * 6
+
+
+async def test_an_upload_waiting_for_a_place_when_the_service_stops_is_refused_503(
+    make_client: MakeClient, audio: Audio
+) -> None:
+    """A shutdown refuses new uploads; one already waiting for a place got it once one came
+    free, and was then cancelled unanswered at the end of the grace if it had not finished."""
+    client = await make_client(convert_concurrency=1, max_uploads=1, queue_timeout_s=60)
+    first, second = await new_user(client, "first"), await new_user(client, "second")
+    slots, release = client.app[SLOTS], asyncio.Event()
+    headers = {"Content-Type": "audio/wav"}
+    running = asyncio.create_task(
+        client.post("/record", data=held_body(audio(), release), headers={**basic(*first), **headers})
+    )
+    await until(lambda: slots.free == 0)
+    waiting = asyncio.create_task(client.post("/record", data=audio(), headers={**basic(*second), **headers}))
+    await until(lambda: slots.queued == 1)
+
+    slots.draining = True
+    release.set()
+    assert (await running).status == 201
+    body = await expect_error(await waiting, 503)
+    assert body["message"] == "The service is shutting down; try again shortly."
 
 
 async def test_downloads_and_user_creation_answer_while_every_slot_converts(
