@@ -111,6 +111,9 @@ async def transaction(pool: asyncpg.Pool, deadline_s: float) -> AsyncIterator[Po
             try:
                 async with asyncio.timeout(min(deadline_s, ROLLBACK_TIMEOUT_S)):
                     await transaction.rollback()
+            except asyncio.CancelledError:  # cancelled again meanwhile (the shutdown's cancel)
+                _end(connection)
+                raise
             except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
                 _end(connection)
             raise
