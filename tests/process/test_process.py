@@ -373,30 +373,34 @@ async def test_a_patch_whose_encoder_hangs_is_answered_503_and_counted_as_a_stal
     assert 'mp3_upload_patches_total{status="503"} 1.0' in metrics.splitlines()
 
 
+async def answered_once_the_database_freezes(
+    service: ServiceProcess, proxy: DelayingProxy, audio: Audio, stall_s: float, within_s: float
+) -> bytes:
+    """What a minute's upload is answered within ``within_s`` when PostgreSQL freezes (every
+    byte to and from it held) once FFmpeg runs for it, at STALL_TIMEOUT_S ``stall_s``."""
+    service.env |= {"STALL_TIMEOUT_S": f"{stall_s:g}", "DATABASE_URL": proxy.url(service.env["DATABASE_URL"])}
+    await service.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service.new_user(session, "frozen")
+    wav = audio(seconds=60)
+    reader, writer = await asyncio.open_connection(service.host, service.port)
+    writer.write(head("/record", user, "audio/wav", len(wav)) + wav)
+    await converting(service)
+    proxy.freeze()
+    try:
+        return await asyncio.wait_for(reader.read(4096), within_s)
+    finally:
+        proxy.thaw()
+        writer.close()
+
+
 async def test_an_upload_whose_database_stops_answering_is_answered_503_and_leaves_nothing(
     service_process: ServiceProcess, database_proxy: DelayingProxy, audio: Audio, admin: psycopg.Connection
 ) -> None:
     """PostgreSQL freezes mid-upload (every byte to and from it held): the upload fails
     within STALL_TIMEOUT_S and its connection is ended rather than left waiting, so once
     the database answers again nothing of the upload remains."""
-    service_process.env |= {
-        "STALL_TIMEOUT_S": "1",
-        "DATABASE_URL": database_proxy.url(service_process.env["DATABASE_URL"]),
-    }
-    await service_process.start()
-    async with aiohttp.ClientSession() as session:
-        user = await service_process.new_user(session, "unlucky")
-    wav = audio(seconds=60)
-    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
-    writer.write(head("/record", user, "audio/wav", len(wav)) + wav)
-    await converting(service_process)
-    database_proxy.freeze()
-    try:
-        answer = await asyncio.wait_for(reader.read(4096), 20)
-    finally:
-        database_proxy.thaw()
-        writer.close()
-
+    answer = await answered_once_the_database_freezes(service_process, database_proxy, audio, 1, within_s=20)
     answered_503_retry_later(answer)
     await everything_freed(service_process, admin)
     assert nothing_stored(admin)
@@ -412,24 +416,9 @@ async def test_a_frozen_database_costs_an_upload_its_stall_timeout_not_twice_tha
     the defaults, answered with a 503 that said 30): it is given ROLLBACK_TIMEOUT_S (2 s),
     and then the connection is ended, which rolls back as well."""
     stall_s = 8.0  # the bound below is 13.5 s; without ROLLBACK_TIMEOUT_S it took 16
-    service_process.env |= {
-        "STALL_TIMEOUT_S": f"{stall_s:g}",
-        "DATABASE_URL": database_proxy.url(service_process.env["DATABASE_URL"]),
-    }
-    await service_process.start()
-    async with aiohttp.ClientSession() as session:
-        user = await service_process.new_user(session, "frozen")
-    wav = audio(seconds=60)
-    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
-    writer.write(head("/record", user, "audio/wav", len(wav)) + wav)
-    await converting(service_process)
-    database_proxy.freeze()
-    try:
-        # The bound the documents give, with room for a busy machine: it was 2 x stall_s.
-        answer = await asyncio.wait_for(reader.read(4096), stall_s + api.ROLLBACK_TIMEOUT_S + 3.5)
-    finally:
-        database_proxy.thaw()
-        writer.close()
+    # The bound the documents give, with room for a busy machine: it was 2 x stall_s.
+    within_s = stall_s + api.ROLLBACK_TIMEOUT_S + 3.5
+    answer = await answered_once_the_database_freezes(service_process, database_proxy, audio, stall_s, within_s)
     assert answer.startswith(b"HTTP/1.1 503 "), answer
     await everything_freed(service_process, admin)
     assert nothing_stored(admin)
