@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -21,7 +22,7 @@ from handlers.observe import add_request_id, request_log
 from handlers.page import security_headers
 from handlers.params import refuse_encoded_paths, refuse_tokens_in_urls
 from handlers.routes import setup_routes
-from handlers.server import make_runner, refuse_unmet_expectations
+from handlers.server import BoundedSite, make_runner, refuse_unmet_expectations
 from handlers.uploads import tus_resumable
 from service.busy_uploads import BusyUploads
 from service.database_check import DATABASE_CHECK_TIMEOUT_S, DatabaseCheck
@@ -42,6 +43,7 @@ from service.keys import (
 )  # fmt: skip
 from service.logs import configure_logging, log_task_chains
 from service.metrics import Metrics
+from service.open_files import BESIDES, PER_FFMPEG, fit_connections
 from service.replica import ReadReplica, replica_pool
 from service.slots import ConversionSlots
 from settings import ConfigError, Settings
@@ -207,9 +209,9 @@ async def serve(settings: Settings) -> None:
     app = init_app(settings)
     runner = make_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = BoundedSite(runner, settings.host, settings.port, settings.max_connections)
     await site.start()
-    log.info("serving on http://%s:%d", settings.host, settings.port)
+    log.info("serving on http://%s:%d, %d connections at once", settings.host, settings.port, settings.max_connections)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -231,12 +233,23 @@ async def serve(settings: Settings) -> None:
     await runner.cleanup()
 
 
+def open_files_besides_connections(settings: Settings) -> int:
+    """File descriptors the service needs besides its connections' (service/open_files.py):
+    its database connections, and the pipes of every FFmpeg it may run at once (one per
+    upload in progress, and the segment encoders borrowed on free conversion slots)."""
+    pools = settings.uploads_at_once + 2 * SPARE_CONNECTIONS + 1  # the primary's, the replica's, the check's
+    ffmpegs = settings.uploads_at_once + settings.convert_concurrency
+    return pools + PER_FFMPEG * ffmpegs + BESIDES
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="The WAV to MP3 service; settings from the environment.")
     parser.add_argument("--log-format", choices=("text", "json"), help="overrides LOG_FORMAT")
     arguments = parser.parse_args()
     try:
         settings = Settings.from_env()
+        connections = fit_connections(settings.max_connections, open_files_besides_connections(settings))
+        settings = dataclasses.replace(settings, max_connections=connections)
     except ConfigError as error:
         sys.exit(f"configuration error: {error}")
     configure_logging(arguments.log_format or settings.log_format)

@@ -64,6 +64,9 @@ class Settings:
     # Uploads in progress at once, however slowly they arrive (0: four per conversion slot),
     # and one user's: each holds an FFmpeg and a database connection.
     max_uploads: int = 0
+    # Connections open at once, beyond which they wait in the kernel's backlog (0: 1024, or
+    # fewer if the open-files limit cannot be raised for them; service/open_files.py).
+    max_connections: int = 0
     user_max_uploads: int = 2
     # Encoders one upload may use at once, on slots nobody waits for (0 or 1: one).
     parallel_segments: int = usable_cpus()
@@ -129,6 +132,7 @@ class Settings:
             mp3_bitrate_kbps=bitrate,
             convert_concurrency=_number(env, "CONVERT_CONCURRENCY", cls.convert_concurrency, 1, 1024),
             max_uploads=_number(env, "MAX_UPLOADS", cls.max_uploads, 0, 4096),
+            max_connections=_number(env, "MAX_CONNECTIONS", cls.max_connections, 0, 1 << 20),
             user_max_uploads=_number(env, "USER_MAX_UPLOADS", cls.user_max_uploads, 1, 4096),
             parallel_segments=_number(env, "PARALLEL_SEGMENTS", cls.parallel_segments, 0, 64),
             queue_timeout_s=_seconds(env, "QUEUE_TIMEOUT_S", cls.queue_timeout_s),

@@ -5,8 +5,12 @@ prove about disconnects, stalls and limits is what users get."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import socket
 import uuid
+from collections.abc import Callable
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -32,6 +36,12 @@ MAX_HEADERS = 64
 # After an answer to a request whose body was not read, how long the rest is
 # read and dropped so the client sees the answer rather than a reset.
 LINGERING_S = 5.0
+# Connections waiting in the kernel for a place to be accepted (the listen backlog).
+BACKLOG = 1024
+# While a client waits for a place and none is idle, how often connections are looked at again.
+IDLE_LOOKUP_S = 0.1
+# An accept that failed for want of a resource (file descriptors, buffers) is tried again after this.
+ACCEPT_RETRY_S = 0.5
 # The one expectation the service meets: 100 Continue once a handler reads the body.
 CONTINUE = "100-continue"
 # What a request expected that the service does not meet, for refuse_unmet_expectations.
@@ -83,7 +93,20 @@ class _Connection(RequestHandler):
     or never, so nothing after the answer could be read as a request.
     """
 
-    __slots__ = ()
+    __slots__ = ("place",)
+    place: _Place  # set as it is made: _Server, BoundedSite
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.place.release()  # the site's (BoundedSite); its socket is closed next
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for its next request, or for the rest of its head (aiohttp's own test
+        when its keep-alive timer fires), with all of its last answer handed to the kernel:
+        closing it loses the client nothing."""
+        waiting = self._waiter is not None and not self._waiter.done()
+        return waiting and self.transport is not None and self.transport.get_write_buffer_size() == 0
 
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
@@ -169,9 +192,170 @@ def _without_expectations(message: RawRequestMessage) -> tuple[RawRequestMessage
     return stripped, unmet[0] if unmet else CONTINUE
 
 
+class _Place:
+    """A connection's place in the BoundedSite's count, given back once however its connection ends."""
+
+    __slots__ = ("_given_back",)
+
+    def __init__(self, give_back: Callable[[], None]) -> None:
+        self._given_back: Callable[[], None] | None = give_back
+
+    def release(self) -> None:
+        if self._given_back is not None:
+            give_back, self._given_back = self._given_back, None
+            give_back()
+
+
 class _Server(web.Server):
     def __call__(self) -> RequestHandler:
-        return _Connection(self, loop=self._loop, **self._kwargs)
+        connection = _Connection(self, loop=self._loop, **self._kwargs)
+        connection.place = _Place(lambda: None)  # a BoundedSite sets its own
+        return connection
+
+
+class BoundedSite(web.BaseSite):
+    """Listens on host:port and accepts a connection only while fewer than ``most`` are
+    open (MAX_CONNECTIONS). Beyond that, connections wait in the kernel's listen backlog,
+    as a balancer's maxconn holds them, and are accepted in turn as others end or go
+    idle (_take_place): they cost the service no file descriptor and no memory, and the
+    descriptors its uploads need (FFmpeg's pipes, database connections) are never taken
+    by sockets. aiohttp's TCPSite accepts until the process runs out of descriptors, and
+    then uploads fail with 500.
+
+    The invariant: every place taken (before an accept) is given back exactly once,
+    when that accept fails or when the accepted connection is lost (_Place)."""
+
+    __slots__ = ("_accepting", "_host", "_listeners", "_places", "_port")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, most: int) -> None:
+        super().__init__(runner, backlog=BACKLOG)
+        self._host = host
+        self._port = port
+        self._places = asyncio.Semaphore(most)
+        self._listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._listeners = _listen(self._host, self._port, self._backlog)
+        self._accepting = [asyncio.create_task(self._accept(listener)) for listener in self._listeners]
+
+    async def stop(self) -> None:
+        for task in self._accepting:
+            task.cancel()
+        for task in self._accepting:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for listener in self._listeners:
+            listener.close()  # connections still in its backlog are reset
+        await super().stop()
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None  # runner.setup() ran: BaseSite checks it
+        while True:
+            await self._take_place(listener)
+            place = _Place(self._places.release)
+            try:
+                client, _ = await loop.sock_accept(listener)
+            except BaseException as error:
+                place.release()
+                if not isinstance(error, OSError):
+                    raise  # cancelled: the site stops
+                if error.errno in _SHORT_OF_RESOURCES:
+                    log.warning("could not accept a connection (%s); trying again in %g s", error, ACCEPT_RETRY_S)
+                    await asyncio.sleep(ACCEPT_RETRY_S)
+                continue  # else that client is gone (ECONNABORTED): the next one's turn
+
+            def connection(place: _Place = place) -> RequestHandler:
+                made = server()
+                assert isinstance(made, _Connection)
+                made.place = place
+                return made
+
+            try:
+                await loop.connect_accepted_socket(connection, client)
+            except BaseException as error:
+                client.close()
+                place.release()  # if the connection was made and lost already, it gave the place back
+                if not isinstance(error, OSError):
+                    raise
+                log.info("a connection ended as it was accepted: %s", error)
+
+    async def _take_place(self, listener: socket.socket) -> None:
+        """A place for the next connection: a free one, else the first given back, else, as
+        soon as a client waits in the backlog, the place of the oldest connection that is
+        idle (nginx reuses keep-alive connections so when it runs short). Idle sockets,
+        the cheapest thing a client can hold, thus never keep a waiting client out."""
+        if not self._places.locked():
+            await self._places.acquire()  # at once
+            return
+        loop = asyncio.get_running_loop()
+        taken = asyncio.ensure_future(self._places.acquire())
+        try:
+            client_waits = loop.create_future()
+            loop.add_reader(listener.fileno(), _settle, client_waits)
+            try:
+                await asyncio.wait({taken, client_waits}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                loop.remove_reader(listener.fileno())
+                client_waits.cancel()
+            # A connection at work becomes idle with no event to say so: looked for again
+            # while the client waits. One let go gives its place back as it is lost, next.
+            while not taken.done():
+                self._let_idle_connection_go()
+                await asyncio.wait({taken}, timeout=IDLE_LOOKUP_S)
+            await taken
+        except BaseException:
+            # Cancelled (the site stops): a place the acquire got in the meantime goes back.
+            if taken.done() and not taken.cancelled():
+                self._places.release()
+            taken.cancel()
+            raise
+
+    def _let_idle_connection_go(self) -> None:
+        """Closes the oldest idle connection (its place is given back as it is lost)."""
+        server = self._runner.server
+        assert server is not None
+        for connection in server.connections:  # in the order they were made
+            if isinstance(connection, _Connection) and connection.idle:
+                log.debug("closing an idle connection from %s: a new one waits for its place", _peer(connection))
+                connection.force_close()
+                return
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _peer(connection: RequestHandler) -> object:
+    return connection.transport.get_extra_info("peername") if connection.transport is not None else None
+
+
+# Accept errors that are the service's own shortage rather than one client's.
+_SHORT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` names, as asyncio's create_server makes them."""
+    addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners = []
+    for family, kind, protocol, _, address in dict.fromkeys(addresses):
+        listener = socket.socket(family, kind, protocol)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # its IPv4 twin, if any, is a listener of its own
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        listener.bind(address)
+        listener.listen(backlog)
+        listener.setblocking(False)
+        listeners.append(listener)
+    return listeners
 
 
 class _Runner(web.AppRunner):

@@ -343,6 +343,7 @@ class ServiceProcess:
         self.log = log
         self.env = {**os.environ, "DATABASE_URL": settings.database_url, "PORT": str(self.port),
                     "HOST": self.host, "FFMPEG_BINARY": settings.ffmpeg_binary, **env}  # fmt: skip
+        self.open_files_limit: int | None = None  # soft and hard RLIMIT_NOFILE, as a container may set them
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -351,8 +352,10 @@ class ServiceProcess:
         return self.process.pid
 
     def spawn(self) -> None:
+        # prlimit execs the service: the same process, its limit set before it starts.
+        limit = [] if self.open_files_limit is None else ["prlimit", f"--nofile={self.open_files_limit}", "--"]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env, stderr=log)
+            self.process = subprocess.Popen([*limit, sys.executable, "app.py"], cwd=ROOT, env=self.env, stderr=log)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.start_blocking)

@@ -620,6 +620,103 @@ async def test_a_request_head_that_never_ends_and_an_idle_connection_are_closed(
         writer.close()
 
 
+# --- connections beyond MAX_CONNECTIONS --------------------------------------------
+
+
+async def test_beyond_max_connections_a_client_waits_until_a_connection_is_done(
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+) -> None:
+    service_process.env |= {"MAX_CONNECTIONS": "2", "IDLE_TIMEOUT_S": "60"}
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "busy")
+    wav = audio(seconds=30)
+    uploads = []
+    for _ in range(2):  # both places taken by uploads at work, neither idle
+        reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+        writer.write(head("/record", user, "audio/wav", len(wav)) + wav[: 1 << 20])
+        uploads.append((reader, writer))
+    await until(lambda: len(service_process.ffmpeg_children()) >= 2)
+
+    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(TimeoutError):  # connected (the kernel's backlog holds it), and not served
+        await asyncio.wait_for(reader.read(1), 1.0)
+    # The first upload is stored; its connection, kept alive, is idle from then on: the
+    # waiting client has its place then, not when the idle timeout would close it.
+    uploads[0][1].write(wav[1 << 20 :])
+    stored = await asyncio.wait_for(uploads[0][0].readuntil(b"\r\n\r\n"), 30)
+    assert stored.startswith(b"HTTP/1.1 201"), stored
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+
+    uploads[1][1].close()  # that client leaves mid-body: its upload is rolled back
+    uploads[0][1].close()
+    writer.close()
+    await everything_freed(service_process, admin)
+
+
+async def test_idle_connections_give_their_places_to_a_client_that_waits(service_process: ServiceProcess) -> None:
+    """An idle socket is the cheapest thing a client can hold: at MAX_CONNECTIONS the oldest
+    idle one is closed for a client that waits, rather than that client waiting for its
+    idle timeout (IDLE_TIMEOUT_S, 15 s)."""
+    service_process.env |= {"MAX_CONNECTIONS": "2"}
+    await service_process.start()
+    kept_alive = await asyncio.open_connection(service_process.host, service_process.port)
+    kept_alive[1].write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await kept_alive[0].readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    await kept_alive[0].readexactly(len(b'{"status": "ok", "data": {"database": "ok", "ffmpeg": "ok"}}'))
+    half_head = await asyncio.open_connection(service_process.host, service_process.port)
+    half_head[1].write(b"GET /hea")
+
+    reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+    assert await asyncio.wait_for(kept_alive[0].read(), 5) == b""  # the oldest idle one made room
+    with pytest.raises(TimeoutError):  # and only it: one client waited
+        await asyncio.wait_for(half_head[0].read(), 1.0)
+    for _, connection in (kept_alive, half_head, (reader, writer)):
+        connection.close()
+
+
+async def test_a_flood_of_idle_connections_leaves_uploads_their_file_descriptors(
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """Under an open-files limit of 256 (ulimit -n; containers often have 1024), 300 idle
+    sockets took every descriptor: an upload that came then waited for them to time out
+    (IDLE_TIMEOUT_S) or failed with 500 (its FFmpeg's pipes could not be made). The service
+    takes no more connections than its limit leaves room for, and idle ones make room."""
+    service_process.open_files_limit = 256
+    service_process.env |= {"IDLE_TIMEOUT_S": "60"}  # far beyond the upload's deadline below
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "flooded")
+    idle = [await asyncio.open_connection(service_process.host, service_process.port) for _ in range(300)]
+    for _, writer in idle:
+        writer.write(b"GET /hea")
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        data = form(audio(seconds=5), user=user[0], token=user[1])
+        async with session.post(f"{service_process.base}/record", data=data) as response:
+            assert response.status == 201, await response.text()
+        async with session.get(f"{service_process.base}/health") as health:
+            assert health.status == 200
+    for _, writer in idle:
+        writer.close()
+    await everything_freed(service_process, admin)
+
+
+async def test_max_connections_beyond_the_open_files_limit_is_a_configuration_error(
+    service_process: ServiceProcess,
+) -> None:
+    service_process.open_files_limit = 256
+    service_process.env |= {"MAX_CONNECTIONS": "1024"}
+    service_process.spawn()
+    assert await asyncio.to_thread(service_process.wait, 30) == 1
+    log = service_process.log.read_text()
+    assert "configuration error: MAX_CONNECTIONS=1024 needs an open-files limit of" in log, log
+
+
 # --- the log ------------------------------------------------------------------------
 
 
