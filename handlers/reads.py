@@ -1,4 +1,10 @@
-"""Reads on the read replica when it may serve them, and on the primary when it must.
+"""Statements on the primary, within a deadline; reads on the read replica when it may
+serve them, and on the primary when it must.
+
+A handler's statement of its own (a credential check, a deletion, a listing) goes
+through ``on_primary``: answered or given up within STALL_TIMEOUT_S however the server
+behaves (db/deadline.py). On the pool directly, a frozen server held it for twice that:
+asyncpg waits for the cancel of a statement that timed out as long again.
 
 A download is authorised on the primary (``open_for_download``): a record
 deleted there is 404 at once, however far behind the replica is. Its bytes,
@@ -25,8 +31,8 @@ import asyncpg
 from aiohttp import web
 
 from db import api
-from db.deadline import UNREACHABLE
-from service.keys import DATABASE_CHECK, POOL, REPLICA
+from db.deadline import UNREACHABLE, within
+from service.keys import DATABASE_CHECK, POOL, REPLICA, SETTINGS
 
 T = TypeVar("T")
 
@@ -34,11 +40,17 @@ T = TypeVar("T")
 NOT_THERE = "PT404"
 
 
+async def on_primary(request: web.Request, call: Callable[[api.Database], Awaitable[T]]) -> T:
+    """``call`` on a connection of the primary's pool; TimeoutError (503) when it has not
+    answered within STALL_TIMEOUT_S, a wait for a free connection included."""
+    return await within(request.app[SETTINGS].stall_timeout_s, request.app[POOL], call)
+
+
 async def read_fresh(request: web.Request, call: Callable[[api.Database], Awaitable[T]]) -> T:
     """``call`` on the primary, else (the primary down) on the replica."""
     replica = request.app.get(REPLICA)
     try:
-        return await call(request.app[POOL])
+        return await on_primary(request, call)
     except UNREACHABLE:
         if replica is None or not replica.answers:
             raise

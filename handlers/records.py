@@ -20,7 +20,7 @@ from handlers.params import (
     page_size_from,
     record_id_from,
 )
-from handlers.reads import read_fresh
+from handlers.reads import on_primary, read_fresh
 from handlers.shapes import link, link_base, ok, record_json
 from handlers.store import Upload, store
 from service.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
@@ -56,7 +56,7 @@ async def list_records(request: web.Request) -> web.Response:
 async def delete_record(request: web.Request) -> web.Response:
     record_id = record_id_from(request.query.get("id"))
     credentials = owners_credentials(request, "No such record.")
-    await api.record_delete(request.app[POOL], credentials.user_id, credentials.token, record_id)
+    await on_primary(request, lambda db: api.record_delete(db, credentials.user_id, credentials.token, record_id))
     return web.Response(status=204)
 
 
@@ -104,7 +104,7 @@ async def upload_from(request: web.Request) -> Upload:
     body = PacedBody(request, pace_of(settings), settings.max_upload_bytes)
     from_headers = header_credentials(request)
     if from_headers is not None:
-        await api.user_check(request.app[POOL], from_headers.user_id, from_headers.token)
+        await on_primary(request, lambda db: api.user_check(db, from_headers.user_id, from_headers.token))
     fields: dict[str, str] = {}
     boundary = multipart_boundary(request)
     if boundary is not None:
@@ -115,7 +115,7 @@ async def upload_from(request: web.Request) -> Upload:
         filename, chunks = file_part.filename or DEFAULT_FILENAME, form.file_data()
         credentials = credentials_given(from_headers, fields)
         if from_headers is None:
-            await api.user_check(request.app[POOL], credentials.user_id, credentials.token)
+            await on_primary(request, lambda db: api.user_check(db, credentials.user_id, credentials.token))
     elif request.content_type in WAV_TYPES:
         if from_headers is None:
             raise unauthorized()

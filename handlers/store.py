@@ -20,7 +20,7 @@ import hashlib
 import logging
 import tempfile
 from array import array
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from io import BufferedRandom
 from typing import TypeVar
@@ -34,6 +34,7 @@ from converter.resume import Checkpoint, Resumable, frame_offsets, stored_frames
 from converter.splice import Frame
 from db import api
 from db.api import READ_BACK_BYTES
+from db.deadline import within
 from handlers.params import Credentials
 
 log = logging.getLogger("mp3.store")
@@ -251,11 +252,13 @@ class CheckpointedUpload:
     async def commit(self, checkpoint: Checkpoint) -> None:
         header = None if self.header_stored else checkpoint.wav_header
         pending, self.pending = self.pending, bytearray()
-        storing = api.upload_checkpoint(
-            self.pool, self.upload_id, self.claim.generation, self.pending_at, pending,
+        # A statement of its own, within the deadline (db/deadline.py: on the pool directly,
+        # a frozen server held it for twice that).
+        storing = within(self.deadline_s, self.pool, lambda db: api.upload_checkpoint(
+            db, self.upload_id, self.claim.generation, self.pending_at, pending,
             checkpoint.upload_offset, checkpoint.to_json(), header, self.lifetime_s, checkpoint.analysis or None,
             checkpoint.pending or None,
-        )  # fmt: skip
+        ))  # fmt: skip
         try:
             await self.copy.beside(storing, pending)
         except BaseException:
@@ -286,8 +289,9 @@ class CheckpointedUpload:
     async def _read(self, start: int, stop: int) -> bytes:
         read = bytearray()
         while start + len(read) < stop:
-            count = min(READ_BACK_BYTES, stop - start - len(read))
-            read += await api.upload_read_back(
-                self.pool, self.upload_id, self.claim.generation, start + len(read), count
-            )
+            read += await within(self.deadline_s, self.pool, self._read_back(start + len(read), stop))
         return bytes(read)
+
+    def _read_back(self, at: int, stop: int) -> Callable[[api.Database], Awaitable[bytes]]:
+        count = min(READ_BACK_BYTES, stop - at)
+        return lambda db: api.upload_read_back(db, self.upload_id, self.claim.generation, at, count)

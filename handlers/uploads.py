@@ -39,7 +39,7 @@ from db.deadline import within
 from handlers.body import PacedBody, pace_of, too_large
 from handlers.errors import ApiError, outcome_status
 from handlers.params import TAG_FIELDS, Credentials, credentials_from, encode_options_from
-from handlers.reads import read_fresh
+from handlers.reads import on_primary, read_fresh
 from handlers.shapes import link, link_base, ok, record_json, record_url
 from handlers.store import CheckpointedUpload
 from service.busy_uploads import HEAD_WAITS_S
@@ -89,10 +89,10 @@ async def create_upload(request: web.Request) -> web.Response:
     metadata = _metadata(request.headers.get("Upload-Metadata", ""))
     filename = metadata.pop("filename", "") or "recording.wav"
     encode_options_from(metadata, settings.mp3_bitrate_kbps, filename)  # 400 for a bad one, now
-    upload_id, expires_at = await api.upload_create(
-        request.app[POOL], credentials.user_id, credentials.token, filename, metadata, length,
+    upload_id, expires_at = await on_primary(request, lambda db: api.upload_create(
+        db, credentials.user_id, credentials.token, filename, metadata, length,
         settings.upload_expiry_s, MOST_OPEN_UPLOADS,
-    )  # fmt: skip
+    ))  # fmt: skip
     location = link(link_base(request), f"/uploads/{upload_id}")
     return web.Response(status=201, headers={"Location": location, "Upload-Expires": _http_date(expires_at)})
 
@@ -145,7 +145,8 @@ async def delete_upload(request: web.Request) -> web.Response:
     """DELETE /uploads/<id> (termination): gone, with its MP3 so far."""
     _speaks_tus(request)
     credentials = credentials_from(request)
-    await api.upload_delete(request.app[POOL], credentials.user_id, credentials.token, _upload_id(request))
+    upload_id = _upload_id(request)
+    await on_primary(request, lambda db: api.upload_delete(db, credentials.user_id, credentials.token, upload_id))
     return web.Response(status=204)
 
 
@@ -183,11 +184,12 @@ async def _patched(
     # Shielded: a PATCH cancelled while it claims (its client left at once) must still learn
     # the claim's generation to settle it. Cancelled, asyncpg would ask PostgreSQL to cancel
     # the claim, which undoes nothing once it has committed, its answer still on the way.
+    # Within STALL_TIMEOUT_S all the same: a claim never answered leaves its mark to lapse.
     claiming = asyncio.ensure_future(
-        api.upload_claim(
-            pool, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
-        )
-    )
+        within(settings.stall_timeout_s, pool, lambda db: api.upload_claim(
+            db, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
+        ))
+    )  # fmt: skip
     try:
         claim = await asyncio.shield(claiming)
         return await _converted(request, credentials, upload_id, claim, offset, links)
@@ -305,7 +307,8 @@ def _progressed(offset: int, settings: Settings, record_link: str | None = None)
 
 async def _opened(request: web.Request) -> api.ResumableUpload:
     credentials = credentials_from(request)
-    return await api.upload_open(request.app[POOL], credentials.user_id, credentials.token, _upload_id(request))
+    upload_id = _upload_id(request)
+    return await on_primary(request, lambda db: api.upload_open(db, credentials.user_id, credentials.token, upload_id))
 
 
 def _upload_id(request: web.Request) -> UUID:

@@ -12,9 +12,9 @@ from db import api
 from handlers.body import MultipartForm, PacedBody, multipart_boundary, pace_of
 from handlers.errors import ApiError
 from handlers.params import credentials_from
-from handlers.reads import read_fresh
+from handlers.reads import on_primary, read_fresh
 from handlers.shapes import ok
-from service.keys import POOL, SETTINGS
+from service.keys import SETTINGS
 
 # The longest username api.user_create accepts (the rule is the SQL's; this is for the API document).
 MAX_USERNAME_CHARACTERS = 64
@@ -50,7 +50,8 @@ async def new_user(request: web.Request) -> api.NewUser:
     many quotas there are to fill)."""
     if not request.app[SETTINGS].open_signup:
         raise ApiError(403, SIGNUP_CLOSED)
-    return await api.user_create(request.app[POOL], await _username_from(request))
+    name = await _username_from(request)
+    return await on_primary(request, lambda db: api.user_create(db, name))
 
 
 async def _username_from(request: web.Request) -> str:

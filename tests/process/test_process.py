@@ -14,7 +14,9 @@ import re
 import signal
 import socket
 import struct
+import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import psycopg
@@ -422,6 +424,44 @@ async def test_a_frozen_database_costs_an_upload_its_stall_timeout_not_twice_tha
     assert answer.startswith(b"HTTP/1.1 503 "), answer
     await everything_freed(service_process, admin)
     assert nothing_stored(admin)
+
+
+async def test_a_frozen_database_costs_a_statement_of_its_own_its_stall_timeout_not_twice_that(
+    service_process: ServiceProcess, database_proxy: DelayingProxy
+) -> None:
+    """A credential check before an upload, a listing, a deletion, a tus upload's creation:
+    each a statement of its own on the pool, which waited for the cancel of a statement
+    that got no answer as long again (asyncpg's command_timeout bounds both)."""
+    stall_s = 6.0  # the bound below is 9 s; they took 12
+    service_process.env |= {
+        "STALL_TIMEOUT_S": f"{stall_s:g}",
+        "DATABASE_URL": database_proxy.url(service_process.env["DATABASE_URL"]),
+    }
+    await service_process.start()
+    base = service_process.base
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "frozen")
+        credentials = basic(*user)
+        # Connections in the pool, made while the database answered: the statements below find them.
+        await asyncio.gather(*(session.get(f"{base}/records", headers=credentials) for _ in range(6)))
+        database_proxy.freeze()
+        tus = {**credentials, "Tus-Resumable": "1.0.0", "Upload-Length": "1000"}
+        requests = {
+            "POST /record": lambda: session.post(f"{base}/record", data=wav_header(), headers=credentials),
+            "GET /records": lambda: session.get(f"{base}/records", headers=credentials),
+            "DELETE /record": lambda: session.delete(f"{base}/record?id={uuid.uuid4()}", headers=credentials),
+            "POST /uploads": lambda: session.post(f"{base}/uploads", headers=tus),
+        }
+
+        async def answered(send: Callable[[], Any]) -> int:
+            async with asyncio.timeout(stall_s + 3), send() as response:
+                return int(response.status)
+
+        try:
+            statuses = await asyncio.gather(*(answered(send) for send in requests.values()))
+        finally:
+            database_proxy.thaw()
+    assert dict(zip(requests, statuses, strict=True)) == dict.fromkeys(requests, 503)
 
 
 async def test_sigusr1_logs_what_every_task_awaits(service_process: ServiceProcess) -> None:
