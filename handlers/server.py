@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import select
 import socket
 import uuid
 from collections.abc import Callable
@@ -40,6 +41,9 @@ LINGERING_S = 5.0
 BACKLOG = 1024
 # While a client waits for a place and none is idle, how often connections are looked at again.
 IDLE_LOOKUP_S = 0.1
+# A connection idle this long may be closed for a client that waits (a client between
+# connecting and sending its request, or between requests, is not).
+IDLE_BEFORE_LET_GO_S = 1.0
 # An accept that failed for want of a resource (file descriptors, buffers) is tried again after this.
 ACCEPT_RETRY_S = 0.5
 # The one expectation the service meets: 100 Continue once a handler reads the body.
@@ -93,8 +97,13 @@ class _Connection(RequestHandler):
     or never, so nothing after the answer could be read as a request.
     """
 
-    __slots__ = ("place",)
+    __slots__ = ("idle_since", "place")
     place: _Place  # set as it is made: _Server, BoundedSite
+    idle_since: float  # the loop's time its last answer ended, or it opened
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.idle_since = self._loop.time()
+        super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
@@ -104,7 +113,8 @@ class _Connection(RequestHandler):
     def idle(self) -> bool:
         """Waiting for its next request, or for the rest of its head (aiohttp's own test
         when its keep-alive timer fires), with all of its last answer handed to the kernel:
-        closing it loses the client nothing."""
+        closing it loses no answer (a request sent as it closes is retried, as on any
+        keep-alive connection a server ends)."""
         waiting = self._waiter is not None and not self._waiter.done()
         return waiting and self.transport is not None and self.transport.get_write_buffer_size() == 0
 
@@ -115,6 +125,7 @@ class _Connection(RequestHandler):
         if held_back:
             resp.force_close()  # says Connection: close
         answered = await super().finish_response(request, resp, start_time)
+        self.idle_since = self._loop.time()
         if held_back and request.content.total_bytes == 0:
             # None of it came: closed after the answer rather than lingering for a
             # body that will not come. One that sends it anyway is read and dropped
@@ -222,8 +233,9 @@ class BoundedSite(web.BaseSite):
     by sockets. aiohttp's TCPSite accepts until the process runs out of descriptors, and
     then uploads fail with 500.
 
-    The invariant: every place taken (before an accept) is given back exactly once,
-    when that accept fails or when the accepted connection is lost (_Place)."""
+    One task accepts on every listener (IPv4 and IPv6 may be two), and takes a place
+    only once a client waits. The invariant: every place taken is given back exactly
+    once, when its accept fails or when the accepted connection is lost (_Place)."""
 
     __slots__ = ("_accepting", "_host", "_listeners", "_places", "_port")
 
@@ -233,7 +245,7 @@ class BoundedSite(web.BaseSite):
         self._port = port
         self._places = asyncio.Semaphore(most)
         self._listeners: list[socket.socket] = []
-        self._accepting: list[asyncio.Task[None]] = []
+        self._accepting: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -242,96 +254,113 @@ class BoundedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         self._listeners = _listen(self._host, self._port, self._backlog)
-        self._accepting = [asyncio.create_task(self._accept(listener)) for listener in self._listeners]
+        self._accepting = asyncio.create_task(self._accept())
 
     async def stop(self) -> None:
-        for task in self._accepting:
-            task.cancel()
-        for task in self._accepting:
+        if self._accepting is not None:
+            self._accepting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._accepting
         for listener in self._listeners:
             listener.close()  # connections still in its backlog are reset
         await super().stop()
 
-    async def _accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None  # runner.setup() ran: BaseSite checks it
+    async def _accept(self) -> None:
         while True:
-            await self._take_place(listener)
-            place = _Place(self._places.release)
+            listener = await self._client_waiting()
+            place: _Place | None = None
             try:
-                client, _ = await loop.sock_accept(listener)
-            except BaseException as error:
-                place.release()
-                if not isinstance(error, OSError):
-                    raise  # cancelled: the site stops
+                while await self._take_place(listener):  # the clients waiting there, in turn
+                    place = _Place(self._places.release)
+                    client, _ = listener.accept()
+                    await self._serve(client, place)
+                    place = None
+            except BlockingIOError:  # none waits there now
+                pass
+            except OSError as error:
                 if error.errno in _SHORT_OF_RESOURCES:
                     log.warning("could not accept a connection (%s); trying again in %g s", error, ACCEPT_RETRY_S)
                     await asyncio.sleep(ACCEPT_RETRY_S)
-                continue  # else that client is gone (ECONNABORTED): the next one's turn
-
-            def connection(place: _Place = place) -> RequestHandler:
-                made = server()
-                assert isinstance(made, _Connection)
-                made.place = place
-                return made
-
-            try:
-                await loop.connect_accepted_socket(connection, client)
-            except BaseException as error:
-                client.close()
-                place.release()  # if the connection was made and lost already, it gave the place back
-                if not isinstance(error, OSError):
-                    raise
-                log.info("a connection ended as it was accepted: %s", error)
-
-    async def _take_place(self, listener: socket.socket) -> None:
-        """A place for the next connection: a free one, else the first given back, else, as
-        soon as a client waits in the backlog, the place of the oldest connection that is
-        idle (nginx reuses keep-alive connections so when it runs short). Idle sockets,
-        the cheapest thing a client can hold, thus never keep a waiting client out."""
-        if not self._places.locked():
-            await self._places.acquire()  # at once
-            return
-        loop = asyncio.get_running_loop()
-        taken = asyncio.ensure_future(self._places.acquire())
-        try:
-            client_waits = loop.create_future()
-            loop.add_reader(listener.fileno(), _settle, client_waits)
-            try:
-                await asyncio.wait({taken, client_waits}, return_when=asyncio.FIRST_COMPLETED)
+                # else that client is gone (ECONNABORTED): the next one's turn
+            except Exception:  # a bug: logged, and the service goes on accepting
+                log.exception("accepting a connection failed; trying again in %g s", ACCEPT_RETRY_S)
+                await asyncio.sleep(ACCEPT_RETRY_S)
             finally:
-                loop.remove_reader(listener.fileno())
-                client_waits.cancel()
-            # A connection at work becomes idle with no event to say so: looked for again
-            # while the client waits. One let go gives its place back as it is lost, next.
-            while not taken.done():
-                self._let_idle_connection_go()
-                await asyncio.wait({taken}, timeout=IDLE_LOOKUP_S)
-            await taken
+                if place is not None:
+                    place.release()  # if the connection was made and lost already, it gave the place back
+
+    async def _serve(self, client: socket.socket, place: _Place) -> None:
+        server = self._runner.server
+        assert server is not None  # runner.setup() ran: BaseSite checks it
+
+        def connection() -> RequestHandler:
+            made = server()
+            assert isinstance(made, _Connection)
+            made.place = place
+            return made
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(connection, client)
         except BaseException:
-            # Cancelled (the site stops): a place the acquire got in the meantime goes back.
-            if taken.done() and not taken.cancelled():
-                self._places.release()
-            taken.cancel()
+            client.close()
             raise
 
+    async def _client_waiting(self) -> socket.socket:
+        """A listener with a client in its backlog (the one waiting longest of them first,
+        as the listeners take turns)."""
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[socket.socket] = loop.create_future()
+        for listener in self._listeners:
+            loop.add_reader(listener.fileno(), _settle, waiting, listener)
+        try:
+            found = await waiting
+        finally:
+            for listener in self._listeners:
+                loop.remove_reader(listener.fileno())
+        self._listeners.remove(found)
+        self._listeners.append(found)  # the other's turn next, if both have clients waiting
+        return found
+
+    async def _take_place(self, listener: socket.socket) -> bool:
+        """A place for the client waiting on ``listener``: a free one, else, while it still
+        waits, the first given back or the place of the connection idle longest, once
+        idle IDLE_BEFORE_LET_GO_S (nginx reuses keep-alive connections so when it runs
+        short). Idle sockets, the cheapest thing a client can hold, thus never keep a
+        waiting client out. False once no client waits there."""
+        while True:
+            if not self._places.locked():
+                await self._places.acquire()  # at once
+                return True
+            if not _readable(listener):
+                return False
+            self._let_idle_connection_go()  # its place is given back as it is lost, next
+            # A connection at work becomes idle with no event to say so: looked for again.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_LOOKUP_S):
+                    await self._places.acquire()
+                    return True
+
     def _let_idle_connection_go(self) -> None:
-        """Closes the oldest idle connection (its place is given back as it is lost)."""
+        """Closes the connection idle longest, if it has been idle IDLE_BEFORE_LET_GO_S."""
         server = self._runner.server
         assert server is not None
-        for connection in server.connections:  # in the order they were made
-            if isinstance(connection, _Connection) and connection.idle:
-                log.debug("closing an idle connection from %s: a new one waits for its place", _peer(connection))
-                connection.force_close()
-                return
+        ours = [connection for connection in server.connections if isinstance(connection, _Connection)]
+        longest = min((c for c in ours if c.idle), key=lambda c: c.idle_since, default=None)
+        if longest is not None and longest.idle_since <= asyncio.get_running_loop().time() - IDLE_BEFORE_LET_GO_S:
+            log.debug("closing an idle connection from %s: a new one waits for its place", _peer(longest))
+            longest.force_close()
 
 
-def _settle(future: asyncio.Future[None]) -> None:
+def _settle(future: asyncio.Future[socket.socket], listener: socket.socket) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(listener)
+
+
+def _readable(listener: socket.socket) -> bool:
+    """Whether a client waits in the listener's backlog (poll, not select: any descriptor number)."""
+    poll = select.poll()
+    poll.register(listener, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def _peer(connection: RequestHandler) -> object:

@@ -719,6 +719,53 @@ async def test_idle_connections_give_their_places_to_a_client_that_waits(service
         connection.close()
 
 
+async def test_clients_beyond_max_connections_that_take_a_moment_to_send_are_all_answered(
+    service_process: ServiceProcess,
+) -> None:
+    """Twelve clients connect at once to two places; each sends its request 20 ms after
+    its connection opens, and two more 50 ms after each answer, on the same connection.
+    A connection opened or answered a moment ago is not idle enough to be let go: every
+    request is answered (most were lost when any connection waiting for a request was)."""
+    service_process.env |= {"MAX_CONNECTIONS": "2"}
+    await service_process.start()
+
+    async def client() -> list[bytes]:
+        reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+        answers = []
+        try:
+            for pause in (0.02, 0.05, 0.05):  # what a client does before each request
+                await asyncio.sleep(pause)
+                writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                answers.append((await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30))[:12])
+                await reader.readexactly(len(b'{"status": "ok", "data": {"database": "ok", "ffmpeg": "ok"}}'))
+        except (OSError, asyncio.IncompleteReadError) as error:
+            answers.append(type(error).__name__.encode())
+        finally:
+            writer.close()
+        return answers
+
+    answers = await asyncio.gather(*(client() for _ in range(12)))
+    assert answers == [[b"HTTP/1.1 200"] * 3] * 12
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+async def test_one_place_serves_ipv4_and_ipv6_clients_alike(service_process: ServiceProcess) -> None:
+    """HOST empty: a listener each for IPv4 and IPv6. Each accepted on its own, taking a
+    place before a client came: with one place, the clients of one family waited for good."""
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    service_process.env |= {"MAX_CONNECTIONS": "1", "HOST": ""}
+    await service_process.start()
+    for host in ("::1", "::1", "127.0.0.1", "127.0.0.1"):  # each family twice running
+        reader, writer = await asyncio.open_connection(host, service_process.port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), (host, answer)
+
+
 async def test_a_flood_of_idle_connections_leaves_uploads_their_file_descriptors(
     service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
 ) -> None:
