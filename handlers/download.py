@@ -203,6 +203,10 @@ class _Deletions:
             if not task.done():  # broken off, or this request cancelled: the sending stops first
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+            elif not task.cancelled():
+                # Its failure (a client's reset, as the request is cancelled for it) is no
+                # news then: retrieved, not logged by asyncio as a task nobody awaited.
+                task.exception()
 
 
 async def _send_file(send: Sender, file: BinaryIO, start: int, stop: int) -> None:
