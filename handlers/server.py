@@ -59,6 +59,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
         app,
         # A client that goes away cancels its request at once, wherever it is
         # (waiting for a slot, converting, streaming): nothing it started lingers.
+        # (A FIN after a whole request is a half-close: _Connection.eof_received.)
         handler_cancellation=True,
         # Also bounds the time to send a request's head: the timer starts when
         # the connection opens or the previous answer ends, and partial heads
@@ -77,7 +78,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 class _Connection(RequestHandler):
-    """aiohttp's connection, with three changes.
+    """aiohttp's connection, with four changes.
 
     Requests aiohttp refuses before any handler runs (a malformed request line
     or header, a header too long) are answered in the service's JSON envelope,
@@ -95,19 +96,42 @@ class _Connection(RequestHandler):
     And a request answered before its body was asked for (Expect: 100-continue,
     see continue_if_owed) ends its connection: the client may send the body next
     or never, so nothing after the answer could be read as a request.
+
+    And a client that half-closes after a whole request is answered (eof_received).
     """
 
-    __slots__ = ("idle_since", "place")
+    __slots__ = ("half_closed", "idle_since", "last_body", "place")
     place: _Place  # set as it is made: _Server, BoundedSite
     idle_since: float  # the loop's time its last answer ended, or it opened
+    # The body of the last request parsed: taken from the queue before aiohttp makes it
+    # the current request (a turn of the loop later), it is in no attribute of aiohttp's.
+    last_body: StreamReader | None
+    half_closed: bool  # the client half-closed after requests still queued
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.idle_since = self._loop.time()
+        self.last_body = None
+        self.half_closed = False
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         self.place.release()  # the site's (BoundedSite); its socket is closed next
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol: True keeps the writing side
+        """A client that half-closes once its requests are whole (shutdown(SHUT_WR), as
+        `nc -N` and socat do) still reads the answers: the connection stays open for them,
+        and closes after the last. A FIN between requests, or before the last is whole, is
+        a client gone: aiohttp cancels what it was doing for it. (As HAProxy without
+        abortonclose: a FIN cannot tell a half-close from a client gone after its request,
+        so a client that closes once every byte is sent has its upload stored all the same.)"""
+        if self.idle or self.last_body is None or not self.last_body.is_eof():
+            return False
+        if self._messages:
+            self.half_closed = True  # finish_response closes after the last of them
+        else:
+            self.close()  # after the request in hand
+        return True
 
     @property
     def idle(self) -> bool:
@@ -121,6 +145,8 @@ class _Connection(RequestHandler):
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
+        if self.half_closed and not self._messages:
+            self.close()  # the last request before the client's FIN
         held_back = CONTINUE_OWED in request and not request.content.is_eof()
         if held_back:
             resp.force_close()  # says Connection: close
@@ -158,6 +184,8 @@ class _Connection(RequestHandler):
         request = self._current_request
         queued = len(self._messages)
         super().data_received(data)
+        if self._messages:
+            self.last_body = self._messages[-1][1]
         if request is None or len(self._messages) == queued:
             return
         if isinstance(self._messages[-1][0], _ErrInfo):

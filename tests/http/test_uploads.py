@@ -11,6 +11,8 @@ import hashlib
 import logging
 import re
 import signal
+import socket
+import struct
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -763,13 +765,15 @@ async def test_a_patch_cut_while_its_claim_answers_says_it_is_done(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # the service reaches it through the proxy
+@pytest.mark.parametrize("ending", ["rst", "fin"])
 async def test_a_last_patch_whose_client_leaves_before_its_answer_finishes_the_upload(
-    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection, ending: str
 ) -> None:
     """A client sends the whole WAV in one PATCH and goes away while the PATCH stores its
     last bytes: every byte arrived, so the upload is finished all the same, and the
     client's HEAD finds it at its end, the record playing every sample (it was left at
-    its last checkpoint, seconds behind, and the record never made)."""
+    its last checkpoint, seconds behind, and the record never made). A reset cancels the
+    PATCH; a FIN once the whole request is in is a half-close, and the PATCH answers."""
     await service_process.start()
     async with aiohttp.ClientSession() as session:
         user = await service_process.new_user(session, "impatient")
@@ -781,8 +785,13 @@ async def test_a_last_patch_whose_client_leaves_before_its_answer_finishes_the_u
         writer.write(patch_head(path, user, 0, len(wav)) + wav)
         await writer.drain()
         await until(lambda: waiting_for_a_lock(admin, "api.upload_record_begin") == 1, 60)
-        await leave(writer)
-    await until(lambda: cancelled_patch_logged(service_process, path))
+        if ending == "rst":
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await leave(writer)
+        else:
+            writer.close()
+    outcome = f"PATCH {path} - cancelled" if ending == "rst" else f"PATCH {path} 204"
+    await until(lambda: outcome in service_process.log.read_text())
 
     async with aiohttp.ClientSession() as session:
         url = service_process.base + path

@@ -793,6 +793,39 @@ async def test_a_flood_of_idle_connections_leaves_uploads_their_file_descriptors
     await everything_freed(service_process, admin)
 
 
+async def test_a_client_that_half_closes_after_its_request_is_answered(
+    service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """shutdown(SHUT_WR) once the request is sent (`nc -N`, socat): aiohttp took the FIN for
+    a client gone and cancelled the request, so the client read nothing. One that half-closes
+    mid-body is still a client gone: nothing of its upload is kept."""
+    await service_process.start()
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "half")
+    wav = audio(seconds=5)
+
+    async def half_closed(request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
+        writer.write(request)
+        writer.write_eof()
+        try:
+            return await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+
+    health = await half_closed(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200"), health
+    pipelined = await half_closed(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+    assert pipelined.count(b"HTTP/1.1 200 OK\r\n") == 3, pipelined
+    stored = await half_closed(head("/record", user, "audio/wav", len(wav)) + wav)
+    assert stored.startswith(b"HTTP/1.1 201"), stored[:200]
+    assert count(admin, "SELECT count(*) FROM app.records") == 1
+
+    assert await half_closed(head("/record", user, "audio/wav", len(wav)) + wav[: len(wav) // 2]) == b""
+    await everything_freed(service_process, admin)
+    assert count(admin, "SELECT count(*) FROM app.records") == 1
+
+
 async def test_max_connections_beyond_the_open_files_limit_is_a_configuration_error(
     service_process: ServiceProcess,
 ) -> None:
