@@ -160,7 +160,7 @@ def connection_flood(bench: Bench, connections: int = 300, sent: int = 1 << 20) 
     report.say(
         "Two take the account's places, MAX_UPLOADS wait, the rest are answered 503 at once; each holds what "
         "aiohttp read ahead of the handler (a recv of up to 256 KiB, then 128 KiB more before it stops "
-        "reading) and the upload's first read. A balancer in front bounds the connections "
-        "(compose.scale.yaml's HAProxy maxconn); the service does not."
+        "reading) and the upload's first read. MAX_CONNECTIONS bounds the connections all told (1024, "
+        "or fewer under a low open-files limit); a balancer in front bounds them per client."
     )
     report.say()
