@@ -41,8 +41,8 @@ LINGERING_S = 5.0
 BACKLOG = 1024
 # While a client waits for a place and none is idle, how often connections are looked at again.
 IDLE_LOOKUP_S = 0.1
-# A connection idle this long may be closed for a client that waits (a client between
-# connecting and sending its request, or between requests, is not).
+# A connection idle this long may be closed for a client that waits; one opened or
+# answered less than this ago is left alone (a client about to send its request).
 IDLE_BEFORE_LET_GO_S = 1.0
 # An accept that failed for want of a resource (file descriptors, buffers) is tried again after this.
 ACCEPT_RETRY_S = 0.5
@@ -115,8 +115,10 @@ class _Connection(RequestHandler):
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        super().connection_lost(exc)
-        self.place.release()  # the site's (BoundedSite); its socket is closed next
+        try:
+            super().connection_lost(exc)
+        finally:
+            self.place.release()  # the site's (BoundedSite); its socket is closed next
 
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol: True keeps the writing side
         """A client that half-closes once its requests are whole (shutdown(SHUT_WR), as
@@ -125,7 +127,11 @@ class _Connection(RequestHandler):
         a client gone: aiohttp cancels what it was doing for it. (As HAProxy without
         abortonclose: a FIN cannot tell a half-close from a client gone after its request,
         so a client that closes once every byte is sent has its upload stored all the same.)"""
-        if self.idle or self.last_body is None or not self.last_body.is_eof():
+        waiting_for_a_request = self._waiter is not None and not self._waiter.done()
+        if waiting_for_a_request or self.last_body is None or not self.last_body.is_eof():
+            # Nothing is owed, or nothing can be: asyncio closes the transport once it has
+            # sent what it holds. (aiohttp's close() would cancel the wait for a request,
+            # ending its task without closing the transport: the connection held for good.)
             return False
         if self._messages:
             self.half_closed = True  # finish_response closes after the last of them
@@ -137,8 +143,8 @@ class _Connection(RequestHandler):
     def idle(self) -> bool:
         """Waiting for its next request, or for the rest of its head (aiohttp's own test
         when its keep-alive timer fires), with all of its last answer handed to the kernel:
-        closing it loses no answer (a request sent as it closes is retried, as on any
-        keep-alive connection a server ends)."""
+        closing it loses no answer. A request the client sends as it closes is lost, as on
+        any keep-alive connection a server ends; clients send idempotent ones again."""
         waiting = self._waiter is not None and not self._waiter.done()
         return waiting and self.transport is not None and self.transport.get_write_buffer_size() == 0
 
@@ -234,14 +240,14 @@ def _without_expectations(message: RawRequestMessage) -> tuple[RawRequestMessage
 class _Place:
     """A connection's place in the BoundedSite's count, given back once however its connection ends."""
 
-    __slots__ = ("_given_back",)
+    __slots__ = ("_give_back",)
 
     def __init__(self, give_back: Callable[[], None]) -> None:
-        self._given_back: Callable[[], None] | None = give_back
+        self._give_back: Callable[[], None] | None = give_back  # None once it has been
 
     def release(self) -> None:
-        if self._given_back is not None:
-            give_back, self._given_back = self._given_back, None
+        if self._give_back is not None:
+            give_back, self._give_back = self._give_back, None
             give_back()
 
 
@@ -253,8 +259,8 @@ class _Server(web.Server):
 
 
 class BoundedSite(web.BaseSite):
-    """Listens on host:port and accepts a connection only while fewer than ``most`` are
-    open (MAX_CONNECTIONS). Beyond that, connections wait in the kernel's listen backlog,
+    """Listens on host:port and accepts a connection only while fewer than ``max_connections``
+    are open (MAX_CONNECTIONS). Beyond that, connections wait in the kernel's listen backlog,
     as a balancer's maxconn holds them, and are accepted in turn as others end or go
     idle (_take_place): they cost the service no file descriptor and no memory, and the
     descriptors its uploads need (FFmpeg's pipes, database connections) are never taken
@@ -267,11 +273,13 @@ class BoundedSite(web.BaseSite):
 
     __slots__ = ("_accepting", "_host", "_listeners", "_places", "_port")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, most: int) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections} (see fit_connections)")
         super().__init__(runner, backlog=BACKLOG)
         self._host = host
         self._port = port
-        self._places = asyncio.Semaphore(most)
+        self._places = asyncio.Semaphore(max_connections)
         self._listeners: list[socket.socket] = []
         self._accepting: asyncio.Task[None] | None = None
 
@@ -295,15 +303,16 @@ class BoundedSite(web.BaseSite):
 
     async def _accept(self) -> None:
         while True:
-            listener = await self._client_waiting()
             place: _Place | None = None
             try:
-                while await self._take_place(listener):  # the clients waiting there, in turn
-                    place = _Place(self._places.release)
-                    client, _ = listener.accept()
-                    await self._serve(client, place)
-                    place = None
-            except BlockingIOError:  # none waits there now
+                listener = await self._client_waiting()
+                if not await self._take_place(listener):
+                    continue  # that client left meanwhile
+                place = _Place(self._places.release)
+                client, _ = listener.accept()
+                await self._hand_to_aiohttp(client, place)
+                place = None
+            except BlockingIOError:  # it left between the look and the accept
                 pass
             except OSError as error:
                 if error.errno in _SHORT_OF_RESOURCES:
@@ -317,7 +326,7 @@ class BoundedSite(web.BaseSite):
                 if place is not None:
                     place.release()  # if the connection was made and lost already, it gave the place back
 
-    async def _serve(self, client: socket.socket, place: _Place) -> None:
+    async def _hand_to_aiohttp(self, client: socket.socket, place: _Place) -> None:
         server = self._runner.server
         assert server is not None  # runner.setup() ran: BaseSite checks it
 
@@ -334,13 +343,13 @@ class BoundedSite(web.BaseSite):
             raise
 
     async def _client_waiting(self) -> socket.socket:
-        """A listener with a client in its backlog (the one waiting longest of them first,
-        as the listeners take turns)."""
+        """A listener with a client in its backlog. One client is accepted at a time and the
+        listeners take turns, so a flood on one (IPv4) keeps none out on the other (IPv6)."""
         loop = asyncio.get_running_loop()
         waiting: asyncio.Future[socket.socket] = loop.create_future()
-        for listener in self._listeners:
-            loop.add_reader(listener.fileno(), _settle, waiting, listener)
         try:
+            for listener in self._listeners:
+                loop.add_reader(listener.fileno(), _found, waiting, listener)
             found = await waiting
         finally:
             for listener in self._listeners:
@@ -354,19 +363,18 @@ class BoundedSite(web.BaseSite):
         waits, the first given back or the place of the connection idle longest, once
         idle IDLE_BEFORE_LET_GO_S (nginx reuses keep-alive connections so when it runs
         short). Idle sockets, the cheapest thing a client can hold, thus never keep a
-        waiting client out. False once no client waits there."""
-        while True:
+        waiting client out for long. False once no client waits there."""
+        while _readable(listener):
             if not self._places.locked():
                 await self._places.acquire()  # at once
                 return True
-            if not _readable(listener):
-                return False
             self._let_idle_connection_go()  # its place is given back as it is lost, next
             # A connection at work becomes idle with no event to say so: looked for again.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_LOOKUP_S):
                     await self._places.acquire()
                     return True
+        return False
 
     def _let_idle_connection_go(self) -> None:
         """Closes the connection idle longest, if it has been idle IDLE_BEFORE_LET_GO_S."""
@@ -379,7 +387,7 @@ class BoundedSite(web.BaseSite):
             longest.force_close()
 
 
-def _settle(future: asyncio.Future[socket.socket], listener: socket.socket) -> None:
+def _found(future: asyncio.Future[socket.socket], listener: socket.socket) -> None:
     if not future.done():
         future.set_result(listener)
 
@@ -402,7 +410,7 @@ _SHORT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
     """Listening sockets for every address ``host`` names, as asyncio's create_server makes them."""
     addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    listeners = []
+    listeners: list[socket.socket] = []
     for family, kind, protocol, _, address in dict.fromkeys(addresses):
         listener = socket.socket(family, kind, protocol)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

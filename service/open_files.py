@@ -24,25 +24,34 @@ def fit_connections(configured: int, reserved: int) -> int:
     many as fit), after raising the soft open-files limit as far as they need (up to the
     hard one). ``reserved``: the descriptors the service needs besides its connections'."""
     wanted = reserved + PER_CONNECTION * (configured or DEFAULT_CONNECTIONS)
-    fitting = (raise_open_files_limit(wanted) - reserved) // PER_CONNECTION
+    limit = raise_open_files_limit(wanted)
+    fitting = (limit - reserved) // PER_CONNECTION
     if configured == 0:
         if fitting < 1:
-            raise ConfigError(f"the open-files limit leaves no room for connections (it needs over {reserved})")
+            raise ConfigError(
+                f"the open-files limit ({limit}, ulimit -Hn) leaves no room for connections beside the "
+                f"{reserved} descriptors MAX_UPLOADS and CONVERT_CONCURRENCY need: raise it, or lower those"
+            )
         return min(DEFAULT_CONNECTIONS, fitting)
     if configured > fitting:
         raise ConfigError(
-            f"MAX_CONNECTIONS={configured} needs an open-files limit of {wanted} (ulimit -n), "
-            f"and this process may have {fitting * PER_CONNECTION + reserved}: raise it, or lower MAX_CONNECTIONS"
+            f"MAX_CONNECTIONS={configured} needs an open-files limit of {wanted}, and the hard limit "
+            f"(ulimit -Hn, a container's nofile) allows {limit}: raise it, or lower MAX_CONNECTIONS"
         )
     return configured
 
 
 def raise_open_files_limit(wanted: int) -> int:
-    """The soft RLIMIT_NOFILE, raised towards ``wanted`` if it is lower (as far as the hard one allows)."""
+    """How many descriptors the process may now open, as far as ``wanted`` goes: ``wanted``
+    when the soft RLIMIT_NOFILE allows that already or could be raised to it, else the hard
+    limit, which the soft one has been raised to."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return wanted
     raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if raised > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        except (ValueError, OSError) as error:  # a system's own ceiling below the hard limit
+            raise ConfigError(f"the open-files limit could not be raised from {soft} to {raised}: {error}") from error
     return raised

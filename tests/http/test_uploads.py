@@ -773,7 +773,8 @@ async def test_a_last_patch_whose_client_leaves_before_its_answer_finishes_the_u
     last bytes: every byte arrived, so the upload is finished all the same, and the
     client's HEAD finds it at its end, the record playing every sample (it was left at
     its last checkpoint, seconds behind, and the record never made). A reset cancels the
-    PATCH; a FIN once the whole request is in is a half-close, and the PATCH answers."""
+    PATCH; a FIN (a close: the service cannot tell it from a half-close) once the whole
+    request is in lets the PATCH go on and answer."""
     await service_process.start()
     async with aiohttp.ClientSession() as session:
         user = await service_process.new_user(session, "impatient")

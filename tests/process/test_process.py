@@ -798,7 +798,9 @@ async def test_a_client_that_half_closes_after_its_request_is_answered(
 ) -> None:
     """shutdown(SHUT_WR) once the request is sent (`nc -N`, socat): aiohttp took the FIN for
     a client gone and cancelled the request, so the client read nothing. One that half-closes
-    mid-body is still a client gone: nothing of its upload is kept."""
+    mid-body is still a client gone: nothing of its upload is kept. The connection closes
+    once the last answer is out, not when its idle timeout would close it."""
+    service_process.env |= {"IDLE_TIMEOUT_S": "60"}
     await service_process.start()
     async with aiohttp.ClientSession() as session:
         user = await service_process.new_user(session, "half")
@@ -809,7 +811,7 @@ async def test_a_client_that_half_closes_after_its_request_is_answered(
         writer.write(request)
         writer.write_eof()
         try:
-            return await asyncio.wait_for(reader.read(), 30)
+            return await asyncio.wait_for(reader.read(), 20)  # to the connection's end
         finally:
             writer.close()
 
