@@ -98,6 +98,11 @@ class _Connection(RequestHandler):
     or never, so nothing after the answer could be read as a request.
 
     And a client that half-closes after a whole request is answered (eof_received).
+
+    The last two, and BoundedSite's idea of an idle connection, read aiohttp's internals
+    (``_waiter``: the wait for the next request; ``_messages``: requests parsed, not yet
+    handled; ``close()`` cancels that wait). tests/unit/test_server.py and the half-close and
+    MAX_CONNECTIONS tests in tests/process/test_process.py fail if a new aiohttp changes them.
     """
 
     __slots__ = ("half_closed", "idle_since", "last_body", "place")
