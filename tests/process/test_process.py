@@ -429,9 +429,10 @@ async def test_a_frozen_database_costs_an_upload_its_stall_timeout_not_twice_tha
 async def test_a_frozen_database_costs_a_statement_of_its_own_its_stall_timeout_not_twice_that(
     service_process: ServiceProcess, database_proxy: DelayingProxy
 ) -> None:
-    """A credential check before an upload, a listing, a deletion, a tus upload's creation:
-    each a statement of its own on the pool, which waited for the cancel of a statement
-    that got no answer as long again (asyncpg's command_timeout bounds both)."""
+    """A credential check before an upload, a listing, a deletion, a sign-up, a tus upload's
+    creation, reading and claim (a PATCH): each a statement of its own on the pool, which
+    waited for the cancel of a statement that got no answer as long again (asyncpg's
+    command_timeout bounds both)."""
     stall_s = 6.0  # the bound below is 9 s; they took 12
     service_process.env |= {
         "STALL_TIMEOUT_S": f"{stall_s:g}",
@@ -443,14 +444,21 @@ async def test_a_frozen_database_costs_a_statement_of_its_own_its_stall_timeout_
         user = await service_process.new_user(session, "frozen")
         credentials = basic(*user)
         # Connections in the pool, made while the database answered: the statements below find them.
-        await asyncio.gather(*(session.get(f"{base}/records", headers=credentials) for _ in range(6)))
-        database_proxy.freeze()
+        await asyncio.gather(*(session.get(f"{base}/records", headers=credentials) for _ in range(8)))
         tus = {**credentials, "Tus-Resumable": "1.0.0", "Upload-Length": "1000"}
+        async with session.post(f"{base}/uploads", headers=tus) as created:
+            upload = base + local(created.headers["Location"])
+        patch = {**credentials, "Tus-Resumable": "1.0.0", "Upload-Offset": "0"}
+        patch["Content-Type"] = "application/offset+octet-stream"
+        database_proxy.freeze()
         requests = {
             "POST /record": lambda: session.post(f"{base}/record", data=wav_header(), headers=credentials),
             "GET /records": lambda: session.get(f"{base}/records", headers=credentials),
             "DELETE /record": lambda: session.delete(f"{base}/record?id={uuid.uuid4()}", headers=credentials),
             "POST /uploads": lambda: session.post(f"{base}/uploads", headers=tus),
+            "POST /users": lambda: session.post(f"{base}/users", json={"username": "too-late"}),
+            "GET /uploads/{id}": lambda: session.get(upload, headers=credentials),
+            "PATCH /uploads/{id}": lambda: session.patch(upload, data=wav_header(), headers=patch),
         }
 
         async def answered(send: Callable[[], Any]) -> int:
