@@ -98,14 +98,17 @@ def init_app(settings: Settings) -> web.Application:
     return app
 
 
+def primary_pool_size(settings: Settings) -> int:
+    return settings.uploads_at_once + SPARE_CONNECTIONS  # an upload holds one throughout
+
+
 async def database_pool(app: web.Application) -> AsyncIterator[None]:
     """The pools open after migrations ran (the run command applies them first): the
     primary's, the health checks' pool of one on the primary (service/database_check.py),
     and the read replica's when DATABASE_READ_URL names one, with its watcher
     (service/replica.py), which measures it once before the first request."""
     settings = app[SETTINGS]
-    connections = settings.uploads_at_once + SPARE_CONNECTIONS  # an upload holds one throughout
-    app[POOL] = await _pool(settings.database_url, connections, settings.stall_timeout_s)
+    app[POOL] = await _pool(settings.database_url, primary_pool_size(settings), settings.stall_timeout_s)
     app[DATABASE_CHECK] = DatabaseCheck(await _pool(settings.database_url, 1, DATABASE_CHECK_TIMEOUT_S))
     pools = [app[POOL], app[DATABASE_CHECK].pool]
     watcher = None
@@ -237,7 +240,7 @@ def open_files_besides_connections(settings: Settings) -> int:
     """File descriptors the service needs besides its connections' (service/open_files.py):
     its database connections, and the pipes of every FFmpeg it may run at once (one per
     upload in progress, and the segment encoders borrowed on free conversion slots)."""
-    pools = settings.uploads_at_once + 2 * SPARE_CONNECTIONS + 1  # the primary's, the replica's, the check's
+    pools = primary_pool_size(settings) + SPARE_CONNECTIONS + 1  # and the replica's, the check's
     ffmpegs = settings.uploads_at_once + settings.convert_concurrency
     return pools + PER_FFMPEG * ffmpegs + BESIDES
 
