@@ -48,6 +48,10 @@ from tests.support import (
 
 pytestmark = pytest.mark.slow  # app.py run as a process, faulted
 
+# /health asked on a raw connection, and its answer's body when all is well.
+HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+HEALTHY = b'{"status": "ok", "data": {"database": "ok", "ffmpeg": "ok"}}'
+
 
 async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
     """Like ``until``, for a check that asks the service over HTTP."""
@@ -656,13 +660,13 @@ async def test_a_request_head_that_never_ends_and_an_idle_connection_are_closed(
         writer.write(b"GET /hea")  # half a request line, and nothing more
         stalled.append((reader, writer))
     idle_reader, idle_writer = await asyncio.open_connection(service_process.host, service_process.port)
-    idle_writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle_writer.write(HEALTH)
     assert (await idle_reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
 
     for reader, _ in [*stalled, (idle_reader, idle_writer)]:
         assert await asyncio.wait_for(reader.read(), 10) in (
             b"",
-            b'{"status": "ok", "data": {"database": "ok", "ffmpeg": "ok"}}',
+            HEALTHY,
         )
     for _, writer in [*stalled, (idle_reader, idle_writer)]:
         writer.close()
@@ -687,7 +691,7 @@ async def test_beyond_max_connections_a_client_waits_until_a_connection_is_done(
     await until(lambda: len(service_process.ffmpeg_children()) >= 2)
 
     reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
-    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(HEALTH)
     with pytest.raises(TimeoutError):  # connected (the kernel's backlog holds it), and not served
         await asyncio.wait_for(reader.read(1), 1.0)
     # The first upload is stored; its connection, kept alive, is idle from then on: the
@@ -711,14 +715,14 @@ async def test_idle_connections_give_their_places_to_a_client_that_waits(service
     service_process.env |= {"MAX_CONNECTIONS": "2"}
     await service_process.start()
     kept_alive = await asyncio.open_connection(service_process.host, service_process.port)
-    kept_alive[1].write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    kept_alive[1].write(HEALTH)
     assert (await kept_alive[0].readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
-    await kept_alive[0].readexactly(len(b'{"status": "ok", "data": {"database": "ok", "ffmpeg": "ok"}}'))
+    await kept_alive[0].readexactly(len(HEALTHY))
     half_head = await asyncio.open_connection(service_process.host, service_process.port)
     half_head[1].write(b"GET /hea")
 
     reader, writer = await asyncio.open_connection(service_process.host, service_process.port)
-    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(HEALTH)
     assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
     assert await asyncio.wait_for(kept_alive[0].read(), 5) == b""  # the oldest idle one made room
     with pytest.raises(TimeoutError):  # and only it: one client waited
@@ -743,9 +747,9 @@ async def test_clients_beyond_max_connections_that_take_a_moment_to_send_are_all
         try:
             for pause in (0.02, 0.05, 0.05):  # what a client does before each request
                 await asyncio.sleep(pause)
-                writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                writer.write(HEALTH)
                 answers.append((await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30))[:12])
-                await reader.readexactly(len(b'{"status": "ok", "data": {"database": "ok", "ffmpeg": "ok"}}'))
+                await reader.readexactly(len(HEALTHY))
         except (OSError, asyncio.IncompleteReadError) as error:
             answers.append(type(error).__name__.encode())
         finally:
@@ -823,9 +827,9 @@ async def test_a_client_that_half_closes_after_its_request_is_answered(
         finally:
             writer.close()
 
-    health = await half_closed(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    health = await half_closed(HEALTH)
     assert health.startswith(b"HTTP/1.1 200"), health
-    pipelined = await half_closed(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+    pipelined = await half_closed(HEALTH * 3)
     assert pipelined.count(b"HTTP/1.1 200 OK\r\n") == 3, pipelined
     stored = await half_closed(head("/record", user, "audio/wav", len(wav)) + wav)
     assert stored.startswith(b"HTTP/1.1 201"), stored[:200]
