@@ -332,6 +332,7 @@ class _Checkpoints:
         self._loop = asyncio.get_running_loop()
         self._next = self._loop.time()
         self._next_size = 0
+        self._next_received = 0  # the sample bytes received before the next periodic checkpoint
 
     def hold_on(self, samples: bytes) -> None:
         """The samples as they arrive; those past the hold go on to the analyser."""
@@ -354,8 +355,11 @@ class _Checkpoints:
 
     def due(self, size: int) -> bool:
         """A checkpoint is due every ``every_s``, or once the MP3 has grown ``every_bytes``
-        (to ``size``) since the last: a fast upload's checkpoints stay as small as a slow one's."""
-        return self._loop.time() >= self._next or size >= self._next_size
+        (to ``size``) since the last: a fast upload's checkpoints stay as small as a slow one's.
+        Each also stores the whole measurement so far, so a periodic one waits until the client
+        has sent ``sent_per_measured_byte`` times its size since the last (converter/resume.py)."""
+        received = self.held_at + len(self.held)
+        return size >= self._next_size or (self._loop.time() >= self._next and received >= self._next_received)
 
     async def take(self, output: _Output, last: bool = False) -> None:
         if not (last or self.due(output.size)):
@@ -373,6 +377,8 @@ class _Checkpoints:
         if moves_on and checkpoint.upload_offset >= self.offset:
             await self.resumable.commit(checkpoint)
             self.offset, self.frames = checkpoint.upload_offset, checkpoint.frames
+            received = self.held_at + len(self.held)
+            self._next_received = received + self.resumable.sent_per_measured_byte * len(checkpoint.analysis)
 
     def at(self, output: _Output, last: bool = False) -> Checkpoint | None:
         mp3 = output.mp3

@@ -5,6 +5,8 @@ resume asks the client for nothing it sent before."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from array import array
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -158,6 +160,66 @@ async def test_an_upload_faster_than_real_time_checkpoints_as_its_mp3_grows(tmp_
     assert converted.size > 8 * every_bytes
     assert sum(stored.carried) >= converted.size - every_bytes - PIPE_READ  # all but the end checkpointed
     assert max(stored.carried) <= every_bytes + PIPE_READ  # what one read of FFmpeg's output adds
+
+
+class MeasuredUpload(StoredUpload):
+    """A StoredUpload that counts the measurement its checkpoints store, and says when its MP3 grows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.measured_bytes = 0
+        self.grown = asyncio.Condition()
+
+    async def sink(self, chunk: bytes) -> None:
+        await super().sink(chunk)
+        async with self.grown:
+            self.grown.notify_all()
+
+    async def commit(self, checkpoint: Checkpoint) -> None:
+        self.measured_bytes += len(checkpoint.analysis)
+        await super().commit(checkpoint)
+
+    async def made(self, mp3_bytes: float) -> None:
+        """Until the sink has been handed ``mp3_bytes`` of MP3."""
+        async with self.grown:
+            await self.grown.wait_for(lambda: self.pending_at + len(self.pending) >= mp3_bytes)
+
+
+def pink_noise(folder: Path, seconds: int) -> bytes:
+    """A mono WAV at 44.1 kHz: dense, so its waveform compresses little, as a recording's."""
+    target = folder / "noise.wav"
+    subprocess.run([FFMPEG, "-loglevel", "error", "-f", "lavfi", "-i", f"anoisesrc=d={seconds}:c=pink:a=0.5:r=44100",
+                    "-c:a", "pcm_s16le", str(target)], check=True)  # fmt: skip
+    return target.read_bytes()
+
+
+async def sent_as_slowly_as_it_converts(
+    wav: bytes, upload: MeasuredUpload, mp3_per_wav_byte: float, ahead: int = 4 << 20
+) -> AsyncIterator[bytes]:
+    """The WAV in small pieces, each only once the MP3 has caught up with all but ``ahead``
+    bytes before it: as a client slower than the encoder sends, without taking its time."""
+    for at in range(0, len(wav), 16384):
+        await upload.made((at - ahead) * mp3_per_wav_byte)
+        yield wav[at : at + 16384]
+
+
+async def test_a_slow_upload_checkpoints_no_more_measurement_than_an_eighth_of_its_wav(tmp_path: Path) -> None:
+    """Every checkpoint stores the whole measurement so far (the waveform mostly, about 230 KB an
+    hour), and a slow upload checkpoints every second: an hour sent in real time once wrote
+    hundreds of MB of it to the database. Here 4 minutes, checkpointing as often as the MP3 grows,
+    wrote 5.5 MB (a quarter of the WAV); periodic checkpoints now wait for the client to send
+    eight times the last one's measurement (converter/resume.py's sent_per_measured_byte)."""
+    seconds = 240
+    wav = pink_noise(tmp_path, seconds)
+    upload = MeasuredUpload()
+    source = sent_as_slowly_as_it_converts(wav, upload, mp3_per_wav_byte=320_000 / 8 / (44100 * 2))
+    async with asyncio.timeout(120):  # the pacing waits on the encoder: a deadline, not a hang
+        converted = await convert(source, upload.sink, EncodeOptions(bitrate_kbps=320), ONE_ENCODER,
+                                  resumable=upload.resumable())  # fmt: skip
+    assert converted.analysis is not None
+    assert converted.analysis.sample_frames == seconds * 44100
+    assert len(upload.carried) >= 20  # it still checkpoints as it goes (every few seconds of audio here)
+    assert upload.measured_bytes <= len(wav) // 8
 
 
 @pytest.mark.parametrize(("rate", "channels"), [(48000, 1), (22050, 2)])
