@@ -332,7 +332,10 @@ class _Checkpoints:
         self._loop = asyncio.get_running_loop()
         self._next = self._loop.time()
         self._next_size = 0
-        self._next_received = 0  # the sample bytes received before the next periodic checkpoint
+        # A periodic checkpoint waits until the client has sent this many sample bytes, or
+        # until _latest, whichever comes first (converter/resume.py's sent_per_measured_byte).
+        self._enough_received = 0
+        self._latest = self._next
 
     def hold_on(self, samples: bytes) -> None:
         """The samples as they arrive; those past the hold go on to the analyser."""
@@ -350,6 +353,11 @@ class _Checkpoints:
         del self.held[:count]
         self.held_at += count
 
+    @property
+    def received(self) -> int:
+        """The sample bytes the client has sent so far (and earlier requests, from the first)."""
+        return self.held_at + len(self.held)
+
     def _holds(self, position: int) -> bool:
         return self.held_at <= position <= self.held_at + len(self.held)
 
@@ -357,9 +365,12 @@ class _Checkpoints:
         """A checkpoint is due every ``every_s``, or once the MP3 has grown ``every_bytes``
         (to ``size``) since the last: a fast upload's checkpoints stay as small as a slow one's.
         Each also stores the whole measurement so far, so a periodic one waits until the client
-        has sent ``sent_per_measured_byte`` times its size since the last (converter/resume.py)."""
-        received = self.held_at + len(self.held)
-        return size >= self._next_size or (self._loop.time() >= self._next and received >= self._next_received)
+        has sent ``sent_per_measured_byte`` times its size since the last, or ``most_apart_s``
+        has passed (converter/resume.py)."""
+        if size >= self._next_size:
+            return True
+        now = self._loop.time()
+        return now >= self._next and (self.received >= self._enough_received or now >= self._latest)
 
     async def take(self, output: _Output, last: bool = False) -> None:
         if not (last or self.due(output.size)):
@@ -375,10 +386,11 @@ class _Checkpoints:
         # and commits once it holds more than the last checkpoint did.
         moves_on = checkpoint.upload_offset > self.offset or checkpoint.frames > self.frames
         if moves_on and checkpoint.upload_offset >= self.offset:
+            received = self.received
             await self.resumable.commit(checkpoint)
             self.offset, self.frames = checkpoint.upload_offset, checkpoint.frames
-            received = self.held_at + len(self.held)
-            self._next_received = received + self.resumable.sent_per_measured_byte * len(checkpoint.analysis)
+            self._enough_received = received + self.resumable.sent_per_measured_byte * len(checkpoint.analysis)
+            self._latest = self._loop.time() + self.resumable.most_apart_s
 
     def at(self, output: _Output, last: bool = False) -> Checkpoint | None:
         mp3 = output.mp3

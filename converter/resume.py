@@ -163,9 +163,12 @@ class Resumable:
     # or once this much MP3 is new: an upload sent faster than real time (a 60-minute WAV in
     # 20 s) would else carry megabytes a checkpoint, copied whole in memory on their way.
     every_bytes: int = 1 << 20
-    # Each checkpoint stores the whole measurement so far (the waveform mostly: about 230 KB
-    # an hour), and a slow upload checkpoints every second: one sent in real time wrote more
-    # of it than of its MP3. So a periodic checkpoint also waits until the client has sent
-    # this many times the last one's measurement: it adds at most that share of the WAV.
+    # Each checkpoint stores the whole measurement so far (the waveform mostly: up to about
+    # 170 KB in the first hour), and a slow upload checkpoints every second: one sent in
+    # real time wrote over three times as much of it as of its MP3. So a periodic checkpoint
+    # also waits until the client has sent this many times the last one's measurement...
     sent_per_measured_byte: int = 8
+    # ...or until this long after the last: each checkpoint also renews the mark that the
+    # upload is being patched (for 6 s, app.patch_busy_lease), which HEAD waits on.
+    most_apart_s: float = 3.0
     grace_s: float = 3.0  # for the last one, when the request ends early
