@@ -6,6 +6,7 @@ resume asks the client for nothing it sent before."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 from array import array
 from collections.abc import AsyncIterator
@@ -220,6 +221,21 @@ async def test_a_slow_upload_checkpoints_no_more_measurement_than_an_eighth_of_i
     assert converted.analysis.sample_frames == seconds * 44100
     assert len(upload.carried) >= 20  # it still checkpoints as it goes (every few seconds of audio here)
     assert upload.measured_bytes <= len(wav) // 8
+
+
+async def test_checkpoints_keep_coming_however_large_the_measurement(tmp_path: Path) -> None:
+    """Each checkpoint renews the mark that the upload is being patched (6 s), which a HEAD waits
+    on: however long the wait for the client's bytes would be, a periodic checkpoint comes once
+    most_apart_s has passed (here at once: as often as the MP3 grows). Without that, waiting
+    for eight times the measurement let an hour sent in real time go 9 s between checkpoints."""
+    wav = pink_noise(tmp_path, 60)
+    upload = MeasuredUpload()
+    resumable = dataclasses.replace(upload.resumable(), sent_per_measured_byte=1 << 40, most_apart_s=0.0)
+    source = sent_as_slowly_as_it_converts(wav, upload, mp3_per_wav_byte=320_000 / 8 / (44100 * 2))
+    # The pacing waits on the encoder: ONE_ENCODER's time limit (60 s) is its deadline.
+    await convert(source, upload.sink, EncodeOptions(bitrate_kbps=320), ONE_ENCODER, resumable=resumable)
+    every_mib = 60 * 320_000 // 8 >> 20
+    assert len(upload.carried) > 4 * every_mib  # not only the checkpoints each MiB of new MP3 brings
 
 
 @pytest.mark.parametrize(("rate", "channels"), [(48000, 1), (22050, 2)])
