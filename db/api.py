@@ -374,6 +374,10 @@ async def upload_settled(db: Database, upload_id: UUID, generation: int) -> None
     await db.execute("SELECT api.upload_settled($1, $2)", upload_id, generation)
 
 
+async def upload_busy(db: Database, upload_id: UUID, generation: int) -> None:
+    await db.execute("SELECT api.upload_busy($1, $2)", upload_id, generation)
+
+
 async def upload_delete(db: Database, user_id: int, token: str, upload_id: UUID) -> None:
     await db.execute("SELECT api.upload_delete($1, $2, $3)", user_id, token, upload_id)
 

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+import asyncpg
 from aiohttp import web
 from yarl import URL
 
@@ -58,6 +59,7 @@ METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and comma
 MOST_OPEN_UPLOADS = 16  # a user's unfinished uploads at once
 DIGITS = 19  # an offset or a length: a bigint at most
 SETTLE_TIMEOUT_S = 5.0  # a PATCH's word that it is done, at most
+BUSY_RENEWAL_S = 2.0  # a PATCH says it is still at work this often: its word holds 6 s (app.patch_busy_lease)
 
 
 class PatchEnded(Exception):
@@ -192,9 +194,33 @@ async def _patched(
     )  # fmt: skip
     try:
         claim = await asyncio.shield(claiming)
-        return await _converted(request, credentials, upload_id, claim, offset, links)
+        async with _saying_busy(pool, upload_id, claim.generation, settings.stall_timeout_s):
+            return await _converted(request, credentials, upload_id, claim, offset, links)
     finally:
         await _settled(pool, upload_id, claiming)
+
+
+@contextlib.asynccontextmanager
+async def _saying_busy(
+    pool: asyncpg.Pool, upload_id: UUID, generation: int, stall_timeout_s: float
+) -> AsyncIterator[None]:
+    """While the block runs, the PATCH renews its word that it is at work on the upload (which
+    HEAD waits on, and which holds 6 s) every BUSY_RENEWAL_S. Its checkpoints renew it too, but
+    only as the MP3 grows: every 8 s at 32 kb/s in real time, or never while the client pauses.
+    A renewal that fails is tried again at the next; one that comes after the PATCH settled
+    changes nothing (api.upload_busy), so the task is cancelled, not waited for."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(BUSY_RENEWAL_S)
+            with contextlib.suppress(Exception):
+                await within(stall_timeout_s, pool, lambda db: api.upload_busy(db, upload_id, generation))
+
+    renewing = asyncio.ensure_future(renew())
+    try:
+        yield
+    finally:
+        renewing.cancel()
 
 
 async def _settled(pool: api.Database, upload_id: UUID, claiming: asyncio.Future[api.Claim]) -> None:

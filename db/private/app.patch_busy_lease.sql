@@ -1,6 +1,7 @@
 /**
  * How long a PATCH's word that it is at work on an upload holds unless renewed
- * (api.upload_claim sets it, each api.upload_checkpoint renews it): longer than
+ * (api.upload_claim sets it, each api.upload_checkpoint and api.upload_busy
+ * renews it): longer than
  * the converter's grace for a last checkpoint after a cut (3 s), short enough
  * that a HEAD waits little for a PATCH whose replica died.
  */

@@ -225,6 +225,71 @@ def test_psql_sees_a_patch_at_work_until_it_says_it_is_done(service: psycopg.Con
     assert busy_s() == 0
 
 
+def test_psql_sees_a_patch_say_it_is_still_at_work(admin: psycopg.Connection, service: psycopg.Connection) -> None:
+    """api.upload_busy renews a PATCH's word for another 6 s (its checkpoints renew it only as the
+    MP3 grows), for the PATCH that claimed the upload, and only until it has said it is done."""
+    user_id, _, token = service.execute("SELECT * FROM api.user_create('cai')").fetchone() or ()
+    upload_id, _ = (
+        service.execute(
+            "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 1000, 3600, 16)", (user_id, str(token))
+        ).fetchone()
+        or ()
+    )
+
+    def busy_s() -> float:
+        row = service.execute("SELECT patch_busy_s FROM api.upload_open(%s, %s, %s)", (user_id, str(token), upload_id))
+        return float((row.fetchone() or (None,))[0])
+
+    def lapsing() -> None:  # as five seconds without a renewal leave it
+        admin.execute(
+            "UPDATE app.uploads SET patch_busy_until = now() + interval '1 second' WHERE id = %s", [upload_id]
+        )
+
+    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600)"
+    (first,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
+    (second,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
+    lapsing()
+    service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, first))
+    assert busy_s() <= 1  # the older PATCH has no say any more
+    service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, second))
+    assert 5 < busy_s() <= 6
+    service.execute("SELECT api.upload_settled(%s, %s)", (upload_id, second))
+    service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, second))  # late: it changes nothing
+    assert busy_s() == 0
+
+
+async def test_a_head_waits_for_a_patch_whose_client_pauses_longer_than_its_word_holds(
+    client: Client, audio: Audio, service: psycopg.Connection
+) -> None:
+    """A PATCH's word that it is at work (which HEAD waits on, so that a client asking the moment
+    its PATCH is cut hears all that PATCH brought) holds 6 s. Checkpoints renew it, but only as
+    the MP3 grows: never while the client pauses, every 8 s at 32 kb/s sent in real time. So the
+    PATCH renews it every 2 s while it lasts (api.upload_busy)."""
+    user = await new_user(client)
+    wav = audio(seconds=10)
+    path = await created(client, user, len(wav))
+    paused, go_on = asyncio.Event(), asyncio.Event()
+
+    async def pausing() -> AsyncIterator[bytes]:
+        yield wav[: len(wav) // 2]
+        await asyncio.sleep(8)  # the client pauses, longer than the word holds
+        paused.set()
+        await go_on.wait()
+        yield wav[len(wav) // 2 :]
+
+    async with asyncio.timeout(60):  # the test's own bound
+        patching = asyncio.ensure_future(patch(client, user, path, 0, pausing()))
+        await paused.wait()
+        row = service.execute(
+            "SELECT patch_busy_s FROM api.upload_open(%s, %s, %s)", (user[0], user[1], path.rsplit("/", 1)[1])
+        ).fetchone()
+        go_on.set()
+        response = await patching
+    assert response.status == 204
+    assert row is not None
+    assert row[0] > 0  # HEAD would have waited for it
+
+
 def claimed(service: psycopg.Connection, user: tuple[int, str], path: str, length: int | None = None) -> int:
     """A PATCH at work on the upload, as the service marks one (api.upload_claim): its generation."""
     claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, %s, 3600)"
