@@ -24,7 +24,7 @@ import binascii
 import contextlib
 import email.utils
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -194,33 +194,9 @@ async def _patched(
     )  # fmt: skip
     try:
         claim = await asyncio.shield(claiming)
-        async with _saying_busy(pool, upload_id, claim.generation, settings.stall_timeout_s):
-            return await _converted(request, credentials, upload_id, claim, offset, links)
+        return await _converted(request, credentials, upload_id, claim, offset, links)
     finally:
         await _settled(pool, upload_id, claiming)
-
-
-@contextlib.asynccontextmanager
-async def _saying_busy(
-    pool: asyncpg.Pool, upload_id: UUID, generation: int, stall_timeout_s: float
-) -> AsyncIterator[None]:
-    """While the block runs, the PATCH renews its word that it is at work on the upload (which
-    HEAD waits on, and which holds 6 s) every BUSY_RENEWAL_S. Its checkpoints renew it too, but
-    only as the MP3 grows: every 8 s at 32 kb/s in real time, or never while the client pauses.
-    A renewal that fails is tried again at the next; one that comes after the PATCH settled
-    changes nothing (api.upload_busy), so the task is cancelled, not waited for."""
-
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(BUSY_RENEWAL_S)
-            with contextlib.suppress(Exception):
-                await within(stall_timeout_s, pool, lambda db: api.upload_busy(db, upload_id, generation))
-
-    renewing = asyncio.ensure_future(renew())
-    try:
-        yield
-    finally:
-        renewing.cancel()
 
 
 async def _settled(pool: api.Database, upload_id: UUID, claiming: asyncio.Future[api.Claim]) -> None:
@@ -249,8 +225,9 @@ async def _converted(
     options = encode_options_from(claim.options, settings.mp3_bitrate_kbps, claim.filename)
     store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
     resumable = await store.resumable()
-    async with request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
-        source = _PatchBody(body, request.app[METRICS].received(body.chunks()), offset, total)
+    source = _PatchBody(body, request.app[METRICS].received(body.chunks()), offset, total)
+    working = _saying_busy(pool, upload_id, claim.generation, lambda: body.received, lambda: source.ended)
+    async with working, request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
         storing = asyncio.ensure_future(_stored(store, source, options, request.app[CONVERTER], turn, resumable))
         record = await _to_its_end_once_the_body_ended(storing, source, request.app[SLOTS])
     if record is None:
@@ -260,6 +237,35 @@ async def _converted(
     assert total is not None  # the body ended at it
     request.app[METRICS].bytes_out.inc(record.size)
     return _progressed(total, settings, record_url(links, record.id, credentials.user_id))
+
+
+@contextlib.asynccontextmanager
+async def _saying_busy(
+    pool: asyncpg.Pool, upload_id: UUID, generation: int, received: Callable[[], int], ended: Callable[[], bool]
+) -> AsyncIterator[None]:
+    """While the block runs, the PATCH renews its word that it is at work on the upload (which
+    HEAD waits on, and which holds 6 s) every BUSY_RENEWAL_S in which bytes ``received`` came,
+    or after its body ``ended`` (it stores the rest). Its checkpoints renew it too, but only as
+    the MP3 grows: every 8 s at 32 kb/s sent in real time. A client that pauses gets no
+    renewal: HEAD would wait for an offset that cannot move. A renewal that fails is tried
+    again at the next; one that comes after the PATCH settled changes nothing
+    (api.upload_busy), so the task is cancelled, not waited for."""
+
+    async def renew() -> None:
+        seen = received()
+        while True:
+            await asyncio.sleep(BUSY_RENEWAL_S)
+            if received() == seen and not ended():
+                continue
+            seen = received()
+            with contextlib.suppress(Exception):  # a renewal later than BUSY_RENEWAL_S is no use
+                await within(BUSY_RENEWAL_S, pool, lambda db: api.upload_busy(db, upload_id, generation))
+
+    renewing = asyncio.ensure_future(renew())
+    try:
+        yield
+    finally:
+        renewing.cancel()
 
 
 class _PatchBody:

@@ -240,31 +240,73 @@ def test_psql_sees_a_patch_say_it_is_still_at_work(admin: psycopg.Connection, se
         row = service.execute("SELECT patch_busy_s FROM api.upload_open(%s, %s, %s)", (user_id, str(token), upload_id))
         return float((row.fetchone() or (None,))[0])
 
-    def lapsing() -> None:  # as five seconds without a renewal leave it
-        admin.execute(
-            "UPDATE app.uploads SET patch_busy_until = now() + interval '1 second' WHERE id = %s", [upload_id]
-        )
+    def word_holds_for(interval: str) -> None:  # as time without a renewal leaves it
+        query = "UPDATE app.uploads SET patch_busy_until = now() + %s::interval WHERE id = %s"
+        admin.execute(query, [interval, upload_id])
 
     claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600)"
     (first,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
     (second,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
-    lapsing()
+    word_holds_for("1 second")
     service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, first))
     assert busy_s() <= 1  # the older PATCH has no say any more
     service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, second))
     assert 5 < busy_s() <= 6
+    word_holds_for("-1 second")  # lapsed: a renewal that waited out a frozen database, say
+    service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, second))
+    assert busy_s() == 0  # nobody heard from it for 6 s: not taken to be at work again
+    word_holds_for("1 second")
     service.execute("SELECT api.upload_settled(%s, %s)", (upload_id, second))
     service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, second))  # late: it changes nothing
     assert busy_s() == 0
 
 
-async def test_a_head_waits_for_a_patch_whose_client_pauses_longer_than_its_word_holds(
+def busy_s(service: psycopg.Connection, user: tuple[int, str], path: str) -> float:
+    """How long HEAD would still wait for a PATCH at work on the upload, as psql sees it."""
+    query = "SELECT patch_busy_s FROM api.upload_open(%s, %s, %s)"
+    row = service.execute(query, (user[0], user[1], path.rsplit("/", 1)[1])).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+async def test_a_head_waits_for_a_patch_sent_in_real_time_at_a_low_bit_rate(
     client: Client, audio: Audio, service: psycopg.Connection
 ) -> None:
     """A PATCH's word that it is at work (which HEAD waits on, so that a client asking the moment
     its PATCH is cut hears all that PATCH brought) holds 6 s. Checkpoints renew it, but only as
-    the MP3 grows: never while the client pauses, every 8 s at 32 kb/s sent in real time. So the
-    PATCH renews it every 2 s while it lasts (api.upload_busy)."""
+    the MP3 grows: at 32 kb/s FFmpeg hands on its first 32 KiB after 8 s of audio, so a client
+    sending in real time found no PATCH at work from its 6th second to its 8th. The PATCH renews
+    the word itself every 2 s in which bytes came (api.upload_busy)."""
+    user = await new_user(client)
+    wav = audio(seconds=10)
+    path = await created(client, user, len(wav), bitrate="32")
+    quarter = 44100 * 4 // 4  # a quarter of a second of audio, sent each quarter of a second
+    seven_s, go_on = asyncio.Event(), asyncio.Event()
+
+    async def in_real_time() -> AsyncIterator[bytes]:
+        for at in range(0, len(wav), quarter):
+            if at == 28 * quarter:
+                seven_s.set()
+                await go_on.wait()
+            yield wav[at : at + quarter]
+            await asyncio.sleep(0.25)  # the client's pace, not a wait for the service
+
+    async with asyncio.timeout(60):  # the test's own bound
+        patching = asyncio.ensure_future(patch(client, user, path, 0, in_real_time()))
+        await seven_s.wait()
+        at_seven_s = busy_s(service, user, path)
+        go_on.set()
+        response = await patching
+    assert response.status == 204
+    assert at_seven_s > 0  # HEAD would wait for it
+
+
+async def test_a_head_does_not_wait_for_a_patch_whose_client_has_paused(
+    client: Client, audio: Audio, service: psycopg.Connection
+) -> None:
+    """A PATCH whose client sends nothing (paused, or its connection half-open after a network
+    switch, until READ_TIMEOUT_S) cannot move the offset: its word lapses as it did before the
+    PATCH renewed it, and a HEAD answers at once rather than after 5 s, each time (helper-35)."""
     user = await new_user(client)
     wav = audio(seconds=10)
     path = await created(client, user, len(wav))
@@ -272,7 +314,9 @@ async def test_a_head_waits_for_a_patch_whose_client_pauses_longer_than_its_word
 
     async def pausing() -> AsyncIterator[bytes]:
         yield wav[: len(wav) // 2]
-        await asyncio.sleep(8)  # the client pauses, longer than the word holds
+        # The client pauses: longer than the word holds after the PATCH's last renewal, which
+        # comes up to 2 s after the last bytes.
+        await asyncio.sleep(10)
         paused.set()
         await go_on.wait()
         yield wav[len(wav) // 2 :]
@@ -280,14 +324,11 @@ async def test_a_head_waits_for_a_patch_whose_client_pauses_longer_than_its_word
     async with asyncio.timeout(60):  # the test's own bound
         patching = asyncio.ensure_future(patch(client, user, path, 0, pausing()))
         await paused.wait()
-        row = service.execute(
-            "SELECT patch_busy_s FROM api.upload_open(%s, %s, %s)", (user[0], user[1], path.rsplit("/", 1)[1])
-        ).fetchone()
+        after_the_pause = busy_s(service, user, path)
         go_on.set()
         response = await patching
     assert response.status == 204
-    assert row is not None
-    assert row[0] > 0  # HEAD would have waited for it
+    assert after_the_pause == 0
 
 
 def claimed(service: psycopg.Connection, user: tuple[int, str], path: str, length: int | None = None) -> int:
