@@ -27,21 +27,10 @@ from pathlib import Path
 from converter.options import ConverterConfig, EncodeOptions
 from converter.pipeline import convert
 from settings import find_ffmpeg
+from tests.support import Spares  # an upload alone on the machine: every spare slot free
 
 PIECE = 256 * 1024
 SOURCE = "sine=f=440:r=44100,volume=0.3[tone];anoisesrc=c=pink:a=0.2:r=44100[noise];[tone][noise]amix=inputs=2"
-
-
-class AllFree:
-    """Spare slots, always free: an upload alone on the machine."""
-
-    contended = False
-
-    async def borrow(self) -> bool:
-        return True
-
-    def give_back(self) -> None:
-        pass
 
 
 def main() -> None:
@@ -85,7 +74,7 @@ def _measured(way: Callable[[], object]) -> tuple[float, float, float]:
 
 def _convert(wav: Path, ffmpeg: str, encoders: int, analyse: bool) -> None:
     config = ConverterConfig(ffmpeg=ffmpeg, time_limit_s=3600, max_seconds=6 * 3600, parallel_segments=encoders,
-                             spare=AllFree(), analyse=analyse)  # fmt: skip
+                             spare=Spares(), analyse=analyse)  # fmt: skip
 
     async def pieces() -> AsyncIterator[bytes]:
         with wav.open("rb") as file:

@@ -359,7 +359,7 @@ class _Checkpoints:
         return self.held_at + len(self.held)
 
     def _holds(self, position: int) -> bool:
-        return self.held_at <= position <= self.held_at + len(self.held)
+        return self.held_at <= position <= self.received
 
     def due(self, size: int) -> bool:
         """A checkpoint is due every ``every_s``, or once the MP3 has grown ``every_bytes``

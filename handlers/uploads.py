@@ -24,7 +24,7 @@ import binascii
 import contextlib
 import email.utils
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -226,7 +226,7 @@ async def _converted(
     store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
     resumable = await store.resumable()
     source = _PatchBody(body, request.app[METRICS].received(body.chunks()), offset, total)
-    working = _saying_busy(pool, upload_id, claim.generation, lambda: body.received, lambda: source.ended)
+    working = _saying_busy(pool, upload_id, claim.generation, source)
     async with working, request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
         storing = asyncio.ensure_future(_stored(store, source, options, request.app[CONVERTER], turn, resumable))
         record = await _to_its_end_once_the_body_ended(storing, source, request.app[SLOTS])
@@ -240,24 +240,22 @@ async def _converted(
 
 
 @contextlib.asynccontextmanager
-async def _saying_busy(
-    pool: asyncpg.Pool, upload_id: UUID, generation: int, received: Callable[[], int], ended: Callable[[], bool]
-) -> AsyncIterator[None]:
+async def _saying_busy(pool: asyncpg.Pool, upload_id: UUID, generation: int, body: _PatchBody) -> AsyncIterator[None]:
     """While the block runs, the PATCH renews its word that it is at work on the upload (which
-    HEAD waits on, and which holds 6 s) every BUSY_RENEWAL_S in which bytes ``received`` came,
-    or after its body ``ended`` (it stores the rest). Its checkpoints renew it too, but only as
+    HEAD waits on, and which holds 6 s) every BUSY_RENEWAL_S in which bytes of its ``body``
+    came, or after that body ended (it stores the rest). Its checkpoints renew it too, but only as
     the MP3 grows: every 8 s at 32 kb/s sent in real time. A client that pauses gets no
     renewal: HEAD would wait for an offset that cannot move. A renewal that fails is tried
     again at the next; one that comes after the PATCH settled changes nothing
     (api.upload_busy), so the task is cancelled, not waited for."""
 
     async def renew() -> None:
-        seen = received()
+        seen = body.body.received
         while True:
             await asyncio.sleep(BUSY_RENEWAL_S)
-            if received() == seen and not ended():
+            if body.body.received == seen and not body.ended:
                 continue
-            seen = received()
+            seen = body.body.received
             with contextlib.suppress(Exception):  # a renewal later than BUSY_RENEWAL_S is no use
                 await within(BUSY_RENEWAL_S, pool, lambda db: api.upload_busy(db, upload_id, generation))
 

@@ -224,10 +224,10 @@ async def test_a_slow_upload_checkpoints_no_more_measurement_than_an_eighth_of_i
 
 
 async def test_checkpoints_keep_coming_however_large_the_measurement(tmp_path: Path) -> None:
-    """Each checkpoint renews the mark that the upload is being patched (6 s), which a HEAD waits
-    on: however long the wait for the client's bytes would be, a periodic checkpoint comes once
-    most_apart_s has passed (here at once: as often as the MP3 grows). Without that, waiting
-    for eight times the measurement let an hour sent in real time go 9 s between checkpoints."""
+    """However long the wait for the client's bytes would be, a periodic checkpoint comes once
+    most_apart_s has passed (here at once: as often as the MP3 grows), so that a crash leaves
+    the offset only seconds behind what was sent. Without it, waiting for eight times the
+    measurement let an hour sent in real time go 9 s between checkpoints, 19 s behind."""
     wav = pink_noise(tmp_path, 60)
     upload = MeasuredUpload()
     resumable = dataclasses.replace(upload.resumable(), sent_per_measured_byte=1 << 40, most_apart_s=0.0)

@@ -202,69 +202,56 @@ async def test_a_head_the_moment_a_patch_is_cut_answers_all_that_patch_brought(c
 def test_psql_sees_a_patch_at_work_until_it_says_it_is_done(service: psycopg.Connection) -> None:
     """api.upload_open tells how long a PATCH may still be at work (HEAD waits for it);
     api.upload_settled ends that for the PATCH that claimed the upload, and only for it."""
-    user_id, _, token = service.execute("SELECT * FROM api.user_create('bea')").fetchone() or ()
-    upload_id, _ = (
-        service.execute(
-            "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 1000, 3600, 16)", (user_id, str(token))
-        ).fetchone()
-        or ()
-    )
-
-    def busy_s() -> float:
-        row = service.execute("SELECT patch_busy_s FROM api.upload_open(%s, %s, %s)", (user_id, str(token), upload_id))
-        return float((row.fetchone() or (None,))[0])
-
-    assert busy_s() == 0
-    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600)"
-    (first,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
-    assert 0 < busy_s() <= 6
-    (second,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
-    service.execute("SELECT api.upload_settled(%s, %s)", (upload_id, first))
-    assert busy_s() > 0  # the older PATCH is done; the newer one still works
-    service.execute("SELECT api.upload_settled(%s, %s)", (upload_id, second))
-    assert busy_s() == 0
+    user, upload_id = psql_upload(service, "bea")
+    assert busy_s(service, user, upload_id) == 0
+    first = claimed(service, user, upload_id)
+    assert 0 < busy_s(service, user, upload_id) <= 6
+    second = claimed(service, user, upload_id)
+    settled(service, upload_id, first)
+    assert busy_s(service, user, upload_id) > 0  # the older PATCH is done; the newer one still works
+    settled(service, upload_id, second)
+    assert busy_s(service, user, upload_id) == 0
 
 
 def test_psql_sees_a_patch_say_it_is_still_at_work(admin: psycopg.Connection, service: psycopg.Connection) -> None:
     """api.upload_busy renews a PATCH's word for another 6 s (its checkpoints renew it only as the
     MP3 grows), for the PATCH that claimed the upload, and only until it has said it is done."""
-    user_id, _, token = service.execute("SELECT * FROM api.user_create('cai')").fetchone() or ()
-    upload_id, _ = (
-        service.execute(
-            "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 1000, 3600, 16)", (user_id, str(token))
-        ).fetchone()
-        or ()
-    )
-
-    def busy_s() -> float:
-        row = service.execute("SELECT patch_busy_s FROM api.upload_open(%s, %s, %s)", (user_id, str(token), upload_id))
-        return float((row.fetchone() or (None,))[0])
+    user, upload_id = psql_upload(service, "cai")
 
     def word_holds_for(interval: str) -> None:  # as time without a renewal leaves it
         query = "UPDATE app.uploads SET patch_busy_until = now() + %s::interval WHERE id = %s"
         admin.execute(query, [interval, upload_id])
 
-    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600)"
-    (first,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
-    (second,) = service.execute(claim, (user_id, str(token), upload_id)).fetchone() or ()
+    def busy(generation: int) -> None:
+        service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, generation))
+
+    first, second = claimed(service, user, upload_id), claimed(service, user, upload_id)
     word_holds_for("1 second")
-    service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, first))
-    assert busy_s() <= 1  # the older PATCH has no say any more
-    service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, second))
-    assert 5 < busy_s() <= 6
+    busy(first)
+    assert busy_s(service, user, upload_id) <= 1  # the older PATCH has no say any more
+    busy(second)
+    assert 5 < busy_s(service, user, upload_id) <= 6
     word_holds_for("-1 second")  # lapsed: a renewal that waited out a frozen database, say
-    service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, second))
-    assert busy_s() == 0  # nobody heard from it for 6 s: not taken to be at work again
+    busy(second)
+    assert busy_s(service, user, upload_id) == 0  # nobody heard from it for 6 s: not taken to be at work again
     word_holds_for("1 second")
-    service.execute("SELECT api.upload_settled(%s, %s)", (upload_id, second))
-    service.execute("SELECT api.upload_busy(%s, %s)", (upload_id, second))  # late: it changes nothing
-    assert busy_s() == 0
+    settled(service, upload_id, second)
+    busy(second)  # late: it changes nothing
+    assert busy_s(service, user, upload_id) == 0
 
 
-def busy_s(service: psycopg.Connection, user: tuple[int, str], path: str) -> float:
-    """How long HEAD would still wait for a PATCH at work on the upload, as psql sees it."""
+def psql_upload(service: psycopg.Connection, username: str) -> tuple[tuple[int, str], str]:
+    """A new user and an upload of theirs, made as psql makes them: the user, the upload's id."""
+    user_id, _, token = service.execute("SELECT * FROM api.user_create(%s)", [username]).fetchone() or ()
+    create = "SELECT id FROM api.upload_create(%s, %s, 'take.wav', '{}', 1000, 3600, 16)"
+    (upload_id,) = service.execute(create, (user_id, str(token))).fetchone() or ()
+    return (int(user_id), str(token)), str(upload_id)
+
+
+def busy_s(service: psycopg.Connection, user: tuple[int, str], upload: str) -> float:
+    """How long HEAD would still wait for a PATCH at work on the upload (its path or id), as psql sees it."""
     query = "SELECT patch_busy_s FROM api.upload_open(%s, %s, %s)"
-    row = service.execute(query, (user[0], user[1], path.rsplit("/", 1)[1])).fetchone()
+    row = service.execute(query, (user[0], user[1], upload.rsplit("/", 1)[-1])).fetchone()
     assert row is not None
     return float(row[0])
 
@@ -331,17 +318,17 @@ async def test_a_head_does_not_wait_for_a_patch_whose_client_has_paused(
     assert after_the_pause == 0
 
 
-def claimed(service: psycopg.Connection, user: tuple[int, str], path: str, length: int | None = None) -> int:
-    """A PATCH at work on the upload, as the service marks one (api.upload_claim): its generation."""
+def claimed(service: psycopg.Connection, user: tuple[int, str], upload: str, length: int | None = None) -> int:
+    """A PATCH at work on the upload (its path or id), as the service marks one (api.upload_claim): its generation."""
     claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, %s, 3600)"
-    (generation,) = service.execute(claim, (user[0], user[1], path.rsplit("/", 1)[1], length)).fetchone() or ()
+    (generation,) = service.execute(claim, (user[0], user[1], upload.rsplit("/", 1)[-1], length)).fetchone() or ()
     return int(generation)
 
 
-def settled(service: psycopg.Connection, path: str, *generations: int) -> None:
+def settled(service: psycopg.Connection, upload: str, *generations: int) -> None:
     """The PATCHes of these generations done, as each says when it has answered (api.upload_settled)."""
     for generation in generations:
-        service.execute("SELECT api.upload_settled(%s, %s)", (path.rsplit("/", 1)[1], generation))
+        service.execute("SELECT api.upload_settled(%s, %s)", (upload.rsplit("/", 1)[-1], generation))
 
 
 async def head_answer(session: aiohttp.ClientSession, url: URL | str, user: tuple[int, str]) -> tuple[int, Any]:
