@@ -290,6 +290,7 @@ class Claim:
     progress: dict[str, Any] | None
     analysis: bytes | None  # the measurement at the checkpoint (converter/analysis.py)
     wav_pending: bytes | None  # the WAV's bytes sent after the checkpoint's resume point
+    pieces_left: int  # how many more PATCHes may keep their bytes as sent (upload_append)
     record_id: UUID | None
 
 
@@ -356,6 +357,12 @@ async def upload_checkpoint(
         "SELECT api.upload_checkpoint($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         upload_id, generation, at, chunk, offset, json.dumps(progress), wav_header, lifetime_s, analysis, wav_pending,
     )  # fmt: skip
+
+
+async def upload_append(
+    db: Database, upload_id: UUID, generation: int, at: int, piece: bytes, lifetime_s: float
+) -> None:
+    await db.execute("SELECT api.upload_append($1, $2, $3, $4, $5)", upload_id, generation, at, piece, lifetime_s)
 
 
 async def upload_read_back(db: Database, upload_id: UUID, generation: int, from_byte: int, byte_count: int) -> bytes:

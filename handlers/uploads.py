@@ -24,7 +24,7 @@ import binascii
 import contextlib
 import email.utils
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -60,6 +60,9 @@ MOST_OPEN_UPLOADS = 16  # a user's unfinished uploads at once
 DIGITS = 19  # an offset or a length: a bigint at most
 SETTLE_TIMEOUT_S = 5.0  # a PATCH's word that it is done, at most
 BUSY_RENEWAL_S = 2.0  # a PATCH says it is still at work this often: its word holds 6 s (app.patch_busy_lease)
+# A PATCH leaving at most this much of the WAV unconverted keeps its bytes as sent (about
+# 12 s of CD audio): the conversion that takes them up at the end encodes them in ~0.1 s.
+KEPT_AS_SENT_BYTES = 2 << 20
 
 
 class PatchEnded(Exception):
@@ -222,11 +225,14 @@ async def _converted(
         body = PacedBody(request, pace_of(settings), settings.max_upload_bytes - offset, lambda: _too_large(settings))
     else:
         body = PacedBody(request, pace_of(settings), total - offset, lambda: _past_its_length(total, offset))
+    source = _PatchBody(body, request.app[METRICS].received(body.chunks()), offset, total)
+    working = _saying_busy(pool, upload_id, claim.generation, source)
+    if _kept_as_sent(claim, offset, request.content_length):
+        async with working:
+            return _progressed(await _appended(pool, upload_id, claim, source, settings), settings)
     options = encode_options_from(claim.options, settings.mp3_bitrate_kbps, claim.filename)
     store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
     resumable = await store.resumable()
-    source = _PatchBody(body, request.app[METRICS].received(body.chunks()), offset, total)
-    working = _saying_busy(pool, upload_id, claim.generation, source)
     async with working, request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
         storing = asyncio.ensure_future(_stored(store, source, options, request.app[CONVERTER], turn, resumable))
         record = await _to_its_end_once_the_body_ended(storing, source, request.app[SLOTS])
@@ -237,6 +243,46 @@ async def _converted(
     assert total is not None  # the body ended at it
     request.app[METRICS].bytes_out.inc(record.size)
     return _progressed(total, settings, record_url(links, record.id, credentials.user_id))
+
+
+def _kept_as_sent(claim: api.Claim, offset: int, length: int | None) -> bool:
+    """Whether a PATCH of ``length`` bytes keeps them as they were sent (api.upload_append)
+    rather than converting. Converting a PATCH starts an FFmpeg (about 60 ms of CPU) and
+    rewrites the upload's pending bytes and measurement whole: worth it for a few seconds
+    of audio or more, not for a client sending in small chunks, nor for one sending a byte a
+    request. So one whose bytes, with those kept already, stay within KEPT_AS_SENT_BYTES
+    keeps them, up to the pieces the upload may keep; the next longer one converts them all.
+    Only once the WAV's header is stored, and never the upload's last bytes: they make the record."""
+    if length is None or claim.wav_header is None or claim.progress is None or claim.pieces_left <= 0:
+        return False
+    if claim.upload_length is not None and offset + length >= claim.upload_length:
+        return False
+    return len(claim.wav_pending or b"") + length <= KEPT_AS_SENT_BYTES
+
+
+async def _appended(pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, body: _PatchBody, settings: Settings) -> int:
+    """The PATCH's bytes kept as sent, at the upload's offset: the offset after them. What
+    came before its client went or failed to keep pace is kept too, as a conversion keeps it."""
+    piece = bytearray()
+
+    def appending() -> Awaitable[None]:
+        return within(settings.stall_timeout_s, pool, lambda db: api.upload_append(
+            db, upload_id, claim.generation, body.offset, bytes(piece), settings.upload_expiry_s
+        ))  # fmt: skip
+
+    try:
+        async for chunk in body.chunks():
+            piece += chunk
+    except PatchEnded:
+        pass
+    except BaseException:
+        if piece:
+            with contextlib.suppress(Exception):  # the PATCH's own failure is what its client hears
+                await asyncio.shield(appending())
+        raise
+    if piece:
+        await appending()
+    return body.offset + len(piece)
 
 
 @contextlib.asynccontextmanager

@@ -3,8 +3,8 @@
  * upload's MP3 at byte `at`, which then ends after it, and stores the
  * converter's `progress`, its `analysis` (the measurement so far) and the
  * WAV's bytes sent after its resume point (`wav_pending`, the last `upload_offset`
- * bytes; at most 16 MiB) at the new `upload_offset`, which may not go back; the
- * WAV's header once. PT423 when another request has claimed the upload since;
+ * bytes; at most 16 MiB) at the new `upload_offset`, which may not go back, in
+ * place of the pieces kept as sent (api.upload_append); the WAV's header once. PT423 when another request has claimed the upload since;
  * PT413 past the user's quota (this and the user's other uploads in progress
  * count), PT507 past the service's bound (every upload in progress counts, with
  * the WAV bytes it keeps). Extends the expiry.
@@ -50,6 +50,8 @@ BEGIN
     PERFORM lowrite(descriptor, coalesce(chunk, ''::bytea));
     PERFORM lo_truncate64(descriptor, new_size);
     PERFORM lo_close(descriptor);
+    -- The conversion that checkpoints began with the pieces kept as sent: its own pending replaces them.
+    DELETE FROM app.upload_pieces AS q WHERE q.upload_id = the_upload.id;
     UPDATE app.uploads AS u
     SET upload_offset = upload_checkpoint.upload_offset,
         progress = upload_checkpoint.progress,

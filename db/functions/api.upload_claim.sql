@@ -5,8 +5,9 @@
  * nothing more), the length (set now when it was deferred and the PATCH gives
  * it; PT400 to change one already set or to set one below the offset), and
  * what the converter needs to go on: the options, the WAV's header and the last
- * checkpoint. Extends the expiry, and marks the upload as being patched (see
- * api.upload_open).
+ * checkpoint, its pending bytes followed by the pieces kept as sent since
+ * (api.upload_append), and how many more pieces may be kept so. Extends the
+ * expiry, and marks the upload as being patched (see api.upload_open).
  * A finished upload is PT409 to any PATCH but one at its end.
  */
 CREATE FUNCTION api.upload_claim(
@@ -26,6 +27,7 @@ RETURNS TABLE (
     progress jsonb,
     analysis bytea,
     wav_pending bytea,
+    pieces_left integer,
     record_id uuid
 )
 LANGUAGE plpgsql
@@ -35,6 +37,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     the_upload app.uploads := app.upload_of(user_id, token, upload_id);
+    pieces integer;
+    pieces_bytes bytea;
 BEGIN
     SELECT * INTO the_upload FROM app.uploads AS u WHERE u.id = the_upload.id FOR UPDATE;
     IF the_upload.upload_offset <> upload_claim.upload_offset THEN
@@ -57,9 +61,14 @@ BEGIN
         WHERE u.id = the_upload.id
         RETURNING * INTO the_upload;
     END IF;
+    SELECT count(*), string_agg(q.piece, ''::bytea ORDER BY q.at) INTO pieces, pieces_bytes
+    FROM app.upload_pieces AS q
+    WHERE q.upload_id = the_upload.id;
     RETURN QUERY SELECT the_upload.generation, the_upload.upload_length, the_upload.filename, the_upload.options,
-                        the_upload.wav_header, the_upload.progress, the_upload.analysis, the_upload.wav_pending,
-                        the_upload.record_id;
+                        the_upload.wav_header, the_upload.progress, the_upload.analysis,
+                        CASE WHEN pieces = 0 THEN the_upload.wav_pending
+                             ELSE coalesce(the_upload.wav_pending, ''::bytea) || pieces_bytes END,
+                        app.upload_pieces_most() - pieces, the_upload.record_id;
 END;
 $$;
 

@@ -2,21 +2,28 @@
  * What the service's resumable uploads in progress hold in the database, all
  * users together, but `except_upload`'s (the one a checkpoint is writing counts
  * its new size itself): each one's MP3 so far, and the WAV bytes, header and
- * measurement it keeps to resume from (up to 16 MiB of WAV each). What the
- * storage bound counts beside the finished records.
+ * measurement it keeps to resume from (up to 16 MiB of WAV each, in
+ * `wav_pending` and its pieces kept as sent). What the storage bound counts
+ * beside the finished records.
  */
 CREATE FUNCTION app.uploads_held_bytes(except_upload uuid DEFAULT NULL) RETURNS bigint
     LANGUAGE sql
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(sum(p.mp3_bytes + app.upload_kept_bytes(p.wav_header, p.wav_pending, p.analysis)), 0)::bigint
-    FROM app.uploads AS p
-    WHERE p.record_id IS NULL
-      AND p.id IS DISTINCT FROM except_upload;
+    SELECT
+        (SELECT coalesce(sum(p.mp3_bytes + app.upload_kept_bytes(p.wav_header, p.wav_pending, p.analysis)), 0)
+         FROM app.uploads AS p
+         WHERE p.record_id IS NULL
+           AND p.id IS DISTINCT FROM except_upload)::bigint
+        + (SELECT coalesce(sum(octet_length(q.piece)), 0)
+           FROM app.upload_pieces AS q
+               JOIN app.uploads AS p ON p.id = q.upload_id
+           WHERE p.record_id IS NULL
+             AND p.id IS DISTINCT FROM except_upload)::bigint;
 $$;
 
 REVOKE ALL ON FUNCTION app.uploads_held_bytes(uuid) FROM PUBLIC;
 
 COMMENT ON FUNCTION app.uploads_held_bytes(uuid) IS
-    'The bytes all unfinished uploads (but except_upload) hold: MP3 so far, WAV header and pending bytes, measurement.';
+    'The bytes all unfinished uploads (but except_upload) hold: MP3 so far, WAV header, pending bytes and pieces, measurement.';

@@ -49,6 +49,7 @@ from tests.support import (
     statements_calling,
     tus_uploader,
     until,
+    upload,
     uploads_with_cuts,
     waiting_for_a_lock,
 )
@@ -435,6 +436,62 @@ async def test_a_short_patch_moves_the_offset_to_its_last_byte(client: Client, a
     assert "Record-Location" in finished.headers
     mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
     assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+
+
+async def test_patches_too_short_to_convert_keep_their_bytes_and_cost_what_they_bring(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """A client that sends in small chunks (TUSKit's are 500 KB), or one a byte a request: a
+    PATCH too short to be worth converting on its own keeps its bytes as they were sent, and
+    the next longer one converts them. Each one converted started an FFmpeg and rewrote the
+    upload's pending bytes and measurement whole: 233 KiB of WAL for a PATCH of one byte.
+    The record is the same either way: every sample, and the waveform and loudness of a POST."""
+    user = await new_user(client)
+    wav = audio(seconds=40)
+    posted = (await (await upload(client, user, wav)).json())["data"]
+    path = await created(client, user, len(wav))
+    offset = int((await patch(client, user, path, 0, wav[: len(wav) // 3])).headers["Upload-Offset"])
+
+    wal_before = admin.execute("SELECT pg_current_wal_lsn()").fetchone()
+    for _ in range(20):
+        response = await patch(client, user, path, offset, wav[offset : offset + 1])
+        assert int(response.headers["Upload-Offset"]) == offset + 1
+        offset += 1
+    wal = admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", wal_before).fetchone()
+    assert wal is not None
+    assert wal[0] / 20 < 16 << 10  # 3.2 KiB each; 233 KiB when each was converted
+
+    while offset + 500_000 < len(wav):
+        response = await patch(client, user, path, offset, wav[offset : offset + 500_000])
+        offset += 500_000
+        assert int(response.headers["Upload-Offset"]) == offset == await offset_of(client, user, path)
+    finished = await patch(client, user, path, offset, wav[offset:])
+    mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
+    assert len(decoded(mp3, 2)) == 40 * 44100 * 2
+    record = (await (await client.get(path, headers=basic(*user))).json())["data"]
+    assert record["loudness"] == posted["loudness"]
+    waveforms = [
+        await (await client.get(local(one["waveform"]), headers=basic(*user))).read() for one in (record, posted)
+    ]
+    assert waveforms[0] == waveforms[1]
+
+
+async def test_a_short_patch_cut_off_keeps_what_reached_the_service(client: Client, audio: Audio) -> None:
+    """A PATCH kept as sent, as one converted, keeps the bytes that came before its client went."""
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path = await created(client, user, len(wav))
+    offset = int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"])
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(patch_head(path, user, offset, 100_000) + wav[offset : offset + 60_000])
+    await writer.drain()
+    await until(lambda: client.app[METRICS].registry.get_sample_value("mp3_upload_bytes_total") == offset + 60_000)
+    await leave(writer)
+    assert await offset_of(client, user, path) == offset + 60_000
+    finished = await patch(client, user, path, offset + 60_000, wav[offset + 60_000 :])
+    assert (
+        len(decoded(await (await client.get(local(finished.headers["Record-Location"]))).read(), 2)) == 20 * 44100 * 2
+    )
 
 
 @pytest.mark.parametrize(
