@@ -5,10 +5,10 @@
 tus clients choose how much a PATCH carries: tuspy and tus-js-client send the
 whole file by default, TUSKit (iOS) 500 KB, and a hostile client may send a
 byte. Each PATCH too short to be worth converting keeps its bytes as they were
-sent (handlers/uploads.py: while they come to KEPT_AS_SENT_BYTES at most, with
-those kept before); before that, each was converted, which started an FFmpeg and
-rewrote the upload's pending bytes and measurement. Run it in a worktree of an
-older commit for its figures.
+sent (while the upload's unconverted bytes come to 2 MiB at most with them:
+db/private/app.upload_keeps_as_sent.sql); before that, each was converted, which
+started an FFmpeg and rewrote the upload's pending bytes and measurement. Run it
+in a worktree of an older commit for its figures.
 
 A private cluster and one service (app.py as users run it). For each size B
 (default: the whole WAV at once, 500 KB, and 1 byte), an upload of an N-minute

@@ -290,7 +290,7 @@ class Claim:
     progress: dict[str, Any] | None
     analysis: bytes | None  # the measurement at the checkpoint (converter/analysis.py)
     wav_pending: bytes | None  # the WAV's bytes sent after the checkpoint's resume point
-    pieces_left: int  # how many more PATCHes may keep their bytes as sent (upload_append)
+    keeps_as_sent: bool  # the PATCH stores its bytes as sent (upload_append) rather than converting
     record_id: UUID | None
 
 
@@ -330,11 +330,19 @@ async def upload_open(db: Database, user_id: int, token: str, upload_id: UUID) -
 
 
 async def upload_claim(
-    db: Database, user_id: int, token: str, upload_id: UUID, offset: int, length: int | None, lifetime_s: float
+    db: Database,
+    user_id: int,
+    token: str,
+    upload_id: UUID,
+    offset: int,
+    length: int | None,
+    lifetime_s: float,
+    sending: int | None,
 ) -> Claim:
     row = await db.fetchrow(
-        "SELECT * FROM api.upload_claim($1, $2, $3, $4, $5, $6)", user_id, token, upload_id, offset, length, lifetime_s
-    )
+        "SELECT * FROM api.upload_claim($1, $2, $3, $4, $5, $6, $7)",
+        user_id, token, upload_id, offset, length, lifetime_s, sending,
+    )  # fmt: skip
     fields = _fields(row)
     progress = json.loads(fields["progress"]) if fields["progress"] is not None else None
     return Claim(**fields | {"options": json.loads(fields["options"]), "progress": progress})

@@ -60,9 +60,6 @@ MOST_OPEN_UPLOADS = 16  # a user's unfinished uploads at once
 DIGITS = 19  # an offset or a length: a bigint at most
 SETTLE_TIMEOUT_S = 5.0  # a PATCH's word that it is done, at most
 BUSY_RENEWAL_S = 2.0  # a PATCH says it is still at work this often: its word holds 6 s (app.patch_busy_lease)
-# A PATCH leaving at most this much of the WAV unconverted keeps its bytes as sent (about
-# 12 s of CD audio): the conversion that takes them up at the end encodes them in ~0.1 s.
-KEPT_AS_SENT_BYTES = 2 << 20
 
 
 class PatchEnded(Exception):
@@ -192,7 +189,8 @@ async def _patched(
     # Within STALL_TIMEOUT_S all the same: a claim never answered leaves its mark to lapse.
     claiming = asyncio.ensure_future(
         within(settings.stall_timeout_s, pool, lambda db: api.upload_claim(
-            db, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s
+            db, credentials.user_id, credentials.token, upload_id, offset, length, settings.upload_expiry_s,
+            request.content_length,
         ))
     )  # fmt: skip
     try:
@@ -227,8 +225,8 @@ async def _converted(
         body = PacedBody(request, pace_of(settings), total - offset, lambda: _past_its_length(total, offset))
     source = _PatchBody(body, request.app[METRICS].received(body.chunks()), offset, total)
     working = _saying_busy(pool, upload_id, claim.generation, source)
-    if _kept_as_sent(claim, offset, request.content_length):
-        async with working:
+    if claim.keeps_as_sent:  # too short to be worth converting (app.upload_keeps_as_sent)
+        async with working, request.app[SLOTS].admitted(credentials.user_id):
             return _progressed(await _appended(pool, upload_id, claim, source, settings), settings)
     options = encode_options_from(claim.options, settings.mp3_bitrate_kbps, claim.filename)
     store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
@@ -245,24 +243,11 @@ async def _converted(
     return _progressed(total, settings, record_url(links, record.id, credentials.user_id))
 
 
-def _kept_as_sent(claim: api.Claim, offset: int, length: int | None) -> bool:
-    """Whether a PATCH of ``length`` bytes keeps them as they were sent (api.upload_append)
-    rather than converting. Converting a PATCH starts an FFmpeg (about 60 ms of CPU) and
-    rewrites the upload's pending bytes and measurement whole: worth it for a few seconds
-    of audio or more, not for a client sending in small chunks, nor for one sending a byte a
-    request. So one whose bytes, with those kept already, stay within KEPT_AS_SENT_BYTES
-    keeps them, up to the pieces the upload may keep; the next longer one converts them all.
-    Only once the WAV's header is stored, and never the upload's last bytes: they make the record."""
-    if length is None or claim.wav_header is None or claim.progress is None or claim.pieces_left <= 0:
-        return False
-    if claim.upload_length is not None and offset + length >= claim.upload_length:
-        return False
-    return len(claim.wav_pending or b"") + length <= KEPT_AS_SENT_BYTES
-
-
 async def _appended(pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, body: _PatchBody, settings: Settings) -> int:
     """The PATCH's bytes kept as sent, at the upload's offset: the offset after them. What
-    came before its client went or failed to keep pace is kept too, as a conversion keeps it."""
+    came before its client went or failed to keep pace is kept too, as a conversion keeps it.
+    It holds an upload place meanwhile, as a conversion does: its body is in memory until it
+    ends, up to 2 MiB, and without a place one account could hold that on every connection."""
     piece = bytearray()
 
     def appending() -> Awaitable[None]:

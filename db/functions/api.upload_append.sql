@@ -3,10 +3,9 @@
  * own keeps its bytes as they were sent, at the upload's offset `at`: a row of
  * app.upload_pieces, and the offset moved past them. The next PATCH that
  * converts begins with them (api.upload_claim returns them after wav_pending),
- * and its first checkpoint replaces them. Only once the WAV's header is stored
- * (a PATCH that brings it converts it), never the upload's last byte (the PATCH
- * that brings it makes the record), at most app.upload_pieces_most() pieces
- * and 16 MiB pending in all: PT400 otherwise. PT409 when `at` is not the
+ * and its first checkpoint replaces them. PT400 for bytes that may not be kept
+ * so (app.upload_keeps_as_sent: before the WAV's header is stored, the upload's
+ * last byte, past 64 pieces or 2 MiB unconverted), PT409 when `at` is not the
  * offset, PT423 once another request claimed the upload, PT507 past the
  * storage bound.
  */
@@ -25,8 +24,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     the_upload app.uploads := app.upload_writer(upload_id, generation);
-    pieces integer;
-    pieces_bytes bigint;
 BEGIN
     IF at IS DISTINCT FROM the_upload.upload_offset THEN
         RAISE EXCEPTION USING ERRCODE = 'PT409',
@@ -35,26 +32,17 @@ BEGIN
     IF coalesce(octet_length(piece), 0) = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'A piece has at least one byte.';
     END IF;
-    IF the_upload.wav_header IS NULL THEN
+    IF NOT app.upload_keeps_as_sent(the_upload, octet_length(piece)) THEN
         RAISE EXCEPTION USING ERRCODE = 'PT400',
-            MESSAGE = 'Bytes are kept as sent only after the WAV''s header is stored: convert the first.';
-    END IF;
-    IF at + octet_length(piece) >= the_upload.upload_length THEN
-        RAISE EXCEPTION USING ERRCODE = 'PT400',
-            MESSAGE = 'The upload''s last byte is converted, not kept as sent: it makes the record.';
-    END IF;
-    SELECT count(*), coalesce(sum(octet_length(q.piece)), 0) INTO pieces, pieces_bytes
-    FROM app.upload_pieces AS q
-    WHERE q.upload_id = the_upload.id;
-    IF pieces >= app.upload_pieces_most()
-        OR coalesce(octet_length(the_upload.wav_pending), 0) + pieces_bytes + octet_length(piece) > 16777216 THEN
-        RAISE EXCEPTION USING ERRCODE = 'PT400',
-            MESSAGE = format('The upload keeps %s pieces as sent already (at most %s, and 16 MiB): convert them.',
-                             pieces, app.upload_pieces_most());
+            MESSAGE = 'These bytes are converted, not kept as sent: the WAV''s header is not stored yet, they end'
+                      ' the upload, or it keeps 64 pieces or 2 MiB unconverted already.';
     END IF;
     PERFORM app.assert_within_storage_bound(
         the_upload.mp3_bytes + app.upload_kept_bytes(the_upload.wav_header, the_upload.wav_pending, the_upload.analysis)
-            + pieces_bytes + octet_length(piece),
+            + (SELECT coalesce(sum(octet_length(q.piece)), 0)
+               FROM app.upload_pieces AS q
+               WHERE q.upload_id = the_upload.id)
+            + octet_length(piece),
         the_upload.id
     );
     INSERT INTO app.upload_pieces (upload_id, at, piece) VALUES (the_upload.id, at, piece);

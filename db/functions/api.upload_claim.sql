@@ -6,9 +6,11 @@
  * it; PT400 to change one already set or to set one below the offset), and
  * what the converter needs to go on: the options, the WAV's header and the last
  * checkpoint, its pending bytes followed by the pieces kept as sent since
- * (api.upload_append), and how many more pieces may be kept so. Extends the
- * expiry, and marks the upload as being patched (see api.upload_open).
- * A finished upload is PT409 to any PATCH but one at its end.
+ * (api.upload_append). Given the PATCH's length (`sending`, its Content-Length),
+ * it says whether the PATCH keeps its bytes as sent rather than converting
+ * (app.upload_keeps_as_sent); such a PATCH is given neither the pending bytes
+ * nor the measurement: it needs neither. Extends the expiry, and marks the upload as being patched (see
+ * api.upload_open). A finished upload is PT409 to any PATCH but one at its end.
  */
 CREATE FUNCTION api.upload_claim(
     user_id bigint,
@@ -16,7 +18,8 @@ CREATE FUNCTION api.upload_claim(
     upload_id uuid,
     upload_offset bigint,
     given_length bigint,
-    lifetime_s double precision
+    lifetime_s double precision,
+    sending bigint DEFAULT NULL
 )
 RETURNS TABLE (
     generation bigint,
@@ -27,7 +30,7 @@ RETURNS TABLE (
     progress jsonb,
     analysis bytea,
     wav_pending bytea,
-    pieces_left integer,
+    keeps_as_sent boolean,
     record_id uuid
 )
 LANGUAGE plpgsql
@@ -37,8 +40,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     the_upload app.uploads := app.upload_of(user_id, token, upload_id);
-    pieces integer;
-    pieces_bytes bytea;
+    keeps boolean;
+    pieces bytea;
 BEGIN
     SELECT * INTO the_upload FROM app.uploads AS u WHERE u.id = the_upload.id FOR UPDATE;
     IF the_upload.upload_offset <> upload_claim.upload_offset THEN
@@ -61,16 +64,20 @@ BEGIN
         WHERE u.id = the_upload.id
         RETURNING * INTO the_upload;
     END IF;
-    SELECT count(*), string_agg(q.piece, ''::bytea ORDER BY q.at) INTO pieces, pieces_bytes
-    FROM app.upload_pieces AS q
-    WHERE q.upload_id = the_upload.id;
+    keeps := app.upload_keeps_as_sent(the_upload, sending);
+    IF NOT keeps THEN
+        SELECT string_agg(q.piece, ''::bytea ORDER BY q.at) INTO pieces
+        FROM app.upload_pieces AS q
+        WHERE q.upload_id = the_upload.id;
+    END IF;
     RETURN QUERY SELECT the_upload.generation, the_upload.upload_length, the_upload.filename, the_upload.options,
-                        the_upload.wav_header, the_upload.progress, the_upload.analysis,
-                        CASE WHEN pieces = 0 THEN the_upload.wav_pending
-                             ELSE coalesce(the_upload.wav_pending, ''::bytea) || pieces_bytes END,
-                        app.upload_pieces_most() - pieces, the_upload.record_id;
+                        the_upload.wav_header, the_upload.progress, CASE WHEN NOT keeps THEN the_upload.analysis END,
+                        CASE WHEN keeps THEN NULL
+                             WHEN pieces IS NULL THEN the_upload.wav_pending
+                             ELSE coalesce(the_upload.wav_pending, ''::bytea) || pieces END,
+                        keeps, the_upload.record_id;
 END;
 $$;
 
-COMMENT ON FUNCTION api.upload_claim(bigint, text, uuid, bigint, bigint, double precision) IS
+COMMENT ON FUNCTION api.upload_claim(bigint, text, uuid, bigint, bigint, double precision, bigint) IS
     'A PATCH takes an upload over at its offset; returns its generation and what the converter goes on from.';

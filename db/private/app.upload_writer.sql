@@ -15,7 +15,7 @@ BEGIN
     IF NOT FOUND OR the_upload.record_id IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No such upload in progress.';
     END IF;
-    IF the_upload.generation <> upload_writer.generation THEN
+    IF the_upload.generation IS DISTINCT FROM upload_writer.generation THEN  -- a NULL one too
         RAISE EXCEPTION USING ERRCODE = 'PT423', MESSAGE = 'Another request now writes this upload.';
     END IF;
     RETURN the_upload;

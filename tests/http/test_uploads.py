@@ -494,6 +494,27 @@ async def test_a_short_patch_cut_off_keeps_what_reached_the_service(client: Clie
     )
 
 
+async def test_an_accounts_short_patches_wait_for_its_upload_places(client: Client, audio: Audio) -> None:
+    """A PATCH kept as sent holds its body in memory until it ends, so it takes one of its
+    account's two upload places as a conversion does: PATCHes parked on one upload, their
+    bodies unsent, wait in line for them (and are refused after QUEUE_TIMEOUT_S) rather
+    than each holding up to 2 MiB (helper-36 parked 200 of them: +418 MiB)."""
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path = await created(client, user, len(wav))
+    offset = int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"])
+    slots = client.app[SLOTS]
+    parked = []
+    for _ in range(3):
+        _, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(patch_head(path, user, offset, 50))
+        parked.append(writer)
+    await until(lambda: (slots.in_progress, slots.waiting_for_account) == (2, 1))
+    for writer in parked:
+        await leave(writer)
+    assert await offset_of(client, user, path) == offset
+
+
 @pytest.mark.parametrize(
     ("patches", "local_copy"),
     [(1, "made"), (1, "cannot be made"), (1, "hangs"), (2, "made")],

@@ -939,51 +939,55 @@ def test_unfinished_uploads_of_every_user_count_against_the_storage_bound(
 def test_a_short_patch_keeps_its_bytes_as_sent_until_a_conversion_takes_them(
     service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
-    """api.upload_append, as a PATCH too short to convert on its own calls it after its claim:
-    its bytes kept as a row at the offset, which moves past them; the next claim gives them
-    back after the pending bytes; that PATCH's first checkpoint replaces them. Only once the
-    header is stored, never the upload's last byte, at most app.upload_pieces_most() pieces,
-    and they count against the storage bound."""
+    """A PATCH gives its claim its length: one too short to be worth converting keeps its
+    bytes as sent (api.upload_append), a row at the offset, which moves past them; the next
+    claim that converts gets them back after the pending bytes, and its first checkpoint
+    replaces them. Only once the header is stored, never the upload's last byte, under
+    2 MiB unconverted and 64 pieces; they count against the storage bound."""
     user = create_user(service)
-    upload_id = scalar(service, "SELECT id FROM api.upload_create(%s, %s, 'take.wav', '{}', 1000, 3600, 16)", user)
-    claim = "SELECT generation, wav_pending, pieces_left FROM api.upload_claim(%s, %s, %s, %s, NULL, 3600)"
+    upload_id = scalar(service, "SELECT id FROM api.upload_create(%s, %s, 'take.wav', '{}', 4000000, 3600, 16)", user)
+    claim = "SELECT generation, wav_pending, keeps_as_sent FROM api.upload_claim(%s, %s, %s, %s, NULL, 3600, %s)"
     append = "SELECT api.upload_append(%s, %s, %s, %s, 3600)"
-    checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, 'mp3', 100, '{}', 'RIFF', 3600, NULL, %s)"
+    checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, 'mp3', %s, '{}', 'RIFF', 3600, NULL, %s)"
     offset = "SELECT upload_offset FROM api.upload_open(%s, %s, %s)"
 
-    def claimed(at: int) -> tuple[int, bytes | None, int]:
-        row = service.execute(claim, [*user, upload_id, at]).fetchone()
+    def claimed(at: int, sending: int | None) -> tuple[int, bytes | None, bool]:
+        row = service.execute(claim, [*user, upload_id, at, sending]).fetchone()
         assert row is not None
         return row[0], row[1], row[2]
 
-    first, _, _ = claimed(0)
-    assert sqlstate_of(service, append, [upload_id, first, 0, b"RIFF"]) == "PT400"  # no header stored yet
-    service.execute(checkpoint, [upload_id, first, b"p" * 20])  # offset 100: 80 converted, 20 pending
-    assert sqlstate_of(service, append, [upload_id, first, 99, b"a"]) == "PT409"
-    assert sqlstate_of(service, append, [upload_id, first, 100, b""]) == "PT400"
-    assert sqlstate_of(service, append, [upload_id, first, 100, b"a" * 900]) == "PT400"  # the last byte
-    service.execute(append, [upload_id, first, 100, b"aaa"])
+    first, _, keeps = claimed(0, 3)
+    assert not keeps  # the first PATCH converts: the samples' format must be known
+    assert sqlstate_of(service, append, [upload_id, first, 0, b"RIF"]) == "PT400"
+    service.execute(checkpoint, [upload_id, first, 100, b"p" * 20])  # offset 100: 80 converted, 20 pending
+    assert claimed(100, None)[2] is False  # no Content-Length: converted
+    assert claimed(100, 4_000_000 - 100)[2] is False  # the upload's last byte
+    assert claimed(100, (2 << 20) - 20 + 1)[2] is False  # past 2 MiB unconverted
+    second, pending, keeps = claimed(100, 3)
+    assert (pending, keeps) == (None, True)  # it needs no pending bytes: it keeps its own
+    assert sqlstate_of(service, append, [upload_id, second, 99, b"a"]) == "PT409"
+    assert sqlstate_of(service, append, [upload_id, second, 100, b""]) == "PT400"
+    assert sqlstate_of(service, append, [upload_id, None, 100, b"a"]) == "PT423"  # no generation, no writing
+    service.execute(append, [upload_id, second, 100, b"aaa"])
     assert scalar(service, offset, [*user, upload_id]) == 103
 
-    second, pending, pieces_left = claimed(103)
-    assert (pending, pieces_left) == (b"p" * 20 + b"aaa", 63)
-    assert sqlstate_of(service, append, [upload_id, first, 103, b"b"]) == "PT423"  # the older PATCH
+    third, _, _ = claimed(103, 1)
+    assert sqlstate_of(service, append, [upload_id, second, 103, b"b"]) == "PT423"  # the older PATCH
     for at in range(103, 103 + 63):
-        service.execute(append, [upload_id, second, at, b"b"])
-    assert sqlstate_of(service, append, [upload_id, second, 166, b"c"]) == "PT400"  # 64 pieces: convert them
-    third, pending, pieces_left = claimed(166)
-    assert (pending, pieces_left) == (b"p" * 20 + b"aaa" + b"b" * 63, 0)
+        service.execute(append, [upload_id, third, at, b"b"])
+    assert sqlstate_of(service, append, [upload_id, third, 166, b"c"]) == "PT400"  # 64 pieces: convert them
+    fourth, pending, keeps = claimed(166, 1)
+    assert (pending, keeps) == (b"p" * 20 + b"aaa" + b"b" * 63, False)
 
-    held = scalar(admin, "SELECT app.uploads_held_bytes()")
-    assert held == 3 + 4 + 20 + 3 + 63  # MP3, header, pending, pieces
-    service.execute(checkpoint.replace("100", "166"), [upload_id, third, b"q" * 30])
+    assert scalar(admin, "SELECT app.uploads_held_bytes()") == 3 + 4 + 20 + 3 + 63  # MP3, header, pending, pieces
+    service.execute(checkpoint, [upload_id, fourth, 166, b"q" * 30])
     assert scalar(admin, "SELECT count(*) FROM app.upload_pieces") == 0
-    assert claimed(166)[1:] == (b"q" * 30, 64)
+    assert claimed(166, None)[1] == b"q" * 30
 
-    fourth, _, _ = claimed(166)
+    fifth, _, _ = claimed(166, 3)
     set_storage_bound(admin, 3 + 4 + 30 + 2)
-    assert sqlstate_of(service, append, [upload_id, fourth, 166, b"ddd"]) == "PT507"
-    service.execute(append, [upload_id, fourth, 166, b"dd"])  # exactly up to the bound
+    assert sqlstate_of(service, append, [upload_id, fifth, 166, b"ddd"]) == "PT507"
+    service.execute(append, [upload_id, fifth, 166, b"dd"])  # exactly up to the bound
     service.execute("SELECT api.upload_delete(%s, %s, %s)", [*user, upload_id])
     assert scalar(admin, "SELECT count(*) FROM app.upload_pieces") == 0
 
