@@ -17,6 +17,9 @@ them all at its last checkpoint, so that every such request moves the offset
 to the last byte it brought and a client never has to send anything twice;
 the checkpoints along the way keep none (they come every second: the WAV
 would be written twice over) and commit only once they pass the offset.
+A request too short to be worth converting keeps its bytes as they were sent
+without a conversion (handlers/uploads.py, api.upload_append), so the next
+request's ``pending`` may hold them too: up to 2 MiB in all.
 
 An offset never decreases: a checkpoint is taken only when it moves the
 offset on. A resume point is a frame that begins on a source sample

@@ -289,7 +289,9 @@ class Claim:
     wav_header: bytes | None
     progress: dict[str, Any] | None
     analysis: bytes | None  # the measurement at the checkpoint (converter/analysis.py)
-    wav_pending: bytes | None  # the WAV's bytes sent after the checkpoint's resume point
+    # The WAV's bytes sent after the checkpoint's resume point: its own, then the pieces kept
+    # as sent since (None when the PATCH keeps its bytes as sent: it needs none).
+    wav_pending: bytes | None
     keeps_as_sent: bool  # the PATCH stores its bytes as sent (upload_append) rather than converting
     record_id: UUID | None
 

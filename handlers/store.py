@@ -209,7 +209,10 @@ class CheckpointedUpload:
 
     A PATCH that writes the MP3 from its first byte (an upload sent in one PATCH, the
     common case) keeps a LocalCopy of it while ``copied``, as POST /record does, and the
-    record's digest is hashed from that; a resumed one's is read back from the database."""
+    record's digest is hashed from that; a resumed one's is read back from the database.
+
+    The claim's pending bytes are the last checkpoint's followed by those that shorter
+    PATCHes kept as sent since (api.upload_append); the first checkpoint replaces them all."""
 
     def __init__(
         self, pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, lifetime_s: float, deadline_s: float

@@ -3,9 +3,13 @@ extensions creation, creation-defer-length, expiration and termination.
 
 POST /uploads creates an upload (its options and file name in Upload-Metadata);
 each PATCH sends the WAV on from the upload's offset, and is converted as it
-arrives, as POST /record's body is. The offset is what is durable: the WAV's
-bytes whose MP3 is committed in PostgreSQL (converter/resume.py), a second or
-so behind what was sent, and it never goes back. Any replica can take the
+arrives, as POST /record's body is, unless it is too short to be worth it (its
+bytes, with those the upload holds unconverted, come to 2 MiB at most:
+app.upload_keeps_as_sent): those it keeps as sent, and the next PATCH that
+converts begins with them. The offset is what is durable: the WAV's bytes whose
+MP3 is committed in PostgreSQL (converter/resume.py) and those kept as sent; a
+few seconds behind what was sent while a PATCH converts, its last byte once
+the PATCH has answered, and it never goes back. Any replica can take the
 next PATCH: everything it needs is in the upload's row. A PATCH takes the
 upload over from any older one still running (handlers/store.py's
 CheckpointedUpload: the older writes nothing more). When the last byte is in,
@@ -153,7 +157,8 @@ async def delete_upload(request: web.Request) -> web.Response:
 
 
 async def patch_upload(request: web.Request) -> web.Response:
-    """PATCH /uploads/<id>: the WAV on from the upload's offset, converted as it arrives."""
+    """PATCH /uploads/<id>: the WAV on from the upload's offset, converted as it arrives (a
+    short one's kept as sent)."""
     _speaks_tus(request)
     if request.content_type != PATCH_TYPE:
         raise ApiError(415, f"Send a PATCH's body as {PATCH_TYPE}.")
@@ -214,7 +219,8 @@ async def _settled(pool: api.Database, upload_id: UUID, claiming: asyncio.Future
 async def _converted(
     request: web.Request, credentials: Credentials, upload_id: UUID, claim: api.Claim, offset: int, links: URL
 ) -> web.Response:
-    """The PATCH's body converted on from the claimed upload's last checkpoint."""
+    """The PATCH's body converted on from the claimed upload's last checkpoint, or kept as
+    sent when its claim says it is too short to be worth converting."""
     settings, pool = request.app[SETTINGS], request.app[POOL]
     if claim.record_id is not None:  # finished already: a PATCH at its end, with nothing more
         return _progressed(offset, settings, record_url(links, claim.record_id, credentials.user_id))
@@ -265,8 +271,8 @@ async def _appended(pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, body:
             with contextlib.suppress(Exception):  # the PATCH's own failure is what its client hears
                 await asyncio.shield(appending())
         raise
-    if piece:
-        await appending()
+    if piece:  # shielded: a client that leaves after its last byte has sent them all
+        await asyncio.shield(appending())
     return body.offset + len(piece)
 
 

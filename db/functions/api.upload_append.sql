@@ -39,10 +39,7 @@ BEGIN
     END IF;
     PERFORM app.assert_within_storage_bound(
         the_upload.mp3_bytes + app.upload_kept_bytes(the_upload.wav_header, the_upload.wav_pending, the_upload.analysis)
-            + (SELECT coalesce(sum(octet_length(q.piece)), 0)
-               FROM app.upload_pieces AS q
-               WHERE q.upload_id = the_upload.id)
-            + octet_length(piece),
+            + app.upload_bytes_in_pieces(the_upload.id) + octet_length(piece),
         the_upload.id
     );
     INSERT INTO app.upload_pieces (upload_id, at, piece) VALUES (the_upload.id, at, piece);

@@ -2,9 +2,10 @@
  * A checkpoint of a PATCH (which claimed `generation`): writes `chunk` into the
  * upload's MP3 at byte `at`, which then ends after it, and stores the
  * converter's `progress`, its `analysis` (the measurement so far) and the
- * WAV's bytes sent after its resume point (`wav_pending`, the last `upload_offset`
- * bytes; at most 16 MiB) at the new `upload_offset`, which may not go back, in
- * place of the pieces kept as sent (api.upload_append); the WAV's header once. PT423 when another request has claimed the upload since;
+ * WAV's bytes sent after its resume point (`wav_pending`, the last
+ * `upload_offset` bytes; at most 16 MiB) at the new `upload_offset`, which may
+ * not go back, in place of the pieces kept as sent (api.upload_append); the
+ * WAV's header once. PT423 when another request has claimed the upload since;
  * PT413 past the user's quota (this and the user's other uploads in progress
  * count), PT507 past the service's bound (every upload in progress counts, with
  * the WAV bytes it keeps). Extends the expiry.

@@ -9,8 +9,9 @@
  * (api.upload_append). Given the PATCH's length (`sending`, its Content-Length),
  * it says whether the PATCH keeps its bytes as sent rather than converting
  * (app.upload_keeps_as_sent); such a PATCH is given neither the pending bytes
- * nor the measurement: it needs neither. Extends the expiry, and marks the upload as being patched (see
- * api.upload_open). A finished upload is PT409 to any PATCH but one at its end.
+ * nor the measurement: it needs neither. Extends the expiry, and marks the
+ * upload as being patched (see api.upload_open). A finished upload is PT409 to
+ * any PATCH but one at its end.
  */
 CREATE FUNCTION api.upload_claim(
     user_id bigint,

@@ -22,13 +22,11 @@ AS $$
             AND the_upload.record_id IS NULL
             AND sending >= 0
             AND (the_upload.upload_length IS NULL OR the_upload.upload_offset + sending < the_upload.upload_length)
-            AND count(*) < 64
-            AND coalesce(octet_length(the_upload.wav_pending), 0) + coalesce(sum(octet_length(q.piece)), 0) + sending
+            AND (SELECT count(*) FROM app.upload_pieces AS q WHERE q.upload_id = the_upload.id) < 64
+            AND coalesce(octet_length(the_upload.wav_pending), 0) + app.upload_bytes_in_pieces(the_upload.id) + sending
                 <= 2097152,
         false
-    )
-    FROM app.upload_pieces AS q
-    WHERE q.upload_id = the_upload.id;
+    );
 $$;
 
 REVOKE ALL ON FUNCTION app.upload_keeps_as_sent(app.uploads, bigint) FROM PUBLIC;

@@ -11,16 +11,11 @@ CREATE FUNCTION app.uploads_held_bytes(except_upload uuid DEFAULT NULL) RETURNS 
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT
-        (SELECT coalesce(sum(p.mp3_bytes + app.upload_kept_bytes(p.wav_header, p.wav_pending, p.analysis)), 0)
-         FROM app.uploads AS p
-         WHERE p.record_id IS NULL
-           AND p.id IS DISTINCT FROM except_upload)::bigint
-        + (SELECT coalesce(sum(octet_length(q.piece)), 0)
-           FROM app.upload_pieces AS q
-               JOIN app.uploads AS p ON p.id = q.upload_id
-           WHERE p.record_id IS NULL
-             AND p.id IS DISTINCT FROM except_upload)::bigint;
+    SELECT coalesce(sum(p.mp3_bytes + app.upload_kept_bytes(p.wav_header, p.wav_pending, p.analysis)
+                        + app.upload_bytes_in_pieces(p.id)), 0)::bigint
+    FROM app.uploads AS p
+    WHERE p.record_id IS NULL
+      AND p.id IS DISTINCT FROM except_upload;
 $$;
 
 REVOKE ALL ON FUNCTION app.uploads_held_bytes(uuid) FROM PUBLIC;

@@ -443,9 +443,10 @@ async def test_patches_too_short_to_convert_keep_their_bytes_and_cost_what_they_
 ) -> None:
     """A client that sends in small chunks (TUSKit's are 500 KB), or one a byte a request: a
     PATCH too short to be worth converting on its own keeps its bytes as they were sent, and
-    the next longer one converts them. Each one converted started an FFmpeg and rewrote the
-    upload's pending bytes and measurement whole: 233 KiB of WAL for a PATCH of one byte.
-    The record is the same either way: every sample, and the waveform and loudness of a POST."""
+    the next that converts takes them up (one past 2 MiB unconverted). Each one converted
+    started an FFmpeg and rewrote the upload's pending bytes and measurement whole: 233 KiB
+    of WAL for a PATCH of one byte. The record is the same either way: every sample, and
+    the waveform and loudness of a POST."""
     user = await new_user(client)
     wav = audio(seconds=40)
     posted = (await (await upload(client, user, wav)).json())["data"]
@@ -460,11 +461,15 @@ async def test_patches_too_short_to_convert_keep_their_bytes_and_cost_what_they_
     wal = admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", wal_before).fetchone()
     assert wal is not None
     assert wal[0] / 20 < 16 << 10  # 3.2 KiB each; 233 KiB when each was converted
+    assert pieces_of(admin, path) == 20
 
+    kept = []  # after each PATCH of 500 KB, how many the upload keeps as sent
     while offset + 500_000 < len(wav):
         response = await patch(client, user, path, offset, wav[offset : offset + 500_000])
         offset += 500_000
         assert int(response.headers["Upload-Offset"]) == offset == await offset_of(client, user, path)
+        kept.append(pieces_of(admin, path))
+    assert kept == [21, 22, 23, 0, 1, 2, 3, 0, 1]  # each fourth takes up the three before (with the bytes)
     finished = await patch(client, user, path, offset, wav[offset:])
     mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
     assert len(decoded(mp3, 2)) == 40 * 44100 * 2
@@ -476,7 +481,15 @@ async def test_patches_too_short_to_convert_keep_their_bytes_and_cost_what_they_
     assert waveforms[0] == waveforms[1]
 
 
-async def test_a_short_patch_cut_off_keeps_what_reached_the_service(client: Client, audio: Audio) -> None:
+def pieces_of(admin: psycopg.Connection, upload: str) -> int:
+    """How many PATCHes' bytes the upload (its path or id) keeps as they were sent."""
+    row = admin.execute("SELECT count(*) FROM app.upload_pieces WHERE upload_id = %s", [upload.rsplit("/", 1)[-1]])
+    return int((row.fetchone() or (0,))[0])
+
+
+async def test_a_short_patch_cut_off_keeps_what_reached_the_service(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
     """A PATCH kept as sent, as one converted, keeps the bytes that came before its client went."""
     user = await new_user(client)
     wav = audio(seconds=20)
@@ -488,10 +501,59 @@ async def test_a_short_patch_cut_off_keeps_what_reached_the_service(client: Clie
     await until(lambda: client.app[METRICS].registry.get_sample_value("mp3_upload_bytes_total") == offset + 60_000)
     await leave(writer)
     assert await offset_of(client, user, path) == offset + 60_000
+    assert pieces_of(admin, path) == 1
     finished = await patch(client, user, path, offset + 60_000, wav[offset + 60_000 :])
     assert (
         len(decoded(await (await client.get(local(finished.headers["Record-Location"]))).read(), 2)) == 20 * 44100 * 2
     )
+
+
+async def test_a_conversion_cut_as_it_begins_loses_none_of_the_bytes_kept_as_sent(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """The PATCH that takes up the pieces kept as sent is cut before it has converted much:
+    whatever it commits, or nothing, the upload still holds every byte sent before it."""
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path = await created(client, user, len(wav))
+    offset = int((await patch(client, user, path, 0, wav[: len(wav) // 3])).headers["Upload-Offset"])
+    for _ in range(3):
+        offset = int((await patch(client, user, path, offset, wav[offset : offset + 100_000])).headers["Upload-Offset"])
+    assert pieces_of(admin, path) == 3
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(patch_head(path, user, offset, len(wav) - offset) + wav[offset : offset + 10_000])
+    await writer.drain()
+    await until(lambda: client.app[METRICS].registry.get_sample_value("mp3_upload_bytes_total") == offset + 10_000)
+    await leave(writer)
+    resumed_at = await offset_of(client, user, path)
+    assert offset <= resumed_at <= offset + 10_000
+    finished = await patch(client, user, path, resumed_at, wav[resumed_at:])
+    mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
+    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+
+
+async def test_a_newer_patch_takes_over_from_a_short_one_still_sending(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """As from a conversion: a PATCH kept as sent that another took over while its body came
+    stores nothing of it and is told so (423); the upload keeps the newer PATCH's bytes."""
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path = await created(client, user, len(wav))
+    offset = int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"])
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(patch_head(path, user, offset, 100_000) + wav[offset : offset + 50_000])
+    await writer.drain()
+    await until(lambda: client.app[METRICS].registry.get_sample_value("mp3_upload_bytes_total") == offset + 50_000)
+    newer = await patch(client, user, path, offset, wav[offset : offset + 30_000])
+    assert int(newer.headers["Upload-Offset"]) == offset + 30_000
+    writer.write(wav[offset + 50_000 : offset + 100_000])
+    assert (await reader.readline()).startswith(b"HTTP/1.1 423")
+    await leave(writer)
+    assert (await offset_of(client, user, path), pieces_of(admin, path)) == (offset + 30_000, 1)
+    finished = await patch(client, user, path, offset + 30_000, wav[offset + 30_000 :])
+    mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
+    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
 
 
 async def test_an_accounts_short_patches_wait_for_its_upload_places(client: Client, audio: Audio) -> None:

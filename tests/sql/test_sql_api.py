@@ -963,6 +963,8 @@ def test_a_short_patch_keeps_its_bytes_as_sent_until_a_conversion_takes_them(
     assert claimed(100, None)[2] is False  # no Content-Length: converted
     assert claimed(100, 4_000_000 - 100)[2] is False  # the upload's last byte
     assert claimed(100, (2 << 20) - 20 + 1)[2] is False  # past 2 MiB unconverted
+    assert claimed(100, (2 << 20) - 20)[2] is True  # 2 MiB unconverted in all
+    assert (claimed(100, 0)[2], claimed(100, -1)[2]) == (True, False)
     second, pending, keeps = claimed(100, 3)
     assert (pending, keeps) == (None, True)  # it needs no pending bytes: it keeps its own
     assert sqlstate_of(service, append, [upload_id, second, 99, b"a"]) == "PT409"
@@ -990,6 +992,13 @@ def test_a_short_patch_keeps_its_bytes_as_sent_until_a_conversion_takes_them(
     service.execute(append, [upload_id, fifth, 166, b"dd"])  # exactly up to the bound
     service.execute("SELECT api.upload_delete(%s, %s, %s)", [*user, upload_id])
     assert scalar(admin, "SELECT count(*) FROM app.upload_pieces") == 0
+
+    # A deferred length: kept while the upload's end is unknown, converted once the PATCH ends it.
+    upload_id = scalar(service, "SELECT id FROM api.upload_create(%s, %s, 'take.wav', '{}', NULL, 3600, 16)", user)
+    service.execute(checkpoint, [upload_id, claimed(0, 100)[0], 100, b"p" * 20])
+    assert claimed(100, 3)[2] is True
+    given = "SELECT keeps_as_sent FROM api.upload_claim(%s, %s, %s, 100, 103, 3600, 3)"
+    assert scalar(service, given, [*user, upload_id]) is False
 
 
 def test_two_uploads_of_two_users_finishing_at_once_cannot_both_pass_the_storage_bound(
