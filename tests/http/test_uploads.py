@@ -93,6 +93,27 @@ async def offset_of(client: Client, user: tuple[int, str], path: str) -> int:
     return int(response.headers["Upload-Offset"])
 
 
+async def finished_mp3(client: Client, user: tuple[int, str], path: str, offset: int, wav: bytes) -> bytes:
+    """The rest of the WAV sent from ``offset`` in one PATCH, which ends the upload: its record's MP3."""
+    finished = await patch(client, user, path, offset, wav[offset:])
+    assert finished.status == 204, await finished.text()
+    assert "Record-Location" in finished.headers
+    return bytes(await (await client.get(local(finished.headers["Record-Location"]))).read())
+
+
+async def patch_under_way(
+    client: Client, user: tuple[int, str], path: str, offset: int, length: int, sent: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A PATCH of ``length`` bytes from ``offset`` on a connection of its own, its first bytes
+    ``sent`` and arrived (the service had received each byte before ``offset`` once)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(patch_head(path, user, offset, length) + sent)
+    await writer.drain()
+    received = client.app[METRICS].registry
+    await until(lambda: received.get_sample_value("mp3_upload_bytes_total") == offset + len(sent))
+    return reader, writer
+
+
 def stored_offset(admin: psycopg.Connection, location: str) -> int:
     """An upload's offset as its table holds it, whether or not a PATCH is at work on it."""
     row = admin.execute("SELECT upload_offset FROM app.uploads WHERE id = %s", [location.rsplit("/", 1)[1]])
@@ -164,10 +185,7 @@ async def test_a_patch_cut_off_keeps_what_it_could_and_the_upload_resumes(
     await until(lambda: client.app[SLOTS].in_progress == 0)
     offset = await offset_of(client, user, path)
     assert durable <= offset <= len(wav) // 2
-    finished = await patch(client, user, path, offset, wav[offset:])
-    assert finished.status == 204
-    record = (await (await client.get(path, headers=basic(*user))).json())["data"]
-    assert len(decoded(await (await client.get(local(record["url"]))).read(), 2)) == 30 * 44100 * 2
+    assert len(decoded(await finished_mp3(client, user, path, offset, wav), 2)) == 30 * 44100 * 2
 
 
 async def test_a_head_the_moment_a_patch_is_cut_answers_all_that_patch_brought(client: Client, audio: Audio) -> None:
@@ -194,10 +212,7 @@ async def test_a_head_the_moment_a_patch_is_cut_answers_all_that_patch_brought(c
     patches = client.app[METRICS].registry
     await until(lambda: patches.get_sample_value("mp3_upload_patches_total", {"status": "400"}) == 1)
     assert patches.get_sample_value("mp3_upload_patches_total", {"status": "500"}) is None
-    finished = await patch(client, user, path, offset, wav[offset:])
-    assert finished.status == 204
-    record = (await (await client.get(path, headers=basic(*user))).json())["data"]
-    assert len(decoded(await (await client.get(local(record["url"]))).read(), 2)) == 90 * 44100 * 2
+    assert len(decoded(await finished_mp3(client, user, path, offset, wav), 2)) == 90 * 44100 * 2
 
 
 def test_psql_sees_a_patch_at_work_until_it_says_it_is_done(service: psycopg.Connection) -> None:
@@ -432,10 +447,7 @@ async def test_a_short_patch_moves_the_offset_to_its_last_byte(client: Client, a
         assert int(response.headers["Upload-Offset"]) == offset + chunk
         offset += chunk
         assert await offset_of(client, user, path) == offset
-    finished = await patch(client, user, path, offset, wav[offset:])
-    assert "Record-Location" in finished.headers
-    mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
-    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+    assert len(decoded(await finished_mp3(client, user, path, offset, wav), 2)) == 20 * 44100 * 2
 
 
 async def test_patches_too_short_to_convert_keep_their_bytes_and_cost_what_they_bring(
@@ -470,9 +482,7 @@ async def test_patches_too_short_to_convert_keep_their_bytes_and_cost_what_they_
         assert int(response.headers["Upload-Offset"]) == offset == await offset_of(client, user, path)
         kept.append(pieces_of(admin, path))
     assert kept == [21, 22, 23, 0, 1, 2, 3, 0, 1]  # each fourth takes up the three before (with the bytes)
-    finished = await patch(client, user, path, offset, wav[offset:])
-    mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
-    assert len(decoded(mp3, 2)) == 40 * 44100 * 2
+    assert len(decoded(await finished_mp3(client, user, path, offset, wav), 2)) == 40 * 44100 * 2
     record = (await (await client.get(path, headers=basic(*user))).json())["data"]
     assert record["loudness"] == posted["loudness"]
     waveforms = [
@@ -495,17 +505,11 @@ async def test_a_short_patch_cut_off_keeps_what_reached_the_service(
     wav = audio(seconds=20)
     path = await created(client, user, len(wav))
     offset = int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"])
-    _, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(patch_head(path, user, offset, 100_000) + wav[offset : offset + 60_000])
-    await writer.drain()
-    await until(lambda: client.app[METRICS].registry.get_sample_value("mp3_upload_bytes_total") == offset + 60_000)
+    _, writer = await patch_under_way(client, user, path, offset, 100_000, wav[offset : offset + 60_000])
     await leave(writer)
     assert await offset_of(client, user, path) == offset + 60_000
     assert pieces_of(admin, path) == 1
-    finished = await patch(client, user, path, offset + 60_000, wav[offset + 60_000 :])
-    assert (
-        len(decoded(await (await client.get(local(finished.headers["Record-Location"]))).read(), 2)) == 20 * 44100 * 2
-    )
+    assert len(decoded(await finished_mp3(client, user, path, offset + 60_000, wav), 2)) == 20 * 44100 * 2
 
 
 async def test_a_conversion_cut_as_it_begins_loses_none_of_the_bytes_kept_as_sent(
@@ -520,16 +524,11 @@ async def test_a_conversion_cut_as_it_begins_loses_none_of_the_bytes_kept_as_sen
     for _ in range(3):
         offset = int((await patch(client, user, path, offset, wav[offset : offset + 100_000])).headers["Upload-Offset"])
     assert pieces_of(admin, path) == 3
-    _, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(patch_head(path, user, offset, len(wav) - offset) + wav[offset : offset + 10_000])
-    await writer.drain()
-    await until(lambda: client.app[METRICS].registry.get_sample_value("mp3_upload_bytes_total") == offset + 10_000)
+    _, writer = await patch_under_way(client, user, path, offset, len(wav) - offset, wav[offset : offset + 10_000])
     await leave(writer)
     resumed_at = await offset_of(client, user, path)
     assert offset <= resumed_at <= offset + 10_000
-    finished = await patch(client, user, path, resumed_at, wav[resumed_at:])
-    mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
-    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+    assert len(decoded(await finished_mp3(client, user, path, resumed_at, wav), 2)) == 20 * 44100 * 2
 
 
 async def test_a_newer_patch_takes_over_from_a_short_one_still_sending(
@@ -541,19 +540,14 @@ async def test_a_newer_patch_takes_over_from_a_short_one_still_sending(
     wav = audio(seconds=20)
     path = await created(client, user, len(wav))
     offset = int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"])
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(patch_head(path, user, offset, 100_000) + wav[offset : offset + 50_000])
-    await writer.drain()
-    await until(lambda: client.app[METRICS].registry.get_sample_value("mp3_upload_bytes_total") == offset + 50_000)
+    reader, writer = await patch_under_way(client, user, path, offset, 100_000, wav[offset : offset + 50_000])
     newer = await patch(client, user, path, offset, wav[offset : offset + 30_000])
     assert int(newer.headers["Upload-Offset"]) == offset + 30_000
     writer.write(wav[offset + 50_000 : offset + 100_000])
     assert (await reader.readline()).startswith(b"HTTP/1.1 423")
     await leave(writer)
     assert (await offset_of(client, user, path), pieces_of(admin, path)) == (offset + 30_000, 1)
-    finished = await patch(client, user, path, offset + 30_000, wav[offset + 30_000 :])
-    mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
-    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+    assert len(decoded(await finished_mp3(client, user, path, offset + 30_000, wav), 2)) == 20 * 44100 * 2
 
 
 async def test_an_accounts_short_patches_wait_for_its_upload_places(client: Client, audio: Audio) -> None:
@@ -651,9 +645,7 @@ async def test_a_resampled_upload_keeps_all_each_patch_brought(client: Client, a
         response = await patch(client, user, path, offset, wav[offset : offset + chunk])
         assert int(response.headers["Upload-Offset"]) == offset + chunk
         offset += chunk
-    finished = await patch(client, user, path, offset, wav[offset:])
-    mp3 = await (await client.get(local(finished.headers["Record-Location"]))).read()
-    assert len(decoded(mp3, 2)) == len(resampled(wav, 22050))
+    assert len(decoded(await finished_mp3(client, user, path, offset, wav), 2)) == len(resampled(wav, 22050))
 
 
 async def test_a_deferred_length_is_given_by_a_later_patch(client: Client, audio: Audio) -> None:
