@@ -370,7 +370,7 @@ async def upload_checkpoint(
 
 
 async def upload_append(
-    db: Database, upload_id: UUID, generation: int, at: int, piece: bytes, lifetime_s: float
+    db: Database, upload_id: UUID, generation: int, at: int, piece: bytes | bytearray, lifetime_s: float
 ) -> None:
     await db.execute("SELECT api.upload_append($1, $2, $3, $4, $5)", upload_id, generation, at, piece, lifetime_s)
 

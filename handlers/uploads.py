@@ -258,7 +258,7 @@ async def _appended(pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, body:
 
     def appending() -> Awaitable[None]:
         return within(settings.stall_timeout_s, pool, lambda db: api.upload_append(
-            db, upload_id, claim.generation, body.offset, bytes(piece), settings.upload_expiry_s
+            db, upload_id, claim.generation, body.offset, piece, settings.upload_expiry_s
         ))  # fmt: skip
 
     try:
