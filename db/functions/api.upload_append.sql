@@ -45,7 +45,7 @@ BEGIN
     INSERT INTO app.upload_pieces (upload_id, at, piece) VALUES (the_upload.id, at, piece);
     UPDATE app.uploads AS u
     SET upload_offset = at + octet_length(piece),
-        expires_at = now() + make_interval(secs => lifetime_s),
+        expires_at = app.upload_expiry(lifetime_s),
         patch_busy_until = now() + app.patch_busy_lease()
     WHERE u.id = the_upload.id;
 END;

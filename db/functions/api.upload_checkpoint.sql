@@ -60,7 +60,7 @@ BEGIN
         wav_pending = upload_checkpoint.wav_pending,
         wav_header = coalesce(u.wav_header, upload_checkpoint.wav_header),
         mp3_bytes = new_size,
-        expires_at = now() + make_interval(secs => lifetime_s),
+        expires_at = app.upload_expiry(lifetime_s),
         patch_busy_until = now() + app.patch_busy_lease()
     WHERE u.id = the_upload.id;
 END;

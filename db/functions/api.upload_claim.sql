@@ -60,7 +60,7 @@ BEGIN
         UPDATE app.uploads AS u
         SET generation = u.generation + 1,
             upload_length = coalesce(u.upload_length, given_length),
-            expires_at = now() + make_interval(secs => lifetime_s),
+            expires_at = app.upload_expiry(lifetime_s),
             patch_busy_until = now() + app.patch_busy_lease()
         WHERE u.id = the_upload.id
         RETURNING * INTO the_upload;

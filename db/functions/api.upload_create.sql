@@ -1,8 +1,9 @@
 /**
  * Creates a resumable upload for an authenticated user (tus creation): an empty
  * large object for its MP3, what the client asked for, and an expiry
- * `lifetime_s` from now (extended by every request that writes to it). The
- * WAV's length may come later (NULL). Returns the upload's id and expiry.
+ * `lifetime_s` from now (extended by every request that writes to it; PT400
+ * unless it is a positive number of seconds). The WAV's length may come later
+ * (NULL). Returns the upload's id and expiry.
  * PT413 at the user's quota or (PT507) the service's storage bound; PT429 when
  * the user already has `most_open` uploads in progress.
  */
@@ -44,7 +45,7 @@ BEGIN
                  'recording.wav'),
         coalesce(options, '{}'::jsonb),
         upload_length,
-        now() + make_interval(secs => lifetime_s)
+        app.upload_expiry(lifetime_s)
     )
     RETURNING u.id, u.expires_at;
 END;

@@ -1001,6 +1001,31 @@ def test_a_short_patch_keeps_its_bytes_as_sent_until_a_conversion_takes_them(
     assert scalar(service, given, [*user, upload_id]) is False
 
 
+@pytest.mark.parametrize("lifetime", ["0", "-1", "NaN", "Infinity", None])
+def test_an_upload_lifetime_that_is_no_positive_finite_number_is_refused_wherever_it_is_given(
+    service: psycopg.Connection, lifetime: str | None
+) -> None:
+    """From psql, a lifetime of 0 or less made an upload that had already expired, which the
+    sweep would take in the middle of its PATCH; NaN or infinity one that never would."""
+    user = create_user(service)
+    create = "SELECT id FROM api.upload_create(%s, %s, 'take.wav', '{}', 4000000, %s::float8, 16)"
+    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, %s, NULL, %s::float8, %s)"
+    checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, 'mp3', 100, '{}', 'RIFF', %s::float8, NULL, %s)"
+    append = "SELECT api.upload_append(%s, %s, 100, 'a', %s::float8)"
+    expiry = "SELECT expires_at FROM api.upload_open(%s, %s, %s)"
+
+    assert sqlstate_of(service, create, [*user, lifetime]) == "PT400"
+    upload_id = scalar(service, create, [*user, 3600])
+    assert sqlstate_of(service, claim, [*user, upload_id, 0, lifetime, None]) == "PT400"
+    generation = scalar(service, claim, [*user, upload_id, 0, 3600, None])
+    assert sqlstate_of(service, checkpoint, [upload_id, generation, lifetime, b"p" * 20]) == "PT400"
+    service.execute(checkpoint, [upload_id, generation, 3600, b"p" * 20])
+    generation = scalar(service, claim, [*user, upload_id, 100, 3600, 1])
+    expires_at = scalar(service, expiry, [*user, upload_id])
+    assert sqlstate_of(service, append, [upload_id, generation, lifetime]) == "PT400"
+    assert scalar(service, expiry, [*user, upload_id]) == expires_at
+
+
 def test_two_uploads_of_two_users_finishing_at_once_cannot_both_pass_the_storage_bound(
     service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
