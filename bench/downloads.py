@@ -73,11 +73,11 @@ def downloads(bench: Bench, url: str) -> None:
         }  # fmt: skip
         for _ in range(rounds):
             for name, (pid, run, times) in ways.items():
-                before = (process_cpu([pid]) if pid else 0.0, postgres_cpu())
+                before = (process_cpu([pid]) if pid else 0.0, postgres_cpu(service.postmaster))
                 started = time.perf_counter()
                 run()
                 seconds.setdefault(name, []).append((time.perf_counter() - started) / times)
-                after = (process_cpu([pid]) if pid else 0.0, postgres_cpu())
+                after = (process_cpu([pid]) if pid else 0.0, postgres_cpu(service.postmaster))
                 cpu.setdefault(name, []).append(((after[0] - before[0]) / times, (after[1] - before[1]) / times))
     rate = {name: size / 1e6 / statistics.median(values) for name, values in seconds.items()}
     names = list(ways)

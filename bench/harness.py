@@ -51,6 +51,7 @@ TONE_AND_NOISE = (
 class Database:
     owner_url: str  # the administrator's
     service_url: str  # the service role's
+    postmaster: int  # its pid: its processes are the ones postgres_cpu counts
 
 
 @contextmanager
@@ -60,7 +61,9 @@ def bench_database() -> Iterator[Database]:
     with private_cluster() as (env, owner_url):
         password = Path(env["PGDATA_ROOT"], "service-password").read_text().strip()
         apply(owner_url, Roles(service_password=password))
-        yield Database(owner_url, f"postgresql://{DEFAULT_SERVICE_ROLE}:{password}@127.0.0.1:{env['PGPORT']}/mp3")
+        postmaster = int(Path(env["PGDATA_ROOT"], "data", "postmaster.pid").read_text().split()[0])
+        service_url = f"postgresql://{DEFAULT_SERVICE_ROLE}:{password}@127.0.0.1:{env['PGPORT']}/mp3"
+        yield Database(owner_url, service_url, postmaster)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Service:
 
     process: ServiceProcess
     owner_url: str
+    postmaster: int  # the database's (Database.postmaster)
     user_id: int
     token: str
 
@@ -111,7 +115,7 @@ def running_service(database: Database, folder: Path, **settings: str) -> Iterat
     try:
         process.start_blocking()
         user = post_json(f"{process.base}/users", {"username": f"bench-{time.time_ns()}"})["data"]
-        yield Service(process, database.owner_url, int(str(user["id"])), str(user["token"]))
+        yield Service(process, database.owner_url, database.postmaster, int(str(user["id"])), str(user["token"]))
     finally:
         if process.process is None or process.process.poll() is not None:  # it did not start, or ended
             print(f"app.py ended; the end of its log:\n{log.read_text()[-3000:]}", file=sys.stderr)
@@ -323,15 +327,17 @@ def own_children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def postgres_cpu() -> float:
-    """CPU seconds used by every PostgreSQL process on this machine (the bench's cluster)."""
-    pids = []
+def postgres_cpu(postmaster: int) -> float:
+    """CPU seconds used by the bench's cluster: its postmaster, the children it has reaped
+    (backends that ended) and those still running. Not every `postgres` process on the
+    machine: a test suite's clusters beside the bench took more than the bench's own."""
+    children = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with suppress(OSError):
-                if (entry / "comm").read_text().startswith("postgres"):
-                    pids.append(int(entry.name))
-    return process_cpu(pids)
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(entry.name))
+    return process_cpu([postmaster]) + children_cpu(postmaster) + process_cpu(children)
 
 
 @dataclass(frozen=True)
@@ -347,7 +353,7 @@ class CpuUse:
 
     @classmethod
     def now(cls, service: Service) -> CpuUse:
-        return cls(children_cpu(service.pid), process_cpu([service.pid]), postgres_cpu(), idle_cpu())
+        return cls(children_cpu(service.pid), process_cpu([service.pid]), postgres_cpu(service.postmaster), idle_cpu())
 
     def minus(self, before: CpuUse, raw: float, wall: float) -> CpuUse:
         return CpuUse(

@@ -101,12 +101,13 @@ def where_the_cpu_goes(bench: Bench, splits: dict[float, list[CpuUse]]) -> None:
         )
     report.say()
     report.say(
-        "CPU time (user + system) over each upload of the table above: the service's FFmpegs as it reaped them "
-        "(/proc/PID/stat's cutime and cstime), its own process, every PostgreSQL process, the cores' idle time "
-        "(/proc/stat); others: the rest of cores x wall time (curl, this bench, other tenants). Raw FFmpeg: "
-        "the CLI's own CPU in the same round. Floor: the upload / raw FFmpeg ratio if the cores did nothing but "
-        "the service's FFmpegs and PostgreSQL, (FFmpegs + PostgreSQL) / cores / raw FFmpeg's CPU: no upload "
-        "on these cores can go below it while the encoders do this much.\n"
+        "CPU time (user + system) over each upload of the table above: the service's FFmpegs as it reaped "
+        "them (/proc/PID/stat's cutime and cstime), its own process, the bench's PostgreSQL cluster (its "
+        "postmaster and every process it started), the cores' idle time (/proc/stat); others: the rest of "
+        "cores x wall time (curl, this bench, other tenants). Raw FFmpeg: the CLI's own CPU in the same "
+        "round. Floor: the upload / raw FFmpeg ratio if the cores did nothing but the service's FFmpegs and "
+        "PostgreSQL, (FFmpegs + PostgreSQL) / cores / raw FFmpeg's CPU: no upload on these cores can go below "
+        "it while the encoders do this much.\n"
     )
 
 
