@@ -205,15 +205,17 @@ async def _patched(
         await _settled(pool, upload_id, claiming)
 
 
-async def _settled(pool: api.Database, upload_id: UUID, claiming: asyncio.Future[api.Claim]) -> None:
+async def _settled(pool: asyncpg.Pool, upload_id: UUID, claiming: asyncio.Future[api.Claim]) -> None:
     """The PATCH no longer at work on the upload (api.upload_settled), once its claim has
     answered (at once, but for a PATCH cancelled while claiming). A claim refused changed
     nothing; one that never answers, or a settle that fails, leaves the mark to lapse
-    within app.patch_busy_lease()."""
+    within app.patch_busy_lease(). Bounded by within, as every call on the pool is: around a
+    plain pool call, asyncio.timeout gives up only once asyncpg's cancel is answered, which a
+    frozen server never does (db/deadline.py)."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(SETTLE_TIMEOUT_S):
             claim = await claiming
-            await api.upload_settled(pool, upload_id, claim.generation)
+        await within(SETTLE_TIMEOUT_S, pool, lambda db: api.upload_settled(db, upload_id, claim.generation))
 
 
 async def _converted(

@@ -529,6 +529,9 @@ class DelayingProxy:
         # For each connection cut, in order: how many of its client's bytes had reached the
         # server when the cut came (what was still on its way is lost with the connection).
         self.delivered_before_cut: list[int] = []
+        # The proxy freezes (as freeze() does) the moment a client sends bytes holding this,
+        # and holds them: a statement's text, sent when a connection first prepares it.
+        self.freeze_when_sent: bytes | None = None
 
     def start(self) -> DelayingProxy:
         self._thread.start()
@@ -625,6 +628,9 @@ class DelayingProxy:
             passed = 0
             while True:
                 data = await reader.read(65536)
+                if self.freeze_when_sent is not None and self.freeze_when_sent in data:
+                    self.freeze_when_sent = None
+                    self._flowing.clear()
                 if callable(cut_after):
                     cut_after = cut_after(data)
                 if cut_after is not None and passed + len(data) >= cut_after:

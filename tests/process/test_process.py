@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from db import api
+from handlers.uploads import SETTLE_TIMEOUT_S
 from tests.support import (
     Audio,
     DelayingProxy,
@@ -474,6 +475,42 @@ async def test_a_frozen_database_costs_a_statement_of_its_own_its_stall_timeout_
         finally:
             database_proxy.thaw()
     assert dict(zip(requests, statuses, strict=True)) == dict.fromkeys(requests, 503)
+
+
+async def test_a_patch_that_stored_its_upload_answers_though_the_database_freezes_as_it_settles(
+    service_process: ServiceProcess, database_proxy: DelayingProxy, audio: Audio
+) -> None:
+    """A PATCH's last statement says it is no longer at work on the upload
+    (api.upload_settled), after its record is stored. It was the one pool call no deadline
+    bounded: with PostgreSQL frozen at that moment, the stored upload was answered only after
+    STALL_TIMEOUT_S and asyncpg's wait for its cancel (found by helper-38: 16 s at a stall
+    timeout of 10 s). It is answered within SETTLE_TIMEOUT_S."""
+    stall_s = 12.0
+    service_process.env |= {
+        "STALL_TIMEOUT_S": f"{stall_s:g}",
+        "DATABASE_URL": database_proxy.url(service_process.env["DATABASE_URL"]),
+    }
+    await service_process.start()
+    wav = audio(seconds=5)
+    async with aiohttp.ClientSession() as session:
+        user = await service_process.new_user(session, "settling")
+        tus = {**basic(*user), "Tus-Resumable": "1.0.0"}
+        async with session.post(
+            f"{service_process.base}/uploads", headers={**tus, "Upload-Length": str(len(wav))}
+        ) as created:
+            assert created.status == 201
+            upload_url = service_process.base + local(created.headers["Location"])
+        headers = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        database_proxy.freeze_when_sent = b"upload_settled"  # this service's first settle: its text is sent
+        patching = session.patch(upload_url, data=wav, headers=headers)
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT_S + 3), patching as patched:
+                assert patched.status == 204
+                assert patched.headers["Upload-Offset"] == str(len(wav))
+                assert "Record-Location" in patched.headers
+        finally:
+            database_proxy.thaw()
+    assert database_proxy.freeze_when_sent is None  # it did freeze
 
 
 async def test_sigusr1_logs_what_every_task_awaits(service_process: ServiceProcess) -> None:
