@@ -7,7 +7,10 @@ the cancel request it sends, which the pool waits for before it takes the
 connection back. So asyncio.timeout around a pool call does not bound it.
 ``within`` does: the caller stops waiting at the deadline whatever the server
 does, and the abandoned call ends in the background, its connection released
-within the acquire timeout or dropped.
+within RELEASE_TIMEOUT_S or dropped. An answer in time is returned at once: the
+release that follows it (asyncpg resets the connection, a round trip) is not
+the caller's to wait for, and has a budget of its own, not what is left of the
+call's.
 """
 
 from __future__ import annotations
@@ -29,33 +32,52 @@ UNREACHABLE = (
     asyncpg.CannotConnectNowError,
 )
 
-# Calls given up on, finishing their cleanup (bounded by the pool's timeouts).
-_abandoned: set[asyncio.Future[Any]] = set()
+# Giving a connection back after a call, at most: asyncpg resets it first (a round trip)
+# and drops it past this. What is left of the call's own deadline may be a few ms.
+RELEASE_TIMEOUT_S = 5.0
+
+# Calls on their way, answered or given up on, until their connection is released or
+# dropped: referenced, so that the event loop does not lose them, and their failures retrieved.
+_unfinished: set[asyncio.Future[Any]] = set()
 
 
 async def within(timeout_s: float, pool: asyncpg.Pool, call: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
     """``call`` on a connection of ``pool``; TimeoutError when it has not answered in ``timeout_s``."""
+    answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    answer.add_done_callback(_retrieved)  # the caller may be gone when it fails
 
-    async def on_a_connection() -> T:
-        async with pool.acquire(timeout=timeout_s) as connection:  # also bounds the release
-            return await call(connection)
+    async def on_a_connection() -> None:
+        try:
+            connection = await pool.acquire(timeout=timeout_s)
+        except Exception as error:
+            answer.set_exception(error)
+            return
+        try:
+            answer.set_result(await call(connection))
+        except Exception as error:
+            answer.set_exception(error)
+        finally:
+            await pool.release(connection, timeout=RELEASE_TIMEOUT_S)
 
-    # Done when the call answered or failed; if the caller stops waiting first, it is
-    # cancelled and kept in _abandoned until its connection is released or dropped.
     task = asyncio.ensure_future(on_a_connection())
+    _unfinished.add(task)
+    task.add_done_callback(_forget)
     try:
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        done, _ = await asyncio.wait({answer}, timeout=timeout_s)
         if not done:
             raise TimeoutError(f"no answer from the database in {timeout_s:g} s")
-        return task.result()
+        return answer.result()
     finally:
-        if not task.done():
+        if not answer.done():  # given up on: the call is cancelled, its connection released after
             task.cancel()
-            _abandoned.add(task)
-            task.add_done_callback(_forget)
+
+
+def _retrieved(answer: asyncio.Future[Any]) -> None:
+    if not answer.cancelled():
+        answer.exception()
 
 
 def _forget(task: asyncio.Future[Any]) -> None:
-    _abandoned.discard(task)
+    _unfinished.discard(task)
     if not task.cancelled():
-        task.exception()  # retrieved: it was given up on, and said so
+        task.exception()  # a release that failed: asyncpg dropped the connection
