@@ -51,8 +51,16 @@ async def write(stdin: asyncio.StreamWriter, chunk: bytes) -> bool:
 
 async def end_input(stdin: asyncio.StreamWriter) -> None:
     """Close FFmpeg's stdin (its end of input: it flushes and exits), whether or not it still reads."""
+    stdin.close()
+    # Shielded: wait_closed() awaits asyncio's own future for the pipe's end, and a cancelled
+    # writer (a failed conversion) would cancel that future with it; the pipe breaking later
+    # (reap) then fails to set it, and asyncio logs an ERROR traceback.
+    await asyncio.shield(_closed(stdin))
+
+
+async def _closed(stdin: asyncio.StreamWriter) -> None:
+    """The pipe's end, however it came: whoever stopped waiting for it, nothing is left to log."""
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        stdin.close()
         await stdin.wait_closed()
 
 

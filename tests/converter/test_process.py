@@ -3,15 +3,18 @@ before it reads a byte of an upload, and still a plain child that encodes what i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
 import os
 import resource
+import signal
+from typing import Any
 
 import pytest
 
-from converter.process import FFMPEG_MEMORY_LIMIT, PIPE_BUFFER, reap, spawn
+from converter.process import FFMPEG_MEMORY_LIMIT, PIPE_BUFFER, end_input, reap, spawn
 from tests.support import FFMPEG, children_of, decoded
 
 # One second of 8 kHz mono silence in, MP3 out: any FFmpeg the service starts.
@@ -81,3 +84,26 @@ async def test_an_ffmpeg_that_cannot_be_confined_is_killed_and_reaped(monkeypatc
     with pytest.raises(PermissionError):
         await spawn(COMMAND)
     assert set(children_of(os.getpid())) <= ours  # killed and reaped (a zombie is still a child)
+
+
+async def test_an_input_whose_closing_is_given_up_breaks_with_ffmpeg_and_logs_nothing() -> None:
+    """A conversion that fails cancels its writer, which may be waiting in end_input for
+    FFmpeg's stdin to close with samples still buffered; reap() then kills FFmpeg and the pipe
+    breaks. asyncio set that broken pipe on the close's future, cancelled with the writer,
+    and logged an ERROR traceback (InvalidStateError) for the conversion (helper-38)."""
+    failures: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: failures.append(context))
+    process = await spawn(COMMAND)
+    assert process.stdin is not None
+    try:
+        os.kill(process.pid, signal.SIGSTOP)  # it reads no more: what its pipe cannot hold stays with us
+        process.stdin.write(bytes(3 * PIPE_BUFFER))
+        closing = asyncio.ensure_future(end_input(process.stdin))
+        await asyncio.sleep(0)  # it waits for the buffered samples to go
+        assert not closing.done()
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+    finally:
+        await reap(process)
+    assert failures == []
