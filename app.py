@@ -36,6 +36,7 @@ from service.keys import (
     DOWNLOAD_READS,
     FILE_SENDER,
     METRICS,
+    PATCHES,
     POOL,
     REPLICA,
     SETTINGS,
@@ -44,6 +45,7 @@ from service.keys import (
 from service.logs import configure_logging, log_task_chains
 from service.metrics import Metrics
 from service.open_files import BESIDES, PER_FFMPEG, fit_connections
+from service.patches_at_work import PatchesAtWork
 from service.replica import ReadReplica, replica_pool
 from service.slots import ConversionSlots
 from settings import ConfigError, Settings
@@ -83,6 +85,7 @@ def init_app(settings: Settings) -> web.Application:
         spare=app[SLOTS],
     )
     app[BUSY_UPLOADS] = BusyUploads()
+    app[PATCHES] = PatchesAtWork()
     app[METRICS] = Metrics(app[SLOTS], app[BUSY_UPLOADS])
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(security_headers)

@@ -48,7 +48,7 @@ from handlers.reads import on_primary, read_fresh
 from handlers.shapes import link, link_base, ok, record_json, record_url
 from handlers.store import CheckpointedUpload
 from service.busy_uploads import HEAD_WAITS_S
-from service.keys import BUSY_UPLOADS, CONVERTER, METRICS, POOL, SETTINGS, SLOTS
+from service.keys import BUSY_UPLOADS, CONVERTER, METRICS, PATCHES, POOL, SETTINGS, SLOTS
 from service.slots import ConversionSlots
 from settings import Settings
 
@@ -200,9 +200,16 @@ async def _patched(
     )  # fmt: skip
     try:
         claim = await asyncio.shield(claiming)
-        return await _converted(request, credentials, upload_id, claim, offset, links)
+        with request.app[PATCHES].at_work(upload_id, claim.generation, lambda: _taken_over(request)):
+            return await _converted(request, credentials, upload_id, claim, offset, links)
     finally:
         await _settled(pool, upload_id, claiming)
+
+
+def _taken_over(request: web.Request) -> None:
+    """A newer PATCH took the upload over: this one stops reading, at once if it waits for a
+    silent client (service/patches_at_work.py), and answers what its checkpoints would."""
+    request.content.set_exception(ApiError(423, "Another request now writes this upload.", {"Connection": "close"}))
 
 
 async def _settled(pool: asyncpg.Pool, upload_id: UUID, claiming: asyncio.Future[api.Claim]) -> None:

@@ -13,6 +13,7 @@ from service.database_check import DatabaseCheck
 from service.download_cache import DownloadCache
 from service.file_sender import FileSender
 from service.metrics import Metrics
+from service.patches_at_work import PatchesAtWork
 from service.replica import ReadReplica
 from service.slots import ConversionSlots
 from settings import Settings
@@ -25,6 +26,7 @@ DATABASE_CHECK = web.AppKey("database_check", DatabaseCheck)
 REPLICA = web.AppKey("replica", ReadReplica)  # downloads' bytes, and reads while POOL is down
 SLOTS = web.AppKey("slots", ConversionSlots)
 BUSY_UPLOADS = web.AppKey("busy_uploads", BusyUploads)  # the uploads HEADs wait on, one poll each
+PATCHES = web.AppKey("patches", PatchesAtWork)  # a newer PATCH stops the one it took over
 METRICS = web.AppKey("metrics", Metrics)
 CONVERTER = web.AppKey("converter", ConverterConfig)
 # Absent when DOWNLOAD_CACHE_MB is 0.

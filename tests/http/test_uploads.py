@@ -552,23 +552,51 @@ async def test_a_newer_patch_takes_over_from_a_short_one_still_sending(
 
 async def test_an_accounts_short_patches_wait_for_its_upload_places(client: Client, audio: Audio) -> None:
     """A PATCH kept as sent holds its body in memory until it ends, so it takes one of its
-    account's two upload places as a conversion does: PATCHes parked on one upload, their
+    account's two upload places as a conversion does: PATCHes parked on its uploads, their
     bodies unsent, wait in line for them (and are refused after QUEUE_TIMEOUT_S) rather
-    than each holding up to 2 MiB (helper-36 parked 200 of them: +418 MiB)."""
+    than each holding up to 2 MiB (helper-36 parked 200 of them: +418 MiB). On three
+    uploads: parked on one, each newer PATCH would stop the one before it (423)."""
     user = await new_user(client)
     wav = audio(seconds=20)
-    path = await created(client, user, len(wav))
-    offset = int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"])
+    paths = [await created(client, user, len(wav)) for _ in range(3)]
+    offsets = [
+        int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"]) for path in paths
+    ]
     slots = client.app[SLOTS]
     parked = []
-    for _ in range(3):
+    for path, offset in zip(paths, offsets, strict=True):
         _, writer = await asyncio.open_connection(client.host, client.port)
         writer.write(patch_head(path, user, offset, 50))
         parked.append(writer)
     await until(lambda: (slots.in_progress, slots.waiting_for_account) == (2, 1))
     for writer in parked:
         await leave(writer)
-    assert await offset_of(client, user, path) == offset
+    assert [await offset_of(client, user, path) for path in paths] == offsets
+
+
+async def test_a_patch_taken_over_while_its_client_is_silent_gives_its_upload_place_up(
+    client: Client, audio: Audio
+) -> None:
+    """A client's network goes quiet mid-PATCH on both its uploads, no reset reaching us: each
+    silent PATCH holds one of the account's two upload places until READ_TIMEOUT_S (60 s).
+    The client comes back and resumes: its newer PATCH takes the upload over and stops the
+    silent one at once (423, should its client still listen), and so is admitted, where it
+    was refused 503 after QUEUE_TIMEOUT_S until the silent ones timed out (helper-38: 50 s)."""
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    paths = [await created(client, user, len(wav)) for _ in range(2)]
+    silent = []
+    for path in paths:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(patch_head(path, user, 0, len(wav)))
+        silent.append((reader, writer))
+    slots = client.app[SLOTS]
+    await until(lambda: slots.in_progress == 2)
+    assert len(decoded(await finished_mp3(client, user, paths[0], 0, wav), 2)) == 20 * 44100 * 2
+    taken_over, _ = silent[0]
+    assert (await taken_over.readline()).startswith(b"HTTP/1.1 423")
+    for _, writer in silent:
+        await leave(writer)
 
 
 @pytest.mark.parametrize(
