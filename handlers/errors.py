@@ -69,6 +69,11 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+class BodyStopped(ApiError):
+    """An answer another request set on this one's body stream (a newer PATCH of its upload:
+    handlers/uploads.py): the body is not read on, and the connection is closed after it."""
+
+
 def unauthorized(message: str = "Credentials are required: user id and token.") -> ApiError:
     return ApiError(401, message, {"WWW-Authenticate": 'Basic realm="mp3", charset="UTF-8"'})
 

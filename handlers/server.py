@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from handlers.errors import ApiError, error_response
+from handlers.errors import ApiError, BodyStopped, error_response
 from service.keys import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,10 @@ class _Connection(RequestHandler):
             # None of it came: closed after the answer rather than lingering for a
             # body that will not come. One that sends it anyway is read and dropped
             # as any refused body (LINGERING_S), so that it sees the answer.
+            self.force_close()
+        if isinstance(request.content.exception(), BodyStopped):
+            # Not read on to its end, as a refused body is: that read would raise the answer
+            # again, and aiohttp log it as an unhandled error.
             self.force_close()
         return answered
 

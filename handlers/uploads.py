@@ -42,7 +42,7 @@ from converter.resume import Resumable
 from db import api
 from db.deadline import within
 from handlers.body import PacedBody, pace_of, too_large
-from handlers.errors import ApiError, outcome_status
+from handlers.errors import ApiError, BodyStopped, outcome_status
 from handlers.params import TAG_FIELDS, Credentials, credentials_from, encode_options_from
 from handlers.reads import on_primary, read_fresh
 from handlers.shapes import link, link_base, ok, record_json, record_url
@@ -207,18 +207,19 @@ async def _patched(
 
 
 def _taken_over(request: web.Request) -> None:
-    """A newer PATCH took the upload over: this one stops reading, at once if it waits for a
-    silent client (service/patches_at_work.py), and answers what its checkpoints would."""
-    request.content.set_exception(ApiError(423, "Another request now writes this upload.", {"Connection": "close"}))
+    """A newer PATCH took the upload over (service/patches_at_work.py): this one answers what
+    its checkpoints would at its next read of the body, at once if it waits for a silent client."""
+    request.content.set_exception(BodyStopped(423, "Another request now writes this upload.", {"Connection": "close"}))
 
 
 async def _settled(pool: asyncpg.Pool, upload_id: UUID, claiming: asyncio.Future[api.Claim]) -> None:
     """The PATCH no longer at work on the upload (api.upload_settled), once its claim has
     answered (at once, but for a PATCH cancelled while claiming). A claim refused changed
     nothing; one that never answers, or a settle that fails, leaves the mark to lapse
-    within app.patch_busy_lease(). Bounded by within, as every call on the pool is: around a
-    plain pool call, asyncio.timeout gives up only once asyncpg's cancel is answered, which a
-    frozen server never does (db/deadline.py)."""
+    within app.patch_busy_lease(). Each wait at most SETTLE_TIMEOUT_S: for the claim (at once
+    but for a PATCH cancelled while claiming), and for the settle, bounded by within as every
+    call on the pool is (around a plain pool call, asyncio.timeout gives up only once asyncpg's
+    cancel is answered, which a frozen server never does: db/deadline.py)."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(SETTLE_TIMEOUT_S):
             claim = await claiming

@@ -36,5 +36,7 @@ class PatchesAtWork:
         try:
             yield
         finally:
-            if upload_id in self._at_work and self._at_work[upload_id][0] == generation:
+            # Its own entry, if no later claim took its place: a finished upload's claims
+            # all hold the same generation (api.upload_claim no longer raises it).
+            if upload_id in self._at_work and self._at_work[upload_id][1] is stop:
                 del self._at_work[upload_id]

@@ -18,3 +18,14 @@ def test_a_newer_claim_stops_the_patch_at_work_and_an_overtaken_one_stops_itself
         with patches.at_work(upload, 4, lambda: stopped.append(4)):  # 3 has ended: nothing to stop
             assert stopped == [1, 2]
     assert stopped == [1, 2]
+
+
+def test_claims_of_a_finished_upload_share_its_generation_and_each_ends_only_its_own() -> None:
+    patches, stopped = PatchesAtWork(), []
+    upload = uuid.uuid4()
+    first = patches.at_work(upload, 5, lambda: stopped.append("first"))
+    first.__enter__()
+    with patches.at_work(upload, 5, lambda: stopped.append("second")):
+        first.__exit__(None, None, None)  # the first ends while the second is at work
+        with patches.at_work(upload, 6, lambda: stopped.append("third")):
+            assert stopped == ["first", "second"]  # the second was still known to be at work
