@@ -7,10 +7,10 @@ the cancel request it sends, which the pool waits for before it takes the
 connection back. So asyncio.timeout around a pool call does not bound it.
 ``within`` does: the caller stops waiting at the deadline whatever the server
 does, and the abandoned call ends in the background, its connection released
-within RELEASE_TIMEOUT_S or dropped. An answer in time is returned at once: the
-release that follows it (asyncpg resets the connection, a round trip) is not
-the caller's to wait for, and has a budget of its own, not what is left of the
-call's.
+within the call's deadline (at least RELEASE_FLOOR_S) or dropped. An answer in
+time is returned at once: the release that follows it (asyncpg resets the
+connection, a round trip) is not the caller's to wait for, and has that budget
+of its own, not what is left of the call's.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ UNREACHABLE = (
     asyncpg.CannotConnectNowError,
 )
 
-# Giving a connection back after a call, at most: asyncpg resets it first (a round trip)
-# and drops it past this. What is left of the call's own deadline may be a few ms.
-RELEASE_TIMEOUT_S = 5.0
+# Giving a connection back after a call takes at most its deadline, or this when that is
+# shorter: asyncpg resets it first (a round trip, or waits for a cancel) and drops it past
+# that. A poll may be given what is left of a HEAD's wait, a few ms.
+RELEASE_FLOOR_S = 1.0
 
 # Calls on their way, answered or given up on, until their connection is released or
 # dropped: referenced, so that the event loop does not lose them, and their failures retrieved.
@@ -47,17 +48,19 @@ async def within(timeout_s: float, pool: asyncpg.Pool, call: Callable[[PoolConne
     answer.add_done_callback(_retrieved)  # the caller may be gone when it fails
 
     async def on_a_connection() -> None:
+        connection = None
         try:
             connection = await pool.acquire(timeout=timeout_s)
-        except Exception as error:
-            answer.set_exception(error)
-            return
-        try:
             answer.set_result(await call(connection))
-        except Exception as error:
+        except asyncio.CancelledError:
+            answer.cancel()  # given up on by the caller, or cancelled from within
+            raise
+        except BaseException as error:
             answer.set_exception(error)
+            raise
         finally:
-            await pool.release(connection, timeout=RELEASE_TIMEOUT_S)
+            if connection is not None:
+                await pool.release(connection, timeout=max(timeout_s, RELEASE_FLOOR_S))
 
     task = asyncio.ensure_future(on_a_connection())
     _unfinished.add(task)
@@ -80,4 +83,4 @@ def _retrieved(answer: asyncio.Future[Any]) -> None:
 def _forget(task: asyncio.Future[Any]) -> None:
     _unfinished.discard(task)
     if not task.cancelled():
-        task.exception()  # a release that failed: asyncpg dropped the connection
+        task.exception()  # the call's failure, told to its caller; or a release that failed
