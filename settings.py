@@ -138,7 +138,7 @@ class Settings:
             queue_timeout_s=_seconds(env, "QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             ffmpeg_timeout_s=_seconds(env, "FFMPEG_TIMEOUT_S", cls.ffmpeg_timeout_s),
             stall_timeout_s=_seconds(env, "STALL_TIMEOUT_S", cls.stall_timeout_s, 3600),
-            upload_expiry_s=_seconds(env, "UPLOAD_EXPIRY_S", cls.upload_expiry_s, 30 * 86400),
+            upload_expiry_s=_seconds(env, "UPLOAD_EXPIRY_S", cls.upload_expiry_s, 30 * 86400, lowest=1),
             audio_analysis=_switch(env, "AUDIO_ANALYSIS", cls.audio_analysis),
             max_duration_s=_seconds(env, "MAX_DURATION_S", cls.max_duration_s, MAX_DURATION_LIMIT_S),
             read_timeout_s=_seconds(env, "READ_TIMEOUT_S", cls.read_timeout_s),
@@ -209,7 +209,8 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[IpNetwork, ...]:
     return tuple(found)
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float, highest: float = 86400) -> float:
+def _seconds(env: Mapping[str, str], name: str, default: float, highest: float = 86400, lowest: float = 0) -> float:
+    """A duration, more than 0 (or at least ``lowest``, when given) and at most ``highest``."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -217,6 +218,8 @@ def _seconds(env: Mapping[str, str], name: str, default: float, highest: float =
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if not 0 < value <= highest:
-        raise ConfigError(f"{name} must be more than 0 and at most {highest:g} seconds, not {value}")
+    high_enough = value >= lowest if lowest else value > 0
+    if not high_enough or not value <= highest:
+        least = f"at least {lowest:g}" if lowest else "more than 0"
+        raise ConfigError(f"{name} must be {least} and at most {highest:g} seconds, not {value}")
     return value

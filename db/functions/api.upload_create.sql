@@ -2,7 +2,7 @@
  * Creates a resumable upload for an authenticated user (tus creation): an empty
  * large object for its MP3, what the client asked for, and an expiry
  * `lifetime_s` from now (extended by every request that writes to it; PT400
- * unless it is a positive number of seconds). The WAV's length may come later
+ * unless it is from 1 second to 30 days). The WAV's length may come later
  * (NULL). Returns the upload's id and expiry.
  * PT413 at the user's quota or (PT507) the service's storage bound; PT429 when
  * the user already has `most_open` uploads in progress.

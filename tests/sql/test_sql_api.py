@@ -1020,12 +1020,13 @@ def test_a_short_patch_keeps_its_bytes_as_sent_until_a_conversion_takes_them(
     assert scalar(service, given, [*user, upload_id]) is False
 
 
-@pytest.mark.parametrize("lifetime", ["0", "-1", "NaN", "Infinity", None])
-def test_an_upload_lifetime_that_is_no_positive_finite_number_is_refused_wherever_it_is_given(
+@pytest.mark.parametrize("lifetime", ["0", "-1", "0.001", "2592001", "1e12", "1e300", "NaN", "Infinity", None])
+def test_an_upload_lifetime_beyond_what_uploads_may_be_given_is_refused_wherever_it_is_given(
     service: psycopg.Connection, lifetime: str | None
 ) -> None:
-    """From psql, a lifetime of 0 or less made an upload that had already expired, which the
-    sweep would take in the middle of its PATCH; NaN or infinity one that never would."""
+    """From psql, a lifetime under a second made an upload that had expired already, which
+    the sweep would take in the middle of its PATCH; a huge one, NaN or infinity one that
+    never would, or failed on PostgreSQL's own range. From 1 s to 30 days, as UPLOAD_EXPIRY_S."""
     user = create_user(service)
     create = "SELECT id FROM api.upload_create(%s, %s, 'take.wav', '{}', 4000000, %s::float8, 16)"
     claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, %s, NULL, %s::float8, %s)"

@@ -81,6 +81,8 @@ def test_values_are_read_from_the_environment() -> None:
         ("MIN_UPLOAD_KBPS", "-1"),
         ("IDLE_TIMEOUT_S", "0"),
         ("SEND_TIMEOUT_S", "0"),
+        ("UPLOAD_EXPIRY_S", "0.5"),  # an upload that expired before its first PATCH could begin
+        ("UPLOAD_EXPIRY_S", "2592001"),
         ("REPLICA_MAX_LAG_S", "0"),
         ("REPLICA_MAX_LAG_S", "3601"),
         ("MAX_DURATION_S", "21601"),  # the MP3 at 320 kbit/s could pass PostgreSQL's 1 GB per value
