@@ -348,6 +348,18 @@ async def test_a_conversion_whose_encoder_hangs_is_answered_503_and_frees_everyt
     )
 
 
+async def tus_upload(
+    service: ServiceProcess, session: aiohttp.ClientSession, user: tuple[int, str], length: int
+) -> tuple[str, dict[str, str]]:
+    """A resumable upload of ``length`` bytes created for ``user``: its URL, and the headers
+    of a PATCH that sends it from its start."""
+    tus = {**basic(*user), "Tus-Resumable": "1.0.0"}
+    async with session.post(f"{service.base}/uploads", headers={**tus, "Upload-Length": str(length)}) as created:
+        assert created.status == 201
+        url = service.base + local(created.headers["Location"])
+    return url, {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+
+
 async def test_a_patch_whose_encoder_hangs_is_answered_503_and_counted_as_a_stall(
     service_process: ServiceProcess, audio: Audio
 ) -> None:
@@ -359,14 +371,8 @@ async def test_a_patch_whose_encoder_hangs_is_answered_503_and_counted_as_a_stal
     stopped: set[int] = set()
     async with aiohttp.ClientSession() as session:
         user = await service_process.new_user(session, "frozen")
-        tus = {**basic(*user), "Tus-Resumable": "1.0.0"}
-        async with session.post(
-            f"{service_process.base}/uploads", headers={**tus, "Upload-Length": str(len(wav))}
-        ) as created:
-            assert created.status == 201
-            upload_url = created.headers["Location"]
+        upload_url, headers = await tus_upload(service_process, session, user, len(wav))
         stopping = asyncio.create_task(stop_every_encoder(service_process, stopped))
-        headers = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
         try:
             async with session.patch(upload_url, data=wav, headers=headers) as patched:
                 body = await expect_error(patched, 503)
@@ -494,13 +500,7 @@ async def test_a_patch_that_stored_its_upload_answers_though_the_database_freeze
     wav = audio(seconds=5)
     async with aiohttp.ClientSession() as session:
         user = await service_process.new_user(session, "settling")
-        tus = {**basic(*user), "Tus-Resumable": "1.0.0"}
-        async with session.post(
-            f"{service_process.base}/uploads", headers={**tus, "Upload-Length": str(len(wav))}
-        ) as created:
-            assert created.status == 201
-            upload_url = service_process.base + local(created.headers["Location"])
-        headers = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        upload_url, headers = await tus_upload(service_process, session, user, len(wav))
         database_proxy.freeze_when_sent = b"upload_settled"  # this service's first settle: its text is sent
         patching = session.patch(upload_url, data=wav, headers=headers)
         try:
