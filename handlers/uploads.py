@@ -12,7 +12,8 @@ few seconds behind what was sent while a PATCH converts, its last byte once
 the PATCH has answered, and it never goes back. Any replica can take the
 next PATCH: everything it needs is in the upload's row. A PATCH takes the
 upload over from any older one still running (handlers/store.py's
-CheckpointedUpload: the older writes nothing more). When the last byte is in,
+CheckpointedUpload: the older writes nothing more; in this process it also
+stops reading: service/patches_at_work.py). When the last byte is in,
 the MP3 becomes a record: the last PATCH's answer names it (Record-Location),
 and GET /uploads/<id> answers it as POST /record does.
 
@@ -216,10 +217,10 @@ async def _settled(pool: asyncpg.Pool, upload_id: UUID, claiming: asyncio.Future
     """The PATCH no longer at work on the upload (api.upload_settled), once its claim has
     answered (at once, but for a PATCH cancelled while claiming). A claim refused changed
     nothing; one that never answers, or a settle that fails, leaves the mark to lapse
-    within app.patch_busy_lease(). Each wait at most SETTLE_TIMEOUT_S: for the claim (at once
-    but for a PATCH cancelled while claiming), and for the settle, bounded by within as every
-    call on the pool is (around a plain pool call, asyncio.timeout gives up only once asyncpg's
-    cancel is answered, which a frozen server never does: db/deadline.py)."""
+    within app.patch_busy_lease(). Each of the two waits is at most SETTLE_TIMEOUT_S; the
+    settle's is bounded by within, as every call on the pool is (around a plain pool call,
+    asyncio.timeout gives up only once asyncpg's cancel is answered, which a frozen server
+    never does: db/deadline.py)."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(SETTLE_TIMEOUT_S):
             claim = await claiming

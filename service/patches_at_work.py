@@ -5,9 +5,9 @@ generation, and the older PATCH may write nothing more. The older one learns it 
 next write to the database, or, while its client is silent, not at all: a connection gone
 quiet without a reset reaching us times out only after READ_TIMEOUT_S, holding one of its
 account's upload places all along, which the newer PATCH (the client come back) waits for
-and is refused after QUEUE_TIMEOUT_S. So the newer one stops the older at once. Only in
-this process: the upload places are each process's own, so an older PATCH elsewhere holds
-none the newer one needs.
+and is refused after QUEUE_TIMEOUT_S. So the newer one stops the older: at its next read
+of the body, at once while its client is silent. Only in this process: the upload places
+are each process's own, so an older PATCH elsewhere holds none the newer one needs.
 """
 
 from __future__ import annotations
