@@ -7,7 +7,8 @@
  * so (app.upload_keeps_as_sent: before the WAV's header is stored, the upload's
  * last byte, past 64 pieces or 2 MiB unconverted), PT409 when `at` is not the
  * offset, PT423 once another request claimed the upload, PT507 past the
- * storage bound.
+ * storage bound, checked after any other upload's bytes under way are stored
+ * (app.lock_storage_totals).
  */
 CREATE FUNCTION api.upload_append(
     upload_id uuid,
@@ -37,6 +38,7 @@ BEGIN
             MESSAGE = 'These bytes are converted, not kept as sent: the WAV''s header is not stored yet, they end'
                       ' the upload, or it keeps 64 pieces or 2 MiB unconverted already.';
     END IF;
+    PERFORM app.lock_storage_totals(the_upload.user_id);
     PERFORM app.assert_within_storage_bound(
         the_upload.mp3_bytes + app.upload_kept_bytes(the_upload.wav_header, the_upload.wav_pending, the_upload.analysis)
             + app.upload_bytes_in_pieces(the_upload.id) + octet_length(piece),

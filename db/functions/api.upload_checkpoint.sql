@@ -8,7 +8,8 @@
  * WAV's header once. PT423 when another request has claimed the upload since;
  * PT413 past the user's quota (this and the user's other uploads in progress
  * count), PT507 past the service's bound (every upload in progress counts, with
- * the WAV bytes it keeps). Extends the expiry.
+ * the WAV bytes it keeps), checked after any other upload's checkpoint under way
+ * has ended (app.lock_storage_totals). Extends the expiry.
  */
 CREATE FUNCTION api.upload_checkpoint(
     upload_id uuid,
@@ -40,6 +41,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'PT400',
             MESSAGE = 'The pending bytes are the last of the offset''s, at most 16 MiB of them.';
     END IF;
+    PERFORM app.lock_storage_totals(the_upload.user_id);
     PERFORM app.assert_within_quota(the_upload.user_id, new_size, the_upload.id);
     PERFORM app.assert_within_storage_bound(
         new_size + app.upload_kept_bytes(coalesce(the_upload.wav_header, upload_checkpoint.wav_header),

@@ -726,43 +726,96 @@ def test_unfinished_resumable_uploads_count_against_the_quota(
     service.execute(checkpoint, [*second, b"n" * 400, b"RIFF"])  # the room the first held is free
 
 
+def service_sessions(service: psycopg.Connection) -> tuple[psycopg.Connection, psycopg.Connection]:
+    """Two more sessions of the service role, each in a transaction of its own until it commits."""
+    info = service.info
+    first, second = (
+        psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=DEFAULT_SERVICE_ROLE) for _ in range(2)
+    )
+    return first, second
+
+
+def sqlstate_once_first_commits(
+    admin: psycopg.Connection, first: psycopg.Connection, second: psycopg.Connection, query: str, params: Any
+) -> str | None:
+    """What ``query`` on ``second`` raises (None: nothing) when it runs while ``first`` holds
+    its work uncommitted: once ``second`` waits for one of ``first``'s locks (or is done,
+    having waited for none), ``first`` commits. ``second`` is rolled back after."""
+    outcome: list[psycopg.Error] = []
+
+    def run_second() -> None:
+        try:
+            second.execute(query, params)
+        except psycopg.Error as error:
+            outcome.append(error)
+
+    running = threading.Thread(target=run_second)
+    running.start()
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
+    deadline = time.monotonic() + 30
+    while running.is_alive() and scalar(admin, waiting, [second.info.backend_pid]) == 0:
+        assert time.monotonic() < deadline, "the second call neither ended nor waited for a lock"
+    first.commit()
+    running.join(timeout=30)
+    assert not running.is_alive(), "the second call still waits after the first committed"
+    second.rollback()
+    return outcome[0].sqlstate if outcome else None
+
+
 def test_two_uploads_finishing_at_once_cannot_both_pass_the_quota(
     service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
     """Each fits alone; the second to finish waits for the first to commit, then sees its bytes."""
     user_id, token = create_user(service)
     set_quota(admin, 1000)
-    info = service.info
-    first, second = (
-        psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=DEFAULT_SERVICE_ROLE) for _ in range(2)
-    )
+    first, second = service_sessions(service)
     with first, second:
         uploads = []
         for connection in (first, second):
             record_id = scalar(connection, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
             connection.execute("SELECT api.record_append(%s, %s)", [record_id, b"a" * 700])
             uploads.append(record_id)
-        first.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[0]])
-        outcome: list[BaseException] = []
-
-        def finish_second() -> None:  # blocks on the locks `first` holds until it commits
-            try:
-                second.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[1]])
-            except psycopg.Error as error:
-                outcome.append(error)
-
-        finishing = threading.Thread(target=finish_second)
-        finishing.start()
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
-        deadline = time.monotonic() + 30
-        while scalar(admin, waiting, [second.info.backend_pid]) == 0:  # it waits for `first`
-            assert time.monotonic() < deadline, "the second finish never waited for the first"
-        first.commit()
-        finishing.join(timeout=30)
-        second.rollback()
-    assert [getattr(error, "sqlstate", None) for error in outcome] == ["PT413"]
+        finish = "SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)"
+        first.execute(finish, [uploads[0]])
+        assert sqlstate_once_first_commits(admin, first, second, finish, [uploads[1]]) == "PT413"
     assert scalar(admin, "SELECT stored_bytes FROM app.users WHERE id = %s", [user_id]) == 700
     assert record_count(admin) == large_object_count(admin) == 1
+
+
+def claimed_upload(service: psycopg.Connection, user: tuple[int, str], converted: bytes = b"") -> tuple[Any, int]:
+    """A new resumable upload of the user's and the generation of a PATCH that claimed it;
+    with ``converted``, that PATCH's first checkpoint stored it as the MP3 so far (the WAV's
+    header and 100 bytes taken, 20 of them pending), and the upload was claimed again by a
+    PATCH of 3 bytes, which keeps them as sent."""
+    row = service.execute(
+        "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 100000, 3600, 16)", list(user)
+    ).fetchone()
+    assert row is not None
+    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, %s, NULL, 3600, %s)"
+    generation = scalar(service, claim, [*user, row[0], 0, None])
+    if converted:
+        checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 100, '{}', 'RIFF', 3600, NULL, %s)"
+        service.execute(checkpoint, [row[0], generation, converted, b"p" * 20])
+        generation = scalar(service, claim, [*user, row[0], 100, 3])
+    return row[0], generation
+
+
+def test_two_resumable_uploads_checkpointing_at_once_cannot_both_pass_the_quota(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """Each checkpoint fits alone: checked at once, each against what was committed, both
+    passed, and the user held 1,200 bytes of a 1,000-byte quota. The second now waits for
+    the first to commit, then sees its bytes."""
+    user = create_user(service)
+    set_quota(admin, 1000)
+    uploads = [claimed_upload(service, user) for _ in range(2)]
+    checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 78, '{}', 'RIFF', 3600)"
+    first, second = service_sessions(service)
+    with first, second:
+        first.execute(checkpoint, [*uploads[0], b"m" * 600])
+        assert sqlstate_once_first_commits(admin, first, second, checkpoint, [*uploads[1], b"n" * 600]) == "PT413"
+    storage = "SELECT bytes, uploading_bytes FROM api.user_storage(%s, %s)"
+    assert service.execute(storage, list(user)).fetchone() == (0, 600)
 
 
 def test_stored_bytes_follow_every_way_a_record_goes(service: psycopg.Connection, admin: psycopg.Connection) -> None:
@@ -1051,36 +1104,40 @@ def test_two_uploads_of_two_users_finishing_at_once_cannot_both_pass_the_storage
 ) -> None:
     users = [create_user(service), create_user(service, "bob")]
     set_storage_bound(admin, 1000)
-    info = service.info
-    first, second = (
-        psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=DEFAULT_SERVICE_ROLE) for _ in range(2)
-    )
+    first, second = service_sessions(service)
     with first, second:
         uploads = []
         for connection, user in zip((first, second), users, strict=True):
             record_id = scalar(connection, "SELECT api.record_begin(%s, %s, 'a.wav')", list(user))
             connection.execute("SELECT api.record_append(%s, %s)", [record_id, b"a" * 700])
             uploads.append(record_id)
-        first.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[0]])
-        outcome: list[BaseException] = []
-
-        def finish_second() -> None:  # blocks on the service's totals until `first` commits
-            try:
-                second.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)", [uploads[1]])
-            except psycopg.Error as error:
-                outcome.append(error)
-
-        finishing = threading.Thread(target=finish_second)
-        finishing.start()
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
-        deadline = time.monotonic() + 30
-        while scalar(admin, waiting, [second.info.backend_pid]) == 0:
-            assert time.monotonic() < deadline, "the second finish never waited for the first"
-        first.commit()
-        finishing.join(timeout=30)
-        second.rollback()
-    assert [getattr(error, "sqlstate", None) for error in outcome] == ["PT507"]
+        finish = "SELECT * FROM api.record_finish(%s, 1, 1, 1, 1)"
+        first.execute(finish, [uploads[0]])
+        assert sqlstate_once_first_commits(admin, first, second, finish, [uploads[1]]) == "PT507"
     assert record_count(admin) == large_object_count(admin) == 1
+
+
+@pytest.mark.parametrize("adding", ["checkpoint", "piece kept as sent"])
+def test_two_users_resumable_uploads_adding_at_once_cannot_both_pass_the_storage_bound(
+    service: psycopg.Connection, admin: psycopg.Connection, adding: str
+) -> None:
+    """Accounts are free, so any number of users' PATCHes can add bytes at once, each
+    checking the bound against what was committed before it: all of them passed it
+    together. The second of two now waits for the first to commit, then sees its bytes."""
+    if adding == "checkpoint":
+        uploads = [claimed_upload(service, create_user(service, name)) for name in ("bob", "carol")]
+        add = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 78, '{}', 'RIFF', 3600)"
+        held, added = 0, 4 + 600  # the WAV's header with the first checkpoint
+    else:
+        uploads = [claimed_upload(service, create_user(service, name), b"mp3") for name in ("bob", "carol")]
+        add = "SELECT api.upload_append(%s, %s, 100, %s, 3600)"
+        held, added = 2 * (3 + 4 + 20), 600  # each upload's MP3, WAV header and pending bytes
+    set_storage_bound(admin, held + 1000)
+    first, second = service_sessions(service)
+    with first, second:
+        first.execute(add, [*uploads[0], b"m" * 600])
+        assert sqlstate_once_first_commits(admin, first, second, add, [*uploads[1], b"n" * 600]) == "PT507"
+    assert scalar(admin, "SELECT app.uploads_held_bytes()") == held + added
 
 
 def test_storage_stats_read_running_totals_and_never_the_records(
