@@ -21,6 +21,8 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterator
 
+from converter.progress import Changes
+
 # An upload that waits this long for its client lends its turn (a fast client's next
 # chunk is never that far off).
 IDLE_GRACE_S = 0.25
@@ -81,9 +83,11 @@ class ConversionSlots:
         self._turns = asyncio.Semaphore(size)
         # One permit per upload place, taken by admitted() waiting queue_timeout at most.
         self._places = asyncio.Semaphore(self.max_uploads)
+        # Places held per account, only of accounts holding one: an entry per account ever
+        # admitted would grow for as long as the process runs.
         self._per_user: Counter[int] = Counter()
-        # Changes whenever one of a user's uploads ends: a user's waiting upload re-checks.
-        self._user_left = asyncio.Condition()
+        # Noted whenever one of a user's uploads ends: a user's waiting upload re-checks.
+        self._user_left = Changes()
         self._uploads: set[asyncio.Task[object]] = set()
         # Set exactly when _uploads is empty: both change together, with no await between.
         self._no_uploads = asyncio.Event()
@@ -149,7 +153,7 @@ class ConversionSlots:
             turn.end()
             self.in_progress -= 1
             self._places.release()
-            await self._users_upload_ended(user_id)
+            self._users_upload_ended(user_id)
 
     async def _queued_for_a_place(self, user_id: int) -> None:
         """Until the user has fewer than per_user places and one of the service's is free,
@@ -167,9 +171,8 @@ class ConversionSlots:
         deadline = asyncio.timeout(self.queue_timeout)
         self.waiting_for_account += 1
         try:
-            async with deadline, self._user_left:
-                await self._user_left.wait_for(lambda: self._per_user[user_id] < self.per_user)
-                self._per_user[user_id] += 1
+            async with deadline:
+                await self._a_place_of_the_accounts(user_id)
         except TimeoutError:
             raise TooManyOfYours(self.queue_timeout, self.per_user) from None
         finally:
@@ -177,8 +180,16 @@ class ConversionSlots:
         try:
             await self._a_place_of_the_services(deadline.when())
         except BaseException:
-            await self._users_upload_ended(user_id)
+            self._users_upload_ended(user_id)
             raise
+
+    async def _a_place_of_the_accounts(self, user_id: int) -> None:
+        while True:
+            seen = self._user_left.seen()
+            if self._per_user[user_id] < self.per_user:
+                self._per_user[user_id] += 1  # no await since the look: the place is this upload's
+                return
+            await self._user_left.after(seen)
 
     async def _a_place_of_the_services(self, deadline: float | None) -> None:
         if self.draining:
@@ -197,10 +208,13 @@ class ConversionSlots:
             self._places.release()
             raise ShuttingDown
 
-    async def _users_upload_ended(self, user_id: int) -> None:
+    def _users_upload_ended(self, user_id: int) -> None:
+        """The user's place free, and said so, with no await in between: a cancellation that
+        comes as an upload ends (a shutdown, say) cannot leave a waiting upload unwoken."""
         self._per_user[user_id] -= 1
-        async with self._user_left:
-            self._user_left.notify_all()
+        if not self._per_user[user_id]:
+            del self._per_user[user_id]
+        self._user_left.note()
 
     # A conversion's further encoders (converter/segments.py's SpareSlots): only
     # turns free with nobody waiting, given back as soon as someone does. An upload
