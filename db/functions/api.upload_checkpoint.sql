@@ -9,7 +9,8 @@
  * PT413 past the user's quota (this and the user's other uploads in progress
  * count), PT507 past the service's bound (every upload in progress counts, with
  * the WAV bytes it keeps), checked after any other upload's checkpoint under way
- * has ended (app.lock_storage_totals). Extends the expiry.
+ * has ended (app.lock_storage_totals), but for the upload's last bytes, which
+ * api.record_finish checks so when they become a record. Extends the expiry.
  */
 CREATE FUNCTION api.upload_checkpoint(
     upload_id uuid,
@@ -41,7 +42,13 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'PT400',
             MESSAGE = 'The pending bytes are the last of the offset''s, at most 16 MiB of them.';
     END IF;
-    PERFORM app.lock_storage_totals(the_upload.user_id);
+    -- The upload's last bytes are checked again, locked, by the api.record_finish that
+    -- follows in the same transaction (the service's way): locked from here, the totals
+    -- and the user's row would be held through the whole finish (a digest, a read-back),
+    -- and taken before the totals, the user's row would deadlock with record_finish.
+    IF upload_offset IS DISTINCT FROM the_upload.upload_length THEN
+        PERFORM app.lock_storage_totals(the_upload.user_id);
+    END IF;
     PERFORM app.assert_within_quota(the_upload.user_id, new_size, the_upload.id);
     PERFORM app.assert_within_storage_bound(
         new_size + app.upload_kept_bytes(coalesce(the_upload.wav_header, upload_checkpoint.wav_header),

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -736,11 +736,16 @@ def service_sessions(service: psycopg.Connection) -> tuple[psycopg.Connection, p
 
 
 def sqlstate_once_first_commits(
-    admin: psycopg.Connection, first: psycopg.Connection, second: psycopg.Connection, query: str, params: Any
+    admin: psycopg.Connection,
+    first: psycopg.Connection,
+    second: psycopg.Connection,
+    query: str,
+    params: Any,
+    first_goes_on: Callable[[], object] = lambda: None,
 ) -> str | None:
     """What ``query`` on ``second`` raises (None: nothing) when it runs while ``first`` holds
     its work uncommitted: once ``second`` waits for one of ``first``'s locks (or is done,
-    having waited for none), ``first`` commits. ``second`` is rolled back after."""
+    having waited for none), ``first`` goes on and commits. ``second`` is rolled back after."""
     outcome: list[psycopg.Error] = []
 
     def run_second() -> None:
@@ -755,6 +760,7 @@ def sqlstate_once_first_commits(
     deadline = time.monotonic() + 30
     while running.is_alive() and scalar(admin, waiting, [second.info.backend_pid]) == 0:
         assert time.monotonic() < deadline, "the second call neither ended nor waited for a lock"
+    first_goes_on()
     first.commit()
     running.join(timeout=30)
     assert not running.is_alive(), "the second call still waits after the first committed"
@@ -1138,6 +1144,61 @@ def test_two_users_resumable_uploads_adding_at_once_cannot_both_pass_the_storage
         first.execute(add, [*uploads[0], b"m" * 600])
         assert sqlstate_once_first_commits(admin, first, second, add, [*uploads[1], b"n" * 600]) == "PT507"
     assert scalar(admin, "SELECT app.uploads_held_bytes()") == held + added
+
+
+@pytest.mark.parametrize("rule", ["storage bound", "quota"])
+def test_a_resumable_upload_finishing_holds_up_no_other_upload_nor_its_users_deletions(
+    service: psycopg.Connection, admin: psycopg.Connection, rule: str
+) -> None:
+    """The service finishes a resumable upload in one transaction: its last checkpoint, the
+    record begun, the header frame, the digest (hashed meanwhile, or read back), then
+    api.record_finish, which checks the record with the totals and the user's row locked.
+    Had the checkpoint locked them first, another user's checkpoint would wait for the whole
+    finish (1.2 s for a 64 MiB read-back 30 ms from the database), and with a quota alone the
+    user's row, taken before the totals, deadlocked with the user's own deletions."""
+    alice, bob = create_user(service), create_user(service, "bob")
+    kept = store_record(service, *alice, [b"x" * 100])
+    finishing, other = service_sessions(service)
+    uploads = [claimed_upload(service, user) for user in (alice, bob)]
+    if rule == "storage bound":
+        set_storage_bound(admin, 1 << 20)
+        held_up, call = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 78, '{}', 'RIFF', 3600)", [*uploads[1], b"n"]
+    else:
+        set_quota(admin, 1 << 20)
+        held_up, call = "SELECT api.record_delete(%s, %s, %s)", [*alice, kept]
+    with finishing, other:
+        last = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 100000, '{}', 'RIFF', 3600)"
+        finishing.execute(last, [*uploads[0], b"m" * 600])
+        record_id = scalar(finishing, "SELECT api.upload_record_begin(%s, %s)", list(uploads[0]))
+        other.execute("SET lock_timeout = '10s'")  # 55P03 instead of waiting for the finish to end
+        other.execute(held_up, call)
+        other.commit()
+        finishing.execute("SELECT * FROM api.record_finish(%s, 1, 1, 1, 1, %s)", [record_id, bytes(32)])
+        finishing.commit()
+    assert scalar(admin, "SELECT count(*) FROM app.records WHERE user_id = %s", [alice[0]]) == 2 - (rule == "quota")
+
+
+def test_an_upload_finished_from_psql_after_any_checkpoint_deadlocks_with_no_deletion(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """From psql an upload may be made a record in the transaction of any checkpoint, not
+    only of its last bytes'. That checkpoint locks, then api.record_finish: with a quota alone,
+    it locked the user's row only, and the totals came second, with record_finish; the
+    user's record deletion, meanwhile, takes the totals, then the user's row. Each waited
+    for the other (40P01). The checkpoint now takes the totals first too."""
+    user = create_user(service)
+    kept = store_record(service, *user, [b"x" * 100])
+    set_quota(admin, 1 << 20)
+    upload = claimed_upload(service, user)
+    first, second = service_sessions(service)
+    with first, second:
+        first.execute("SELECT api.upload_checkpoint(%s, %s, 0, %s, 78, '{}', 'RIFF', 3600)", [*upload, b"m" * 600])
+        record_id = scalar(first, "SELECT api.upload_record_begin(%s, %s)", list(upload))
+        finish = "SELECT * FROM api.record_finish(%s, 1, 1, 1, 1, %s)"
+        delete = "SELECT api.record_delete(%s, %s, %s)"
+        finishing = lambda: first.execute(finish, [record_id, bytes(32)])  # noqa: E731
+        assert sqlstate_once_first_commits(admin, first, second, delete, [*user, kept], finishing) is None
+    assert scalar(admin, "SELECT count(*) FROM app.records WHERE id = %s", [record_id]) == 1
 
 
 def test_storage_stats_read_running_totals_and_never_the_records(
