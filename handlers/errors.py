@@ -111,6 +111,9 @@ BAD_VALUE = (400, "A value is malformed or out of range.")
 UNAVAILABLE = (503, "The database is unavailable; try again shortly.")
 SQLSTATE_CLASSES: dict[str, tuple[int, str]] = {
     "22": BAD_VALUE,  # data exception: malformed text, NUL bytes, out of range
+    # Transaction rollback (a deadlock broken, a serialization failure): nothing of the
+    # request was kept, and the same request again may well succeed.
+    "40": (503, "The database had to undo this request's work to let another go on; try again."),
     "08": UNAVAILABLE,  # connection exception
     "53": UNAVAILABLE,  # insufficient resources
     "57": UNAVAILABLE,  # operator intervention (a shutdown)
@@ -129,7 +132,7 @@ def _from_postgres(error: asyncpg.PostgresError) -> ApiError:
         message = error.args[0] if error.args else reason_of(status)
         return unauthorized(message) if status == 401 else ApiError(status, message)
     status, message = SQLSTATES.get(state) or SQLSTATE_CLASSES.get(state[:2]) or (500, "Internal error.")
-    return database_unavailable() if status == 503 else ApiError(status, message)
+    return ApiError(status, message, {"Retry-After": RETRY_AFTER_S} if status == 503 else None)
 
 
 def database_unavailable() -> ApiError:
