@@ -75,9 +75,10 @@ class LocalCopy:
     header frame and the measurements) instead of read back through the database's
     connection (~65 ms; db/api.py upload_sha256): that read-back was most of the time from
     an upload's last byte to its 201. It only saves time: when it cannot be written (a full
-    disk, no descriptor left), or a write or the digest takes longer than ``deadline_s`` (a
-    disk that hangs), it is given up and the digest read back; so it is when the upload
-    fails. Nothing waits for a thread it gave up: the file is closed once that lets go."""
+    disk, no descriptor left), or a write takes longer than half of ``deadline_s`` or the
+    digest longer than all of it (a disk that hangs), it is given up and the digest read
+    back; so it is when the upload fails. Nothing waits for a thread it gave up: the file is
+    closed once that lets go."""
 
     def __init__(self, file: BufferedRandom | None, deadline_s: float) -> None:
         self._file = file
@@ -101,14 +102,19 @@ class LocalCopy:
             copy._give_up()
 
     async def beside(self, storing: Awaitable[None], chunk: bytes | bytearray) -> None:
-        """``storing`` (the chunk on its way to the database) while the chunk is written here."""
+        """``storing`` (the chunk on its way to the database) while the chunk is written here,
+        the copy given up once its write has taken half the deadline, counted from its start.
+        The conversion's watchdog waits the whole deadline from the conversion's last step
+        for the database to take the chunk: the copy must be given up well before, or a
+        hanging disk fails the upload as a stalled database (503)."""
         if self._file is None:
             await storing
             return
+        started = asyncio.get_running_loop().time()
         writing = self._working = asyncio.ensure_future(asyncio.to_thread(self._write, self._file, chunk))
         try:
             await storing
-            written = await self._within_deadline(writing, "write")
+            written = await self._within_deadline(writing, "write", self._deadline_s / 2, started)
         except BaseException:
             self._give_up()  # the upload failed or went away: no more writes
             raise
@@ -123,18 +129,23 @@ class LocalCopy:
             return None
         hashing = asyncio.ensure_future(asyncio.to_thread(self._digest, self._file, header_offset, header_frame))
         self._working = hashing
-        return asyncio.ensure_future(self._within_deadline(hashing, "hash"))
+        return asyncio.ensure_future(self._within_deadline(hashing, "hash", self._deadline_s))
 
-    async def _within_deadline(self, work: asyncio.Future[Done], doing: str) -> Done | None:
-        """What the thread's ``work`` gives, or None once it takes longer than the deadline.
-        Shielded: a waiter cancelled or out of time must not mark the work done while its
-        thread still runs (_give_up closes the file only once it is)."""
+    async def _within_deadline(
+        self, work: asyncio.Future[Done], doing: str, within_s: float, started: float | None = None
+    ) -> Done | None:
+        """What the thread's ``work`` gives, or None once it has taken ``within_s`` (from
+        ``started``, a time of the loop's, else from now). Shielded: a waiter cancelled or out
+        of time must not mark the work done while its thread still runs (_give_up closes the
+        file only once it is)."""
+        if started is None:
+            started = asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(self._deadline_s):
+            async with asyncio.timeout_at(started + within_s):
                 return await asyncio.shield(work)
         except TimeoutError:
             log.warning("the local copy of an upload's MP3 took over %g s to %s: its digest is read back",
-                        self._deadline_s, doing)  # fmt: skip
+                        within_s, doing)  # fmt: skip
             return None
 
     @staticmethod
