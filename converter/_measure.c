@@ -83,6 +83,7 @@ typedef struct {
     double *weight, *filter, *energy, *block_max, *previous_max;
     float *history, *first_taps, *later_taps;
     int64_t history_length;
+    const double *bends; /* not in the core: feed() and finish() are given them (see interpolate) */
 } Arrays;
 
 static double ALAW[256], MULAW[256];
@@ -99,6 +100,7 @@ static Arrays arrays_of(Core *core)
     double *p = (double *)(core + 1);
     int64_t c = core->channels;
     a.history_length = TP_WINDOW;
+    a.bends = NULL;
     a.weight = p, p += c;
     a.filter = p, p += 6 * c;
     a.energy = p, p += c;
@@ -346,15 +348,72 @@ CLONED static float last_stage_peak(const float *in, int n, const float *taps, i
     return largest_lane(peak);
 }
 
+/* Whether every second difference among n samples, |x[j - 1] - 2 x[j] + x[j + 1]|, is within the limit: thirty-two
+   at a time, the last thirty-two ending at the last one (some tested twice), stopping at the first group with one
+   past it (noise: the first). */
+static inline v8i bends_past(const float *x, int j, v8f limit)
+{
+    v8i past = {0};
+    for (int k = j; k < j + 32; k += 8)
+        past |= magnitude8((load8(x + k - 1) + load8(x + k + 1)) - (load8(x + k) + load8(x + k))) > limit;
+    return past;
+}
+
+CLONED static int bends_within(const float *x, int n, float limit)
+{
+    if (n < 34) {
+        for (int j = 1; j + 1 < n; j++)
+            if (fabsf((x[j - 1] + x[j + 1]) - (x[j] + x[j])) > limit)
+                return 0;
+        return 1;
+    }
+    const v8f bound = {limit, limit, limit, limit, limit, limit, limit, limit};
+    for (int j = 1;; j += 32) {
+        int last = j + 32 >= n - 1;
+        int64_t lanes[4];
+        v8i past = bends_past(x, last ? n - 33 : j, bound);
+        memcpy(lanes, &past, sizeof lanes);
+        if (lanes[0] | lanes[1] | lanes[2] | lanes[3])
+            return 0;
+        if (last)
+            return 1;
+    }
+}
+
+/* Whether the points of the stages from s on, made of n values (each no larger than `largest`) stage s is fed,
+   could pass the true peak so far. Two bounds: reach[s] times the largest value (the taps' summed magnitudes);
+   and, tighter where the values change smoothly, the largest value plus bends[s] times their largest second
+   difference: each point is the linear interpolation of its two nearest values (no larger than either) plus a
+   sum of second differences, bends[s] the most their weights sum to (converter/analysis.py's stage_bends).
+   Both hold for exact arithmetic; BEND_MARGIN takes in the single precision's rounding (under 1e-5 of the
+   largest value), so skipping changes no bit of the result. Only the first stage's is tested: it is where
+   most of the work is saved, and the later stages' values are the first's points, seldom smooth where the first's
+   bound failed. */
+#define BEND_MARGIN 1e-4
+static int could_pass(const Core *core, const Arrays *a, int64_t stage, const float *in, int n, double largest)
+{
+    if (core->reach[stage] * largest <= core->true_peak)
+        return 0;
+    if (stage > 0)
+        return 1;
+    /* (largest + bend D) (1 + BEND_MARGIN) <= true peak, where D is the largest second difference */
+    double limit = (core->true_peak / (1.0 + BEND_MARGIN) - largest) / a->bends[stage];
+    if (!(limit >= 0.0)) /* and a bend of 0 (no stage has one) */
+        return 1;
+    float below = (float)limit;
+    if ((double)below > limit)
+        below = nextafterf(below, 0.0f);
+    return !bends_within(in, n, below);
+}
+
 /* The points interpolated among n samples of one channel (x), stage by stage while they could still raise the
-   true peak: no point of the stages from s on exceeds reach[s] times the largest value stage s is fed (the
-   summed magnitudes of the taps that make it). Only points whose taps all fall on the n samples are made. */
+   true peak (could_pass). Only points whose taps all fall on the n samples are made. */
 static void interpolate(Core *core, const Arrays *a, const float *x, int n, double largest)
 {
     enum { MOST = TP_WINDOW << MAX_STAGES };
     float one[MOST], other[MOST];
     const float *in = x;
-    for (int64_t stage = 0; stage < core->stages && core->reach[stage] * largest > core->true_peak; stage++) {
+    for (int64_t stage = 0; stage < core->stages && could_pass(core, a, stage, in, n, largest); stage++) {
         float *out = stage % 2 ? other : one, midpoints;
         const float *taps = stage == 0 ? a->first_taps : a->later_taps;
         int half = stage == 0 ? FIRST_HALF : LATER_HALF;
@@ -664,15 +723,27 @@ done:
     return result;
 }
 
-/* feed(core, samples) -> (sub-block energies as native doubles, pixels as signed byte pairs) */
+/* The bends (see could_pass), one a stage as native doubles, for a core that checked() accepted. */
+static int bends_fit(const Core *core, const Py_buffer *bends)
+{
+    const double *b = bends->buf;
+    int fit = bends->len == core->stages * (Py_ssize_t)sizeof(double);
+    for (int64_t s = 0; fit && s < core->stages; s++)
+        fit = b[s] > 0.0 && b[s] <= 1e6; /* and no NaN */
+    if (!fit)
+        PyErr_SetString(PyExc_ValueError, "bends: a positive double for each stage");
+    return fit;
+}
+
+/* feed(core, samples, bends) -> (sub-block energies as native doubles, pixels as signed byte pairs) */
 static PyObject *feed(PyObject *self, PyObject *args)
 {
-    Py_buffer view, samples;
-    if (!PyArg_ParseTuple(args, "w*y*", &view, &samples))
+    Py_buffer view, samples, bends;
+    if (!PyArg_ParseTuple(args, "w*y*y*", &view, &samples, &bends))
         return NULL;
     PyObject *energies = NULL, *pixels = NULL, *result = NULL;
     Core *core = checked(&view);
-    if (!core)
+    if (!core || !bends_fit(core, &bends))
         goto done;
     const int64_t frame_bytes = SAMPLE_BYTES[core->encoding] * core->channels;
     if (samples.len % frame_bytes) {
@@ -687,6 +758,7 @@ static PyObject *feed(PyObject *self, PyObject *args)
     double *e = (double *)PyBytes_AS_STRING(energies);
     int8_t *p = (int8_t *)PyBytes_AS_STRING(pixels);
     Arrays a = arrays_of(core);
+    a.bends = bends.buf;
     const int64_t batch = DECODE_SAMPLES / core->channels;
     const uint8_t *in = samples.buf;
     Py_BEGIN_ALLOW_THREADS /* the buffers are held: the bytearray cannot be resized meanwhile */
@@ -703,21 +775,22 @@ static PyObject *feed(PyObject *self, PyObject *args)
     result = PyTuple_Pack(2, energies, pixels);
 done:
     Py_XDECREF(energies), Py_XDECREF(pixels);
-    PyBuffer_Release(&view), PyBuffer_Release(&samples);
+    PyBuffer_Release(&view), PyBuffer_Release(&samples), PyBuffer_Release(&bends);
     return result;
 }
 
-/* finish(core) -> (true peak, sample peak), the last block's samples counted, and its points whose taps all
-   fall on the recording (see mirror_start) (changes the core: pass a copy) */
+/* finish(core, bends) -> (true peak, sample peak), the last block's samples counted, and its points whose taps
+   all fall on the recording (see mirror_start) (changes the core: pass a copy) */
 static PyObject *finish(PyObject *self, PyObject *args)
 {
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "w*", &view))
+    Py_buffer view, bends;
+    if (!PyArg_ParseTuple(args, "w*y*", &view, &bends))
         return NULL;
     PyObject *result = NULL;
     Core *core = checked(&view);
-    if (core) {
+    if (core && bends_fit(core, &bends)) {
         Arrays a = arrays_of(core);
+        a.bends = bends.buf;
         const int64_t offset = a.history_length - TP_BLOCK, fill = core->block_fill;
         /* the samples before the block: mirrored when the block is the recording's first; none to make
            points of when the recording has no more than TP_OVERLAP (mirror_start) */
@@ -733,7 +806,7 @@ static PyObject *finish(PyObject *self, PyObject *args)
         }
         result = Py_BuildValue("dd", core->true_peak, core->sample_peak);
     }
-    PyBuffer_Release(&view);
+    PyBuffer_Release(&view), PyBuffer_Release(&bends);
     return result;
 }
 
@@ -798,8 +871,8 @@ static PyObject *counters(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"core_size", core_size, METH_VARARGS, "core_size(channels) -> bytes the core needs"},
     {"init", init, METH_VARARGS, "init(core, encoding, channels, rate, spp, stages, k, weights, first, later, reaches)"},
-    {"feed", feed, METH_VARARGS, "feed(core, samples) -> (sub-block energies, pixels)"},
-    {"finish", finish, METH_VARARGS, "finish(core) -> (true peak, sample peak) (changes the core)"},
+    {"feed", feed, METH_VARARGS, "feed(core, samples, bends) -> (sub-block energies, pixels)"},
+    {"finish", finish, METH_VARARGS, "finish(core, bends) -> (true peak, sample peak) (changes the core)"},
     {"widen_pixels", widen_pixels, METH_VARARGS, "widen_pixels(core, min, max, carried) -> None"},
     {"pixel_being_built", pixel_being_built, METH_VARARGS, "pixel_being_built(core) -> b'' or its min and max"},
     {"counters", counters, METH_VARARGS, "counters(core) -> (frames, samples per pixel)"},

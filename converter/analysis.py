@@ -219,6 +219,7 @@ class Analyser:
             array("f", midpoint_taps(LATER_TAPS_EACH_SIDE)).tobytes(),
             array("d", stage_reaches(oversampling_stages(format.sample_rate))).tobytes(),
         )
+        self._bends = array("d", stage_bends(oversampling_stages(format.sample_rate))).tobytes()
         self._pixels = bytearray()
         self._subblocks = 0
         self._recent: deque[float] = deque(maxlen=SHORT_TERM_SUBBLOCKS)  # the last sub-blocks' energies
@@ -249,7 +250,7 @@ class Analyser:
 
     def result(self) -> Analysis:
         frames, samples_per_pixel = _measure.counters(self._core)
-        true_peak, sample_peak = _measure.finish(bytearray(self._core))  # a copy: the analysis may go on
+        true_peak, sample_peak = _measure.finish(bytearray(self._core), self._bends)  # a copy: the analysis may go on
         loudness = Loudness(
             integrated=self._momentary.integrated(RELATIVE_GATE),
             range=self._short_term.range(),
@@ -307,7 +308,7 @@ class Analyser:
         return analyser
 
     def _feed(self, frames: bytes | memoryview) -> None:
-        energies, pixels = _measure.feed(self._core, frames)
+        energies, pixels = _measure.feed(self._core, frames, self._bends)
         for energy in array("d", energies):
             self._subblock(energy)
         if pixels:
@@ -512,6 +513,41 @@ def stage_reaches(stages: int) -> tuple[float, ...]:
         sums = (math.fsum(abs(v) for v in response[phase::points]) for phase in range(points))
         reaches.append(max(sums) * (1 + 1e-5))
     return tuple(reaches)
+
+
+@functools.cache
+def stage_bends(stages: int) -> tuple[float, ...]:
+    """For each stage, a tighter bound than its reach where the values it is fed change smoothly: each
+    point of it and the stages after it is the linear interpolation between its two nearest values
+    plus a weighted sum of the values' second differences (x[j-1] - 2 x[j] + x[j+1]), the cascade
+    reproducing straight lines; this is the most those weights' magnitudes sum to, so that no point
+    exceeds the largest value plus it times the largest second difference (converter/_measure.c's
+    could_pass, which allows for the single precision)."""
+    taps = [midpoint_taps(FIRST_TAPS_EACH_SIDE)] + [midpoint_taps(LATER_TAPS_EACH_SIDE)] * (stages - 1)
+    bends = []
+    for start in range(stages):
+        response = [1.0]
+        for stage_taps in taps[start:]:
+            response = _doubled(response, stage_taps)
+        points = 1 << (stages - start)
+        bends.append(max(_bend_weight(response[phase::points]) for phase in range(points)))
+    return tuple(bends)
+
+
+def _bend_weight(weights: list[float]) -> float:
+    """The summed magnitudes of e in weights = linear interpolation + the second difference of e: e is
+    what is left taken twice cumulatively (it ends at zero as the weights sum to 1 and keep a line's
+    slope; its last two values are left out so that its rounding leaves no tail)."""
+    total = math.fsum(weights)
+    at = math.fsum(j * w for j, w in enumerate(weights)) / total  # where the point lies, in samples
+    left = math.floor(at)
+    residue = list(weights)
+    residue[left] -= 1 - (at - left)
+    if at > left:
+        residue[left + 1] -= at - left
+    once = list(itertools.accumulate(residue))
+    twice = list(itertools.accumulate(once))
+    return math.fsum(abs(v) for v in twice[:-2])
 
 
 def _doubled(response: list[float], taps: list[float]) -> list[float]:

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import random
 import re
 import struct
 import subprocess
@@ -235,6 +236,47 @@ def test_true_peak_skips_only_what_cannot_matter(rate: int) -> None:
     assert analysed(recording, piece=999).loudness.true_peak == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.parametrize("stages", [1, 2, 3, 5])
+def test_no_point_passes_the_largest_value_plus_its_bend(stages: int) -> None:
+    """stage_bends: every point of the cascade is within the largest sample it is made of plus the
+    bend times the largest second difference among those samples (smooth, rough and worst cases)."""
+    taps = [analysis.midpoint_taps(analysis.FIRST_TAPS_EACH_SIDE)]
+    taps += [analysis.midpoint_taps(analysis.LATER_TAPS_EACH_SIDE)] * (stages - 1)
+    response = [1.0]
+    for stage_taps in taps:
+        response = analysis._doubled(response, stage_taps)
+    bend = analysis.stage_bends(stages)[0]
+    points = 1 << stages
+    generator = random.Random(stages)  # noqa: S311 (test signals, not secrets)
+    for phase in range(points):
+        weights = response[phase::points]
+        signals = [[math.sin(0.05 * j * k + k) for j in range(len(weights))] for k in range(1, 40)]
+        signals += [[generator.uniform(-1, 1) for _ in weights] for _ in range(40)]
+        signals.append([math.copysign(1.0, w) for w in weights])  # the reach's worst case
+        for x in signals:
+            point = abs(math.fsum(w * v for w, v in zip(weights, x, strict=True)))
+            largest = max(abs(v) for v in x)
+            second = max(abs(x[j - 1] - 2 * x[j] + x[j + 1]) for j in range(1, len(x) - 1))
+            assert point <= (largest + bend * second) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("rate", [44100, 22050, 8000, 96000])
+def test_skipping_by_the_bends_changes_no_bit(rate: int) -> None:
+    """Blocks the bends' bound leaves out (smooth, below the peak so far) hold no point past it: with
+    the bound made useless (huge bends: only the reach's left) the true peak is the same, to the bit."""
+    tone_and_noise = "sine=f=440:r={rate}[a];anoisesrc=a=0.2:r={rate}[b];[a][b]amerge=inputs=2"  # the bench's
+    for source in (TONE, MUSIC, SPEECH, INTER_SAMPLE, tone_and_noise):
+        header = WavHeader()
+        samples = header.feed(wav(source, 3, rate, 2, "pcm_f32le"))
+        assert header.format is not None
+        analyser = Analyser(header.format)
+        analyser.take(samples)
+        useless = array("d", [1e6] * analysis.oversampling_stages(rate)).tobytes()
+        assert _measure.finish(bytearray(analyser._core), analyser._bends) == _measure.finish(
+            bytearray(analyser._core), useless
+        )
+
+
 def test_silence_measures_nothing_and_stays_valid_json() -> None:
     for codec in ("pcm_s16le", "pcm_u8", "pcm_mulaw", "pcm_f32le"):
         result = analysed(wav("anullsrc=r={rate}", 5, 44100, 2, codec))
@@ -405,9 +447,10 @@ def test_the_builds_for_every_x86_64_and_for_avx2_give_the_same_bits(tmp_path: P
         data = hashlib.shake_256(repr(wav_format).encode()).digest(200_000 - 200_000 % wav_format.block_align)
         analyser = Analyser(wav_format)
         core = bytearray(analyser._core)
-        assert _measure.feed(analyser._core, data) == plain.feed(core, data)
+        bends = analyser._bends
+        assert _measure.feed(analyser._core, data, bends) == plain.feed(core, data, bends)
         assert analyser._core == core
-        assert _measure.finish(bytearray(core)) == plain.finish(bytearray(core))
+        assert _measure.finish(bytearray(core), bends) == plain.finish(bytearray(core), bends)
 
 
 def test_restore_refuses_another_format_and_damaged_states() -> None:
