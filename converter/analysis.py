@@ -309,29 +309,30 @@ class Analyser:
 
     def _feed(self, frames: bytes | memoryview) -> None:
         energies, pixels = _measure.feed(self._core, frames, self._bends)
-        for energy in array("d", energies):
-            self._subblock(energy)
+        if energies:
+            self._subblocks_taken(array("d", energies))
         if pixels:
             self._pixels += pixels
             while len(self._pixels) > 2 * MAX_PIXELS:
                 self._widen_pixels()
 
-    def _subblock(self, energy: float) -> None:
-        """A finished 100 ms sub-block: its channel-weighted sum of squared K-weighted samples."""
-        self._recent.append(energy)
-        self._subblocks += 1
-        if self._subblocks >= MOMENTARY_SUBBLOCKS:
-            self._momentary.add(self._mean_power(MOMENTARY_SUBBLOCKS))
-        if self._subblocks >= SHORT_TERM_SUBBLOCKS:
-            self._short_term.add(self._mean_power(SHORT_TERM_SUBBLOCKS))
-
-    def _mean_power(self, subblocks: int) -> float:
-        """Mean square over the last ``subblocks`` sub-blocks (their lengths differ by a sample
-        where the rate is not a multiple of 10)."""
-        rate = self.format.sample_rate
-        end = self._subblocks * rate // SUBBLOCKS_PER_SECOND
-        start = (self._subblocks - subblocks) * rate // SUBBLOCKS_PER_SECOND
-        return math.fsum(itertools.islice(reversed(self._recent), subblocks)) / (end - start)
+    def _subblocks_taken(self, energies: array[float]) -> None:
+        """Finished 100 ms sub-blocks, each its channel-weighted sum of squared K-weighted samples:
+        the gating blocks that end with each, as mean squares over their frames (the sub-blocks'
+        lengths differ by a sample where the rate is not a multiple of 10). Ten a second of audio,
+        in one loop with its names at hand: the calls a sub-block took cost a tenth of the analysis."""
+        recent, rate, count, fsum = self._recent, self.format.sample_rate, self._subblocks, math.fsum
+        momentary, short_term = self._momentary.add, self._short_term.add
+        for energy in energies:
+            recent.append(energy)
+            count += 1
+            end = count * rate // SUBBLOCKS_PER_SECOND
+            if count >= MOMENTARY_SUBBLOCKS:
+                frames = end - (count - MOMENTARY_SUBBLOCKS) * rate // SUBBLOCKS_PER_SECOND
+                momentary(fsum(itertools.islice(reversed(recent), MOMENTARY_SUBBLOCKS)) / frames)
+            if count >= SHORT_TERM_SUBBLOCKS:  # the deque holds these and no more (fsum: in any order)
+                short_term(fsum(recent) / (end - (count - SHORT_TERM_SUBBLOCKS) * rate // SUBBLOCKS_PER_SECOND))
+        self._subblocks = count
 
     def _widen_pixels(self) -> None:
         """Twice the samples per pixel: pairs merged, an odd last one carried into the pixel being built."""
@@ -362,8 +363,10 @@ class _Gate:
         self.powers = array("d", bytes(8 * BINS)) if powers else None
 
     def add(self, power: float) -> None:
-        loudness = _lufs(power)
-        if loudness is None or loudness <= ABSOLUTE_GATE:
+        if not power > 0:  # (as _lufs, inlined: twenty times a second of audio)
+            return
+        loudness = -0.691 + 10 * math.log10(power)
+        if loudness <= ABSOLUTE_GATE:
             return
         self.count += 1
         self.power += power
