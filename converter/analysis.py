@@ -106,7 +106,7 @@ LATER_TAPS_EACH_SIDE = 4  # and LATER_HALF
 KAISER_BETA = 6.0
 
 STATE_MAGIC = b"WAVA"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: _measure's core holds 128-frame true-peak blocks (its magic says so too)
 
 
 @dataclass(frozen=True)

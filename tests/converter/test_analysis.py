@@ -15,6 +15,7 @@ import random
 import re
 import struct
 import subprocess
+import zlib
 from array import array
 from dataclasses import asdict
 from io import BytesIO
@@ -464,6 +465,23 @@ def test_restore_refuses_another_format_and_damaged_states() -> None:
     for damaged in (state[:-10], b"nonsense", state[:6] + b"\x00" * 40, state.replace(b"WAVA", b"WAVB")):
         with pytest.raises(ValueError, match="state"):
             Analyser.restore(stereo, damaged)
+
+
+def test_restore_refuses_the_states_of_earlier_versions() -> None:
+    """A state saved by an earlier version (version 1: 64-frame true-peak blocks) is refused, not
+    misread; so is a core of the earlier layout inside a state that claims this version."""
+    stereo = WavFormat(FORMAT_PCM, 2, 44100, 4, 16)
+    analyser = Analyser(stereo)
+    analyser.take(bytes(range(256)) * 100)
+    state = analyser.state()
+    earlier = state[:4] + struct.pack("<H", analysis.STATE_VERSION - 1) + state[6:]
+    with pytest.raises(ValueError, match="not an analyser state of this version"):
+        Analyser.restore(stereo, earlier)
+    body = zlib.decompress(state[6:])
+    assert body.count(b"mmasure2") == 1
+    earlier_core = state[:6] + zlib.compress(body.replace(b"mmasure2", b"mmasure1"))
+    with pytest.raises(ValueError, match="not an analyser core"):
+        Analyser.restore(stereo, earlier_core)
 
 
 # --- ReplayGain for the LAME tag -------------------------------------------------------------------
