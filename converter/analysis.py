@@ -320,19 +320,23 @@ class Analyser:
         """Finished 100 ms sub-blocks, each its channel-weighted sum of squared K-weighted samples:
         the gating blocks that end with each, as mean squares over their frames (the sub-blocks'
         lengths differ by a sample where the rate is not a multiple of 10). Ten a second of audio,
-        in one loop with its names at hand: the calls a sub-block took cost a tenth of the analysis."""
+        in one loop with its names at hand: a call or two for each cost a tenth of the analysis."""
         recent, rate, count, fsum = self._recent, self.format.sample_rate, self._subblocks, math.fsum
-        momentary, short_term = self._momentary.add, self._short_term.add
+        momentary: list[float] = []
+        short_term: list[float] = []
         for energy in energies:
             recent.append(energy)
             count += 1
             end = count * rate // SUBBLOCKS_PER_SECOND
             if count >= MOMENTARY_SUBBLOCKS:
                 frames = end - (count - MOMENTARY_SUBBLOCKS) * rate // SUBBLOCKS_PER_SECOND
-                momentary(fsum(itertools.islice(reversed(recent), MOMENTARY_SUBBLOCKS)) / frames)
+                momentary.append(fsum(itertools.islice(reversed(recent), MOMENTARY_SUBBLOCKS)) / frames)
             if count >= SHORT_TERM_SUBBLOCKS:  # the deque holds these and no more (fsum: in any order)
-                short_term(fsum(recent) / (end - (count - SHORT_TERM_SUBBLOCKS) * rate // SUBBLOCKS_PER_SECOND))
+                frames = end - (count - SHORT_TERM_SUBBLOCKS) * rate // SUBBLOCKS_PER_SECOND
+                short_term.append(fsum(recent) / frames)
         self._subblocks = count
+        self._momentary.add(momentary)
+        self._short_term.add(short_term)
 
     def _widen_pixels(self) -> None:
         """Twice the samples per pixel: pairs merged, an odd last one carried into the pixel being built."""
@@ -362,24 +366,37 @@ class _Gate:
         self.blocks = array("I", bytes(4 * BINS))
         self.powers = array("d", bytes(8 * BINS)) if powers else None
 
-    def add(self, power: float) -> None:
-        if not power > 0:  # (as _lufs, inlined: twenty times a second of audio)
-            return
-        loudness = -0.691 + 10 * math.log10(power)
-        if loudness <= ABSOLUTE_GATE:
-            return
-        self.count += 1
-        self.power += power
-        index = min(BINS - 1, math.floor((loudness - ABSOLUTE_GATE) * BINS_PER_LU))
-        self.blocks[index] += 1
-        if self.powers is not None:
-            self.powers[index] += power
+    def add(self, powers: list[float]) -> None:
+        """Gating blocks' mean squares, in order."""
+        blocks, sums, log10, floor = self.blocks, self.powers, math.log10, math.floor
+        count, total = self.count, self.power
+        for power in powers:
+            if not power > 0:  # (as _lufs, inlined)
+                continue
+            loudness = -0.691 + 10 * log10(power)
+            if loudness <= ABSOLUTE_GATE:
+                continue
+            count += 1
+            total += power
+            index = min(BINS - 1, floor((loudness - ABSOLUTE_GATE) * BINS_PER_LU))
+            blocks[index] += 1
+            if sums is not None:
+                sums[index] += power
+        self.count, self.power = count, total
 
     def _kept(self, gate: float) -> list[int]:
-        """The bins above the relative gate, in order (a bin counts whole: by where its middle lies)."""
+        """The bins above the relative gate, in order (a bin counts whole: by where its middle lies).
+        Those are the bins from the first whose middle lies above it (_bin_loudness only grows),
+        found near where it is estimated, then the ones that hold any block: not all 10,000 in turn."""
         mean = _lufs(self.power / self.count)
         assert mean is not None  # every block counted is above the absolute gate
-        return [i for i in range(BINS) if self.blocks[i] and _bin_loudness(i) > mean + gate]
+        threshold = mean + gate
+        first = min(BINS, max(0, math.floor((threshold - ABSOLUTE_GATE) * BINS_PER_LU)))
+        while first > 0 and _bin_loudness(first - 1) > threshold:
+            first -= 1
+        while first < BINS and not _bin_loudness(first) > threshold:
+            first += 1
+        return list(itertools.compress(range(first, BINS), self.blocks[first:]))
 
     def integrated(self, gate: float) -> float | None:
         if not self.count or self.powers is None:
@@ -412,7 +429,7 @@ class _Gate:
 
     def state(self) -> bytes:
         """The counters, then the bins that hold any block: index, blocks (and power)."""
-        used = [i for i in range(BINS) if self.blocks[i]]
+        used = list(itertools.compress(range(BINS), self.blocks))
         layout = "<HId" if self.powers is not None else "<HI"
         entries = [
             struct.pack(layout, i, self.blocks[i], *([self.powers[i]] if self.powers is not None else [])) for i in used
