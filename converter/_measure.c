@@ -11,7 +11,9 @@ One pass over the raw samples, in order. Each sample is decoded to a double
   over the points interpolated between them (BS.1770-4 Annex 2: 4x and more,
   in stages of 2x), computed only for the blocks whose samples could raise it:
   no interpolated point exceeds the largest sample of its window times the sum
-  of the magnitudes of the taps that make it (Python works that "reach" out).
+  of the magnitudes of the taps that make it (Python works that "reach" out),
+  nor that sample plus a "bend" times the window's largest second difference,
+  the tighter bound where the samples change smoothly (could_pass).
   At the recording's ends, as FFmpeg's ebur128: the samples before the first
   are its next ones mirrored, and no point is made past the last (mirror_start).
 

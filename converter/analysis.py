@@ -95,8 +95,9 @@ LOW_FREQUENCY = {"LFE", "LFE2"}
 # every two, Kaiser-windowed sincs. The first, 24 taps, sets the accuracy (within 0.01 dB of
 # an ideal interpolator up to 0.4 of the sample rate); the later ones work on an already
 # oversampled signal and need 8. No point exceeds the largest sample it is made of by more
-# than the summed magnitudes of its taps (the stages taken as one filter: stage_reaches), so
-# blocks whose samples stay that far below the peak so far are not interpolated
+# than the summed magnitudes of its taps (the stages taken as one filter: stage_reaches), nor
+# by more than stage_bends times its samples' largest second difference where they change
+# smoothly, so blocks whose samples stay that far below the peak so far are not interpolated
 # (converter/_measure.c), which changes nothing in the result. At the ends, as FFmpeg's ebur128
 # does: the samples before the first mirror those after it, and no point is made past the last,
 # so a recording cut off loud is not measured as a step from or to silence.
@@ -396,7 +397,7 @@ class _Gate:
             first -= 1
         while first < BINS and not _bin_loudness(first) > threshold:
             first += 1
-        return list(itertools.compress(range(first, BINS), self.blocks[first:]))
+        return list(itertools.compress(range(first, BINS), memoryview(self.blocks)[first:]))
 
     def integrated(self, gate: float) -> float | None:
         if not self.count or self.powers is None:
