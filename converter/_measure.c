@@ -3,8 +3,9 @@
 One pass over the raw samples, in order. Each sample is decoded to a double
 (full scale: -1.0 to just under 1.0), then
 - K-weighted (ITU-R BS.1770-4: two biquads per channel) and its square summed
-  over the current 100 ms sub-block; the channel-weighted sum of each finished
-  sub-block goes back to Python, which forms the gating blocks and integrates;
+  over the current 100 ms sub-block; the channel-weighted sums of the last
+  sub-blocks make the mean square of each 400 ms and 3 s gating block that ends
+  with one, which go back to Python, which gates and integrates;
 - folded into the waveform pixel being built (minimum and maximum over every
   channel); each finished pixel goes back as two signed bytes;
 - taken into the true peak: the running maximum of |x| over the samples and
@@ -34,7 +35,7 @@ number of pieces leaves the same bytes as taking them at once. Built with
 #include <emmintrin.h>
 #endif
 
-#define MAGIC 0x3265727573616d6dULL /* "mmasure2" (little-endian): 2, with 128-frame true-peak blocks */
+#define MAGIC 0x3265727573616d6dULL /* "mmasure2" (little-endian): 2, 128-frame true-peak blocks, the sub-blocks' energies */
 #define MAX_CHANNELS 64
 #define MAX_STAGES 5 /* of oversampling by 2: at most 32 points per sample */
 #define FIRST_HALF 12 /* taps on each side of the first stage's midpoints: that stage sets the accuracy */
@@ -42,6 +43,8 @@ number of pieces leaves the same bytes as taking them at once. Built with
 #define TP_BLOCK 128  /* frames per true-peak block: a multiple of 32 (64 made 14 % more first-stage points) */
 #define TP_OVERLAP 32 /* samples before the block its points are also made of: at least twice the stages' reach */
 #define TP_WINDOW (TP_BLOCK + TP_OVERLAP)
+#define MOMENTARY 4   /* sub-blocks a 400 ms gating block holds: analysis.py's MOMENTARY_SUBBLOCKS */
+#define SHORT_TERM 30 /* and a 3 s one: its SHORT_TERM_SUBBLOCKS (the tests compare them) */
 #define DECODE_SAMPLES 1024 /* 8 KiB of doubles: the batch stays in the L1 cache beside the rest */
 #define LARGEST 65536.0 /* float samples beyond +96 dBFS are taken as this */
 
@@ -75,7 +78,13 @@ typedef struct {
     double sample_peak, true_peak;
     double reach[MAX_STAGES]; /* the most the stages from this one on can exceed their input's largest value */
     double pre[5], rlb[5]; /* b0 b1 b2 a1 a2 of each biquad */
+    double recent[SHORT_TERM]; /* the last sub-blocks' channel-weighted energies, sub-block s at s % SHORT_TERM */
 } Core;
+
+/* Where feed() appends the gating blocks' mean squares. */
+typedef struct {
+    double *momentary, *short_term;
+} Gating;
 
 /* Per-channel arrays after the Core, each `channels` long (filter: 6 per channel), then in single precision
    the true peak's: each channel's recent samples (TP_WINDOW each), and the taps of one side of the first
@@ -487,6 +496,68 @@ static void finish_block(Core *core, Arrays *a, int first)
     core->block_fill = 0;
 }
 
+/* The sum of n finite doubles, correctly rounded: Python's math.fsum (Shewchuk's partials, then the last
+   rounding made half-even), whatever their order. */
+static double exact_sum(const double *v, int n)
+{
+    double partials[SHORT_TERM + 1];
+    int count = 0;
+    for (int i = 0; i < n; i++) {
+        double x = v[i];
+        int kept = 0;
+        for (int k = 0; k < count; k++) {
+            double y = partials[k];
+            if (fabs(x) < fabs(y)) {
+                double t = x;
+                x = y, y = t;
+            }
+            double high = x + y, low = y - (high - x);
+            if (low != 0.0)
+                partials[kept++] = low;
+            x = high;
+        }
+        count = kept;
+        if (x != 0.0)
+            partials[count++] = x;
+    }
+    double high = 0.0;
+    if (count > 0) {
+        double low = 0.0;
+        high = partials[--count];
+        while (count > 0) { /* the partials are in increasing magnitude, non-overlapping */
+            double x = high, y = partials[--count];
+            high = x + y;
+            low = y - (high - x);
+            if (low != 0.0)
+                break;
+        }
+        /* half-even across the partials left: make the last rounding right */
+        if (count > 0 && ((low < 0.0 && partials[count - 1] < 0.0) || (low > 0.0 && partials[count - 1] > 0.0))) {
+            double y = low * 2.0, x = high + y;
+            if (y == x - high)
+                high = x;
+        }
+    }
+    return high;
+}
+
+/* A sub-block finished with this channel-weighted energy: the mean square of the gating block of each length
+   that ends with it, once there are enough sub-blocks (their lengths differ by a frame where the rate is not a
+   multiple of 10). */
+static void subblock_finished(Core *core, double energy, Gating *gating)
+{
+    core->recent[core->subblocks % SHORT_TERM] = energy;
+    int64_t count = ++core->subblocks, end = count * core->rate / 10;
+    if (count >= MOMENTARY) {
+        double last[MOMENTARY];
+        for (int k = 0; k < MOMENTARY; k++)
+            last[k] = core->recent[(count - 1 - k) % SHORT_TERM];
+        *gating->momentary++ = exact_sum(last, MOMENTARY) / (double)(end - (count - MOMENTARY) * core->rate / 10);
+    }
+    if (count >= SHORT_TERM)
+        *gating->short_term++ = exact_sum(core->recent, SHORT_TERM) / (double)(end - (count - SHORT_TERM) * core->rate / 10);
+}
+
 /* Filter states below this are flushed to zero at each block's end: a silence would otherwise
    decay into subnormal numbers, which the FPU handles a hundred times slower. */
 #define FLUSH 1e-30
@@ -558,11 +629,11 @@ static inline __attribute__((always_inline)) void pair_flush(Pair *pair)
     pair->y2 = flushed(pair->y2), pair->z1 = flushed(pair->z1), pair->z2 = flushed(pair->z2);
 }
 
-/* Frames of decoded samples through the loop; finished sub-blocks and pixels appended at *energies, *pixels.
+/* Frames of decoded samples through the loop; gating blocks and pixels appended at gating, *pixels.
    Inlined for one and for two channels, whose running values then stay in registers; more channels keep
    theirs in an array on the stack. */
 static inline __attribute__((always_inline)) void run_channels(Core *core, Arrays *a, const double *restrict x,
-                                                               int64_t frames, double **energies, int8_t **pixels,
+                                                               int64_t frames, Gating *gating, int8_t **pixels,
                                                                const int64_t channels)
 {
     const int64_t pairs = (channels + 1) / 2, samples_per_pixel = core->samples_per_pixel;
@@ -617,8 +688,7 @@ static inline __attribute__((always_inline)) void run_channels(Core *core, Array
                     sum += weighted[1];
                 pair[p].energy = splat(0.0);
             }
-            *(*energies)++ = sum;
-            core->subblocks++;
+            subblock_finished(core, sum, gating);
             until_subblock = (core->subblocks + 1) * core->rate / 10 - (core->frames + f);
         }
     }
@@ -637,17 +707,17 @@ static inline __attribute__((always_inline)) void run_channels(Core *core, Array
 }
 
 /* Frames of decoded samples through the loop, for any channel count. */
-CLONED static void run(Core *core, Arrays *a, const double *x, int64_t frames, double **energies, int8_t **pixels)
+CLONED static void run(Core *core, Arrays *a, const double *x, int64_t frames, Gating *gating, int8_t **pixels)
 {
     switch (core->channels) {
     case 1:
-        run_channels(core, a, x, frames, energies, pixels, 1);
+        run_channels(core, a, x, frames, gating, pixels, 1);
         break;
     case 2:
-        run_channels(core, a, x, frames, energies, pixels, 2);
+        run_channels(core, a, x, frames, gating, pixels, 2);
         break;
     default:
-        run_channels(core, a, x, frames, energies, pixels, core->channels);
+        run_channels(core, a, x, frames, gating, pixels, core->channels);
         break;
     }
 }
@@ -737,13 +807,14 @@ static int bends_fit(const Core *core, const Py_buffer *bends)
     return fit;
 }
 
-/* feed(core, samples, bends) -> (sub-block energies as native doubles, pixels as signed byte pairs) */
+/* feed(core, samples, bends) -> (the mean squares of the 400 ms gating blocks that end in the samples, and of
+   the 3 s ones, as native doubles; pixels as signed byte pairs) */
 static PyObject *feed(PyObject *self, PyObject *args)
 {
     Py_buffer view, samples, bends;
     if (!PyArg_ParseTuple(args, "w*y*y*", &view, &samples, &bends))
         return NULL;
-    PyObject *energies = NULL, *pixels = NULL, *result = NULL;
+    PyObject *momentary = NULL, *short_term = NULL, *pixels = NULL, *result = NULL;
     Core *core = checked(&view);
     if (!core || !bends_fit(core, &bends))
         goto done;
@@ -753,11 +824,12 @@ static PyObject *feed(PyObject *self, PyObject *args)
         goto done;
     }
     const int64_t frames = samples.len / frame_bytes, per_subblock = core->rate / 10 > 0 ? core->rate / 10 : 1;
-    energies = PyBytes_FromStringAndSize(NULL, (frames / per_subblock + 2) * (Py_ssize_t)sizeof(double));
+    momentary = PyBytes_FromStringAndSize(NULL, (frames / per_subblock + 2) * (Py_ssize_t)sizeof(double));
+    short_term = PyBytes_FromStringAndSize(NULL, (frames / per_subblock + 2) * (Py_ssize_t)sizeof(double));
     pixels = PyBytes_FromStringAndSize(NULL, (frames / core->samples_per_pixel + 2) * 2);
-    if (!energies || !pixels)
+    if (!momentary || !short_term || !pixels)
         goto done;
-    double *e = (double *)PyBytes_AS_STRING(energies);
+    Gating gating = {(double *)PyBytes_AS_STRING(momentary), (double *)PyBytes_AS_STRING(short_term)};
     int8_t *p = (int8_t *)PyBytes_AS_STRING(pixels);
     Arrays a = arrays_of(core);
     a.bends = bends.buf;
@@ -768,15 +840,16 @@ static PyObject *feed(PyObject *self, PyObject *args)
     for (int64_t start = 0; start < frames; start += batch) {
         int64_t n = frames - start < batch ? frames - start : batch;
         decode(core->encoding, in + start * frame_bytes, n * core->channels, decoded);
-        run(core, &a, decoded, n, &e, &p);
+        run(core, &a, decoded, n, &gating, &p);
     }
     Py_END_ALLOW_THREADS
-    if (_PyBytes_Resize(&energies, (char *)e - PyBytes_AS_STRING(energies)) < 0 ||
+    if (_PyBytes_Resize(&momentary, (char *)gating.momentary - PyBytes_AS_STRING(momentary)) < 0 ||
+        _PyBytes_Resize(&short_term, (char *)gating.short_term - PyBytes_AS_STRING(short_term)) < 0 ||
         _PyBytes_Resize(&pixels, (char *)p - PyBytes_AS_STRING(pixels)) < 0)
         goto done;
-    result = PyTuple_Pack(2, energies, pixels);
+    result = PyTuple_Pack(3, momentary, short_term, pixels);
 done:
-    Py_XDECREF(energies), Py_XDECREF(pixels);
+    Py_XDECREF(momentary), Py_XDECREF(short_term), Py_XDECREF(pixels);
     PyBuffer_Release(&view), PyBuffer_Release(&samples), PyBuffer_Release(&bends);
     return result;
 }
@@ -873,7 +946,7 @@ static PyObject *counters(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"core_size", core_size, METH_VARARGS, "core_size(channels) -> bytes the core needs"},
     {"init", init, METH_VARARGS, "init(core, encoding, channels, rate, spp, stages, k, weights, first, later, reaches)"},
-    {"feed", feed, METH_VARARGS, "feed(core, samples, bends) -> (sub-block energies, pixels)"},
+    {"feed", feed, METH_VARARGS, "feed(core, samples, bends) -> (400 ms blocks, 3 s blocks, pixels)"},
     {"finish", finish, METH_VARARGS, "finish(core, bends) -> (true peak, sample peak) (changes the core)"},
     {"widen_pixels", widen_pixels, METH_VARARGS, "widen_pixels(core, min, max, carried) -> None"},
     {"pixel_being_built", pixel_being_built, METH_VARARGS, "pixel_being_built(core) -> b'' or its min and max"},
@@ -889,5 +962,9 @@ PyMODINIT_FUNC PyInit__measure(void)
 #error "the WAV's samples are little-endian and read as such"
 #endif
     build_g711_tables();
-    return PyModule_Create(&module);
+    PyObject *made = PyModule_Create(&module);
+    if (made && (PyModule_AddIntConstant(made, "MOMENTARY_SUBBLOCKS", MOMENTARY) < 0 ||
+                 PyModule_AddIntConstant(made, "SHORT_TERM_SUBBLOCKS", SHORT_TERM) < 0))
+        Py_CLEAR(made);
+    return made;
 }

@@ -25,7 +25,6 @@ import math
 import struct
 import zlib
 from array import array
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +54,11 @@ DAT_VERSION = 2
 DAT_FLAG_8_BIT = 1
 
 # --- loudness (ITU-R BS.1770-4, EBU R128 and Tech 3342) -----------------------------------
+# The gating blocks' mean squares come from converter/_measure.c, which sums the sub-blocks'
+# energies as math.fsum does (correctly rounded) and holds the last 30 in its core.
 SUBBLOCKS_PER_SECOND = 10  # gating blocks start every 100 ms
-MOMENTARY_SUBBLOCKS = 4  # 400 ms gating blocks (integrated loudness)
-SHORT_TERM_SUBBLOCKS = 30  # 3 s blocks (loudness range)
+MOMENTARY_SUBBLOCKS = 4  # 400 ms gating blocks (integrated loudness): _measure's MOMENTARY
+SHORT_TERM_SUBBLOCKS = 30  # 3 s blocks (loudness range): _measure's SHORT_TERM
 ABSOLUTE_GATE = -70.0  # LUFS
 RELATIVE_GATE = -10.0  # LU below the absolute-gated mean (integrated)
 RANGE_GATE = -20.0  # LU below the absolute-gated mean (loudness range)
@@ -107,7 +108,7 @@ LATER_TAPS_EACH_SIDE = 4  # and LATER_HALF
 KAISER_BETA = 6.0
 
 STATE_MAGIC = b"WAVA"
-STATE_VERSION = 2  # 2: _measure's core holds 128-frame true-peak blocks (its magic says so too)
+STATE_VERSION = 2  # 2: _measure's core holds 128-frame true-peak blocks and the last sub-blocks (magic too)
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,6 @@ class Analyser:
         )
         self._bends = array("d", stage_bends(oversampling_stages(format.sample_rate))).tobytes()
         self._pixels = bytearray()
-        self._subblocks = 0
-        self._recent: deque[float] = deque(maxlen=SHORT_TERM_SUBBLOCKS)  # the last sub-blocks' energies
         self._momentary = _Gate(powers=True)
         self._short_term = _Gate(powers=False)
 
@@ -268,14 +267,11 @@ class Analyser:
 
     def state(self) -> bytes:
         """Everything needed to go on: a few hundred KB at most (mostly the peaks), compressed."""
-        recent = array("d", self._recent).tobytes()
         body = b"".join(
             (
                 _format_key(self.format),
                 _sized(self._partial),
                 _sized(bytes(self._core)),
-                struct.pack("<Q", self._subblocks),
-                _sized(recent),
                 self._momentary.state(),
                 self._short_term.state(),
                 _sized(bytes(self._pixels)),
@@ -295,8 +291,6 @@ class Analyser:
             analyser = cls(format)
             analyser._partial = reader.sized()
             analyser._core = bytearray(reader.sized())
-            (analyser._subblocks,) = reader.unpack("<Q")
-            analyser._recent.extend(array("d", reader.sized()))
             analyser._momentary = _Gate.restore(reader, powers=True)
             analyser._short_term = _Gate.restore(reader, powers=False)
             analyser._pixels = bytearray(reader.sized())
@@ -309,35 +303,17 @@ class Analyser:
         return analyser
 
     def _feed(self, frames: bytes | memoryview) -> None:
-        energies, pixels = _measure.feed(self._core, frames, self._bends)
-        if energies:
-            self._subblocks_taken(array("d", energies))
+        """The frames through _measure, which gives the mean square of each gating block that ends in
+        them (400 ms and 3 s, a new one every 100 ms sub-block) and the pixels finished."""
+        momentary, short_term, pixels = _measure.feed(self._core, frames, self._bends)
+        if momentary:
+            self._momentary.add(array("d", momentary))
+        if short_term:
+            self._short_term.add(array("d", short_term))
         if pixels:
             self._pixels += pixels
             while len(self._pixels) > 2 * MAX_PIXELS:
                 self._widen_pixels()
-
-    def _subblocks_taken(self, energies: array[float]) -> None:
-        """Finished 100 ms sub-blocks, each its channel-weighted sum of squared K-weighted samples:
-        the gating blocks that end with each, as mean squares over their frames (the sub-blocks'
-        lengths differ by a sample where the rate is not a multiple of 10). Ten a second of audio,
-        in one loop with its names at hand: a call or two for each cost a tenth of the analysis."""
-        recent, rate, count, fsum = self._recent, self.format.sample_rate, self._subblocks, math.fsum
-        momentary: list[float] = []
-        short_term: list[float] = []
-        for energy in energies:
-            recent.append(energy)
-            count += 1
-            end = count * rate // SUBBLOCKS_PER_SECOND
-            if count >= MOMENTARY_SUBBLOCKS:
-                frames = end - (count - MOMENTARY_SUBBLOCKS) * rate // SUBBLOCKS_PER_SECOND
-                momentary.append(fsum(itertools.islice(reversed(recent), MOMENTARY_SUBBLOCKS)) / frames)
-            if count >= SHORT_TERM_SUBBLOCKS:  # the deque holds these and no more (fsum: in any order)
-                frames = end - (count - SHORT_TERM_SUBBLOCKS) * rate // SUBBLOCKS_PER_SECOND
-                short_term.append(fsum(recent) / frames)
-        self._subblocks = count
-        self._momentary.add(momentary)
-        self._short_term.add(short_term)
 
     def _widen_pixels(self) -> None:
         """Twice the samples per pixel: pairs merged, an odd last one carried into the pixel being built."""
@@ -367,7 +343,7 @@ class _Gate:
         self.blocks = array("I", bytes(4 * BINS))
         self.powers = array("d", bytes(8 * BINS)) if powers else None
 
-    def add(self, powers: list[float]) -> None:
+    def add(self, powers: array[float]) -> None:
         """Gating blocks' mean squares, in order."""
         blocks, sums, log10, floor = self.blocks, self.powers, math.log10, math.floor
         count, total = self.count, self.power

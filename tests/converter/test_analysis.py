@@ -467,6 +467,39 @@ def test_restore_refuses_another_format_and_damaged_states() -> None:
             Analyser.restore(stereo, damaged)
 
 
+def test_the_gating_blocks_are_as_long_in_c_as_in_python() -> None:
+    assert _measure.MOMENTARY_SUBBLOCKS == analysis.MOMENTARY_SUBBLOCKS
+    assert _measure.SHORT_TERM_SUBBLOCKS == analysis.SHORT_TERM_SUBBLOCKS
+
+
+@given(loudness=st.lists(st.floats(1e-20, 6e4) | st.sampled_from([0.0, 1e-20, 1.0, 3e-9]), min_size=30, max_size=80))
+@settings(max_examples=200, deadline=None)
+def test_the_gating_blocks_mean_squares_are_rounded_as_fsum_rounds(loudness: list[float]) -> None:
+    """_measure sums the sub-blocks' energies as math.fsum does, to the bit. A core at 100 Hz (ten
+    frames a sub-block) with its shelf made the identity and its high-pass a second difference
+    (a1 = a2 = 0), fed one sample a sub-block among zeros (within the +-65536 float samples are
+    clamped to): each sub-block's energy is computed here in the core's own order of operations,
+    then the gating blocks' mean squares."""
+    core = bytearray(_measure.core_size(1))
+    k = array("d", [1, 0, 0, 0, 0, 1, -2, 1, 0, 0]).tobytes()
+    no_taps = array("f", [0.0] * analysis.FIRST_TAPS_EACH_SIDE).tobytes()
+    later = array("f", [0.0] * analysis.LATER_TAPS_EACH_SIDE).tobytes()
+    _measure.init(core, 5, 1, 100, 1, 0, k, array("d", [1.0]).tobytes(), no_taps, later, b"")
+    frames = array("d", [0.0] * (10 * len(loudness)))
+    frames[5::10] = array("d", loudness)
+    energies, energy, y1, y2 = [], 0.0, 0.0, 0.0
+    for at, x in enumerate(frames):  # pair_step's order: y = x exactly; z = (y2 - 0 z2 - (y1 + y1) + y) - 0 z1
+        z = ((y2 - 0.0) - (y1 + y1) + x) - 0.0
+        y1, y2 = x, y1
+        energy += z * z
+        if at % 10 == 9:
+            energies.append(0.0 + 1.0 * energy)
+            energy = 0.0
+    momentary, short_term, _ = _measure.feed(core, frames.tobytes(), b"")
+    assert list(array("d", momentary)) == [math.fsum(energies[i - 4 : i]) / 40 for i in range(4, len(energies) + 1)]
+    assert list(array("d", short_term)) == [math.fsum(energies[i - 30 : i]) / 300 for i in range(30, len(energies) + 1)]
+
+
 def test_restore_refuses_the_states_of_earlier_versions() -> None:
     """A state saved by an earlier version (version 1: 64-frame true-peak blocks) is refused, not
     misread; so is a core of the earlier layout inside a state that claims this version."""
