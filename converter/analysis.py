@@ -13,8 +13,8 @@ bounded summary: nothing of the audio itself. At the end, ``result()`` gives
 ``state()`` saves all of it as bytes and ``Analyser.restore(format, state)``
 goes on from there: feeding A, saving, restoring and feeding B gives exactly the
 result of feeding A then B, wherever A ends (a resumed upload on another
-process). The per-sample work is converter/_measure.c (built by converter/build_measure.py);
-the per-100 ms work, gating and the formats are here.
+process). The per-sample work and the gating blocks' mean squares are converter/_measure.c
+(built by converter/build_measure.py); the gating, the results and their formats are here.
 """
 
 from __future__ import annotations
