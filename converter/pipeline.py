@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -25,7 +26,9 @@ from converter.progress import STORING, Progress
 from converter.resume import TAIL_FRAMES, Checkpoint, Resumable, resume_frame_for
 from converter.segments import SegmentedEncoder, post_roll_frames
 from converter.splice import Frame
-from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavHeader, looks_like_wav
+from converter.wav import NOT_A_WAV, SNIFF_BYTES, WavFormat, WavHeader, looks_like_wav
+
+log = logging.getLogger("mp3.pipeline")
 
 OUTPUT_CHUNK = 512 * 1024  # bytes per sink write: few round trips, little memory
 MAX_PREAMBLE = 16 << 20  # header bytes read before FFmpeg starts, at most
@@ -86,10 +89,7 @@ async def convert(
     if declared is not None and declared > config.max_seconds:
         raise _too_long(config.max_seconds)
     plan = EncoderPlan(config.ffmpeg, header.format, choose_format(header, options))
-    analyser = None
-    if config.analyse:
-        measured = previous.analysis if previous is not None else b""
-        analyser = Analyser.restore(header.format, measured) if measured else Analyser(header.format)
+    analyser = _measurement_to_go_on_with(header.format, previous) if config.analyse else None
     output = _Output(sink, progress)
     stored: tuple[int, list[Frame]] | None = None
     skip = 0  # sample bytes the encoder already had (the measurement had not)
@@ -141,6 +141,25 @@ async def convert(
         joins=encoder.joins,
         forced_joins=encoder.forced_joins,
     )
+
+
+def _measurement_to_go_on_with(format: WavFormat, previous: Checkpoint | None) -> Analyser | None:
+    """The waveform and loudness measured so far, to go on with: a new measurement for a new
+    upload, else the one the last checkpoint saved. None, and the record goes without them,
+    when that checkpoint holds samples but no measurement (a replica with AUDIO_ANALYSIS off
+    took them: one begun here would be of part of the recording) or one this code cannot read
+    (saved before an upgrade that changed its layout, converter/analysis.py STATE_VERSION):
+    better no measurement than a wrong one, or than the upload failing at every resume."""
+    if previous is None or (previous.samples_at == 0 and not previous.analysis):
+        return Analyser(format)
+    try:
+        if not previous.analysis:
+            raise ValueError("none was saved")
+        return Analyser.restore(format, previous.analysis)
+    except ValueError as error:
+        log.warning("the upload's measurement so far cannot be gone on with (%s): it is stored without"
+                    " waveform and loudness", error)  # fmt: skip
+        return None
 
 
 async def _encode(

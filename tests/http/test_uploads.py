@@ -491,6 +491,32 @@ async def test_patches_too_short_to_convert_keep_their_bytes_and_cost_what_they_
     assert waveforms[0] == waveforms[1]
 
 
+@pytest.mark.parametrize("saved", ["by an older analyser", "none"])
+async def test_a_resumed_upload_whose_measurement_cannot_go_on_is_stored_whole_without_one(
+    client: Client, audio: Audio, admin: psycopg.Connection, caplog: pytest.LogCaptureFixture, saved: str
+) -> None:
+    """A resumed upload goes on with the waveform and loudness its last checkpoint saved. One
+    saved by an analyser of another layout (a rolling upgrade: STATE_VERSION 1 before 2) made
+    every resume fail 500 until the upload expired; none at all, where the samples were
+    taken by a replica with AUDIO_ANALYSIS off, began a measurement of part of the recording.
+    Either way the upload is now stored whole, without a waveform or loudness."""
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path = await created(client, user, len(wav))
+    offset = int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"])
+    older = b"WAVA" + struct.pack("<H", 1) + bytes(100)
+    admin.execute(
+        "UPDATE app.uploads SET analysis = %s WHERE id = %s",
+        [older if saved == "by an older analyser" else None, path.rsplit("/", 1)[1]],
+    )
+    mp3 = await finished_mp3(client, user, path, offset, wav)
+    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+    record = (await (await client.get(path, headers=basic(*user))).json())["data"]
+    assert record["waveform"] is None
+    assert record["loudness"] == {"integrated": None, "range": None, "true_peak": None}
+    assert "measurement so far cannot be gone on with" in caplog.text
+
+
 def pieces_of(admin: psycopg.Connection, upload: str) -> int:
     """How many PATCHes' bytes the upload (its path or id) keeps as they were sent."""
     row = admin.execute("SELECT count(*) FROM app.upload_pieces WHERE upload_id = %s", [upload.rsplit("/", 1)[-1]])
