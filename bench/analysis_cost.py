@@ -31,6 +31,9 @@ from settings import find_ffmpeg
 
 PIECE = 256 * 1024  # what handlers/body.py reads at most
 SIGNALS = {
+    # scripts/bench's WAV (bench/harness.py TONE_AND_NOISE): a tone on the left, noise on the right
+    "tone | noise (the bench's)": "sine=f=440:r={rate}[tone];anoisesrc=a=0.1:r={rate}[noise];"
+    "[tone][noise]amerge=inputs=2",
     "sine 997 Hz": "sine=f=997:r={rate},volume=4",
     "pink noise": "anoisesrc=c=pink:a=0.5:r={rate}",
     "white noise": "anoisesrc=c=white:a=0.5:r={rate}",
