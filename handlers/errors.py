@@ -196,8 +196,8 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
         api_error = api_error_for(error)
         if isinstance(error, ConversionStalled):  # something hung: an operator must look
             log.error("%s %s answered 503: %s", request.method, request.path, error.detail)
-        elif api_error.status == 503:  # the database or every slot busy: an operator's concern, not a bug
-            log.warning("%s %s answered 503: %s", request.method, request.path, api_error.message)
+        elif api_error.status in {503, 507}:  # the database or every slot busy, the storage full: not a bug
+            log.warning("%s %s answered %d: %s", request.method, request.path, api_error.status, api_error.message)
         elif api_error.status >= 500:
             log.error("%s %s answered %d", request.method, request.path, api_error.status, exc_info=error)
         elif isinstance(error, ConversionError) and error.detail:  # FFmpeg's words: for the log, not the client
