@@ -46,3 +46,9 @@ class ConversionStalled(ConversionError):
             f"no progress for {stall_s:g} s while waiting for {stage}",
         )
         self.stage = stage
+
+
+class SourcePaused(Exception):
+    """The upload's source ended where it was meant to, before the recording's end (a tus PATCH
+    of part of the upload): what it brought is kept, and its client waits to hear how that went.
+    Not a failure: its sender raises it at the end of the bytes it was given."""

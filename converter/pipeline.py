@@ -11,7 +11,6 @@ killed and reaped before the exception leaves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from converter.analysis import Analyser, Analysis, replay_gain
 from converter.command import LEAD_IN_SAMPLES, EncoderPlan
-from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong
+from converter.errors import BadWav, ConversionError, ConversionTimedOut, NotAWav, RecordingTooLong, SourcePaused
 from converter.mp3 import Mp3Stream, mp3_sample_rate_for
 from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.progress import STORING, Progress
@@ -190,8 +189,8 @@ async def _encode(
                 short = len(opening) >= plan.source.block_align
                 if not short:
                     opening.clear()  # part of a sample: no audio (FFmpeg given only that fails)
-        except BaseException:
-            await output.keep_what_can_be_kept(None)
+        except BaseException as ending:
+            await output.keep_what_can_be_kept(None, ending)
             raise
     if short:
         plan = replace(plan, short=True)
@@ -202,8 +201,8 @@ async def _encode(
                 await encoder.take(bytes(opening))
             async for chunk in chunks:
                 await encoder.take(chunk)
-        except BaseException:
-            await output.keep_what_can_be_kept(encoder)
+        except BaseException as ending:
+            await output.keep_what_can_be_kept(encoder, ending)
             raise
         if output.checkpoints is not None:
             output.checkpoints.let_go_of_all()
@@ -297,18 +296,24 @@ class _Output:
             chunk, self._pending = bytes(self._pending), bytearray()
             await self._write(chunk)
 
-    async def keep_what_can_be_kept(self, encoder: SegmentedEncoder | None) -> None:
-        """The upload's source ended early: for a resumable conversion, its encoders flush
-        what they were given (if it had started any) and a last checkpoint stores it, within
-        the grace allowed."""
+    async def keep_what_can_be_kept(self, encoder: SegmentedEncoder | None, ending: BaseException) -> None:
+        """The upload's source ended early (``ending``): for a resumable conversion, its encoders
+        flush what they were given (if it had started any) and a last checkpoint stores it,
+        within the grace allowed. Where the source paused as meant (SourcePaused), its client
+        waits to hear how that went: a last checkpoint refused (the quota, the storage bound,
+        another request's claim) or failed is what it hears, not that all is well with less
+        kept than it sent. Else it has gone or failed already, and hears nothing of this."""
         if self.checkpoints is None:
             return
-        with contextlib.suppress(Exception):
+        try:
             async with asyncio.timeout(self.checkpoints.resumable.grace_s):
                 if encoder is not None:
                     await encoder.finish()
                     await self.flush()
                 await self.checkpoints.take(self, last=True)
+        except Exception:
+            if isinstance(ending, SourcePaused):
+                raise
 
     async def _write(self, chunk: bytes) -> None:
         self.size += len(chunk)

@@ -37,6 +37,7 @@ import asyncpg
 from aiohttp import web
 from yarl import URL
 
+from converter.errors import SourcePaused
 from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.pipeline import convert
 from converter.resume import Resumable
@@ -67,7 +68,7 @@ SETTLE_TIMEOUT_S = 5.0  # a PATCH's word that it is done, at most
 BUSY_RENEWAL_S = 2.0  # a PATCH says it is still at work this often: its word holds 6 s (app.patch_busy_lease)
 
 
-class PatchEnded(Exception):
+class PatchEnded(SourcePaused):
     """A PATCH's body ended before the upload's end: what it brought is kept (converter/resume.py)."""
 
 

@@ -6,7 +6,8 @@
  * and its first checkpoint replaces them. PT400 for bytes that may not be kept
  * so (app.upload_keeps_as_sent: before the WAV's header is stored, the upload's
  * last byte, past 64 pieces or 2 MiB unconverted), PT409 when `at` is not the
- * offset, PT423 once another request claimed the upload, PT507 past the
+ * offset, PT423 once another request claimed the upload, PT413 when the
+ * user's quota leaves no room for them to be converted into, PT507 past the
  * storage bound, checked after any other upload's bytes under way are stored
  * (app.lock_storage_totals).
  */
@@ -39,6 +40,10 @@ BEGIN
                       ' the upload, or it keeps 64 pieces or 2 MiB unconverted already.';
     END IF;
     PERFORM app.lock_storage_totals(the_upload.user_id);
+    -- The quota counts MP3s, and these bytes are WAV: refused only once the user's MP3s
+    -- leave no byte for them to become (they would be refused when converted, after the
+    -- client had sent up to 2 MiB more of them).
+    PERFORM app.assert_within_quota(the_upload.user_id, the_upload.mp3_bytes + 1, the_upload.id);
     PERFORM app.assert_within_storage_bound(
         the_upload.mp3_bytes + app.upload_kept_bytes(the_upload.wav_header, the_upload.wav_pending, the_upload.analysis)
             + app.upload_bytes_in_pieces(the_upload.id) + octet_length(piece),

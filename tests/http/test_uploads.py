@@ -517,6 +517,24 @@ async def test_a_resumed_upload_whose_measurement_cannot_go_on_is_stored_whole_w
     assert "measurement so far cannot be gone on with" in caplog.text
 
 
+@pytest.mark.parametrize(("limit", "status"), [("user_quota_bytes", 413), ("storage_max_bytes", 507)])
+async def test_a_patch_whose_last_checkpoint_would_pass_a_limit_is_told_so(
+    client: Client, audio: Audio, admin: psycopg.Connection, limit: str, status: int
+) -> None:
+    """A PATCH of part of an upload stores what it brought in a last checkpoint as its body
+    ends. Refused there, by the quota or the storage bound, it answered 204 all the same,
+    with the offset of the checkpoint before (78: the WAV's header). Its client, told all was
+    well, sent on from there the same bytes, refused the same way, and never heard why."""
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path = await created(client, user, len(wav))
+    setting = psycopg.sql.SQL("UPDATE app.settings SET {} = 20000").format(psycopg.sql.Identifier(limit))
+    admin.execute(setting)  # the first 10 s make some 240 KB of MP3
+    refused = await patch(client, user, path, 0, wav[: len(wav) // 2])
+    assert refused.status == status, await refused.text()
+    assert await offset_of(client, user, path) < len(wav) // 2
+
+
 def pieces_of(admin: psycopg.Connection, upload: str) -> int:
     """How many PATCHes' bytes the upload (its path or id) keeps as they were sent."""
     row = admin.execute("SELECT count(*) FROM app.upload_pieces WHERE upload_id = %s", [upload.rsplit("/", 1)[-1]])

@@ -768,6 +768,21 @@ def sqlstate_once_first_commits(
     return outcome[0].sqlstate if outcome else None
 
 
+def test_a_piece_kept_as_sent_is_refused_once_the_quota_leaves_no_room_to_convert_it(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """The quota counts MP3s, and pieces kept as sent are WAV: with the user's MP3s at the
+    quota, a PATCH could still leave up to 2 MiB of them, to be refused only when converted."""
+    user = create_user(service)
+    upload = claimed_upload(service, user, b"mp3")  # 3 bytes of MP3; claimed by a PATCH of 3 bytes
+    store_record(service, *user, [b"x" * 97])
+    append = "SELECT api.upload_append(%s, %s, 100, %s, 3600)"
+    set_quota(admin, 100)
+    assert sqlstate_of(service, append, [*upload, b"abc"]) == "PT413"
+    set_quota(admin, 101)
+    service.execute(append, [*upload, b"abc"])  # room for a byte more of MP3: kept, to be converted
+
+
 def test_two_uploads_finishing_at_once_cannot_both_pass_the_quota(
     service: psycopg.Connection, admin: psycopg.Connection
 ) -> None:
