@@ -397,7 +397,8 @@ CLONED static int bends_within(const float *x, int n, float limit)
    difference: each point is the linear interpolation of its two nearest values (no larger than either) plus a
    sum of second differences, bends[s] the most their weights sum to (converter/analysis.py's stage_bends).
    Both hold for exact arithmetic; BEND_MARGIN takes in the single precision's rounding (under 1e-5 of the
-   largest value), so skipping changes no bit of the result. Only the first stage's is tested: it is where
+   largest value), so skipping changes no bit of the result; but not among float32's subnormals, whose
+   products round by up to 2^-150 whatever their size: a peak that small is not skipped by the bends. Only the first stage's is tested: it is where
    most of the work is saved, and the later stages' values are the first's points, seldom smooth where the first's
    bound failed. */
 #define BEND_MARGIN 1e-4
@@ -405,7 +406,7 @@ static int could_pass(const Core *core, const Arrays *a, int64_t stage, const fl
 {
     if (core->reach[stage] * largest <= core->true_peak)
         return 0;
-    if (stage > 0)
+    if (stage > 0 || core->true_peak < 0x1p-100) /* subnormal products round by 2^-150, however small */
         return 1;
     /* (largest + bend D) (1 + BEND_MARGIN) <= true peak, where D is the largest second difference */
     double limit = (core->true_peak / (1.0 + BEND_MARGIN) - largest) / a->bends[stage];
