@@ -136,7 +136,8 @@ def _from_postgres(error: asyncpg.PostgresError) -> ApiError:
 
 
 def database_unavailable() -> ApiError:
-    return ApiError(503, "The database is unavailable; try again shortly.", {"Retry-After": RETRY_AFTER_S})
+    status, message = UNAVAILABLE
+    return ApiError(status, message, {"Retry-After": RETRY_AFTER_S})
 
 
 def outcome_status(request: web.Request, error: BaseException) -> int:

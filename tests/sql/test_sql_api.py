@@ -58,6 +58,24 @@ def record_count(admin: psycopg.Connection) -> int:
     return int(scalar(admin, "SELECT count(*) FROM app.records"))
 
 
+def claimed_upload(service: psycopg.Connection, user: tuple[int, str], converted: bytes = b"") -> tuple[Any, int]:
+    """A new resumable upload of the user's and the generation of a PATCH that claimed it;
+    with ``converted``, that PATCH's first checkpoint stored it as the MP3 so far (the WAV's
+    header and 100 bytes taken, 20 of them pending), and the upload was claimed again by a
+    PATCH of 3 bytes, which keeps them as sent."""
+    row = service.execute(
+        "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 100000, 3600, 16)", list(user)
+    ).fetchone()
+    assert row is not None
+    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, %s, NULL, 3600, %s)"
+    generation = scalar(service, claim, [*user, row[0], 0, None])
+    if converted:
+        checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 100, '{}', 'RIFF', 3600, NULL, %s)"
+        service.execute(checkpoint, [row[0], generation, converted, b"p" * 20])
+        generation = scalar(service, claim, [*user, row[0], 100, 3])
+    return row[0], generation
+
+
 # --- users and tokens ---------------------------------------------------------
 
 
@@ -702,16 +720,8 @@ def test_unfinished_resumable_uploads_count_against_the_quota(
     set_quota(admin, 1000)
     store_record(service, user_id, token, [b"x" * 600])
 
-    def claimed_upload() -> tuple[Any, int]:
-        row = service.execute(
-            "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 100000, 3600, 16)", [user_id, token]
-        ).fetchone()
-        assert row is not None
-        claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600)"
-        return row[0], scalar(service, claim, [user_id, token, row[0]])
-
     checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 78, '{}', %s, 3600)"
-    first, second = claimed_upload(), claimed_upload()
+    first, second = claimed_upload(service, (user_id, token)), claimed_upload(service, (user_id, token))
     assert sqlstate_of(service, checkpoint, [*first, b"m" * 401, b"RIFF"]) == "PT413"
     service.execute(checkpoint, [*first, b"m" * 400, b"RIFF"])  # exactly up to the quota
     service.execute(checkpoint, [*first, b"m" * 400, b"RIFF"])  # again: its own bytes are not counted twice
@@ -801,24 +811,6 @@ def test_two_uploads_finishing_at_once_cannot_both_pass_the_quota(
         assert sqlstate_once_first_commits(admin, first, second, finish, [uploads[1]]) == "PT413"
     assert scalar(admin, "SELECT stored_bytes FROM app.users WHERE id = %s", [user_id]) == 700
     assert record_count(admin) == large_object_count(admin) == 1
-
-
-def claimed_upload(service: psycopg.Connection, user: tuple[int, str], converted: bytes = b"") -> tuple[Any, int]:
-    """A new resumable upload of the user's and the generation of a PATCH that claimed it;
-    with ``converted``, that PATCH's first checkpoint stored it as the MP3 so far (the WAV's
-    header and 100 bytes taken, 20 of them pending), and the upload was claimed again by a
-    PATCH of 3 bytes, which keeps them as sent."""
-    row = service.execute(
-        "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 100000, 3600, 16)", list(user)
-    ).fetchone()
-    assert row is not None
-    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, %s, NULL, 3600, %s)"
-    generation = scalar(service, claim, [*user, row[0], 0, None])
-    if converted:
-        checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 100, '{}', 'RIFF', 3600, NULL, %s)"
-        service.execute(checkpoint, [row[0], generation, converted, b"p" * 20])
-        generation = scalar(service, claim, [*user, row[0], 100, 3])
-    return row[0], generation
 
 
 def test_two_resumable_uploads_checkpointing_at_once_cannot_both_pass_the_quota(
@@ -1007,16 +999,8 @@ def test_unfinished_uploads_of_every_user_count_against_the_storage_bound(
     set_storage_bound(admin, 1000)
     store_record(service, *alice, [b"x" * 300])
 
-    def claimed_upload(user: tuple[int, str]) -> tuple[Any, int]:
-        row = service.execute(
-            "SELECT * FROM api.upload_create(%s, %s, 'take.wav', '{}', 100000, 3600, 16)", list(user)
-        ).fetchone()
-        assert row is not None
-        claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600)"
-        return row[0], scalar(service, claim, [*user, row[0]])
-
     checkpoint = "SELECT api.upload_checkpoint(%s, %s, 0, %s, 78, '{}', 'RIFF', 3600, NULL, %s)"
-    bobs, carols = claimed_upload(bob), claimed_upload(carol)
+    bobs, carols = claimed_upload(service, bob), claimed_upload(service, carol)
     service.execute(checkpoint, [*bobs, b"m" * 300, b"w" * 70])  # 374 bytes held
     service.execute(checkpoint, [*bobs, b"m" * 300, b"w" * 70])  # again: its own bytes are not counted twice
     assert sqlstate_of(service, checkpoint, [*carols, b"n" * 323, None]) == "PT507"
