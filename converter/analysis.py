@@ -56,8 +56,7 @@ DAT_FLAG_8_BIT = 1
 # --- loudness (ITU-R BS.1770-4, EBU R128 and Tech 3342) -----------------------------------
 # The gating blocks' mean squares come from converter/_measure.c, which sums the sub-blocks'
 # energies as math.fsum does (correctly rounded) and holds the last 30 in its core.
-SUBBLOCKS_PER_SECOND = 10  # gating blocks start every 100 ms
-MOMENTARY_SUBBLOCKS = 4  # 400 ms gating blocks (integrated loudness): _measure's MOMENTARY
+MOMENTARY_SUBBLOCKS = 4  # 400 ms gating blocks, one every 100 ms (integrated loudness): _measure's MOMENTARY
 SHORT_TERM_SUBBLOCKS = 30  # 3 s blocks (loudness range): _measure's SHORT_TERM
 ABSOLUTE_GATE = -70.0  # LUFS
 RELATIVE_GATE = -10.0  # LU below the absolute-gated mean (integrated)
@@ -345,13 +344,11 @@ class _Gate:
 
     def add(self, powers: array[float]) -> None:
         """Gating blocks' mean squares, in order."""
-        blocks, sums, log10, floor = self.blocks, self.powers, math.log10, math.floor
+        blocks, sums, floor = self.blocks, self.powers, math.floor
         count, total = self.count, self.power
         for power in powers:
-            if not power > 0:  # (as _lufs, inlined)
-                continue
-            loudness = -0.691 + 10 * log10(power)
-            if loudness <= ABSOLUTE_GATE:
+            loudness = _lufs(power)
+            if loudness is None or loudness <= ABSOLUTE_GATE:
                 continue
             count += 1
             total += power
