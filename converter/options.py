@@ -51,6 +51,11 @@ class CpuShare(Protocol):
         """The body is all in: its encoders' tail is still CPU work, so a turn held is kept for it."""
         ...
 
+    def encoded(self) -> None:
+        """Its encoders have ended: what is left (the last writes, the commit) waits on the
+        database, not on a core, so the turn goes to another upload now."""
+        ...
+
 
 @dataclass(frozen=True)
 class ConverterConfig:

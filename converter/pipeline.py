@@ -104,7 +104,9 @@ async def convert(
     try:
         async with time_limit:
             samples = _samples(first_samples, source, header, config.max_seconds)
-            encoding = _encode(samples, plan, config, header.data_declared, output, progress, stored, analyser, skip)
+            encoding = _encode(
+                samples, plan, config, header.data_declared, output, progress, stored, analyser, skip, share
+            )
             encoder, lead_in = await progress.watched(encoding)
     except (TimeoutError, ExceptionGroup) as failure:
         if time_limit.expired():
@@ -171,11 +173,13 @@ async def _encode(
     stored: tuple[int, list[Frame]] | None,
     analyser: Analyser | None,
     skip: int,
+    share: CpuShare | None,
 ) -> tuple[SegmentedEncoder, int]:
     """The upload's samples through its encoder (but its first ``skip`` bytes) into ``output``
     and through the ``analyser``; the encoder, done, and the samples of silence put before
     the recording at the MP3's rate (a short one: converter/command.py), which the analyser
-    never sees. The encoder starts once the recording is known to be short or not."""
+    never sees. The encoder starts once the recording is known to be short or not; the
+    upload's ``share`` of the CPU is given back once it has ended (CpuShare.encoded)."""
     chunks = _accounted(samples, output.checkpoints, analyser, skip)
     opening = bytearray()  # held until then (a resumed recording is not short)
     short = False
@@ -207,6 +211,8 @@ async def _encode(
         if output.checkpoints is not None:
             output.checkpoints.let_go_of_all()
         await encoder.finish()
+    if share is not None:
+        share.encoded()
     await output.flush()
     return encoder, LEAD_IN_SAMPLES if short else 0
 
