@@ -1,6 +1,6 @@
 """The benchmark: the service side by side with the physical limits, in one run.
 
-    scripts/bench [--quick] [--rounds 3] [--only PART ...] [--output FILE]
+    scripts/bench [--quick] [--rounds 3] [--only PART ...] [--output FILE] [--db-delay-ms MS]
 
 Starts the service (app.py on a private cluster of scripts/local-postgres, made
 for the run and removed after it), generates stereo 44.1 kHz 16-bit WAVs with
@@ -20,9 +20,10 @@ bench/report.py writes the results):
 - link: a 10-minute upload paced at 8, 15 and 30 MB/s and unpaced: the time
   from its last byte sent to the 201; and at 8 MB/s, what `curl --limit-rate`
   shows a user, beside this process's own client with two send buffers;
-- concurrency: 1, 2, 4, 8 simultaneous 1-minute uploads: audio-seconds
-  converted per wall second against cores x the single raw encode's speed;
-  8 at once again on a service with PARALLEL_SEGMENTS=0, side by side;
+- concurrency: 1, 2, 4, 8 simultaneous 1-minute uploads, each of a user of its
+  own: audio-seconds converted per wall second against cores x the single raw
+  encode's speed; 8 at once again on a service with PARALLEL_SEGMENTS=0, side
+  by side; and 8 at once of one user's;
 - downloads: the longest stored MP3's first download (from the database, on a
   service with DOWNLOAD_CACHE_MB=0) against PostgreSQL's own lo_get of it, a
   repeat (from the download cache) against aiohttp's FileResponse (sendfile)
@@ -40,6 +41,8 @@ bench/report.py writes the results):
 
 `--only PART` (repeatable) runs just the parts named and writes to --output
 (default bench/RESULTS-only.md, so RESULTS.md keeps the whole run).
+`--db-delay-ms 30` puts the database a network hop away for the services
+(tests/support.py's DelayingProxy holds each reply that long).
 
 Writes bench/RESULTS.md. Absolute times on a shared machine are noisy; the
 ratios, measured side by side, are the figures to read. A CHECKPOINT before
@@ -54,7 +57,7 @@ import tempfile
 from pathlib import Path
 
 from . import analysis, concurrency, downloads, faults, link, rate, responsiveness, resumable, uploads
-from .harness import Bench, bench_database, running_service
+from .harness import Bench, at_distance, bench_database, running_service
 from .report import Report, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,13 +72,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
     parser.add_argument("--output", type=Path, help="default bench/RESULTS.md (bench/RESULTS-only.md with --only)")
+    parser.add_argument("--db-delay-ms", type=float, default=0, help="the database this far away (default 0)")
     args = parser.parse_args()
     parts = set(args.only or PARTS)
     output = args.output or ROOT / "bench" / ("RESULTS-only.md" if args.only else "RESULTS.md")
     report = Report()
     with (
         tempfile.TemporaryDirectory() as folder_name,
-        bench_database() as database,
+        bench_database() as nearby,
+        at_distance(nearby, args.db_delay_ms) as database,
         running_service(database, Path(folder_name)) as service,
     ):
         minutes = (1, 10) if args.quick else (1, 10, 60)
@@ -107,6 +112,7 @@ def main() -> int:
             faults.connection_flood(bench)
     command = f"scripts/bench{' --quick' if args.quick else ''} --rounds {args.rounds}"
     command += "".join(f" --only {part}" for part in args.only or ())
+    command += f" --db-delay-ms {args.db_delay_ms:g}" if args.db_delay_ms else ""
     write_results(output, report, TARGETS, command)
     return 0
 

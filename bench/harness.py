@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ from db.apply import DEFAULT_SERVICE_ROLE, Roles, apply
 from settings import Settings
 from tests.support import (
     FFMPEG,
+    DelayingProxy,
     ServiceProcess,
     children_of,
     make_audio,
@@ -66,6 +67,23 @@ def bench_database() -> Iterator[Database]:
         yield Database(owner_url, service_url, postmaster)
 
 
+@contextmanager
+def at_distance(database: Database, delay_ms: float) -> Iterator[Database]:
+    """The database as the bench's services reach it: through tests/support.py's DelayingProxy,
+    each reply held ``delay_ms``, as one network hop away (0: directly). The bench's own
+    statements (psql as the owner) go directly."""
+    if not delay_ms:
+        yield database
+        return
+    address = re.search(r"@([^:/]+):(\d+)/", database.service_url)
+    assert address is not None
+    proxy = DelayingProxy(address[1], int(address[2]), delay_ms / 1000).start()
+    try:
+        yield replace(database, service_url=database.service_url.replace(address[0], f"@{proxy.host}:{proxy.port}/"))
+    finally:
+        proxy.stop()
+
+
 @dataclass
 class Service:
     """app.py as a process on the bench's database, and the user the bench uploads as."""
@@ -99,6 +117,14 @@ class Service:
     def here(self, url: str) -> str:
         """A link another service of the bench gave (they share the database), pointing here."""
         return re.sub(r"^http://[^/]+", self.base, url)
+
+    def accounts(self, count: int) -> list[Service]:
+        """``count`` new users of this service, as a busy server's uploads come from many
+        (one user's uploads go USER_MAX_UPLOADS at a time, 2 by default)."""
+        users = [
+            post_json(f"{self.base}/users", {"username": f"bench-{time.time_ns()}-{n}"})["data"] for n in range(count)
+        ]
+        return [replace(self, user_id=int(str(user["id"])), token=str(user["token"])) for user in users]
 
     def settle(self) -> None:
         """Flush PostgreSQL's dirty pages now, so a checkpoint does not land inside the next measurement."""
