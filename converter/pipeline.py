@@ -194,7 +194,7 @@ async def _encode(
                 if not short:
                     opening.clear()  # part of a sample: no audio (FFmpeg given only that fails)
         except BaseException as ending:
-            await output.keep_what_can_be_kept(None, ending)
+            await output.keep_what_can_be_kept(None, ending, share)
             raise
     if short:
         plan = replace(plan, short=True)
@@ -206,7 +206,7 @@ async def _encode(
             async for chunk in chunks:
                 await encoder.take(chunk)
         except BaseException as ending:
-            await output.keep_what_can_be_kept(encoder, ending)
+            await output.keep_what_can_be_kept(encoder, ending, share)
             raise
         if output.checkpoints is not None:
             output.checkpoints.let_go_of_all()
@@ -302,7 +302,9 @@ class _Output:
             chunk, self._pending = bytes(self._pending), bytearray()
             await self._write(chunk)
 
-    async def keep_what_can_be_kept(self, encoder: SegmentedEncoder | None, ending: BaseException) -> None:
+    async def keep_what_can_be_kept(
+        self, encoder: SegmentedEncoder | None, ending: BaseException, share: CpuShare | None
+    ) -> None:
         """The upload's source ended early (``ending``): for a resumable conversion, its encoders
         flush what they were given (if it had started any) and a last checkpoint stores it,
         within the grace allowed. Where the source paused as meant (SourcePaused), its client
@@ -314,8 +316,12 @@ class _Output:
         try:
             async with asyncio.timeout(self.checkpoints.resumable.grace_s):
                 if encoder is not None:
+                    if share is not None:
+                        share.finishing()  # the turn is kept for the encoders' tail, not lent
                     await encoder.finish()
-                    await self.flush()
+                if share is not None:
+                    share.encoded()  # the last write and checkpoint wait on the database
+                await self.flush()
                 await self.checkpoints.take(self, last=True)
         except Exception:
             if isinstance(ending, SourcePaused):
