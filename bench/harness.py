@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from db.apply import DEFAULT_SERVICE_ROLE, Roles, apply
 from settings import Settings
@@ -71,15 +72,17 @@ def bench_database() -> Iterator[Database]:
 def at_distance(database: Database, delay_ms: float) -> Iterator[Database]:
     """The database as the bench's services reach it: through tests/support.py's DelayingProxy,
     each reply held ``delay_ms``, as one network hop away (0: directly). The bench's own
-    statements (psql as the owner) go directly."""
+    statements (psql as the owner, and the baselines it measures with them: lo_get, the
+    digest's cost) go directly; the proxy's CPU counts among the others'."""
     if not delay_ms:
         yield database
         return
-    address = re.search(r"@([^:/]+):(\d+)/", database.service_url)
-    assert address is not None
-    proxy = DelayingProxy(address[1], int(address[2]), delay_ms / 1000).start()
+    address = urlsplit(database.service_url)
+    assert address.hostname is not None
+    assert address.port is not None
+    proxy = DelayingProxy(address.hostname, address.port, delay_ms / 1000).start()
     try:
-        yield replace(database, service_url=database.service_url.replace(address[0], f"@{proxy.host}:{proxy.port}/"))
+        yield replace(database, service_url=proxy.url(database.service_url))
     finally:
         proxy.stop()
 
