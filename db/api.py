@@ -66,6 +66,17 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """What the converter measured of a recording beyond its format (api.record_measure's);
+    None: not measured, or nothing to measure."""
+
+    waveform: bytes | None = None  # audiowaveform's .dat, version 2
+    loudness: float | None = None  # LUFS, integrated
+    loudness_range: float | None = None  # LU
+    true_peak: float | None = None  # dBTP
+
+
+@dataclass(frozen=True)
 class Waveform:
     sha256: bytes  # the record's MP3's
     waveform: bytes  # audiowaveform's .dat, version 2
@@ -192,13 +203,24 @@ async def record_finish(
     sample_rate: int,
     channels: int,
     sha256: bytes | None = None,
+    header: tuple[int, bytes] | None = None,
+    measured: Measured | None = None,
 ) -> Record:
     """Finish the upload with what the conversion measured and the SHA-256 of what was stored
-    (read back from the database when the caller has not hashed its own copy)."""
-    digest = sha256 if sha256 is not None else await upload_sha256(db, record_id)
+    (read back from the database when the caller has not hashed its own copy), its ``header``
+    frame (where it goes, its bytes) written first: one statement, and one round trip, for all
+    of it, but a digest read back needs the header frame in place before it."""
+    if sha256 is None:
+        if header is not None:
+            await record_overwrite(db, record_id, *header)
+            header = None
+        sha256 = await upload_sha256(db, record_id)
+    header_at, header_frame = header or (None, None)
+    measured = measured or Measured()
     row = await db.fetchrow(
-        "SELECT * FROM api.record_finish($1, $2, $3, $4, $5, $6)",
-        record_id, duration, bitrate, sample_rate, channels, digest,
+        "SELECT * FROM api.record_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        record_id, duration, bitrate, sample_rate, channels, sha256, header_at, header_frame,
+        measured.waveform, measured.loudness, measured.loudness_range, measured.true_peak,
     )  # fmt: skip
     return Record.of(row)
 
@@ -215,19 +237,6 @@ async def upload_sha256(db: Database, record_id: UUID) -> bytes:
         offset += len(chunk)
         del chunk  # not held while the next one arrives
     return digest.digest()
-
-
-async def record_measure(
-    db: Database,
-    record_id: UUID,
-    waveform: bytes | None,
-    loudness: float | None,
-    loudness_range: float | None,
-    true_peak: float | None,
-) -> None:
-    await db.execute(
-        "SELECT api.record_measure($1, $2, $3, $4, $5)", record_id, waveform, loudness, loudness_range, true_peak
-    )
 
 
 async def record_waveform(db: Database, user_id: int, token: str, record_id: UUID) -> Waveform:

@@ -192,15 +192,12 @@ async def finish_record(
     converted: Converted,
     sha256: Awaitable[bytes | None] | None = None,
 ) -> api.Record:
-    """The record's header frame written, what was measured stored, and the record finished;
+    """The record finished with its header frame and what was measured, in one statement;
     its SHA-256 the caller's (being hashed meanwhile), else read back from the database."""
-    await api.record_overwrite(connection, record_id, converted.header_offset, converted.header_frame)
+    measured = None
     if converted.analysis is not None:
         loudness = converted.analysis.loudness
-        waveform = converted.analysis.peaks.dat()
-        await api.record_measure(
-            connection, record_id, waveform, loudness.integrated, loudness.range, loudness.true_peak
-        )
+        measured = api.Measured(converted.analysis.peaks.dat(), loudness.integrated, loudness.range, loudness.true_peak)
     return await api.record_finish(
         connection,
         record_id,
@@ -209,6 +206,8 @@ async def finish_record(
         converted.sample_rate,
         converted.channels,
         None if sha256 is None else await sha256,
+        header=(converted.header_offset, converted.header_frame),
+        measured=measured,
     )
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 import psycopg
 import pytest
+from mutagen.mp3 import MP3
 from pytest_aiohttp import AiohttpClient
 
 from app import init_app
@@ -37,6 +39,7 @@ from tests.support import (
     new_user,
     plan_of,
     records_match_large_objects,
+    statements_calling,
     until,
     wav_header,
 )
@@ -123,3 +126,30 @@ async def test_a_fresh_service_answers_every_upload_with_its_database_a_hop_away
         assert await asyncio.gather(*(status_of(wav, options) for wav, options in uploads)) == [201, 201]
     await until(lambda: idle_in_transaction(admin) == 0)
     assert records_match_large_objects(admin)
+
+
+@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"], indirect=True)
+async def test_an_upload_ends_in_one_statement_and_its_commit(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """Once its last MP3 bytes are written, an upload's header frame, waveform, loudness and
+    digest go to the database in api.record_finish, then it commits: two round trips, not
+    four (api.record_overwrite and api.record_measure each took one of their own, 60 ms
+    more on every upload's last byte to 201 with the database 30 ms away). What it stores
+    is the same: a header frame players read, the waveform and the loudness."""
+    statements = ("api.record_overwrite", "api.record_measure", "api.record_finish")
+    before = {function: statements_calling(admin, function) for function in statements}
+    user = await new_user(client, "far")
+    wav = audio(seconds=5, rate=44100, channels=2)
+    response = await client.post("/record", data=wav, headers={**basic(*user), "Content-Type": "audio/wav"})
+    assert response.status == 201, await response.text()
+    record = (await response.json())["data"]
+    made = {function: statements_calling(admin, function) - before[function] for function in statements}
+    assert made == {"api.record_overwrite": 0, "api.record_measure": 0, "api.record_finish": 1}
+
+    assert record["loudness"]["integrated"] is not None
+    waveform = await client.get(f"/record/waveform?id={record['id']}&user={user[0]}", headers=basic(*user))
+    assert waveform.status == 200
+    mp3 = await (await client.get(f"/record?id={record['id']}&user={user[0]}")).read()
+    info: Any = MP3(io.BytesIO(mp3)).info  # type: ignore[no-untyped-call]
+    assert info.track_gain is not None  # the LAME tag, in the header frame

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -667,6 +668,34 @@ def test_the_stored_digest_is_the_sha256_of_the_stored_bytes_whoever_finishes(se
     stored = scalar(service, "SELECT api.record_read(%s, %s, 0, 100000)", [record_id, user_id])
     assert bytes(digest) == hashlib.sha256(stored).digest()
     assert stored[:9] == b"ID3HEADER"
+
+
+def test_record_finish_writes_the_header_frame_and_the_measurements_it_is_given(service: psycopg.Connection) -> None:
+    """As the service finishes an upload, in one statement (a psql user names the arguments):
+    the header frame written before the digest is computed, the waveform and loudness stored.
+    Each is checked as api.record_overwrite and api.record_measure check it, and a refusal
+    finishes nothing."""
+    user_id, token = create_user(service)
+    dat = struct.pack("<iIiiIi", 2, 1, 44100, 256, 1, 1) + bytes([0, 0])
+    finish = """SELECT sha256, loudness, loudness_range, true_peak, has_waveform
+                FROM api.record_finish(%s, 1, 1, 1, 1, header_at => %s, header_frame => %s, waveform => %s,
+                                       loudness => -23.5, loudness_range => 4.25, true_peak => -1.5)"""
+    with service.transaction():
+        record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+        service.execute("SELECT api.record_append(%s, %s)", [record_id, b"ID3" + bytes(100)])
+        for refused in ([98, b"HEADER", dat], [3, b"HEADER", b"no .dat"]):
+            with pytest.raises(psycopg.Error) as raised, service.transaction():  # a savepoint: the upload goes on
+                service.execute(finish, [record_id, *refused])
+            assert raised.value.sqlstate == "PT400"
+        finished = service.execute(finish, [record_id, 3, b"HEADER", dat]).fetchone()
+    assert finished is not None
+    digest, *measured = finished
+    stored = scalar(service, "SELECT api.record_read(%s, %s, 0, 100000)", [record_id, user_id])
+    assert stored[:9] == b"ID3HEADER"
+    assert bytes(digest) == hashlib.sha256(stored).digest()
+    assert measured == [-23.5, 4.25, -1.5, True]
+    waveform = scalar(service, "SELECT waveform FROM api.record_waveform(%s, %s, %s)", [user_id, token, record_id])
+    assert bytes(waveform) == dat
 
 
 # --- storage quota ----------------------------------------------------------------
