@@ -22,8 +22,8 @@ BEGIN
     WHERE u.id = assert_within_quota.user_id;
     IF used + adding > quota THEN
         RAISE EXCEPTION USING ERRCODE = 'PT413',
-            MESSAGE = format('This upload would take your storage past its quota of %s MiB (%s MiB used).',
-                             round(quota / 1048576.0, 1), round(used / 1048576.0, 1));
+            MESSAGE = format('This upload would take your storage past its quota of %s (%s used).',
+                             app.size_in_words(quota), app.size_in_words(used));
     END IF;
 END;
 $$;

@@ -22,8 +22,8 @@ BEGIN
     SELECT s.bytes + app.uploads_held_bytes(writing) INTO used FROM app.storage AS s;
     IF used + adding > bound THEN
         RAISE EXCEPTION USING ERRCODE = 'PT507',
-            MESSAGE = format('The service''s storage is full (its limit is %s GiB): no upload can be stored'
-                             ' until records are deleted.', round(bound / 1073741824.0, 1));
+            MESSAGE = format('The service''s storage is full (its limit is %s): no upload can be stored'
+                             ' until records are deleted.', app.size_in_words(bound));
     END IF;
 END;
 $$;

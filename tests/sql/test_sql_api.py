@@ -701,6 +701,16 @@ def test_record_finish_writes_the_header_frame_and_the_measurements_it_is_given(
 # --- storage quota ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("size", "words"),
+    [(0, "0 bytes"), (1023, "1023 bytes"), (1536, "1.5 KiB"), (5 << 20, "5.0 MiB"), (100 << 30, "100.0 GiB")],
+)
+def test_limits_are_stated_in_the_unit_that_fits_them(admin: psycopg.Connection, size: int, words: str) -> None:
+    """The quota's and the storage bound's messages: a limit set small by hand in psql once
+    read "its limit is 0.0 GiB"."""
+    assert scalar(admin, "SELECT app.size_in_words(%s)", [size]) == words
+
+
 def set_quota(admin: psycopg.Connection, quota_bytes: int) -> None:
     admin.execute("UPDATE app.settings SET user_quota_bytes = %s", [quota_bytes])
 
@@ -726,7 +736,7 @@ def test_the_quota_is_kept_at_begin_while_appending_and_at_finish(
         with pytest.raises(psycopg.Error) as raised:
             service.execute("SELECT api.record_append(%s, %s)", [record_id, b"y" * 300])
     assert raised.value.sqlstate == "PT413"
-    assert "quota" in (raised.value.diag.message_primary or "")
+    assert "past its quota of 1000 bytes" in (raised.value.diag.message_primary or "")  # not "0.0 MiB"
     assert record_count(admin) == large_object_count(admin) == 1
 
     store_record(service, user_id, token, [b"z" * 400])  # exactly up to the quota
@@ -1002,7 +1012,7 @@ def test_the_storage_bound_counts_every_user_at_begin_while_appending_and_at_fin
         with pytest.raises(psycopg.Error) as raised:
             service.execute("SELECT api.record_append(%s, %s)", [record_id, b"y" * 300])
     assert raised.value.sqlstate == "PT507"
-    assert "storage is full" in (raised.value.diag.message_primary or "")
+    assert "storage is full (its limit is 1000 bytes)" in (raised.value.diag.message_primary or "")  # not "0.0 GiB"
     assert record_count(admin) == large_object_count(admin) == 1
 
     store_record(service, *bob, [b"z" * 400])  # exactly up to the bound
