@@ -11,12 +11,13 @@
  * and the download cache admits a file only when its bytes hash to it. NULL:
  * computed here, for an MP3 of at most 64 MiB (PT400 beyond).
  *
- * header_at and header_frame, when given, are written first as
- * api.record_overwrite writes them (the MP3's Xing/LAME header frame); waveform,
- * loudness, loudness_range and true_peak, when any is given, are stored as
- * api.record_measure stores them: the service passes all of it here, so that an
- * upload ends in two round trips to the database (this call, the COMMIT) instead
- * of four. Called with six arguments, it finishes what is there.
+ * header_at and header_frame, given together, are written first as
+ * api.record_overwrite writes them (the MP3's Xing/LAME header frame); when any
+ * of waveform, loudness, loudness_range and true_peak is given, all four are
+ * stored as api.record_measure stores them (one left out is stored as none).
+ * The service passes all of it here: when it hashed its own copy of the MP3, an
+ * upload then ends in two round trips to the database (this call, the COMMIT)
+ * instead of four. Called with six arguments, it finishes what is there.
  *
  * An empty object or a zero duration is PT422: there was no audio; a duration
  * that is no finite number is PT400. PT413 when the record would take its user
@@ -55,7 +56,10 @@ DECLARE
     object_size bigint;
     digest bytea := record_finish.sha256;
 BEGIN
-    IF header_at IS NOT NULL OR header_frame IS NOT NULL THEN
+    IF (header_at IS NULL) <> (header_frame IS NULL) THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'Pass header_at and header_frame together, or neither.';
+    END IF;
+    IF header_frame IS NOT NULL THEN
         PERFORM api.record_overwrite(record_id, header_at, header_frame);
     END IF;
     IF num_nonnulls(waveform, loudness, loudness_range, true_peak) > 0 THEN

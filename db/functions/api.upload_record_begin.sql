@@ -1,7 +1,7 @@
 /**
  * The last PATCH of a resumable upload (which claimed `generation`), once its
  * last bytes are written: its MP3 becomes a record in progress, to finish in
- * this same transaction with api.record_overwrite and api.record_finish as an
+ * this same transaction with api.record_finish (given the header frame) as an
  * upload by POST /record is. Returns the record's id; the upload then answers
  * with it (api.upload_open) until it expires. PT423 once another took it.
  */

@@ -683,7 +683,7 @@ def test_record_finish_writes_the_header_frame_and_the_measurements_it_is_given(
     with service.transaction():
         record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
         service.execute("SELECT api.record_append(%s, %s)", [record_id, b"ID3" + bytes(100)])
-        for refused in ([98, b"HEADER", dat], [3, b"HEADER", b"no .dat"]):
+        for refused in ([98, b"HEADER", dat], [3, b"HEADER", b"no .dat"], [3, None, dat], [None, b"HEADER", dat]):
             with pytest.raises(psycopg.Error) as raised, service.transaction():  # a savepoint: the upload goes on
                 service.execute(finish, [record_id, *refused])
             assert raised.value.sqlstate == "PT400"
@@ -701,10 +701,13 @@ def test_record_finish_writes_the_header_frame_and_the_measurements_it_is_given(
 # --- storage quota ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("size", "words"),
-    [(0, "0 bytes"), (1023, "1023 bytes"), (1536, "1.5 KiB"), (5 << 20, "5.0 MiB"), (100 << 30, "100.0 GiB")],
-)
+LIMITS_IN_WORDS = [
+    (0, "0 bytes"), (1, "1 byte"), (1023, "1023 bytes"), (1536, "1.5 KiB"), (1048575, "1.0 MiB"),
+    (5 << 20, "5.0 MiB"), ((1 << 30) - 1, "1.0 GiB"), (100 << 30, "100.0 GiB"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("size", "words"), LIMITS_IN_WORDS)
 def test_limits_are_stated_in_the_unit_that_fits_them(admin: psycopg.Connection, size: int, words: str) -> None:
     """The quota's and the storage bound's messages: a limit set small by hand in psql once
     read "its limit is 0.0 GiB"."""
