@@ -43,6 +43,7 @@ from yarl import URL
 from converter.command import EncoderPlan
 from converter.options import EncodeOptions
 from converter.wav import FORMAT_PCM, WavFormat, WavHeader
+from service.slots import ConversionSlots
 from settings import Settings, find_ffmpeg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +198,34 @@ async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
     async with asyncio.timeout(seconds):
         while not condition():  # noqa: ASYNC110 - the server's state offers no event to wait on
             await asyncio.sleep(0.02)
+
+
+class NextInLine:
+    """Another upload, waiting for its turn on ``slots`` once the upload under test holds it
+    (``behind`` passes that upload's chunks on, and makes it ask after the first), and noting
+    when its turn comes: ``has_its_turn`` is set once, never cleared."""
+
+    def __init__(self, slots: ConversionSlots) -> None:
+        self.slots = slots
+        self.has_its_turn = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def behind(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            yield chunk  # taken once the upload under test has its turn
+            if self.task is None:
+                self.task = asyncio.create_task(self._upload())
+                await until(lambda: self.slots.waiting == 1)
+
+    async def done(self) -> None:
+        assert self.task is not None
+        async with asyncio.timeout(30):
+            await self.task
+
+    async def _upload(self) -> None:
+        async with self.slots.admitted(user_id=2) as turn:
+            await turn.working()
+            self.has_its_turn.set()
 
 
 def wait_until(condition: Callable[[], Found | None], seconds: float, every: float = 0.02) -> Found:

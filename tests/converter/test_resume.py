@@ -23,7 +23,7 @@ from converter.process import PIPE_READ
 from converter.resume import Checkpoint, Resumable, frame_offsets, stored_frames
 from service import slots as slots_module
 from service.slots import ConversionSlots
-from tests.support import FFMPEG, Spares, decoded, music, resampled, samples_of, snr_db, until
+from tests.support import FFMPEG, NextInLine, Spares, decoded, music, resampled, samples_of, snr_db
 
 SEGMENT_S = 1.5
 WAV_HEADER_BYTES = 44  # FFmpeg's, for the music below
@@ -280,36 +280,22 @@ async def test_a_request_cut_short_gives_its_turn_to_the_next_upload_for_its_las
     monkeypatch.setattr(slots_module, "IDLE_GRACE_S", 120.0)
     wav = music(tmp_path, 44100, 2)
     slots = ConversionSlots(1, queue_timeout=30)
+    next_in_line = NextInLine(slots)
     stored = StoredUpload()
-    next_has_its_turn = asyncio.Event()  # set once, never cleared
     committed = stored.commit
 
     async def commit(checkpoint: Checkpoint) -> None:
         if checkpoint.upload_offset == len(wav) // 2:  # the last: all that was sent, some kept as sent
-            await next_has_its_turn.wait()  # bounded by the last checkpoint's grace (3 s)
+            await next_in_line.has_its_turn.wait()  # bounded by the last checkpoint's grace (3 s)
         await committed(checkpoint)
 
     stored.commit = commit  # type: ignore[method-assign]
-    waiting: list[asyncio.Task[None]] = []
-
-    async def next_upload() -> None:
-        async with slots.admitted(user_id=2) as turn:
-            await turn.working()
-            next_has_its_turn.set()
-
-    async def cut_short() -> AsyncIterator[bytes]:
-        async for chunk in sent(wav, 0, len(wav) // 2):
-            yield chunk
-            if not waiting:  # this upload has the turn now: the next asks for it
-                waiting.append(asyncio.create_task(next_upload()))
-                await until(lambda: slots.waiting == 1)
-
     resumable = stored.resumable(every_s=3600, every_bytes=1 << 30)  # one checkpoint: the last
+    cut_short = next_in_line.behind(sent(wav, 0, len(wav) // 2))
     with pytest.raises(ClientGone):
         async with slots.admitted(user_id=1) as turn:
-            await convert(cut_short(), stored.sink, EncodeOptions(), ONE_ENCODER, turn, resumable=resumable)
-    async with asyncio.timeout(30):
-        await waiting[0]
+            await convert(cut_short, stored.sink, EncodeOptions(), ONE_ENCODER, turn, resumable=resumable)
+    await next_in_line.done()
     assert stored.checkpoint is not None
     assert stored.checkpoint.upload_offset == len(wav) // 2
     assert slots.active == 0

@@ -29,7 +29,19 @@ from converter.segments import POST_ROLL_FRAMES, SegmentedEncoder, segment_frame
 from converter.splice import FrameReader, pre_roll_frames
 from converter.wav import WavHeader
 from service.slots import IDLE_GRACE_S, ConversionSlots
-from tests.support import FFMPEG, MUSIC_SECONDS, Spares, decoded, music, plan_of, resampled, samples_of, snr_db, until
+from tests.support import (
+    FFMPEG,
+    MUSIC_SECONDS,
+    NextInLine,
+    Spares,
+    decoded,
+    music,
+    plan_of,
+    resampled,
+    samples_of,
+    snr_db,
+    until,
+)
 
 SECONDS = MUSIC_SECONDS
 SEGMENT_S = 1.5  # ten joins at 44.1 kHz
@@ -259,19 +271,12 @@ async def test_an_upload_gives_its_turn_to_the_next_once_its_encoders_end(tmp_pa
     """What is left of an upload once its encoders have ended (its last MP3 bytes written, the
     record finished, the commit) waits on the database, not on a core: the turn goes to an
     upload waiting for it then, not after the commit. With the database 30 ms away, eight
-    uploads at once on two slots left the cores idle 2.0-2.5 core-s of about 9 while each
+    uploads at once on two slots left the cores idle 1.6-2.5 core-s of about 9 while each
     turn waited for those round trips. Here the store holds the last write until the upload
     waiting has its turn (a deadline, not a wait: it never came before)."""
     wav = music(tmp_path, 44100, 2)  # 16 s: its MP3 is less than one sink write, written at the end
     slots = ConversionSlots(1, queue_timeout=30)
-    next_has_its_turn = asyncio.Event()  # set once, never cleared
-
-    async def next_upload() -> None:
-        async with slots.admitted(user_id=2) as turn:
-            await turn.working()
-            next_has_its_turn.set()
-
-    waiting: list[asyncio.Task[None]] = []
+    next_in_line = NextInLine(slots)
     out = bytearray()
     appends = 0
 
@@ -279,22 +284,13 @@ async def test_an_upload_gives_its_turn_to_the_next_once_its_encoders_end(tmp_pa
         nonlocal appends
         appends += 1
         async with asyncio.timeout(30):
-            await next_has_its_turn.wait()
+            await next_in_line.has_its_turn.wait()
         out.extend(chunk)
 
     config = ConverterConfig(ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600)
     async with slots.admitted(user_id=1) as turn:
-
-        async def source() -> AsyncIterator[bytes]:
-            async for chunk in chunks(wav):
-                yield chunk
-                if not waiting:  # this upload has the turn now: the next asks for it
-                    waiting.append(asyncio.create_task(next_upload()))
-                    await until(lambda: slots.waiting == 1)
-
-        result = await convert(source(), sink, EncodeOptions(), config, turn)
-    async with asyncio.timeout(30):
-        await waiting[0]
+        result = await convert(next_in_line.behind(chunks(wav)), sink, EncodeOptions(), config, turn)
+    await next_in_line.done()
     assert appends == 1
     out[result.header_offset : result.header_offset + len(result.header_frame)] = result.header_frame
     assert len(decoded(bytes(out), 2)) == len(samples_of(wav))
