@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
-from .harness import CORES, Bench, CpuUse, finish_upload, own_children_cpu, raw_encode, upload_process
+from .harness import CORES, Bench, CpuUse, Service, finish_upload, own_children_cpu, raw_encode, upload_process
 
 TARGETS = {
     "concurrent throughput / (cores x single raw)": "≥ 0.90",
@@ -33,10 +34,7 @@ def concurrency(bench: Bench) -> None:
     for count in (1, 2, 4, 8):
         service.settle()
         before = CpuUse.now(service)
-        start = time.perf_counter()
-        processes = [upload_process(uploader, wav) for uploader in uploaders[:count]]
-        statuses = [finish_upload(process)[0] for process in processes]
-        wall = time.perf_counter() - start
+        wall, statuses = at_once(uploaders[:count], wav)
         uses[count] = CpuUse.now(service).minus(before, count * single_raw_cpu, wall)
         rate = count * audio_seconds / wall
         best = max(best, rate / limit)
@@ -67,19 +65,16 @@ def concurrency(bench: Bench) -> None:
             ("segments on ", uploaders),
         ):
             service.settle()
-            start = time.perf_counter()
-            processes = [upload_process(uploader, wav) for uploader in target]
-            statuses = [finish_upload(process)[0] for process in processes]
-            rates[name] = 8 * audio_seconds / (time.perf_counter() - start)
+            wall, statuses = at_once(target, wav)
+            rates[name] = 8 * audio_seconds / wall
             setting = "0" if "off" in name else "default"
             report.say(f"| 8, {name.strip()} (PARALLEL_SEGMENTS={setting}) | | {rates[name]:.1f} "
                        f"| {rates[name] / limit:.2f} | {statuses.count(201)} x 201 |")  # fmt: skip
     on = statistics.mean([rates["segments on"], rates["segments on "]])
     report.figures["8 uploads at once: segments on / off"] = f"{on / rates['segments off']:.2f}"
     service.settle()
-    start = time.perf_counter()
-    statuses = [finish_upload(process)[0] for process in [upload_process(service, wav) for _ in range(8)]]
-    rate = 8 * audio_seconds / (time.perf_counter() - start)
+    wall, statuses = at_once([service] * 8, wav)
+    rate = 8 * audio_seconds / wall
     report.say(f"| 8, one user's | | {rate:.1f} | {rate / limit:.2f} | {statuses.count(201)} x 201 |")
     report.say(
         "\nEach upload of a user of its own, as on a busy server, but the last row's. With every slot taken, an "
@@ -87,3 +82,12 @@ def concurrency(bench: Bench) -> None:
         "a time: the next begins (its transaction, its record, its FFmpeg) when one has committed, so the cores "
         "wait for those steps between each pair.\n"
     )
+
+
+def at_once(uploaders: list[Service], wav: Path) -> tuple[float, list[int]]:
+    """One upload of ``wav`` by each of ``uploaders``, all at once: the seconds until the
+    last answered, and their statuses."""
+    start = time.perf_counter()
+    processes = [upload_process(uploader, wav) for uploader in uploaders]
+    statuses = [finish_upload(process)[0] for process in processes]
+    return time.perf_counter() - start, statuses

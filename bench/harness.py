@@ -124,14 +124,18 @@ class Service:
     def accounts(self, count: int) -> list[Service]:
         """``count`` new users of this service, as a busy server's uploads come from many
         (one user's uploads go USER_MAX_UPLOADS at a time, 2 by default)."""
-        users = [
-            post_json(f"{self.base}/users", {"username": f"bench-{time.time_ns()}-{n}"})["data"] for n in range(count)
-        ]
-        return [replace(self, user_id=int(str(user["id"])), token=str(user["token"])) for user in users]
+        made = [new_user(self.base) for _ in range(count)]
+        return [replace(self, user_id=user_id, token=token) for user_id, token in made]
 
     def settle(self) -> None:
         """Flush PostgreSQL's dirty pages now, so a checkpoint does not land inside the next measurement."""
         subprocess.run(["psql", self.owner_url, "-qc", "CHECKPOINT"], check=True)
+
+
+def new_user(base: str) -> tuple[int, str]:
+    """A new user of the service at ``base``: its id and token."""
+    user = post_json(f"{base}/users", {"username": f"bench-{time.time_ns()}"})["data"]
+    return int(str(user["id"])), str(user["token"])
 
 
 @contextmanager
@@ -143,8 +147,7 @@ def running_service(database: Database, folder: Path, **settings: str) -> Iterat
     )
     try:
         process.start_blocking()
-        user = post_json(f"{process.base}/users", {"username": f"bench-{time.time_ns()}"})["data"]
-        yield Service(process, database.owner_url, database.postmaster, int(str(user["id"])), str(user["token"]))
+        yield Service(process, database.owner_url, database.postmaster, *new_user(process.base))
     finally:
         if process.process is None or process.process.poll() is not None:  # it did not start, or ended
             print(f"app.py ended; the end of its log:\n{log.read_text()[-3000:]}", file=sys.stderr)
