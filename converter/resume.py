@@ -47,7 +47,13 @@ from converter.splice import Frame, FrameReader
 # pre-roll and post-roll, 87 + 32 at 24 kHz stereo, and up to a period more when they
 # are made whole periods) fall among them.
 TAIL_FRAMES = 128 + 3 * MOST_PERIOD_FRAMES
-VERSION = 1
+VERSION = 1  # of Checkpoint.to_json's layout: raise it with any change a resume could misread
+
+
+class CheckpointOfAnotherVersion(ValueError):
+    """A stored checkpoint this code cannot go on from (written before an upgrade that
+    changed VERSION): the MP3 so far cannot be joined onto, and the WAV's bytes it was made
+    of are gone, so the upload cannot be finished."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,9 @@ class Checkpoint:
         cls, stored: dict[str, Any] | str, wav_header: bytes, analysis: bytes = b"", pending: bytes = b""
     ) -> Checkpoint:
         values = json.loads(stored) if isinstance(stored, str) else dict(stored)
-        if values.pop("version", None) != VERSION:
-            raise ValueError("a checkpoint of another version")
+        version = values.pop("version", None)
+        if version != VERSION:
+            raise CheckpointOfAnotherVersion(f"a checkpoint of version {version}, not {VERSION}")
         fields = values | {"tail": tuple(values["tail"])}
         return cls(wav_header=wav_header, analysis=analysis, pending=pending, **fields)
 

@@ -451,6 +451,10 @@ def _resumable_uploads() -> dict[str, Any]:
                     "413": UPLOAD_ERRORS["413"],
                     "415": _error("Not application/offset+octet-stream, or the WAV is no WAV"),
                     "422": UPLOAD_ERRORS["422"],
+                    "410": _error(
+                        "Expired, or begun by an earlier version of the service whose progress this one"
+                        " cannot go on from: the upload is deleted (HEAD then answers 404); create a new one"
+                    ),
                     "423": _error("Another request took the upload over"),
                     "507": UPLOAD_ERRORS["507"],
                 },

@@ -28,6 +28,7 @@ import base64
 import binascii
 import contextlib
 import email.utils
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
@@ -40,7 +41,7 @@ from yarl import URL
 from converter.errors import SourcePaused
 from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.pipeline import convert
-from converter.resume import Resumable
+from converter.resume import CheckpointOfAnotherVersion, Resumable
 from db import api
 from db.deadline import within
 from handlers.body import PacedBody, pace_of, too_large
@@ -66,6 +67,8 @@ MOST_OPEN_UPLOADS = 16  # a user's unfinished uploads at once
 DIGITS = 19  # an offset or a length: a bigint at most
 SETTLE_TIMEOUT_S = 5.0  # a PATCH's word that it is done, at most
 BUSY_RENEWAL_S = 2.0  # a PATCH says it is still at work this often: its word holds 6 s (app.patch_busy_lease)
+
+log = logging.getLogger("mp3.uploads")
 
 
 class PatchEnded(SourcePaused):
@@ -247,7 +250,10 @@ async def _converted(
         async with working, request.app[SLOTS].admitted(credentials.user_id):
             return _progressed(await _appended(pool, upload_id, claim, source, settings), settings)
     options = encode_options_from(claim.options, settings.mp3_bitrate_kbps, claim.filename)
-    store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
+    try:
+        store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
+    except CheckpointOfAnotherVersion as error:
+        raise await _cannot_go_on(pool, settings, credentials, upload_id, error) from None
     resumable = await store.resumable()
     async with working, request.app[SLOTS].admitted(credentials.user_id) as turn, store.copied():
         storing = asyncio.ensure_future(_stored(store, source, options, request.app[CONVERTER], turn, resumable))
@@ -259,6 +265,25 @@ async def _converted(
     assert total is not None  # the body ended at it
     request.app[METRICS].bytes_out.inc(record.size)
     return _progressed(total, settings, record_url(links, record.id, credentials.user_id))
+
+
+async def _cannot_go_on(
+    pool: asyncpg.Pool, settings: Settings, credentials: Credentials, upload_id: UUID, why: Exception
+) -> ApiError:
+    """410 for an upload whose last checkpoint this version cannot go on from (converter/resume.py
+    VERSION changed by an upgrade), which is deleted first: its MP3 so far cannot be joined
+    onto, the WAV's bytes it was made of are gone, and its client's next HEAD hears 404, which
+    tus clients answer by creating a new upload (tus-js-client does). Kept, every PATCH of it
+    failed 500 until it expired, holding its MP3 against the user's quota."""
+    log.warning("an upload cannot go on from its last checkpoint (%s): it is deleted", why)
+    await within(settings.stall_timeout_s, pool, lambda db: api.upload_delete(
+        db, credentials.user_id, credentials.token, upload_id
+    ))  # fmt: skip
+    message = (
+        "This upload was begun by an earlier version of the service and cannot go on:"
+        " create a new upload and send the file from its start."
+    )
+    return ApiError(410, message, {"Connection": "close"})
 
 
 async def _appended(pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, body: _PatchBody, settings: Settings) -> int:

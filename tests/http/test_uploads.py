@@ -44,6 +44,7 @@ from tests.support import (
     let_go_of,
     local,
     new_user,
+    nothing_stored,
     records_match_large_objects,
     resampled,
     statements_calling,
@@ -515,6 +516,29 @@ async def test_a_resumed_upload_whose_measurement_cannot_go_on_is_stored_whole_w
     assert record["waveform"] is None
     assert record["loudness"] == {"integrated": None, "range": None, "true_peak": None}
     assert "measurement so far cannot be gone on with" in caplog.text
+
+
+async def test_an_upload_whose_checkpoint_is_of_another_version_is_deleted_and_answered_410(
+    client: Client, audio: Audio, admin: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint written before an upgrade that changed converter/resume.py's VERSION
+    cannot be gone on from. Every PATCH of its upload failed 500 until the upload expired,
+    its MP3 held against the user's quota, and a tus client retried each 500. Now the PATCH
+    is answered 410, the upload and its MP3 are gone, and HEAD answers 404: what tus
+    clients take as the sign to create a new upload."""
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path = await created(client, user, len(wav))
+    offset = int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"])
+    admin.execute(
+        "UPDATE app.uploads SET progress = jsonb_set(progress, '{version}', '0') WHERE id = %s",
+        [path.rsplit("/", 1)[1]],
+    )
+    refused = await expect_error(await patch(client, user, path, offset, wav[offset:]), 410)
+    assert "create a new upload" in refused["message"]
+    assert (await client.head(path, headers={**basic(*user), **TUS})).status == 404
+    assert nothing_stored(admin)
+    assert "cannot go on from its last checkpoint (a checkpoint of version 0, not 1)" in caplog.text
 
 
 @pytest.mark.parametrize(("limit", "status"), [("user_quota_bytes", 413), ("storage_max_bytes", 507)])
