@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import os
 import resource
+import signal
 
 PIPE_READ = 256 * 1024
 PIPE_BUFFER = 1024 * 1024  # FFmpeg's pipes, and how much of them we buffer
@@ -73,12 +75,25 @@ async def keep_tail(process: asyncio.subprocess.Process, kept: bytearray) -> Non
 
 async def reap(process: asyncio.subprocess.Process) -> None:
     """Kill FFmpeg if it still runs and wait for it, so no zombie or open pipe is left."""
-    if process.returncode is None:
+    if process.returncode is None and _running(process.pid):
         with contextlib.suppress(ProcessLookupError):
-            process.kill()
+            os.kill(process.pid, signal.SIGKILL)
     if process.stdin is not None and not process.stdin.is_closing():
         process.stdin.close()
     await process.wait()
+
+
+def _running(pid: int) -> bool:
+    """FFmpeg has not ended yet: asked without collecting it, which is asyncio's child watcher's
+    alone. (process.kill() would: Popen.send_signal() polls first, and collects an FFmpeg that
+    has just ended, as one does whose output was read to its end, before the watcher's thread
+    could; that thread then logs "Unknown child process pid N, will report returncode 255",
+    and 255 becomes its returncode.) Ended or not, it is ours until the watcher collects it:
+    its pid cannot have gone to another process."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:  # collected already: its returncode is on its way to the loop
+        return False
 
 
 def confine(transport: asyncio.SubprocessTransport) -> None:

@@ -7,9 +7,13 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import resource
 import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,3 +111,55 @@ async def test_an_input_whose_closing_is_given_up_breaks_with_ffmpeg_and_logs_no
     finally:
         await reap(process)
     assert failures == []
+
+
+def state_of(pid: int) -> str | None:
+    """The process's state as /proc shows it ("Z": ended, its parent has not collected it);
+    None once it has been collected."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def ahead_of_other_threads_on(cpu: int) -> Iterator[None]:
+    """This thread, and the threads it starts meanwhile, on ``cpu`` alone; this one ahead of
+    them there (SCHED_FIFO): they run only while it waits."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except PermissionError:
+        os.sched_setaffinity(0, cpus)
+        pytest.skip("needs CAP_SYS_NICE, to keep asyncio's child watcher from running")
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        os.sched_setaffinity(0, cpus)
+
+
+async def test_an_ffmpeg_reaped_as_it_ends_is_left_for_asyncio_to_collect(caplog: pytest.LogCaptureFixture) -> None:
+    """reap() may come as FFmpeg ends: a cancelled upload whose last checkpoint stores nothing
+    reaps its encoder as soon as its output has been read to the end. Collected there (waitpid,
+    as process.kill() did: Popen polls before it signals) before asyncio's child watcher thread
+    could collect it, the watcher logged "Unknown child process pid N, will report returncode
+    255" and 255 became its returncode (helper-48). Here FFmpeg is killed from outside and
+    reaped once /proc shows it ended, the watcher's thread kept from running until then."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("FFmpeg needs a CPU of its own to end on")
+    returncodes = []
+    with caplog.at_level(logging.WARNING, logger="asyncio"), ahead_of_other_threads_on(cpus[0]):
+        for _ in range(3):
+            process = await spawn(COMMAND)  # its watcher thread starts on cpus[0]
+            os.sched_setaffinity(process.pid, cpus[1:])
+            os.kill(process.pid, signal.SIGKILL)
+            given_up_at = time.monotonic() + 10  # a deadline, though SIGKILL ends it at once
+            while state_of(process.pid) not in ("Z", None):  # no await, no wait: the watcher has no CPU
+                assert time.monotonic() < given_up_at, "FFmpeg did not end within 10 s of SIGKILL"
+            await reap(process)
+            returncodes.append(process.returncode)
+    assert [record.getMessage() for record in caplog.records] == []
+    assert returncodes == [-signal.SIGKILL] * 3
