@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import select
 import socket
+import struct
+import termios
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -46,6 +49,9 @@ IDLE_LOOKUP_S = 0.1
 IDLE_BEFORE_LET_GO_S = 1.0
 # An accept that failed for want of a resource (file descriptors, buffers) is tried again after this.
 ACCEPT_RETRY_S = 0.5
+# While a request waits without reading its body (for an upload place), how often its
+# connection is looked at for its client gone (closed_once_its_client_goes).
+GONE_LOOKUP_S = 0.05
 # The one expectation the service meets: 100 Continue once a handler reads the body.
 CONTINUE = "100-continue"
 # What a request expected that the service does not meet, for refuse_unmet_expectations.
@@ -232,6 +238,57 @@ async def continue_if_owed(request: web.BaseRequest) -> None:
         del request[CONTINUE_OWED]
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # as aiohttp does: the answer itself has not begun
+
+
+@contextlib.asynccontextmanager
+async def closed_once_its_client_goes(request: web.BaseRequest) -> AsyncIterator[None]:
+    """While the block runs, which reads none of the request's body (it waits for an upload
+    place), the request's connection is looked at every GONE_LOOKUP_S and closed once its
+    client is gone: a reset, or a FIN before its body could be whole. aiohttp then cancels
+    the request, as it does whenever it sees its client go (make_runner). Alone it would not
+    see it: once the body it holds fills its read buffer (128 KiB) it stops reading the
+    socket, and a reset or FIN behind the bytes the kernel holds reaches it only when the
+    handler reads them, after the wait (helper-49: a tus PATCH cut while it waited for its
+    account's place left the upload marked as being patched, and its client's HEAD waited
+    its whole 5 s). A FIN once the whole body has come (the kernel holds what aiohttp does not)
+    is a half-close, as eof_received takes it: the request goes on."""
+    watching = asyncio.ensure_future(_close_once_its_client_is_gone(request))
+    try:
+        yield
+    finally:
+        watching.cancel()
+
+
+async def _close_once_its_client_is_gone(request: web.BaseRequest) -> None:
+    transport = request.transport
+    connection = transport.get_extra_info("socket") if transport is not None else None
+    if transport is None or connection is None:
+        return
+    descriptor = connection.fileno()
+    looking = select.poll()
+    looking.register(descriptor, select.POLLRDHUP)  # POLLHUP and POLLERR come unasked
+    while True:
+        await asyncio.sleep(GONE_LOOKUP_S)
+        if transport.is_closing():  # checked before each look: the descriptor is still this connection's
+            return
+        events = looking.poll(0)
+        if not events:
+            continue
+        _, seen = events[0]
+        if seen & (select.POLLHUP | select.POLLERR) or not _body_may_still_end(request, descriptor):
+            transport.close()  # as asyncio does on a FIN eof_received does not keep: connection_lost next
+            return
+
+
+def _body_may_still_end(request: web.BaseRequest, descriptor: int) -> bool:
+    """After its client's FIN: whether the body aiohttp has taken and the bytes the kernel
+    holds for it come to the request's Content-Length (a body of unknown length may)."""
+    length = request.content_length
+    if length is None:
+        return True
+    held: int = struct.unpack("i", fcntl.ioctl(descriptor, termios.FIONREAD, b"\0\0\0\0"))[0]
+    taken: int = request.content.total_bytes  # every byte of the body fed to it, read or not
+    return taken + held >= length
 
 
 def _without_expectations(message: RawRequestMessage) -> tuple[RawRequestMessage, str | None]:
