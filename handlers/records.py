@@ -21,6 +21,7 @@ from handlers.params import (
     record_id_from,
 )
 from handlers.reads import on_primary, read_fresh
+from handlers.server import admitted
 from handlers.shapes import link, link_base, ok, record_json
 from handlers.store import Upload, store
 from service.keys import CONVERTER, METRICS, POOL, SETTINGS, SLOTS
@@ -84,9 +85,9 @@ async def _convert_upload(request: web.Request) -> tuple[api.Record, URL]:
     upload = await upload_from(request)
     # One transaction: record_begin checks the user and creates the large
     # object; a failure anywhere after it leaves neither behind.
-    slots, pool = request.app[SLOTS], request.app[POOL]
+    pool = request.app[POOL]
     async with (
-        slots.admitted(upload.credentials.user_id) as turn,
+        admitted(request, upload.credentials.user_id) as turn,
         api.transaction(pool, settings.stall_timeout_s) as connection,
     ):
         record = await store(connection, upload, request.app[CONVERTER], turn)

@@ -27,7 +27,8 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from handlers.errors import ApiError, BodyStopped, error_response
-from service.keys import SETTINGS
+from service.keys import SETTINGS, SLOTS
+from service.slots import Turn
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,20 @@ async def closed_once_its_client_goes(request: web.BaseRequest) -> AsyncIterator
         yield
     finally:
         watching.cancel()
+
+
+@contextlib.asynccontextmanager
+async def admitted(request: web.Request, user_id: int) -> AsyncIterator[Turn]:
+    """An upload place for the request's user for the block (ConversionSlots.admitted),
+    its wait ended at once by its client gone (closed_once_its_client_goes): it has taken
+    nothing in yet, so it keeps no place in the line that its client no longer waits for.
+    A PATCH then says at once that it is done (handlers/uploads.py _settled), so its
+    client's HEAD answers at once the offset it claimed from; it waited blind to its
+    client until a place came free or QUEUE_TIMEOUT_S passed, the HEAD its whole 5 s."""
+    async with contextlib.AsyncExitStack() as place:
+        async with closed_once_its_client_goes(request):
+            turn = await place.enter_async_context(request.app[SLOTS].admitted(user_id))
+        yield turn
 
 
 async def _close_once_its_client_is_gone(request: web.BaseRequest) -> None:

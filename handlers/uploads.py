@@ -48,12 +48,12 @@ from handlers.body import PacedBody, pace_of, too_large
 from handlers.errors import ApiError, BodyStopped, outcome_status
 from handlers.params import TAG_FIELDS, Credentials, credentials_from, encode_options_from
 from handlers.reads import on_primary, read_fresh
-from handlers.server import closed_once_its_client_goes
+from handlers.server import admitted
 from handlers.shapes import link, link_base, ok, record_json, record_url
 from handlers.store import CheckpointedUpload
 from service.busy_uploads import HEAD_WAITS_S
 from service.keys import BUSY_UPLOADS, CONVERTER, METRICS, PATCHES, POOL, SETTINGS, SLOTS
-from service.slots import ConversionSlots, Turn
+from service.slots import ConversionSlots
 from settings import Settings
 
 TUS_VERSION = "1.0.0"
@@ -248,7 +248,7 @@ async def _converted(
     source = _PatchBody(body, request.app[METRICS].received(body.chunks()), offset, total)
     working = _saying_busy(pool, upload_id, claim.generation, source)
     if claim.keeps_as_sent:  # too short to be worth converting (app.upload_keeps_as_sent)
-        async with working, _admitted(request, credentials.user_id):
+        async with working, admitted(request, credentials.user_id):
             return _progressed(await _appended(pool, upload_id, claim, source, settings), settings)
     options = encode_options_from(claim.options, settings.mp3_bitrate_kbps, claim.filename)
     try:
@@ -256,7 +256,7 @@ async def _converted(
     except CheckpointOfAnotherVersion as error:
         raise await _cannot_go_on(pool, settings, credentials, upload_id, error) from None
     resumable = await store.resumable()
-    async with working, _admitted(request, credentials.user_id) as turn, store.copied():
+    async with working, admitted(request, credentials.user_id) as turn, store.copied():
         storing = asyncio.ensure_future(_stored(store, source, options, request.app[CONVERTER], turn, resumable))
         record = await _to_its_end_once_the_body_ended(storing, source, request.app[SLOTS])
     if record is None:
@@ -285,22 +285,6 @@ async def _cannot_go_on(
         " create a new upload and send the file from its start."
     )
     return ApiError(410, message, {"Connection": "close"})
-
-
-@contextlib.asynccontextmanager
-async def _admitted(request: web.Request, user_id: int) -> AsyncIterator[Turn]:
-    """An upload place for the PATCH (ConversionSlots.admitted). While it waits for one, a
-    client gone (a reset, or a FIN before its body could be whole) ends the wait at once
-    (handlers/server.py's closed_once_its_client_goes): the PATCH has converted and kept
-    nothing, so it gives its place in line up and says it is done (_settled), and its
-    client's HEAD answers the offset it claimed from at once. It waited for a place blind to
-    its client, its mark lapsing 6 s after its claim, and the HEAD waited its whole 5 s; what
-    its client had sent meanwhile it would store only if a place came free, most often after
-    the HEAD had answered the offset before it."""
-    async with contextlib.AsyncExitStack() as place:
-        async with closed_once_its_client_goes(request):
-            turn = await place.enter_async_context(request.app[SLOTS].admitted(user_id))
-        yield turn
 
 
 async def _appended(pool: asyncpg.Pool, upload_id: UUID, claim: api.Claim, body: _PatchBody, settings: Settings) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import pytest
 from aiohttp import ClientResponse
@@ -70,6 +72,40 @@ async def test_no_more_uploads_wait_in_each_line_than_there_are_places(make_clie
 
     release.set()
     assert [(await task).status for task in uploads] == [201] * 6
+
+
+@pytest.mark.parametrize("ending", ["rst", "fin"])
+async def test_an_upload_cut_while_it_waits_for_a_place_leaves_the_line_at_once(
+    make_client: MakeClient, audio: Audio, ending: str
+) -> None:
+    """An upload waiting for one of its account's places, its client's bytes past what
+    aiohttp reads ahead (it then stops reading the socket), is cut by its client. It waited
+    on, blind to the reset or FIN behind those bytes, until a place came free or
+    QUEUE_TIMEOUT_S passed: a place in a line as long as the service's places, the next
+    upload answered 503 at once, kept for a client long gone. Now it leaves the line at once."""
+    client = await make_client(convert_concurrency=1, max_uploads=2, queue_timeout_s=600)
+    user = await new_user(client)
+    slots, release = client.app[SLOTS], asyncio.Event()
+    headers = {**basic(*user), "Content-Type": "audio/wav"}
+    holding = [
+        asyncio.create_task(client.post("/record", data=held_body(audio(), release), headers=headers)) for _ in range(2)
+    ]
+    await until(lambda: slots.in_progress == 2)
+    wav = audio(seconds=10)
+    head = (
+        f"POST /record HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {headers['Authorization']}\r\n"
+        f"Content-Type: audio/wav\r\nContent-Length: {len(wav)}\r\n\r\n"
+    )
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head.encode() + wav[:600_000])
+    await writer.drain()
+    await until(lambda: slots.waiting_for_account == 1)
+    if ending == "rst":
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+    await until(lambda: slots.waiting_for_account == 0)  # it would wait the queue's 600 s
+    release.set()
+    assert [(await task).status for task in holding] == [201, 201]
 
 
 async def test_an_upload_waiting_for_a_place_when_the_service_stops_is_refused_503(
