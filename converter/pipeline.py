@@ -45,6 +45,7 @@ class Converted:
     analysis: Analysis | None = None  # the waveform's peaks and the loudness (ConverterConfig.analyse)
     joins: int = 0  # where the frames of one encoder were joined to another's (converter/segments.py)
     forced_joins: int = 0  # of those, cut at the boundary for want of a frame that fits (may click)
+    tail: bytes = b""  # the MP3's last bytes, not handed to the sink (convert's hold_last)
 
 
 Sink = Callable[[bytes], Awaitable[None]]
@@ -57,8 +58,11 @@ async def convert(
     config: ConverterConfig,
     share: CpuShare | None = None,
     resumable: Resumable | None = None,
+    hold_last: bool = False,
 ) -> Converted:
-    """Convert the WAV that ``source`` yields, handing the MP3 to ``sink`` in chunks.
+    """Convert the WAV that ``source`` yields, handing the MP3 to ``sink`` in chunks; with
+    ``hold_last``, all but its last bytes (less than a chunk), which come back as the result's
+    tail, for a caller that stores them in its last statement (a round trip less).
 
     Raises a ConversionError (converter.errors says which) when the upload is
     not a WAV, undecodable, silent of samples, too long or too slow, or when
@@ -89,7 +93,7 @@ async def convert(
         raise _too_long(config.max_seconds)
     plan = EncoderPlan(config.ffmpeg, header.format, choose_format(header, options))
     analyser = _measurement_to_go_on_with(header.format, previous) if config.analyse else None
-    output = _Output(sink, progress)
+    output = _Output(sink, progress, hold_last)
     stored: tuple[int, list[Frame]] | None = None
     skip = 0  # sample bytes the encoder already had (the measurement had not)
     if resumable is not None:
@@ -131,7 +135,7 @@ async def convert(
     analysis = analyser.result() if analyser is not None else None
     gain = replay_gain(analysis.loudness) if analysis is not None else None
     return Converted(
-        size=output.size,
+        size=output.size + len(output.held),
         duration=round(header.duration, 6),  # to the microsecond: one sample is never 0
         bitrate=mp3.average_bitrate if vbr else mp3.first.bitrate,
         sample_rate=mp3.first.sample_rate,
@@ -141,6 +145,7 @@ async def convert(
         analysis=analysis,
         joins=encoder.joins,
         forced_joins=encoder.forced_joins,
+        tail=output.held,
     )
 
 
@@ -213,7 +218,7 @@ async def _encode(
         await encoder.finish()
     if share is not None:
         share.encoded()
-    await output.flush()
+    await output.end()
     return encoder, LEAD_IN_SAMPLES if short else 0
 
 
@@ -273,13 +278,15 @@ class _Output:
     """The encoder's bytes, followed frame by frame and gathered into sink-sized chunks;
     for a resumable conversion, checkpoints after them."""
 
-    def __init__(self, sink: Sink, progress: Progress) -> None:
+    def __init__(self, sink: Sink, progress: Progress, hold_last: bool = False) -> None:
         self.sink = sink
         self.progress = progress
+        self.hold_last = hold_last
         self.size = 0  # where the file's next byte goes
         self.mp3 = Mp3Stream()
         self.checkpoints: _Checkpoints | None = None
         self._pending = bytearray()
+        self.held = b""  # the last bytes, once the encoders have ended (hold_last)
 
     def resume_at(self, previous: Checkpoint) -> None:
         """Go on writing at the previous checkpoint's resume_frame (the bytes before it stay)."""
@@ -301,6 +308,13 @@ class _Output:
         if self._pending:
             chunk, self._pending = bytes(self._pending), bytearray()
             await self._write(chunk)
+
+    async def end(self) -> None:
+        """The encoders have ended: their last bytes to the sink, or held (hold_last)."""
+        if self.hold_last:
+            self.held, self._pending = bytes(self._pending), bytearray()
+        else:
+            await self.flush()
 
     async def keep_what_can_be_kept(
         self, encoder: SegmentedEncoder | None, ending: BaseException, share: CpuShare | None

@@ -205,12 +205,17 @@ async def record_finish(
     sha256: bytes | None = None,
     header: tuple[int, bytes] | None = None,
     measured: Measured | None = None,
+    tail: bytes = b"",
 ) -> Record:
     """Finish the upload with what the conversion measured and the SHA-256 of what was stored
-    (read back from the database when the caller has not hashed its own copy), its ``header``
-    frame (where it goes, its bytes) written first: one statement, and one round trip, for all
-    of it, but a digest read back needs the header frame in place before it."""
+    (read back from the database when the caller has not hashed its own copy), its last bytes
+    (``tail``) appended and its ``header`` frame (where it goes, its bytes) written first: one
+    statement, and one round trip, for all of it, but a digest read back needs them in place
+    before it."""
     if sha256 is None:
+        if tail:
+            await record_append(db, record_id, tail)
+            tail = b""
         if header is not None:
             await record_overwrite(db, record_id, *header)
             header = None
@@ -218,9 +223,9 @@ async def record_finish(
     header_at, header_frame = header or (None, None)
     measured = measured or Measured()
     row = await db.fetchrow(
-        "SELECT * FROM api.record_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "SELECT * FROM api.record_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         record_id, duration, bitrate, sample_rate, channels, sha256, header_at, header_frame,
-        measured.waveform, measured.loudness, measured.loudness_range, measured.true_peak,
+        measured.waveform, measured.loudness, measured.loudness_range, measured.true_peak, tail or None,
     )  # fmt: skip
     return Record.of(row)
 

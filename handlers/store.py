@@ -64,8 +64,9 @@ async def store(connection: api.Database, upload: Upload, config: ConverterConfi
         async def append(chunk: bytes) -> None:
             await copy.beside(api.record_append(connection, record_id, chunk), chunk)
 
-        converted = await convert(upload.wav, append, upload.options, config, share)
-        digest = copy.sha256(converted.header_offset, converted.header_frame)
+        # Its last bytes go with the statement that finishes the record: a round trip less.
+        converted = await convert(upload.wav, append, upload.options, config, share, hold_last=True)
+        digest = copy.sha256(converted.header_offset, converted.header_frame, converted.tail)
         return await finish_record(connection, record_id, converted, digest)
 
 
@@ -121,13 +122,13 @@ class LocalCopy:
         if not written:
             self._give_up()
 
-    def sha256(self, header_offset: int, header_frame: bytes) -> asyncio.Future[bytes | None] | None:
-        """The digest of the file as stored (its header frame written last, as in the
-        database), hashed in a thread from now on, None if that fails or takes longer than
-        the deadline; None at once when the copy was given up."""
+    def sha256(self, header_offset: int, header_frame: bytes, tail: bytes = b"") -> asyncio.Future[bytes | None] | None:
+        """The digest of the file as stored (its ``tail``, the last bytes, added, and its header
+        frame written last, as in the database), hashed in a thread from now on, None if that
+        fails or takes longer than the deadline; None at once when the copy was given up."""
         if self._file is None:
             return None
-        hashing = asyncio.ensure_future(asyncio.to_thread(self._digest, self._file, header_offset, header_frame))
+        hashing = asyncio.ensure_future(asyncio.to_thread(self._digest, self._file, header_offset, header_frame, tail))
         self._working = hashing
         return asyncio.ensure_future(self._within_deadline(hashing, "hash", self._deadline_s))
 
@@ -159,8 +160,9 @@ class LocalCopy:
             return False
 
     @staticmethod
-    def _digest(file: BufferedRandom, header_offset: int, header_frame: bytes) -> bytes | None:
+    def _digest(file: BufferedRandom, header_offset: int, header_frame: bytes, tail: bytes) -> bytes | None:
         try:
+            file.write(tail)  # at the end: where the last write left it
             file.seek(header_offset)
             file.write(header_frame)
             file.seek(0)
@@ -208,6 +210,7 @@ async def finish_record(
         None if sha256 is None else await sha256,
         header=(converted.header_offset, converted.header_frame),
         measured=measured,
+        tail=converted.tail,
     )
 
 

@@ -11,13 +11,16 @@
  * and the download cache admits a file only when its bytes hash to it. NULL:
  * computed here, for an MP3 of at most 64 MiB (PT400 beyond).
  *
- * header_at and header_frame, given together, are written first as
- * api.record_overwrite writes them (the MP3's Xing/LAME header frame); when any
+ * tail, the MP3's last bytes, is appended first, as api.record_append appends
+ * it (its quota and storage checks too). header_at and header_frame, given
+ * together, are written next as api.record_overwrite writes them (the MP3's
+ * Xing/LAME header frame); when any
  * of waveform, loudness, loudness_range and true_peak is given, all four are
  * stored as api.record_measure stores them (one left out is stored as none).
- * The service passes all of it here: when it hashed its own copy of the MP3, an
- * upload then ends in two round trips to the database (this call, the COMMIT)
- * instead of four. Called with six arguments, it finishes what is there.
+ * The service passes all of it here: when it hashed its own copy of the MP3,
+ * everything an upload stores once its encoders end takes two round trips to
+ * the database, this call and the COMMIT. Called with six arguments, it
+ * finishes what is there.
  *
  * An empty object or a zero duration is PT422: there was no audio; a duration
  * that is no finite number is PT400. PT413 when the record would take its user
@@ -40,7 +43,8 @@ CREATE FUNCTION api.record_finish(
     waveform bytea DEFAULT NULL,
     loudness double precision DEFAULT NULL,
     loudness_range double precision DEFAULT NULL,
-    true_peak double precision DEFAULT NULL
+    true_peak double precision DEFAULT NULL,
+    tail bytea DEFAULT NULL
 )
 RETURNS SETOF app.record_info
 LANGUAGE plpgsql
@@ -58,6 +62,9 @@ DECLARE
 BEGIN
     IF (header_at IS NULL) <> (header_frame IS NULL) THEN
         RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'Pass header_at and header_frame together, or neither.';
+    END IF;
+    IF tail IS NOT NULL THEN
+        PERFORM api.record_append(record_id, tail);
     END IF;
     IF header_frame IS NOT NULL THEN
         PERFORM api.record_overwrite(record_id, header_at, header_frame);
@@ -109,5 +116,5 @@ $$;
 
 COMMENT ON FUNCTION api.record_finish(
     uuid, double precision, integer, integer, integer, bytea,
-    bigint, bytea, bytea, double precision, double precision, double precision
-) IS 'Completes an upload with its metadata, SHA-256, header frame and measurements; returns the record.';
+    bigint, bytea, bytea, double precision, double precision, double precision, bytea
+) IS 'Completes an upload with its last bytes, metadata, SHA-256, header frame and measurements; returns the record.';

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import io
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -132,12 +133,14 @@ async def test_a_fresh_service_answers_every_upload_with_its_database_a_hop_away
 async def test_an_upload_ends_in_one_statement_and_its_commit(
     client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:
-    """Once its last MP3 bytes are written, an upload's header frame, waveform, loudness and
+    """Once its encoders end, an upload's last MP3 bytes, header frame, waveform, loudness and
     digest go to the database in api.record_finish, then it commits: two round trips, not
-    four (api.record_overwrite and api.record_measure each took one of their own, 60 ms
-    more on every upload's last byte to 201 with the database 30 ms away). What it stores
-    is the same: a header frame players read, the waveform and the loudness."""
-    statements = ("api.record_overwrite", "api.record_measure", "api.record_finish")
+    five (api.record_append of the last bytes, api.record_overwrite and api.record_measure
+    each took one of their own, 90 ms more on every upload's last byte to 201 with the
+    database 30 ms away). A 5-second upload's MP3 is less than one append's chunk: all of it
+    goes with api.record_finish. What it stores is the same: every byte, a header frame
+    players read, the waveform and the loudness."""
+    statements = ("api.record_append", "api.record_overwrite", "api.record_measure", "api.record_finish")
     before = {function: statements_calling(admin, function) for function in statements}
     user = await new_user(client, "far")
     wav = audio(seconds=5, rate=44100, channels=2)
@@ -145,11 +148,15 @@ async def test_an_upload_ends_in_one_statement_and_its_commit(
     assert response.status == 201, await response.text()
     record = (await response.json())["data"]
     made = {function: statements_calling(admin, function) - before[function] for function in statements}
-    assert made == {"api.record_overwrite": 0, "api.record_measure": 0, "api.record_finish": 1}
+    assert made == {"api.record_append": 0, "api.record_overwrite": 0, "api.record_measure": 0, "api.record_finish": 1}
 
     assert record["loudness"]["integrated"] is not None
     waveform = await client.get(f"/record/waveform?id={record['id']}&user={user[0]}", headers=basic(*user))
     assert waveform.status == 200
-    mp3 = await (await client.get(f"/record?id={record['id']}&user={user[0]}")).read()
+    download = await client.get(f"/record?id={record['id']}&user={user[0]}")
+    mp3 = await download.read()
+    assert len(mp3) == record["size"]
+    assert download.headers["ETag"] == f'"{hashlib.sha256(mp3).hexdigest()}"'  # the digest of what is stored
+    assert len(decoded(mp3, 2)) == 5 * 44100 * 2
     info: Any = MP3(io.BytesIO(mp3)).info  # type: ignore[no-untyped-call]
     assert info.track_gain is not None  # the LAME tag, in the header frame

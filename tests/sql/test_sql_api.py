@@ -698,6 +698,31 @@ def test_record_finish_writes_the_header_frame_and_the_measurements_it_is_given(
     assert bytes(waveform) == dat
 
 
+def test_record_finish_appends_the_last_bytes_it_is_given_within_the_quota(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """The service's last MP3 bytes go with api.record_finish (tail), appended before the
+    header frame is written and the digest computed, and checked as api.record_append checks
+    them: past the user's quota, PT413, and nothing is finished."""
+    user_id, token = create_user(service)
+    finish = (
+        "SELECT sha256, size FROM api.record_finish(%s, 1, 1, 1, 1, header_at => 3, header_frame => %s, tail => %s)"
+    )
+    with service.transaction():
+        record_id = scalar(service, "SELECT api.record_begin(%s, %s, 'a.wav')", [user_id, token])
+        service.execute("SELECT api.record_append(%s, %s)", [record_id, b"ID3" + bytes(10)])
+        set_quota(admin, 1000)
+        with pytest.raises(psycopg.Error) as raised, service.transaction():  # a savepoint: the upload goes on
+            service.execute(finish, [record_id, b"HEADER", bytes(1000)])
+        assert raised.value.sqlstate == "PT413"
+        set_quota(admin, 1 << 30)
+        finished = service.execute(finish, [record_id, b"HEADER", b"the last frames"]).fetchone()
+    assert finished is not None
+    stored = scalar(service, "SELECT api.record_read(%s, %s, 0, 100000)", [record_id, user_id])
+    assert stored == b"ID3HEADER" + bytes(4) + b"the last frames"
+    assert (bytes(finished[0]), finished[1]) == (hashlib.sha256(stored).digest(), len(stored))
+
+
 # --- storage quota ----------------------------------------------------------------
 
 
