@@ -51,9 +51,14 @@ VERSION = 1  # of Checkpoint.to_json's layout: raise it with any change a resume
 
 
 class CheckpointOfAnotherVersion(ValueError):
-    """A stored checkpoint this code cannot go on from (written before an upgrade that
-    changed VERSION): the MP3 so far cannot be joined onto, and the WAV's bytes it was made
-    of are gone, so the upload cannot be finished."""
+    """A stored checkpoint this code cannot go on from. Written before an upgrade that
+    changed VERSION (or with none), it never can be: its MP3 so far cannot be joined onto,
+    and the WAV's bytes it was made of are gone. Written by a newer version (``newer``), a
+    process of that version can (a rolling deploy, a rollback)."""
+
+    def __init__(self, version: object) -> None:
+        super().__init__(f"a checkpoint of version {version}, not {VERSION}")
+        self.newer = isinstance(version, int) and version > VERSION
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ class Checkpoint:
         values = json.loads(stored) if isinstance(stored, str) else dict(stored)
         version = values.pop("version", None)
         if version != VERSION:
-            raise CheckpointOfAnotherVersion(f"a checkpoint of version {version}, not {VERSION}")
+            raise CheckpointOfAnotherVersion(version)
         fields = values | {"tail": tuple(values["tail"])}
         return cls(wav_header=wav_header, analysis=analysis, pending=pending, **fields)
 

@@ -398,6 +398,11 @@ def _resumable_uploads() -> dict[str, Any]:
     upload_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
     unsupported = _error("Another Tus-Resumable than 1.0.0", "Tus-Version")
     gone = _error("Expired: UPLOAD_EXPIRY_S without a request writing to it")
+    # A PATCH's 410 has a second cause: handlers/uploads.py _cannot_go_on.
+    patch_gone = _error(
+        "Expired; or checkpointed by an earlier version of the service in a form this one cannot go on"
+        " from, and deleted (its HEAD then answers 404): create a new upload"
+    )
     statuses = {"400": BAD_REQUEST, "401": UNAUTHORIZED, "412": unsupported}
     # Only an operation on an upload named by its id can miss it or find it expired: the POST
     # that creates one answers neither.
@@ -448,13 +453,10 @@ def _resumable_uploads() -> dict[str, Any]:
                     "204": {"description": "The offset now; Record-Location once the upload is finished"},
                     "408": UPLOAD_ERRORS["408"],
                     "409": _error("Upload-Offset is not the upload's"),
+                    "410": patch_gone,
                     "413": UPLOAD_ERRORS["413"],
                     "415": _error("Not application/offset+octet-stream, or the WAV is no WAV"),
                     "422": UPLOAD_ERRORS["422"],
-                    "410": _error(
-                        "Expired, or begun by an earlier version of the service whose progress this one"
-                        " cannot go on from: the upload is deleted (HEAD then answers 404); create a new one"
-                    ),
                     "423": _error("Another request took the upload over"),
                     "507": UPLOAD_ERRORS["507"],
                 },

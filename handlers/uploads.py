@@ -69,6 +69,9 @@ DIGITS = 19  # an offset or a length: a bigint at most
 SETTLE_TIMEOUT_S = 5.0  # a PATCH's word that it is done, at most
 BUSY_RENEWAL_S = 2.0  # a PATCH says it is still at work this often: its word holds 6 s (app.patch_busy_lease)
 
+# A PATCH of an upload a newer version checkpointed is tried again after this (_cannot_go_on).
+NEWER_VERSION_RETRY_S = 5
+
 log = logging.getLogger("mp3.uploads")
 
 
@@ -269,17 +272,23 @@ async def _converted(
 
 
 async def _cannot_go_on(
-    pool: asyncpg.Pool, settings: Settings, credentials: Credentials, upload_id: UUID, why: Exception
+    pool: asyncpg.Pool, settings: Settings, credentials: Credentials, upload_id: UUID, why: CheckpointOfAnotherVersion
 ) -> ApiError:
-    """410 for an upload whose last checkpoint this version cannot go on from (converter/resume.py
-    VERSION changed by an upgrade), which is deleted first: its MP3 so far cannot be joined
-    onto, the WAV's bytes it was made of are gone, and its client's next HEAD hears 404, which
-    tus clients answer by creating a new upload (tus-js-client does). Kept, every PATCH of it
-    failed 500 until it expired, holding its MP3 against the user's quota."""
-    log.warning("an upload cannot go on from its last checkpoint (%s): it is deleted", why)
+    """The answer for an upload whose last checkpoint this version cannot go on from
+    (converter/resume.py VERSION). One an earlier version wrote never can be gone on from:
+    it is deleted and answered 410, so that its client's next HEAD hears 404 and the upload
+    is begun anew (the page does so once the file is chosen again); kept, every PATCH of it
+    failed 500 until it expired, holding its MP3 against the user's quota. One a newer
+    version wrote, a process of that version can go on with (a rolling deploy, a rollback):
+    503, kept, for the client to try again, through a balancer perhaps to another process."""
+    if why.newer:
+        log.warning("an upload's last checkpoint is of a newer version (%s): left for a process of it", why)
+        return ApiError(503, "This upload was last written by a newer version of the service: try again shortly.",
+                        {"Retry-After": str(NEWER_VERSION_RETRY_S), "Connection": "close"})  # fmt: skip
     await within(settings.stall_timeout_s, pool, lambda db: api.upload_delete(
         db, credentials.user_id, credentials.token, upload_id
     ))  # fmt: skip
+    log.warning("an upload could not go on from its last checkpoint (%s): it was deleted", why)
     message = (
         "This upload was begun by an earlier version of the service and cannot go on:"
         " create a new upload and send the file from its start."

@@ -26,6 +26,7 @@ from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 from yarl import URL
 
 import app as service_app
+from converter import resume
 from service.busy_uploads import HEAD_WAITS_S
 from service.keys import METRICS, SLOTS
 from settings import Settings
@@ -518,27 +519,37 @@ async def test_a_resumed_upload_whose_measurement_cannot_go_on_is_stored_whole_w
     assert "measurement so far cannot be gone on with" in caplog.text
 
 
-async def test_an_upload_whose_checkpoint_is_of_another_version_is_deleted_and_answered_410(
-    client: Client, audio: Audio, admin: psycopg.Connection, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("written_by", ["an earlier version", "a newer version"])
+async def test_an_upload_whose_checkpoint_is_of_another_version_is_told_so(
+    client: Client, audio: Audio, admin: psycopg.Connection, caplog: pytest.LogCaptureFixture, written_by: str
 ) -> None:
-    """A checkpoint written before an upgrade that changed converter/resume.py's VERSION
-    cannot be gone on from. Every PATCH of its upload failed 500 until the upload expired,
-    its MP3 held against the user's quota, and a tus client retried each 500. Now the PATCH
-    is answered 410, the upload and its MP3 are gone, and HEAD answers 404: what tus
-    clients take as the sign to create a new upload."""
+    """A checkpoint converter/resume.py's VERSION does not read cannot be gone on from here:
+    every PATCH of its upload failed 500 until the upload expired. One an earlier version
+    wrote never can be: the PATCH is answered 410, the upload and its MP3 are gone, and
+    HEAD answers 404, on which the upload is begun anew. One a newer version wrote, a
+    process of that version can go on with (a rolling deploy, a rollback): 503 with
+    Retry-After, and the upload stays as it was."""
     user = await new_user(client)
     wav = audio(seconds=20)
     path = await created(client, user, len(wav))
     offset = int((await patch(client, user, path, 0, wav[: len(wav) // 2])).headers["Upload-Offset"])
+    version = 0 if written_by == "an earlier version" else resume.VERSION + 1
     admin.execute(
-        "UPDATE app.uploads SET progress = jsonb_set(progress, '{version}', '0') WHERE id = %s",
-        [path.rsplit("/", 1)[1]],
+        "UPDATE app.uploads SET progress = jsonb_set(progress, '{version}', %s::text::jsonb) WHERE id = %s",
+        [version, path.rsplit("/", 1)[1]],
     )
-    refused = await expect_error(await patch(client, user, path, offset, wav[offset:]), 410)
-    assert "create a new upload" in refused["message"]
-    assert (await client.head(path, headers={**basic(*user), **TUS})).status == 404
-    assert nothing_stored(admin)
-    assert "cannot go on from its last checkpoint (a checkpoint of version 0, not 1)" in caplog.text
+    answer = await patch(client, user, path, offset, wav[offset:])
+    if written_by == "an earlier version":
+        refused = await expect_error(answer, 410)
+        assert "create a new upload" in refused["message"]
+        assert (await client.head(path, headers={**basic(*user), **TUS})).status == 404
+        assert nothing_stored(admin)
+        assert f"(a checkpoint of version 0, not {resume.VERSION}): it was deleted" in caplog.text
+    else:
+        await expect_error(answer, 503)
+        assert answer.headers["Retry-After"] == "5"
+        assert await offset_of(client, user, path) == offset
+        assert f"(a checkpoint of version {version}, not {resume.VERSION}): left for" in caplog.text
 
 
 @pytest.mark.parametrize(("limit", "status"), [("user_quota_bytes", 413), ("storage_max_bytes", 507)])
