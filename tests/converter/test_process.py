@@ -13,7 +13,6 @@ import resource
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,23 +112,29 @@ async def test_an_input_whose_closing_is_given_up_breaks_with_ffmpeg_and_logs_no
     assert failures == []
 
 
-def state_of(pid: int) -> str | None:
-    """The process's state as /proc shows it ("Z": ended, its parent has not collected it);
-    None once it has been collected."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
+def ended(pid: int) -> bool:
+    """The child has ended and waits to be collected (not collected here: WNOWAIT)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def move_every_thread(pid: int, cpus: list[int]) -> None:
+    """Each of the process's threads onto ``cpus`` (a thread started later takes its
+    starter's); twice over, for one started while the first pass went."""
+    for _ in range(2):
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.sched_setaffinity(int(thread), cpus)
 
 
 @contextlib.contextmanager
 def ahead_of_other_threads_on(cpu: int) -> Iterator[None]:
-    """This thread, and the threads it starts meanwhile, on ``cpu`` alone; this one ahead of
-    them there (SCHED_FIFO): they run only while it waits."""
+    """This thread on ``cpu`` alone, ahead of every other thread there (SCHED_FIFO): they run
+    only while it waits. The threads and processes it starts meanwhile are pinned there too,
+    as ordinary ones (SCHED_RESET_ON_FORK), so none of them outlives the block ahead of others."""
     cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
     except PermissionError:
         os.sched_setaffinity(0, cpus)
         pytest.skip("needs CAP_SYS_NICE, to keep asyncio's child watcher from running")
@@ -146,7 +151,8 @@ async def test_an_ffmpeg_reaped_as_it_ends_is_left_for_asyncio_to_collect(caplog
     as process.kill() did: Popen polls before it signals) before asyncio's child watcher thread
     could collect it, the watcher logged "Unknown child process pid N, will report returncode
     255" and 255 became its returncode (helper-48). Here FFmpeg is killed from outside and
-    reaped once /proc shows it ended, the watcher's thread kept from running until then."""
+    reaped once it has ended, the watcher's thread kept from running until then (FFmpeg's
+    threads, if it has more than one, moved to another CPU: it ends only once they all have)."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("FFmpeg needs a CPU of its own to end on")
@@ -154,10 +160,10 @@ async def test_an_ffmpeg_reaped_as_it_ends_is_left_for_asyncio_to_collect(caplog
     with caplog.at_level(logging.WARNING, logger="asyncio"), ahead_of_other_threads_on(cpus[0]):
         for _ in range(3):
             process = await spawn(COMMAND)  # its watcher thread starts on cpus[0]
-            os.sched_setaffinity(process.pid, cpus[1:])
+            move_every_thread(process.pid, cpus[1:])
             os.kill(process.pid, signal.SIGKILL)
             given_up_at = time.monotonic() + 10  # a deadline, though SIGKILL ends it at once
-            while state_of(process.pid) not in ("Z", None):  # no await, no wait: the watcher has no CPU
+            while not ended(process.pid):  # no await, no wait: the watcher has no CPU
                 assert time.monotonic() < given_up_at, "FFmpeg did not end within 10 s of SIGKILL"
             await reap(process)
             returncodes.append(process.returncode)
