@@ -28,7 +28,7 @@ from converter.mp3 import samples_per_frame
 from converter.segments import segment_frames
 from service.keys import CONVERTER
 from settings import Settings
-from tests.database import ServiceTestServer
+from tests.database import FAR, FAR_S, ServiceTestServer
 from tests.support import (
     Audio,
     Client,
@@ -48,7 +48,7 @@ from tests.support import (
 SEGMENT_S = 1.5
 
 
-@pytest.fixture(params=[0.0, 0.03], ids=["local", "30ms-away"])
+@pytest.fixture(params=[0.0, FAR_S], ids=["local", FAR])
 def database_delay_s(request: pytest.FixtureRequest) -> float:
     return float(request.param)
 
@@ -104,7 +104,7 @@ async def test_an_upload_answers_and_decodes_to_every_sample_near_or_far_from_it
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"], indirect=True)
+@pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR], indirect=True)
 @pytest.mark.parametrize("start", [1, 2], ids=["first-start", "second-start"])
 async def test_a_fresh_service_answers_every_upload_with_its_database_a_hop_away(
     service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection, start: int
@@ -129,7 +129,7 @@ async def test_a_fresh_service_answers_every_upload_with_its_database_a_hop_away
     assert records_match_large_objects(admin)
 
 
-@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"], indirect=True)
+@pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR], indirect=True)
 async def test_an_upload_ends_in_one_statement_and_its_commit(
     client: Client, audio: Audio, admin: psycopg.Connection
 ) -> None:

@@ -30,7 +30,7 @@ from converter import resume
 from service.busy_uploads import HEAD_WAITS_S
 from service.keys import METRICS, SLOTS
 from settings import Settings
-from tests.database import MakeClient
+from tests.database import FAR, FAR_S, MakeClient
 from tests.support import (
     Audio,
     Client,
@@ -354,7 +354,7 @@ async def head_answer(session: aiohttp.ClientSession, url: URL | str, user: tupl
         return response.status, response.headers
 
 
-@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # each poll holds a connection that long
+@pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR])  # each poll holds a connection that long
 async def test_heads_waiting_on_a_busy_upload_cost_a_query_each_and_leave_the_pool_to_others(
     client: Client, admin: psycopg.Connection, service: psycopg.Connection
 ) -> None:
@@ -386,7 +386,7 @@ async def test_heads_waiting_on_a_busy_upload_cost_a_query_each_and_leave_the_po
         assert (headers["Upload-Offset"], headers["Upload-Length"]) == ("0", "1000")
 
 
-@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # the service reaches it through the proxy
+@pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR])  # the service reaches it through the proxy
 async def test_a_head_answers_what_it_knows_after_5_s_though_the_database_stops_answering(
     make_client: MakeClient, database_proxy: DelayingProxy, admin: psycopg.Connection, service: psycopg.Connection
 ) -> None:
@@ -1115,7 +1115,7 @@ def cancelled_patch_logged(service: ServiceProcess, path: str) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # the service reaches it through the proxy
+@pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR])  # the service reaches it through the proxy
 async def test_a_patch_cut_while_its_claim_answers_says_it_is_done(
     service_process: ServiceProcess, database_proxy: DelayingProxy, audio: Audio, admin: psycopg.Connection
 ) -> None:
@@ -1152,7 +1152,7 @@ async def test_a_patch_cut_while_its_claim_answers_says_it_is_done(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("database_delay_s", [0.03], ids=["30ms-away"])  # the service reaches it through the proxy
+@pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR])  # the service reaches it through the proxy
 @pytest.mark.parametrize("ending", ["rst", "fin"])
 async def test_a_last_patch_whose_client_leaves_before_its_answer_finishes_the_upload(
     service_process: ServiceProcess, audio: Audio, admin: psycopg.Connection, ending: str

@@ -12,10 +12,11 @@ import pytest
 
 from db.apply import DEFAULT_SERVICE_ROLE
 from db.deadline import within
+from tests.database import FAR, FAR_S
 from tests.support import DelayingProxy
 
 
-@pytest.mark.parametrize("database_delay_s", [0.03])
+@pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR])
 async def test_a_call_answered_in_time_is_not_given_up_for_the_release_after_it(
     admin: psycopg.Connection, database_proxy: DelayingProxy
 ) -> None:
@@ -40,7 +41,7 @@ async def test_a_call_answered_in_time_is_not_given_up_for_the_release_after_it(
     assert failures == []
 
 
-@pytest.mark.parametrize("database_delay_s", [0.03])
+@pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR])
 async def test_a_call_given_up_on_fails_alone_and_its_connection_comes_back(
     admin: psycopg.Connection, database_proxy: DelayingProxy
 ) -> None:
