@@ -45,7 +45,7 @@ from converter.resume import CheckpointOfAnotherVersion, Resumable
 from db import api
 from db.deadline import within
 from handlers.body import PacedBody, pace_of, too_large
-from handlers.errors import ApiError, BodyStopped, outcome_status
+from handlers.errors import RETRY_AFTER_S, ApiError, BodyStopped, outcome_status
 from handlers.params import TAG_FIELDS, Credentials, credentials_from, encode_options_from
 from handlers.reads import on_primary, read_fresh
 from handlers.server import admitted
@@ -68,9 +68,6 @@ MOST_OPEN_UPLOADS = 16  # a user's unfinished uploads at once
 DIGITS = 19  # an offset or a length: a bigint at most
 SETTLE_TIMEOUT_S = 5.0  # a PATCH's word that it is done, at most
 BUSY_RENEWAL_S = 2.0  # a PATCH says it is still at work this often: its word holds 6 s (app.patch_busy_lease)
-
-# A PATCH of an upload a newer version checkpointed is tried again after this (_cannot_go_on).
-NEWER_VERSION_RETRY_S = 5
 
 log = logging.getLogger("mp3.uploads")
 
@@ -284,7 +281,7 @@ async def _cannot_go_on(
     if why.newer:
         log.warning("an upload's last checkpoint is of a newer version (%s): left for a process of it", why)
         return ApiError(503, "This upload was last written by a newer version of the service: try again shortly.",
-                        {"Retry-After": str(NEWER_VERSION_RETRY_S), "Connection": "close"})  # fmt: skip
+                        {"Retry-After": RETRY_AFTER_S, "Connection": "close"})  # fmt: skip
     await within(settings.stall_timeout_s, pool, lambda db: api.upload_delete(
         db, credentials.user_id, credentials.token, upload_id
     ))  # fmt: skip
