@@ -401,6 +401,32 @@ async def upload_record_begin(db: Database, upload_id: UUID, generation: int) ->
     return record_id
 
 
+async def upload_finish(
+    db: Database,
+    upload_id: UUID,
+    generation: int,
+    at: int,
+    chunk: bytes,
+    lifetime_s: float,
+    duration: float,
+    bitrate: int,
+    sample_rate: int,
+    channels: int,
+    sha256: bytes,
+    header: tuple[int, bytes],
+    measured: Measured | None = None,
+) -> Record:
+    """The upload's last MP3 bytes written at ``at``, the MP3 made a record and finished (as
+    record_finish finishes one): one statement, and one round trip, for all of it."""
+    measured = measured or Measured()
+    row = await db.fetchrow(
+        "SELECT * FROM api.upload_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        upload_id, generation, at, chunk, lifetime_s, duration, bitrate, sample_rate, channels, sha256, *header,
+        measured.waveform, measured.loudness, measured.loudness_range, measured.true_peak,
+    )  # fmt: skip
+    return Record.of(row)
+
+
 async def upload_settled(db: Database, upload_id: UUID, generation: int) -> None:
     await db.execute("SELECT api.upload_settled($1, $2)", upload_id, generation)
 

@@ -122,6 +122,10 @@ class LocalCopy:
         if not written:
             self._give_up()
 
+    async def write(self, chunk: bytes | bytearray) -> None:
+        """The chunk written here alone, given up on as ``beside`` gives it up."""
+        await self.beside(_nothing(), chunk)
+
     def sha256(self, header_offset: int, header_frame: bytes, tail: bytes = b"") -> asyncio.Future[bytes | None] | None:
         """The digest of the file as stored (its ``tail``, the last bytes, added, and its header
         frame written last, as in the database), hashed in a thread from now on, None if that
@@ -183,6 +187,10 @@ class LocalCopy:
             working.add_done_callback(lambda _: _close(file))
 
 
+async def _nothing() -> None:
+    pass
+
+
 def _close(file: BufferedRandom) -> None:
     with contextlib.suppress(OSError):
         file.close()
@@ -196,10 +204,6 @@ async def finish_record(
 ) -> api.Record:
     """The record finished with its header frame and what was measured, in one statement;
     its SHA-256 the caller's (being hashed meanwhile), else read back from the database."""
-    measured = None
-    if converted.analysis is not None:
-        loudness = converted.analysis.loudness
-        measured = api.Measured(converted.analysis.peaks.dat(), loudness.integrated, loudness.range, loudness.true_peak)
     return await api.record_finish(
         connection,
         record_id,
@@ -209,9 +213,17 @@ async def finish_record(
         converted.channels,
         None if sha256 is None else await sha256,
         header=(converted.header_offset, converted.header_frame),
-        measured=measured,
+        measured=measured(converted),
         tail=converted.tail,
     )
+
+
+def measured(converted: Converted) -> api.Measured | None:
+    """What the conversion measured, as the database stores it."""
+    if converted.analysis is None:
+        return None
+    loudness = converted.analysis.loudness
+    return api.Measured(converted.analysis.peaks.dat(), loudness.integrated, loudness.range, loudness.true_peak)
 
 
 class CheckpointedUpload:
@@ -290,17 +302,26 @@ class CheckpointedUpload:
         return frame_offsets(await self._read(self.previous.first_frame_at, self.previous.resume_at))[:frames]
 
     async def finish(self, converted: Converted) -> api.Record:
-        """The last bytes stored and the MP3 made a record, in one transaction."""
+        """The last bytes stored and the MP3 made a record: in one statement when this PATCH
+        hashed its own copy of the MP3, else in one transaction that reads it back."""
         assert self.claim.upload_length is not None
+        await self.copy.write(self.pending)
+        hashing = self.copy.sha256(converted.header_offset, converted.header_frame, converted.tail)
+        sha256 = None if hashing is None else await hashing
+        if sha256 is not None:
+            last = bytes(self.pending) + converted.tail
+            return await within(self.deadline_s, self.pool, lambda db: api.upload_finish(
+                db, self.upload_id, self.claim.generation, self.pending_at, last, self.lifetime_s,
+                converted.duration, converted.bitrate, converted.sample_rate, converted.channels, sha256,
+                (converted.header_offset, converted.header_frame), measured(converted),
+            ))  # fmt: skip
         async with api.transaction(self.pool, self.deadline_s) as db:
-            storing = api.upload_checkpoint(
+            await api.upload_checkpoint(
                 db, self.upload_id, self.claim.generation, self.pending_at, self.pending,
                 self.claim.upload_length, {}, None, self.lifetime_s,
             )  # fmt: skip
-            await self.copy.beside(storing, self.pending)
             record_id = await api.upload_record_begin(db, self.upload_id, self.claim.generation)
-            digest = self.copy.sha256(converted.header_offset, converted.header_frame)
-            return await finish_record(db, record_id, converted, digest)
+            return await finish_record(db, record_id, converted)
 
     async def _read(self, start: int, stop: int) -> bytes:
         read = bytearray()

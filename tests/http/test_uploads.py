@@ -1173,7 +1173,7 @@ async def test_a_last_patch_whose_client_leaves_before_its_answer_finishes_the_u
         _, writer = await asyncio.open_connection(service_process.host, service_process.port)
         writer.write(patch_head(path, user, 0, len(wav)) + wav)
         await writer.drain()
-        await until(lambda: waiting_for_a_lock(admin, "api.upload_record_begin") == 1, 60)
+        await until(lambda: waiting_for_a_lock(admin, "api.upload_finish") == 1, 60)
         if ending == "rst":
             writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             await leave(writer)

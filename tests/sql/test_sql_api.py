@@ -1212,6 +1212,46 @@ def test_two_users_resumable_uploads_adding_at_once_cannot_both_pass_the_storage
     assert scalar(admin, "SELECT app.uploads_held_bytes()") == held + added
 
 
+def test_upload_finish_ends_a_resumable_upload_in_one_call_or_leaves_it_as_it_was(
+    service: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """The service's last PATCH, when it hashed its own copy of the MP3: the last bytes
+    written, the MP3 made a record and finished, in one statement. A psql user calls it as
+    the service does. Refused (another PATCH took the upload, no audio, past the quota),
+    it changes nothing: the upload stays at its offset, its MP3 as it was, no record."""
+    user = create_user(service)
+    upload, generation = claimed_upload(service, user, b"ID3" + bytes(10))  # offset 100, MP3 13 bytes
+    mp3 = b"ID3HEADER" + bytes(4) + b"the last frames"
+    finish = """SELECT id, size, sha256, loudness FROM api.upload_finish(
+                    %s, %s, 13, 'the last frames', 3600, %s, 1, 1, 1, %s, 3, 'HEADER', loudness => -20)"""
+    stale, no_audio = [upload, generation - 1, 1, hashlib.sha256(mp3).digest()], [upload, generation, 0, None]
+    assert sqlstate_of(service, finish, stale) == "PT423"
+    assert sqlstate_of(service, finish, no_audio) == "PT422"
+    set_quota(admin, 20)
+    assert sqlstate_of(service, finish, [upload, generation, 1, hashlib.sha256(mp3).digest()]) == "PT413"
+    open_upload = "SELECT upload_offset, record_id FROM api.upload_open(%s, %s, %s)"
+    assert service.execute(open_upload, [*user, upload]).fetchone() == (100, None)
+    assert scalar(admin, "SELECT count(*) FROM app.records") == 0
+
+    set_quota(admin, 1 << 30)
+    finished = service.execute(finish, [upload, generation, 1, hashlib.sha256(mp3).digest()]).fetchone()
+    assert finished is not None
+    record_id, size, digest, loudness = finished
+    assert (size, bytes(digest), loudness) == (len(mp3), hashlib.sha256(mp3).digest(), -20)
+    assert bytes(scalar(service, "SELECT api.record_read(%s, %s, 0, 1000)", [record_id, user[0]])) == mp3
+    assert service.execute(open_upload, [*user, upload]).fetchone() == (100000, record_id)
+
+
+def test_upload_finish_needs_the_uploads_length(service: psycopg.Connection) -> None:
+    """An upload created with its length deferred cannot end before its length is stated."""
+    user = create_user(service)
+    upload = scalar(service, "SELECT id FROM api.upload_create(%s, %s, 'take.wav', '{}', NULL, 3600, 16)", list(user))
+    claim = "SELECT generation FROM api.upload_claim(%s, %s, %s, 0, NULL, 3600, NULL)"
+    generation = scalar(service, claim, [*user, upload])
+    finish = "SELECT * FROM api.upload_finish(%s, %s, 0, 'mp3', 3600, 1, 1, 1, 1)"
+    assert sqlstate_of(service, finish, [upload, generation]) == "PT400"
+
+
 @pytest.mark.parametrize("rule", ["storage bound", "quota"])
 def test_a_resumable_upload_finishing_holds_up_no_other_upload_nor_its_users_deletions(
     service: psycopg.Connection, admin: psycopg.Connection, rule: str
