@@ -4,15 +4,21 @@
  * written at byte `at` as api.upload_checkpoint writes it (the offset becomes
  * the upload's length), the MP3 is made a record as api.upload_record_begin
  * makes it, and the record is finished by api.record_finish with the rest of
- * the arguments, whose rules and errors (PT413, PT507, PT422) are its own.
- * Returns the finished record; PT423 once another request claimed the upload,
- * PT400 while its length is not known. Any error leaves the upload as it was.
+ * the arguments. Each call's checks and errors are its own: PT413 or PT507
+ * past the quota or the storage bound (the checkpoint's check, then the
+ * record's), PT422 for no audio, and with no `sha256` the database hashes
+ * the MP3 itself, up to 64 MiB (PT400 beyond). Returns the finished record;
+ * PT423 once another request claimed the upload, PT404 once it is finished or
+ * gone, PT400 while its length is not known. Any error leaves the upload as it
+ * was.
  *
  * The service calls it when it hashed its own copy of the MP3 (`sha256`): the
  * upload then ends in one round trip to the database instead of five (BEGIN,
  * the three calls, COMMIT), 120 ms less with the database 30 ms away. Without
- * a digest it reads the MP3 back between api.upload_record_begin and
- * api.record_finish, in one transaction, as a psql user may too.
+ * a copy it reads the MP3 back between api.upload_record_begin and
+ * api.record_finish, in one transaction, as a psql user may too. Being one
+ * statement, it commits with its answer: a service that gave up waiting for
+ * that answer (503) may find the upload finished, as HEAD then says.
  */
 CREATE FUNCTION api.upload_finish(
     upload_id uuid,

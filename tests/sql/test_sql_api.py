@@ -1231,6 +1231,9 @@ def test_upload_finish_ends_a_resumable_upload_in_one_call_or_leaves_it_as_it_wa
     assert sqlstate_of(service, finish, [upload, generation, 1, hashlib.sha256(mp3).digest()]) == "PT413"
     open_upload = "SELECT upload_offset, record_id FROM api.upload_open(%s, %s, %s)"
     assert service.execute(open_upload, [*user, upload]).fetchone() == (100, None)
+    assert bytes(
+        scalar(service, "SELECT api.upload_read_back(%s, %s, 0, 100)", [upload, generation])
+    ) == b"ID3" + bytes(10)
     assert scalar(admin, "SELECT count(*) FROM app.records") == 0
 
     set_quota(admin, 1 << 30)
