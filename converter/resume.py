@@ -140,18 +140,29 @@ def resume_frame_for(frames: int, plan: EncoderPlan) -> int:
     return plan.on_grid(max(0, frames - post_roll_frames(plan) - plan.pre_roll))
 
 
-def frame_offsets(frames: bytes) -> array[int]:
-    """Where each frame of ``frames`` (a run of whole frames, as stored from a checkpoint's
-    first_frame_at) begins, from the first: a seek table's positions."""
-    offsets = array("Q")
-    at = 0
-    while at < len(frames):
-        header = parse_header(frames[at : at + 4])
-        if header is None:
-            raise Mp3StreamError(f"Stored frames lost MP3 frame sync at byte {at}.")
-        offsets.append(at)
-        at += header.length
-    return offsets
+class FrameOffsets:
+    """Where each frame of a run of whole frames begins, from its first (a seek table's
+    positions), the file's bytes fed a piece at a time: a resumed upload's stored MP3 is
+    never held whole."""
+
+    def __init__(self, first_frame_at: int) -> None:
+        self.offsets = array("Q")
+        self._first = first_frame_at
+        self._next = first_frame_at  # where the next frame begins, in the file
+        self._carry = b""  # a frame header's first bytes, cut by the end of the last piece
+
+    def feed(self, at: int, piece: bytes) -> None:
+        """The file's bytes from ``at`` on: the pieces in order, each where the last ended."""
+        data = self._carry + piece if self._carry else piece
+        start = at - len(self._carry)
+        end = start + len(data)
+        while self._next + 4 <= end:
+            header = parse_header(data[self._next - start : self._next - start + 4])
+            if header is None:
+                raise Mp3StreamError(f"Stored frames lost MP3 frame sync at byte {self._next - self._first}.")
+            self.offsets.append(self._next - self._first)
+            self._next += header.length
+        self._carry = data[self._next - start :] if self._next < end else b""
 
 
 def stored_frames(tail_bytes: bytes) -> list[Frame]:

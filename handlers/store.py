@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import tempfile
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,9 +29,10 @@ from uuid import UUID
 
 import asyncpg
 
+from converter.errors import Mp3StreamError
 from converter.options import ConverterConfig, CpuShare, EncodeOptions
 from converter.pipeline import Converted, convert
-from converter.resume import Checkpoint, Resumable, frame_offsets, stored_frames
+from converter.resume import Checkpoint, FrameOffsets, Resumable, stored_frames
 from converter.splice import Frame
 from db import api
 from db.api import READ_BACK_BYTES
@@ -79,7 +81,11 @@ class LocalCopy:
     disk, no descriptor left), or a write takes longer than half of ``deadline_s`` or the
     digest longer than all of it (a disk that hangs), it is given up and the digest read
     back; so it is when the upload fails. Nothing waits for a thread it gave up: the file is
-    closed once that lets go."""
+    closed once that lets go.
+
+    A resumed upload's copy may begin with a ``prefix``: the MP3's first bytes, stored by
+    earlier requests, read back from the database while the conversion runs (the chunks
+    written meanwhile go after it); its digest waits for them."""
 
     def __init__(self, file: BufferedRandom | None, deadline_s: float) -> None:
         self._file = file
@@ -87,20 +93,65 @@ class LocalCopy:
         # Its one piece of work in a thread (a chunk's write, then the digest): done before
         # the next begins; the file is closed once it is done.
         self._working: asyncio.Future[bool] | asyncio.Future[bytes | None] | None = None
+        # The prefix read back, and its piece being written in a thread meanwhile (at its own
+        # offsets, below the chunks'): the file is closed once that write is done too.
+        self._prefix: asyncio.Task[bool] | None = None
+        self._filling: asyncio.Future[bool] | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def made(cls, deadline_s: float) -> AsyncIterator[LocalCopy]:
+    async def made(cls, deadline_s: float, prefix: StoredPrefix | None = None) -> AsyncIterator[LocalCopy]:
         try:
             file: BufferedRandom | None = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _give_up)
         except OSError as error:
             log.warning("no local copy of an upload's MP3 (%s): its digest is read back", error)
             file = None
         copy = cls(file, deadline_s)
+        if prefix is not None:
+            copy._begin_with(prefix)
         try:
             yield copy
         finally:
             copy._give_up()
+
+    def _begin_with(self, prefix: StoredPrefix) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.seek(prefix.length)  # the chunks go after it
+        except OSError as error:
+            log.warning("the local copy of an upload's MP3 failed (%s): its digest is read back", error)
+            self._give_up()
+            return
+        self._prefix = asyncio.create_task(self._filled(self._file, prefix))
+
+    async def filled(self) -> bool:
+        """Whether the prefix is all in the copy, once it is or it failed; False without one,
+        or once the copy was given up (not a cancellation of the caller's)."""
+        prefix = self._prefix
+        if prefix is None:
+            return False
+        await asyncio.wait({prefix})
+        return not prefix.cancelled() and prefix.exception() is None and prefix.result()
+
+    async def _filled(self, file: BufferedRandom, prefix: StoredPrefix) -> bool:
+        """The prefix read back a piece at a time, each written at its place; False (and no
+        digest) when a read fails, or a write fails or hangs as ``beside``'s would."""
+        at = 0
+        try:
+            while at < prefix.length:
+                piece = await prefix.read(at)
+                if self._file is None:
+                    return False  # given up meanwhile: its file may be closed
+                started = asyncio.get_running_loop().time()
+                self._filling = asyncio.ensure_future(asyncio.to_thread(self._write_at, file, piece, at))
+                if not await self._within_deadline(self._filling, "write", self._deadline_s / 2, started):
+                    return False
+                at += len(piece)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, Mp3StreamError) as error:
+            log.warning("an upload's MP3 could not be read back into its local copy (%s): read back at its end", error)
+            return False
+        return True
 
     async def beside(self, storing: Awaitable[None], chunk: bytes | bytearray) -> None:
         """``storing`` (the chunk on its way to the database) while the chunk is written here,
@@ -132,9 +183,21 @@ class LocalCopy:
         fails or takes longer than the deadline; None at once when the copy was given up."""
         if self._file is None:
             return None
-        hashing = asyncio.ensure_future(asyncio.to_thread(self._digest, self._file, header_offset, header_frame, tail))
+        return asyncio.ensure_future(self._digest_once_filled(self._file, header_offset, header_frame, tail))
+
+    async def _digest_once_filled(
+        self, file: BufferedRandom, header_offset: int, header_frame: bytes, tail: bytes
+    ) -> bytes | None:
+        # The prefix first: the header frame is written over its bytes. Its every read and
+        # write has a deadline of its own.
+        if self._prefix is not None and not await self.filled():
+            self._give_up()
+            return None
+        if self._file is None:
+            return None  # given up meanwhile
+        hashing = asyncio.ensure_future(asyncio.to_thread(self._digest, file, header_offset, header_frame, tail))
         self._working = hashing
-        return asyncio.ensure_future(self._within_deadline(hashing, "hash", self._deadline_s))
+        return await self._within_deadline(hashing, "hash", self._deadline_s)
 
     async def _within_deadline(
         self, work: asyncio.Future[Done], doing: str, within_s: float, started: float | None = None
@@ -164,6 +227,15 @@ class LocalCopy:
             return False
 
     @staticmethod
+    def _write_at(file: BufferedRandom, piece: bytes, at: int) -> bool:
+        try:
+            os.pwrite(file.fileno(), piece, at)  # beside the file's position, where the chunks go
+            return True
+        except OSError as error:
+            log.warning("the local copy of an upload's MP3 failed (%s): its digest is read back", error)
+            return False
+
+    @staticmethod
     def _digest(file: BufferedRandom, header_offset: int, header_frame: bytes, tail: bytes) -> bytes | None:
         try:
             file.write(tail)  # at the end: where the last write left it
@@ -176,15 +248,27 @@ class LocalCopy:
             return None
 
     def _give_up(self) -> None:
-        """No more of the copy: its file closed now, or once its thread is done with it
+        """No more of the copy: its file closed now, or once its threads are done with it
         (closing it under a write would wait for that write, on the event loop)."""
-        file, working, self._file = self._file, self._working, None
+        file, self._file = self._file, None
         if file is None:
             return
-        if working is None or working.done():
-            _close(file)
+        if self._prefix is not None:
+            self._prefix.cancel()  # nothing once it has ended
+        busy = [work for work in (self._working, self._filling) if work is not None and not work.done()]
+        if busy:
+            asyncio.gather(*busy, return_exceptions=True).add_done_callback(lambda _: _close(file))
         else:
-            working.add_done_callback(lambda _: _close(file))
+            _close(file)
+
+
+@dataclass(frozen=True)
+class StoredPrefix:
+    """A resumed upload's MP3 up to ``length``, as the requests before stored it: ``read(at)``
+    gives the next piece from ``at``."""
+
+    length: int
+    read: Callable[[int], Awaitable[bytes]]
 
 
 async def _nothing() -> None:
@@ -257,14 +341,32 @@ class CheckpointedUpload:
         self.pending_at = self.previous.resume_at if self.previous is not None else 0
         self.committed = self.previous.upload_offset if self.previous is not None else 0  # the offset as stored
         self.copy = LocalCopy(None, deadline_s)  # none, unless copied() makes one
+        self.prefix_offsets: FrameOffsets | None = None  # noted as a prefix copied() reads back passes
 
     @contextlib.asynccontextmanager
-    async def copied(self) -> AsyncIterator[None]:
-        if self.pending_at:  # the bytes before it are in the database only
+    async def copied(self, ends_upload: bool) -> AsyncIterator[None]:
+        """A local copy of the MP3 while the block runs, for its digest: from its first byte;
+        or, for a resumed upload the PATCH is to end, one that begins with the MP3 stored
+        before, read back from the database while the PATCH converts (its seek table needs
+        their frames' positions too), so that neither read waits for its last byte. None for
+        a resumed upload the PATCH is not to end: a read-back it might never need."""
+        previous = self.previous
+        if previous is not None and self.pending_at and not ends_upload:
             yield
             return
-        async with LocalCopy.made(self.deadline_s) as self.copy:
+        prefix = None
+        if previous is not None and self.pending_at:  # frames were stored: their first's header is known
+            self.prefix_offsets = FrameOffsets(previous.first_frame_at)
+            prefix = StoredPrefix(previous.resume_at, self._prefix_piece)
+        async with LocalCopy.made(self.deadline_s, prefix) as self.copy:
             yield
+
+    async def _prefix_piece(self, at: int) -> bytes:
+        assert self.previous is not None
+        assert self.prefix_offsets is not None
+        piece = await within(self.deadline_s, self.pool, self._read_back(at, self.previous.resume_at))
+        self.prefix_offsets.feed(at, piece)
+        return piece
 
     async def resumable(self) -> Resumable:
         """What the conversion goes on from: the frames stored from the resume point on."""
@@ -298,8 +400,16 @@ class CheckpointedUpload:
         self.committed = checkpoint.upload_offset
 
     async def earlier_offsets(self, frames: int) -> array[int]:
-        assert self.previous is not None
-        return frame_offsets(await self._read(self.previous.first_frame_at, self.previous.resume_at))[:frames]
+        """Where the stored frames before the resume point begin: noted as the local copy's
+        prefix was read back, else read back now, a piece at a time."""
+        previous = self.previous
+        assert previous is not None
+        if self.prefix_offsets is not None and await self.copy.filled():
+            return self.prefix_offsets.offsets[:frames]
+        offsets = FrameOffsets(previous.first_frame_at)
+        async for at, piece in self._pieces(previous.first_frame_at, previous.resume_at):
+            offsets.feed(at, piece)
+        return offsets.offsets[:frames]
 
     async def finish(self, converted: Converted) -> api.Record:
         """The last bytes stored and the MP3 made a record: in one statement when this PATCH
@@ -324,10 +434,16 @@ class CheckpointedUpload:
             return await finish_record(db, record_id, converted)
 
     async def _read(self, start: int, stop: int) -> bytes:
-        read = bytearray()
-        while start + len(read) < stop:
-            read += await within(self.deadline_s, self.pool, self._read_back(start + len(read), stop))
-        return bytes(read)
+        return b"".join([piece async for _, piece in self._pieces(start, stop)])
+
+    async def _pieces(self, start: int, stop: int) -> AsyncIterator[tuple[int, bytes]]:
+        """The upload's MP3 from ``start`` to ``stop``, read back a piece at a time: where
+        each begins, and its bytes."""
+        at = start
+        while at < stop:
+            piece = await within(self.deadline_s, self.pool, self._read_back(at, stop))
+            yield at, piece
+            at += len(piece)
 
     def _read_back(self, at: int, stop: int) -> Callable[[api.Database], Awaitable[bytes]]:
         count = min(READ_BACK_BYTES, stop - at)

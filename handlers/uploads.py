@@ -256,7 +256,8 @@ async def _converted(
     except CheckpointOfAnotherVersion as error:
         raise await _cannot_go_on(pool, settings, credentials, upload_id, error) from None
     resumable = await store.resumable()
-    async with working, admitted(request, credentials.user_id) as turn, store.copied():
+    ends_upload = total is not None and request.content_length == total - offset
+    async with working, admitted(request, credentials.user_id) as turn, store.copied(ends_upload):
         storing = asyncio.ensure_future(_stored(store, source, options, request.app[CONVERTER], turn, resumable))
         record = await _to_its_end_once_the_body_ended(storing, source, request.app[SLOTS])
     if record is None:

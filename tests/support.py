@@ -41,6 +41,7 @@ from tusclient.uploader.uploader import Uploader
 from yarl import URL
 
 from converter.command import EncoderPlan
+from converter.mp3 import id3v2_size, parse_header
 from converter.options import EncodeOptions
 from converter.wav import FORMAT_PCM, WavFormat, WavHeader
 from service.slots import ConversionSlots
@@ -151,6 +152,33 @@ def statements_calling(admin: psycopg.Connection, function: str) -> int:
         [f"%{function}(%"],
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+async def chunked(data: bytes, size: int = 100_003) -> AsyncIterator[bytes]:
+    """``data`` as a body of unstated length (sent chunked), in pieces of ``size``."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def seek_table_finds_its_frames(mp3: bytes) -> bool:
+    """The header frame's seek table (its Xing or Info frame's) says where each hundredth of
+    the frames begins, as a 256th of the bytes after the ID3 tag, as a player seeking reads
+    it; and counts the frames that follow it."""
+    start = id3v2_size(mp3[:10]) or 0
+    header_frame = parse_header(mp3[start : start + 4])
+    assert header_frame is not None
+    marker = max(mp3.find(b"Xing", start, start + 64), mp3.find(b"Info", start, start + 64))
+    frames, total = struct.unpack(">II", mp3[marker + 8 : marker + 16])
+    offsets, at = [], start + header_frame.length
+    while at + 4 <= len(mp3):
+        header = parse_header(mp3[at : at + 4])
+        assert header is not None, at
+        offsets.append(at - start - header_frame.length)
+        at += header.length
+    expected = [
+        min(255, (header_frame.length + offsets[min(frames - 1, i * frames // 100)]) * 256 // total) for i in range(100)
+    ]
+    return len(offsets) == frames and list(mp3[marker + 16 : marker + 116]) == expected
 
 
 def nothing_stored(admin: psycopg.Connection) -> bool:

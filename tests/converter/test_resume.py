@@ -17,10 +17,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from converter.analysis import Analysis
+from converter.errors import Mp3StreamError
+from converter.mp3 import parse_header
 from converter.options import ConverterConfig, EncodeOptions
 from converter.pipeline import convert
 from converter.process import PIPE_READ
-from converter.resume import Checkpoint, Resumable, frame_offsets, stored_frames
+from converter.resume import Checkpoint, FrameOffsets, Resumable, stored_frames
 from service import slots as slots_module
 from service.slots import ConversionSlots
 from tests.support import FFMPEG, NextInLine, Spares, decoded, music, resampled, samples_of, snr_db
@@ -69,7 +71,11 @@ class StoredUpload:
 
     async def earlier_offsets(self, frames: int) -> array[int]:
         assert self.checkpoint is not None
-        return frame_offsets(bytes(self.mp3[self.checkpoint.first_frame_at : self.checkpoint.resume_at]))[:frames]
+        # In pieces that cut frame headers (the service reads 4 MiB at a time, from byte 0).
+        offsets = FrameOffsets(self.checkpoint.first_frame_at)
+        for at in range(0, self.checkpoint.resume_at, 1001):
+            offsets.feed(at, bytes(self.mp3[at : min(at + 1001, self.checkpoint.resume_at)]))
+        return offsets.offsets[:frames]
 
     def finish(self, header_frame: bytes, at: int) -> bytes:
         self.mp3[self.pending_at :] = self.pending
@@ -299,3 +305,24 @@ async def test_a_request_cut_short_gives_its_turn_to_the_next_upload_for_its_las
     assert stored.checkpoint is not None
     assert stored.checkpoint.upload_offset == len(wav) // 2
     assert slots.active == 0
+
+
+def test_frame_offsets_are_the_same_however_the_stored_bytes_are_cut() -> None:
+    """A resumed upload's seek table reads where its stored frames begin a piece at a time
+    (4 MiB in the service), not the MP3 whole in memory: a piece may end inside a frame's
+    header, or before the first frame (the tag and the header frame come first)."""
+    headers = [0xFFFB9064, 0xFFFBB064, 0xFFFB5064, 0xFFFB9264]  # 128, 192 and 64 kbit/s; 128 padded
+    frames = [header.to_bytes(4, "big") for header in headers * 3]
+    lengths = [parse_header(frame).length for frame in frames]  # type: ignore[union-attr]
+    stored = b"ID3 and the header frame" + b"".join(
+        frame.ljust(length, b"\0") for frame, length in zip(frames, lengths, strict=True)
+    )
+    first_frame_at = len(b"ID3 and the header frame")
+    expected = array("Q", [sum(lengths[:i]) for i in range(len(lengths))])
+    for size in (*range(1, 9), 417, len(stored)):
+        offsets = FrameOffsets(first_frame_at)
+        for at in range(0, len(stored), size):
+            offsets.feed(at, stored[at : at + size])
+        assert offsets.offsets == expected, size
+    with pytest.raises(Mp3StreamError):
+        FrameOffsets(first_frame_at - 1).feed(0, stored)

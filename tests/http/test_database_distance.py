@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import hashlib
 import io
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import aiohttp
@@ -34,6 +33,7 @@ from tests.support import (
     Client,
     ServiceProcess,
     basic,
+    chunked,
     decoded,
     form,
     idle_in_transaction,
@@ -67,11 +67,6 @@ def exact_wav(audio: Audio, rate: int, channels: int, samples: int) -> bytes:
     generated = audio(seconds=samples / rate + 1, rate=rate, channels=channels)
     data = generated[generated.index(b"data") + 8 :][: samples * channels * 2]
     return wav_header(channels=channels, rate=rate, data_size=len(data)) + data
-
-
-async def chunked(wav: bytes) -> AsyncIterator[bytes]:
-    for start in range(0, len(wav), 100_003):
-        yield wav[start : start + 100_003]
 
 
 @pytest.mark.parametrize("body", ["raw", "multipart", "chunked"])

@@ -9,7 +9,6 @@ import struct
 import tempfile
 import threading
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tests.support import (
     Audio,
     Client,
     basic,
+    chunked,
     count,
     disk_that_hangs,
     expect_error,
@@ -436,12 +436,8 @@ async def test_upload_over_the_limit_is_cut_off_with_413_while_streaming(
     user_id, token = await new_user(client)
     wav = audio(seconds=10)  # ~1.7 MB
 
-    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length
-        for start in range(0, len(wav), 65536):
-            yield wav[start : start + 65536]
-
     response = await client.post(
-        "/record", data=chunked(), headers={**basic(user_id, token), "Content-Type": "audio/wav"}
+        "/record", data=chunked(wav, 65536), headers={**basic(user_id, token), "Content-Type": "audio/wav"}
     )
     await expect_error(response, 413)
     assert nothing_stored(admin)

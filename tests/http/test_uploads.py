@@ -37,6 +37,7 @@ from tests.support import (
     DelayingProxy,
     ServiceProcess,
     basic,
+    chunked,
     count,
     decoded,
     disk_that_hangs,
@@ -48,6 +49,7 @@ from tests.support import (
     nothing_stored,
     records_match_large_objects,
     resampled,
+    seek_table_finds_its_frames,
     statements_calling,
     tus_uploader,
     until,
@@ -735,10 +737,13 @@ def finished(admin: psycopg.Connection, upload_id: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("patches", "local_copy"),
-    [(1, "made"), (1, "cannot be made"), (1, "hangs"), (2, "made")],
-    ids=["one", "one-no-copy", "one-copy-hangs", "resumed"],
-)
+    ("patches", "local_copy", "last_sent"),
+    [
+        (1, "made", "sized"), (1, "cannot be made", "sized"), (1, "hangs", "sized"),
+        (2, "made", "sized"), (2, "hangs", "sized"), (2, "made", "chunked"),
+    ],
+    ids=["one", "one-no-copy", "one-copy-hangs", "resumed", "resumed-copy-hangs", "resumed-chunked"],
+)  # fmt: skip
 async def test_a_records_digest_is_its_mp3s_however_it_was_hashed(
     make_client: MakeClient,
     audio: Audio,
@@ -747,11 +752,16 @@ async def test_a_records_digest_is_its_mp3s_however_it_was_hashed(
     tmp_path: Path,
     patches: int,
     local_copy: str,
+    last_sent: str,
 ) -> None:
     """A PATCH that writes the MP3 from its first byte hashes a local copy of it, as
-    POST /record does (handlers/store.py LocalCopy); with none, one that hangs (given up
-    after half of STALL_TIMEOUT_S), or after a resume, the digest is read back from the database.
-    The ETag is the MP3's SHA-256 either way."""
+    POST /record does (handlers/store.py LocalCopy); so does a resumed one whose length says
+    it ends the upload, its copy beginning with the MP3 stored before, read back while it
+    converts. With no copy, one that hangs (given up after half of STALL_TIMEOUT_S), or a
+    resumed PATCH of unstated length, the digest is read back from the database once the
+    PATCH has ended. The ETag is the MP3's SHA-256 either way, and the seek table finds
+    every hundredth of its frames (a resumed upload's reads where the frames stored before
+    begin, with the copy's prefix or back from the database)."""
     caplog.set_level(logging.DEBUG, logger="mp3.db")
     if local_copy == "cannot be made":
         monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/tmp")
@@ -764,12 +774,18 @@ async def test_a_records_digest_is_its_mp3s_however_it_was_hashed(
         if local_copy == "hangs":
             await disk.enter_async_context(disk_that_hangs(tmp_path))
         for part in range(1, patches + 1):
-            response = await patch(client, user, path, offset, wav[offset : len(wav) * part // patches])
+            body = wav[offset : len(wav) * part // patches]
+            response = await patch(
+                client, user, path, offset, chunked(body) if part > 1 and last_sent == "chunked" else body
+            )
             assert response.status == 204
             offset = int(response.headers["Upload-Offset"])
     download = await client.get(local(response.headers["Record-Location"]))
-    assert download.headers["ETag"] == f'"{hashlib.sha256(await download.read()).hexdigest()}"'
-    assert ("its digest is read back from the database" in caplog.text) == (patches > 1 or local_copy != "made")
+    mp3 = await download.read()
+    assert download.headers["ETag"] == f'"{hashlib.sha256(mp3).hexdigest()}"'
+    assert seek_table_finds_its_frames(mp3)
+    read_back = local_copy != "made" or last_sent == "chunked"
+    assert ("its digest is read back from the database" in caplog.text) == read_back
     assert ("took over 0.5 s to write" in caplog.text) == (local_copy == "hangs")
 
 
@@ -855,9 +871,6 @@ async def test_what_the_protocol_refuses(client: Client, audio: Audio) -> None:
     )
     await expect_error(await client.post("/uploads", headers={**basic(*user), **TUS}), 400)  # no length
     with_length = {**basic(*user), **TUS, "Upload-Length": str(len(wav))}
-
-    async def chunked(data: bytes) -> AsyncIterator[bytes]:
-        yield data
 
     for creation_with_upload in (wav, chunked(wav)):  # as Content-Length, or chunked
         await expect_error(await client.post("/uploads", data=creation_with_upload, headers=with_length), 400)
