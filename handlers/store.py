@@ -83,20 +83,25 @@ class LocalCopy:
     back; so it is when the upload fails. Nothing waits for a thread it gave up: the file is
     closed once that lets go.
 
-    A resumed upload's copy may begin with a ``prefix``: the MP3's first bytes, stored by
-    earlier requests, read back from the database while the conversion runs (the chunks
-    written meanwhile go after it); its digest waits for them."""
+    A resumed upload's copy may begin with a ``prefix``: the MP3 up to where this request
+    writes on, stored by the requests before, which only the database holds. Its file is
+    made with room for it (the chunks are written after it), and ``read_prefix`` reads it
+    back once the caller says so (the request's last byte is in: before, a client that
+    goes away would have had it read for nothing), a piece at a time, each written at its
+    place beside the chunks' writes (pwrite leaves the file's position to them). The digest
+    waits for it; each of its reads and writes has a deadline.
+
+    Two threads may use the file at once: a chunk's write (then the digest), and a prefix
+    piece's. The file is closed once neither runs (``_give_up``)."""
 
     def __init__(self, file: BufferedRandom | None, deadline_s: float) -> None:
         self._file = file
         self._deadline_s = deadline_s
-        # Its one piece of work in a thread (a chunk's write, then the digest): done before
-        # the next begins; the file is closed once it is done.
+        # The chunks' work in a thread (a chunk's write, then the digest), one at a time.
         self._working: asyncio.Future[bool] | asyncio.Future[bytes | None] | None = None
-        # The prefix read back, and its piece being written in a thread meanwhile (at its own
-        # offsets, below the chunks'): the file is closed once that write is done too.
-        self._prefix: asyncio.Task[bool] | None = None
-        self._filling: asyncio.Future[bool] | None = None
+        self._prefix: StoredPrefix | None = None  # the room the file leaves for one
+        self._reading: asyncio.Task[bool] | None = None  # its read, once begun
+        self._filling: asyncio.Future[bool] | None = None  # its piece being written
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -108,13 +113,13 @@ class LocalCopy:
             file = None
         copy = cls(file, deadline_s)
         if prefix is not None:
-            copy._begin_with(prefix)
+            copy._make_room_for(prefix)
         try:
             yield copy
         finally:
             copy._give_up()
 
-    def _begin_with(self, prefix: StoredPrefix) -> None:
+    def _make_room_for(self, prefix: StoredPrefix) -> None:
         if self._file is None:
             return
         try:
@@ -123,16 +128,24 @@ class LocalCopy:
             log.warning("the local copy of an upload's MP3 failed (%s): its digest is read back", error)
             self._give_up()
             return
-        self._prefix = asyncio.create_task(self._filled(self._file, prefix))
+        self._prefix = prefix
+
+    def read_prefix(self) -> None:
+        """Begin reading the prefix back (nothing without one, or once given up)."""
+        if self._prefix is not None and self._reading is None and self._file is not None:
+            self._reading = asyncio.create_task(self._filled(self._file, self._prefix))
+            self._reading.add_done_callback(_retrieved)  # its failure may reach no one: the request was cut
 
     async def filled(self) -> bool:
-        """Whether the prefix is all in the copy, once it is or it failed; False without one,
-        or once the copy was given up (not a cancellation of the caller's)."""
-        prefix = self._prefix
-        if prefix is None:
+        """Once the prefix's read has ended, whether it is all in the copy: False without
+        one, when its read was never begun, or the copy was given up (a cancellation of
+        that read's, not of the caller's). A read the database did not answer in time
+        raises its TimeoutError: reading it back again would wait as long."""
+        reading = self._reading
+        if reading is None:
             return False
-        await asyncio.wait({prefix})
-        return not prefix.cancelled() and prefix.exception() is None and prefix.result()
+        await asyncio.wait({reading})
+        return not reading.cancelled() and reading.result()
 
     async def _filled(self, file: BufferedRandom, prefix: StoredPrefix) -> bool:
         """The prefix read back a piece at a time, each written at its place; False (and no
@@ -142,13 +155,13 @@ class LocalCopy:
             while at < prefix.length:
                 piece = await prefix.read(at)
                 if self._file is None:
-                    return False  # given up meanwhile: its file may be closed
+                    return False  # given up meanwhile (its cancel comes at the next await): the file may be closed
                 started = asyncio.get_running_loop().time()
                 self._filling = asyncio.ensure_future(asyncio.to_thread(self._write_at, file, piece, at))
                 if not await self._within_deadline(self._filling, "write", self._deadline_s / 2, started):
                     return False
                 at += len(piece)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, Mp3StreamError) as error:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Mp3StreamError) as error:
             log.warning("an upload's MP3 could not be read back into its local copy (%s): read back at its end", error)
             return False
         return True
@@ -179,8 +192,9 @@ class LocalCopy:
 
     def sha256(self, header_offset: int, header_frame: bytes, tail: bytes = b"") -> asyncio.Future[bytes | None] | None:
         """The digest of the file as stored (its ``tail``, the last bytes, added, and its header
-        frame written last, as in the database), hashed in a thread from now on, None if that
-        fails or takes longer than the deadline; None at once when the copy was given up."""
+        frame written last, as in the database), hashed in a thread once its prefix is in (it
+        holds the header frame's place), None if that fails or the hash takes longer than the
+        deadline; None at once when the copy was given up."""
         if self._file is None:
             return None
         return asyncio.ensure_future(self._digest_once_filled(self._file, header_offset, header_frame, tail))
@@ -188,8 +202,6 @@ class LocalCopy:
     async def _digest_once_filled(
         self, file: BufferedRandom, header_offset: int, header_frame: bytes, tail: bytes
     ) -> bytes | None:
-        # The prefix first: the header frame is written over its bytes. Its every read and
-        # write has a deadline of its own.
         if self._prefix is not None and not await self.filled():
             self._give_up()
             return None
@@ -253,8 +265,8 @@ class LocalCopy:
         file, self._file = self._file, None
         if file is None:
             return
-        if self._prefix is not None:
-            self._prefix.cancel()  # nothing once it has ended
+        if self._reading is not None:
+            self._reading.cancel()  # nothing once it has ended; its piece's write runs on, waited for below
         busy = [work for work in (self._working, self._filling) if work is not None and not work.done()]
         if busy:
             asyncio.gather(*busy, return_exceptions=True).add_done_callback(lambda _: _close(file))
@@ -273,6 +285,11 @@ class StoredPrefix:
 
 async def _nothing() -> None:
     pass
+
+
+def _retrieved(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _close(file: BufferedRandom) -> None:
@@ -316,9 +333,11 @@ class CheckpointedUpload:
     transaction, each carrying the generation its PATCH claimed, so that a PATCH another
     has since taken over writes nothing more. The last one makes the MP3 a record.
 
-    A PATCH that writes the MP3 from its first byte (an upload sent in one PATCH, the
-    common case) keeps a LocalCopy of it while ``copied``, as POST /record does, and the
-    record's digest is hashed from that; a resumed one's is read back from the database.
+    A PATCH that writes the MP3 from its first byte (an upload sent in one PATCH) keeps a
+    LocalCopy of it while ``copied``, as POST /record does, and the record's digest is
+    hashed from that; so does a resumed one that ends the upload, its copy beginning with
+    the MP3 stored before, read back once its last byte is in (``all_in``). Without a copy
+    (one of unstated length, or a copy that failed) the digest is read back at the end.
 
     The claim's pending bytes are the last checkpoint's followed by those that shorter
     PATCHes kept as sent since (api.upload_append); the first checkpoint replaces them all."""
@@ -346,10 +365,11 @@ class CheckpointedUpload:
     @contextlib.asynccontextmanager
     async def copied(self, ends_upload: bool) -> AsyncIterator[None]:
         """A local copy of the MP3 while the block runs, for its digest: from its first byte;
-        or, for a resumed upload the PATCH is to end, one that begins with the MP3 stored
-        before, read back from the database while the PATCH converts (its seek table needs
-        their frames' positions too), so that neither read waits for its last byte. None for
-        a resumed upload the PATCH is not to end: a read-back it might never need."""
+        or, for a resumed upload the PATCH is to end, one with room for the MP3 stored
+        before, read back from the database once the PATCH's last byte is in (``all_in``)
+        while its last samples are encoded, the frames' positions noted as they pass for the
+        seek table: one read, where the end of the PATCH read it twice. None for a resumed
+        upload the PATCH is not to end: a read-back it might never need."""
         previous = self.previous
         if previous is not None and self.pending_at and not ends_upload:
             yield
@@ -361,7 +381,14 @@ class CheckpointedUpload:
         async with LocalCopy.made(self.deadline_s, prefix) as self.copy:
             yield
 
+    def all_in(self) -> None:
+        """The PATCH's last byte, the upload's, is in: the MP3 stored before is read back now.
+        Not before: a client that sends the head of a last PATCH and goes away would have
+        the service read the whole MP3 back for nothing, as often as it likes."""
+        self.copy.read_prefix()
+
     async def _prefix_piece(self, at: int) -> bytes:
+        """The next piece of the prefix, its frames' positions noted."""
         assert self.previous is not None
         assert self.prefix_offsets is not None
         piece = await within(self.deadline_s, self.pool, self._read_back(at, self.previous.resume_at))
@@ -401,7 +428,8 @@ class CheckpointedUpload:
 
     async def earlier_offsets(self, frames: int) -> array[int]:
         """Where the stored frames before the resume point begin: noted as the local copy's
-        prefix was read back, else read back now, a piece at a time."""
+        prefix was read back (waiting for that read, bounded by its pieces' deadlines), else
+        read back now, a piece at a time."""
         previous = self.previous
         assert previous is not None
         if self.prefix_offsets is not None and await self.copy.filled():

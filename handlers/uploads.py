@@ -30,7 +30,7 @@ import contextlib
 import email.utils
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -255,6 +255,7 @@ async def _converted(
         store = CheckpointedUpload(pool, upload_id, claim, settings.upload_expiry_s, settings.stall_timeout_s)
     except CheckpointOfAnotherVersion as error:
         raise await _cannot_go_on(pool, settings, credentials, upload_id, error) from None
+    source.when_whole = store.all_in
     resumable = await store.resumable()
     ends_upload = total is not None and request.content_length == total - offset
     async with working, admitted(request, credentials.user_id) as turn, store.copied(ends_upload):
@@ -358,6 +359,7 @@ class _PatchBody:
         self.offset = offset
         self.total = total
         self.ended = False
+        self.when_whole: Callable[[], None] = lambda: None  # once its last byte, the upload's, is in
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -367,6 +369,7 @@ class _PatchBody:
             self.ended = True
         if self.total is None or self.offset + self.body.received < self.total:
             raise PatchEnded
+        self.when_whole()
 
 
 async def _stored(

@@ -9,11 +9,13 @@ import base64
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import signal
 import socket
 import struct
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from yarl import URL
 
 import app as service_app
 from converter import resume
+from db import api
+from handlers import store as store_module
 from service.busy_uploads import HEAD_WAITS_S
 from service.keys import METRICS, SLOTS
 from settings import Settings
@@ -787,6 +791,123 @@ async def test_a_records_digest_is_its_mp3s_however_it_was_hashed(
     read_back = local_copy != "made" or last_sent == "chunked"
     assert ("its digest is read back from the database" in caplog.text) == read_back
     assert ("took over 0.5 s to write" in caplog.text) == (local_copy == "hangs")
+
+
+class ReadsBack:
+    """api.upload_read_back as the service calls it, each call's first byte noted: what it
+    asks the database for, passed on as it is."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.from_bytes: list[int] = []
+        read_back = api.upload_read_back
+
+        async def noted(db: api.Database, upload_id: Any, generation: int, from_byte: int, count: int) -> bytes:
+            self.from_bytes.append(from_byte)
+            return await read_back(db, upload_id, generation, from_byte, count)
+
+        monkeypatch.setattr(api, "upload_read_back", noted)
+
+
+async def resumed_half_way(client: Client, user: tuple[int, str], wav: bytes) -> tuple[str, int]:
+    """A new upload with the first half of ``wav`` stored: its path and offset."""
+    path = await created(client, user, len(wav))
+    first = await patch(client, user, path, 0, wav[: len(wav) // 2])
+    assert first.status == 204
+    return path, int(first.headers["Upload-Offset"])
+
+
+async def test_a_last_patch_cut_before_its_last_byte_reads_back_nothing_stored_before_it(
+    client: Client, audio: Audio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed PATCH that ends the upload reads the MP3 stored before back (for its digest
+    and seek table) once its last byte is in. Begun as it was admitted, a client that sent
+    such a PATCH's head and went away, as often as it liked, had the service read the
+    whole MP3 back each time (881 bytes read a byte sent, in a review). Now a cut one reads
+    what any resumed PATCH reads, the frames after the resume point its join needs."""
+    reads = ReadsBack(monkeypatch)
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path, offset = await resumed_half_way(client, user, wav)
+    _, writer = await patch_under_way(client, user, path, offset, len(wav) - offset, wav[offset : offset + 65536])
+    await leave(writer)
+    await until(lambda: client.app[SLOTS].in_progress == 0)
+    assert reads.from_bytes
+    assert 0 not in reads.from_bytes  # nothing before the resume point
+
+    offset = await offset_of(client, user, path)
+    mp3 = await finished_mp3(client, user, path, offset, wav)
+    assert reads.from_bytes.count(0) == 1  # the last PATCH's read, once its last byte was in
+    assert seek_table_finds_its_frames(mp3)
+    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+
+
+def files_unlinked_but_open() -> int:
+    """This process's open files that have no name, as its local copies of MP3s have."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sum(name.endswith(" (deleted)") for name in names)
+
+
+async def test_a_copy_whose_read_back_write_hangs_is_given_up_and_closed_once_it_lets_go(
+    make_client: MakeClient, audio: Audio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that stops as the MP3 stored before is written into the last PATCH's copy: the
+    copy is given up after half of STALL_TIMEOUT_S and the digest read back, the PATCH
+    answered as ever; the copy's file is closed only once that write lets go, and nothing
+    is written to a closed file."""
+    hangs, writes = threading.Event(), []
+    write_at = store_module.LocalCopy._write_at
+
+    def hanging(file: Any, piece: bytes, at: int) -> bool:
+        hangs.wait(30)
+        writes.append(file.closed)
+        return write_at(file, piece, at)
+
+    monkeypatch.setattr(store_module.LocalCopy, "_write_at", staticmethod(hanging))
+    client = await make_client(stall_timeout_s=1.0)
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path, offset = await resumed_half_way(client, user, wav)
+    unlinked = files_unlinked_but_open()  # pytest's captures among them
+    try:
+        last = await patch(client, user, path, offset, wav[offset:])
+        assert last.status == 204, await last.text()
+        assert files_unlinked_but_open() == unlinked + 1  # the copy, its write still hanging
+    finally:
+        hangs.set()
+    await until(lambda: files_unlinked_but_open() == unlinked)
+    assert writes == [False]
+    mp3 = await (await client.get(local(last.headers["Record-Location"]))).read()
+    assert seek_table_finds_its_frames(mp3)
+    assert len(decoded(mp3, 2)) == 20 * 44100 * 2
+
+
+@pytest.mark.parametrize("database_delay_s", [0.001])  # through the proxy, which can freeze
+async def test_a_last_patch_whose_read_back_goes_unanswered_answers_503_once(
+    make_client: MakeClient, audio: Audio, monkeypatch: pytest.MonkeyPatch, database_proxy: DelayingProxy
+) -> None:
+    """The database stops answering as the last PATCH begins to read back the MP3 stored
+    before: the PATCH answers 503 once that read's deadline has passed, without reading it
+    again (for the seek table, then the digest) only to wait as long again."""
+    reads = ReadsBack(monkeypatch)
+    all_in = store_module.CheckpointedUpload.all_in
+
+    def frozen_as_it_reads(self: store_module.CheckpointedUpload) -> None:
+        database_proxy.freeze()
+        all_in(self)
+
+    monkeypatch.setattr(store_module.CheckpointedUpload, "all_in", frozen_as_it_reads)
+    client = await make_client(stall_timeout_s=1.0)
+    user = await new_user(client)
+    wav = audio(seconds=20)
+    path, offset = await resumed_half_way(client, user, wav)
+    try:
+        await expect_error(await patch(client, user, path, offset, wav[offset:]), 503)
+    finally:
+        database_proxy.thaw()
+    assert reads.from_bytes.count(0) == 1
 
 
 @pytest.mark.slow
