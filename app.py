@@ -16,7 +16,7 @@ from aiohttp import web
 
 from converter.options import ConverterConfig
 from db import api
-from db.deadline import UNREACHABLE, within
+from db.deadline import UNREACHABLE, left_as_it_is, within
 from handlers.errors import error_envelope
 from handlers.observe import add_request_id, request_log
 from handlers.page import security_headers
@@ -201,7 +201,12 @@ async def _pool(url: str, size: int, statement_timeout_s: float) -> asyncpg.Pool
     # command_timeout: no statement waits for ever on a server that stopped answering;
     # with connects bounded too, a wait for a pooled connection ends when a statement does.
     return await asyncpg.create_pool(
-        url, min_size=0, max_size=size, timeout=CONNECT_TIMEOUT_S, command_timeout=statement_timeout_s
+        url,
+        min_size=0,
+        max_size=size,
+        timeout=CONNECT_TIMEOUT_S,
+        command_timeout=statement_timeout_s,
+        reset=left_as_it_is,  # no round trip to give a connection back (db/deadline.py)
     )
 
 

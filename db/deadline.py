@@ -8,9 +8,20 @@ connection back. So asyncio.timeout around a pool call does not bound it.
 ``within`` does: the caller stops waiting at the deadline whatever the server
 does, and the abandoned call ends in the background, its connection released
 within the call's deadline (at least RELEASE_FLOOR_S) or dropped. An answer in
-time is returned at once: the release that follows it (asyncpg resets the
-connection, a round trip) is not the caller's to wait for, and has that budget
-of its own, not what is left of the call's.
+time is returned at once: the release that follows it (a round trip when it
+must roll back, or wait for a cancel) is not the caller's to wait for, and has
+that budget of its own, not what is left of the call's.
+
+The service's pools are made with ``reset=left_as_it_is``: asyncpg's own reset
+of a connection given back (``SELECT pg_advisory_unlock_all(); CLOSE ALL;
+UNLISTEN *; RESET ALL``) is a round trip on every release, which a caller of
+``pool.acquire()`` as a context (db/api.py ``transaction``) waits for: with the
+database 30 ms away, 30 ms more at the end of every upload. Nothing the
+service does leaves session state on a pooled connection for it to undo: no
+SET (its functions set their own search_path), no LISTEN (the download cache
+listens on a connection of its own), no session advisory lock, no cursor
+outside a transaction. A transaction left open is still rolled back: asyncpg
+does that before ``reset``, whatever it is.
 """
 
 from __future__ import annotations
@@ -31,6 +42,11 @@ UNREACHABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
 )
+
+
+async def left_as_it_is(connection: asyncpg.Connection) -> None:
+    """A pool's ``reset``: nothing to undo (see above)."""
+
 
 # Giving a connection back after a call takes at most its deadline, or this when that is
 # shorter: asyncpg resets it first (a round trip, or waits for a cancel) and drops it past

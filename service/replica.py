@@ -30,7 +30,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from db import api
-from db.deadline import UNREACHABLE, within
+from db.deadline import UNREACHABLE, left_as_it_is, within
 
 T = TypeVar("T")
 
@@ -51,6 +51,7 @@ async def replica_pool(url: str, size: int) -> asyncpg.Pool:
         timeout=REPLICA_TIMEOUT_S,
         command_timeout=REPLICA_TIMEOUT_S,  # asyncpg's cancel request waits this long at most, too
         server_settings={"statement_timeout": str(int(REPLICA_TIMEOUT_S * 1000))},
+        reset=left_as_it_is,  # no round trip to give a connection back (db/deadline.py)
     )
 
 

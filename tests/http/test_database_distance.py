@@ -191,3 +191,25 @@ async def test_a_resumable_upload_sent_in_one_patch_ends_in_one_statement(
     assert len(decoded(mp3, 2)) == 5 * 44100 * 2
     info: Any = MP3(io.BytesIO(mp3)).info  # type: ignore[no-untyped-call]
     assert info.track_gain is not None  # the LAME tag, in the header frame
+
+
+@pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR], indirect=True)
+async def test_a_connection_goes_back_to_the_pool_without_a_round_trip(
+    client: Client, audio: Audio, admin: psycopg.Connection
+) -> None:
+    """asyncpg resets a connection given back to its pool with a query of its own
+    (pg_advisory_unlock_all(), CLOSE ALL, UNLISTEN *, RESET ALL), and an upload's
+    transaction waited for it before its 201: 30 ms more with the database 30 ms away. The
+    service leaves nothing on a pooled connection to undo (db/deadline.py): a POST /record
+    and a tus upload send no such query."""
+    resets = statements_calling(admin, "pg_advisory_unlock_all")
+    user = await new_user(client, "far")
+    wav = audio(seconds=5)
+    posted = await client.post("/record", data=wav, headers={**basic(*user), "Content-Type": "audio/wav"})
+    assert posted.status == 201, await posted.text()
+    tus = {**basic(*user), "Tus-Resumable": "1.0.0"}
+    created = await client.post("/uploads", headers={**tus, "Upload-Length": str(len(wav))})
+    patch = {**tus, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+    patched = await client.patch(local(created.headers["Location"]), data=wav, headers=patch)
+    assert patched.status == 204, await patched.text()
+    assert statements_calling(admin, "pg_advisory_unlock_all") == resets
