@@ -139,8 +139,8 @@ class LocalCopy:
     async def filled(self) -> bool:
         """Once the prefix's read has ended, whether it is all in the copy: False without
         one, when its read was never begun, or the copy was given up (a cancellation of
-        that read's, not of the caller's). A read the database did not answer in time
-        raises its TimeoutError: reading it back again would wait as long."""
+        that read's, not of the caller's). A read the database did not answer in time, or
+        refused, raises that error: reading it back again would fare no better."""
         reading = self._reading
         if reading is None:
             return False
@@ -161,7 +161,12 @@ class LocalCopy:
                 if not await self._within_deadline(self._filling, "write", self._deadline_s / 2, started):
                     return False
                 at += len(piece)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Mp3StreamError) as error:
+        except (TimeoutError, asyncpg.PostgresError, Mp3StreamError):
+            # No answer in time (TimeoutError is an OSError: caught first), a refusal (another
+            # request took the upload), stored frames that are not: reading again would fare
+            # no better, only later.
+            raise
+        except (OSError, asyncpg.InterfaceError) as error:  # a connection lost: another may do
             log.warning("an upload's MP3 could not be read back into its local copy (%s): read back at its end", error)
             return False
         return True
