@@ -49,8 +49,8 @@ async def left_as_it_is(connection: asyncpg.Connection) -> None:
 
 
 # Giving a connection back after a call takes at most its deadline, or this when that is
-# shorter: asyncpg resets it first (a round trip, or waits for a cancel) and drops it past
-# that. A poll may be given what is left of a HEAD's wait, a few ms.
+# shorter: asyncpg waits for a cancel, or rolls back a transaction left open (a round trip),
+# and drops it past that. A poll may be given what is left of a HEAD's wait, a few ms.
 RELEASE_FLOOR_S = 1.0
 
 # Calls on their way, answered or given up on, until their connection is released or
