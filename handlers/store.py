@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from io import BufferedRandom
 from typing import TypeVar
@@ -150,17 +150,15 @@ class LocalCopy:
     async def _filled(self, file: BufferedRandom, prefix: StoredPrefix) -> bool:
         """The prefix read back a piece at a time, each written at its place; False (and no
         digest) when a read fails, or a write fails or hangs as ``beside``'s would."""
-        at = 0
         try:
-            while at < prefix.length:
-                piece = await prefix.read(at)
-                if self._file is None:
-                    return False  # given up meanwhile (its cancel comes at the next await): the file may be closed
-                started = asyncio.get_running_loop().time()
-                self._filling = asyncio.ensure_future(asyncio.to_thread(self._write_at, file, piece, at))
-                if not await self._within_deadline(self._filling, "write", self._deadline_s / 2, started):
-                    return False
-                at += len(piece)
+            async with contextlib.aclosing(prefix.pieces()) as pieces:
+                async for at, piece in pieces:
+                    if self._file is None:
+                        return False  # given up meanwhile (its cancel comes at the next await): the file may be closed
+                    started = asyncio.get_running_loop().time()
+                    self._filling = asyncio.ensure_future(asyncio.to_thread(self._write_at, file, piece, at))
+                    if not await self._within_deadline(self._filling, "write", self._deadline_s / 2, started):
+                        return False
         except (TimeoutError, asyncpg.PostgresError, Mp3StreamError):
             # No answer in time (TimeoutError is an OSError: caught first), a refusal (another
             # request took the upload), stored frames that are not: reading again would fare
@@ -281,11 +279,11 @@ class LocalCopy:
 
 @dataclass(frozen=True)
 class StoredPrefix:
-    """A resumed upload's MP3 up to ``length``, as the requests before stored it: ``read(at)``
-    gives the next piece from ``at``."""
+    """A resumed upload's MP3 up to ``length``, as the requests before stored it: ``pieces()``
+    reads it back, each piece with the byte it begins at, in order."""
 
     length: int
-    read: Callable[[int], Awaitable[bytes]]
+    pieces: Callable[[], AsyncGenerator[tuple[int, bytes], None]]
 
 
 async def _nothing() -> None:
@@ -375,14 +373,13 @@ class CheckpointedUpload:
         while its last samples are encoded, the frames' positions noted as they pass for the
         seek table: one read, where the end of the PATCH read it twice. None for a resumed
         upload the PATCH is not to end: a read-back it might never need."""
-        previous = self.previous
-        if previous is not None and self.pending_at and not ends_upload:
+        if self.pending_at and not ends_upload:
             yield
             return
         prefix = None
-        if previous is not None and self.pending_at:  # frames were stored: their first's header is known
-            self.prefix_offsets = FrameOffsets(previous.first_frame_at)
-            prefix = StoredPrefix(previous.resume_at, self._prefix_piece)
+        if self.previous is not None and self.pending_at:  # frames were stored: their first's header is known
+            self.prefix_offsets = FrameOffsets(self.previous.first_frame_at)
+            prefix = StoredPrefix(self.previous.resume_at, self._prefix_pieces)
         async with LocalCopy.made(self.deadline_s, prefix) as self.copy:
             yield
 
@@ -392,13 +389,13 @@ class CheckpointedUpload:
         the service read the whole MP3 back for nothing, as often as it likes."""
         self.copy.read_prefix()
 
-    async def _prefix_piece(self, at: int) -> bytes:
-        """The next piece of the prefix, its frames' positions noted."""
+    async def _prefix_pieces(self) -> AsyncGenerator[tuple[int, bytes], None]:
+        """The MP3 stored before the resume point, its frames' positions noted as they pass."""
         assert self.previous is not None
         assert self.prefix_offsets is not None
-        piece = await within(self.deadline_s, self.pool, self._read_back(at, self.previous.resume_at))
-        self.prefix_offsets.feed(at, piece)
-        return piece
+        async for at, piece in self._pieces(0, self.previous.resume_at):
+            self.prefix_offsets.feed(at, piece)
+            yield at, piece
 
     async def resumable(self) -> Resumable:
         """What the conversion goes on from: the frames stored from the resume point on."""
