@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.harness import at_distance, bench_database, new_user
-from tests.support import free_port, wait_until
+from tests.support import free_port, reset_high_water_mark, vm_hwm_kib, vm_rss_kib, wait_until
 
 PATCH_BYTES = 8 << 20  # page.js CHUNK_BYTES
 
@@ -85,8 +85,8 @@ def sent_as_the_page_sends_it(pid: int, port: int, user: tuple[int, str], data: 
     status, headers = request(port, "POST", "/uploads", headers={**tus, "Upload-Length": str(len(data))})
     assert status == 201, status
     path = urlsplit(headers["Location"]).path
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from here
-    before = status_kib(pid, "VmRSS")
+    reset_high_water_mark(pid)
+    before = vm_rss_kib(pid)
     last = 0.0
     for at in range(0, len(data), PATCH_BYTES):
         piece = {**tus, "Upload-Offset": str(at), "Content-Type": "application/offset+octet-stream"}
@@ -94,7 +94,7 @@ def sent_as_the_page_sends_it(pid: int, port: int, user: tuple[int, str], data: 
         status, _ = request(port, "PATCH", path, data[at : at + PATCH_BYTES], piece)
         last = time.perf_counter() - start
         assert status == 204, status
-    growth = (status_kib(pid, "VmHWM") - before) / 1024
+    growth = (vm_hwm_kib(pid) - before) / 1024
     request(port, "DELETE", path, headers=tus)  # the upload's row; its record stays
     return last, growth
 
@@ -110,13 +110,6 @@ def request(
         return response.status, dict(response.headers)
     finally:
         connection.close()
-
-
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    raise LookupError(field)
 
 
 if __name__ == "__main__":
