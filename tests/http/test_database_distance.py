@@ -19,6 +19,7 @@ from typing import Any, cast
 import aiohttp
 import psycopg
 import pytest
+from aiohttp import ClientResponse
 from mutagen.mp3 import MP3
 from pytest_aiohttp import AiohttpClient
 
@@ -125,6 +126,30 @@ async def test_a_fresh_service_answers_every_upload_with_its_database_a_hop_away
     assert records_match_large_objects(admin)
 
 
+async def stored_whole(client: Client, download_path: str, record: dict[str, Any], seconds: float) -> None:
+    """The record's MP3 as downloaded: its size, its ETag the digest of what is stored, every
+    sample of a stereo 44.1 kHz WAV of ``seconds``, and the LAME tag in its header frame."""
+    download = await client.get(download_path)
+    mp3 = await download.read()
+    assert len(mp3) == record["size"]
+    assert download.headers["ETag"] == f'"{hashlib.sha256(mp3).hexdigest()}"'
+    assert len(decoded(mp3, 2)) == round(seconds * 44100) * 2
+    info: Any = MP3(io.BytesIO(mp3)).info  # type: ignore[no-untyped-call]
+    assert info.track_gain is not None
+
+
+async def sent_in_one_patch(client: Client, user: tuple[int, str], wav: bytes) -> tuple[str, ClientResponse]:
+    """A new tus upload of ``wav``, all of it in one PATCH: its path, and the PATCH's 204."""
+    tus = {**basic(*user), "Tus-Resumable": "1.0.0"}
+    created = await client.post("/uploads", headers={**tus, "Upload-Length": str(len(wav))})
+    assert created.status == 201, await created.text()
+    upload = local(created.headers["Location"])
+    patch = {**tus, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+    finished = await client.patch(upload, data=wav, headers=patch)
+    assert finished.status == 204, await finished.text()
+    return upload, finished
+
+
 @pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR], indirect=True)
 async def test_an_upload_ends_in_one_statement_and_its_commit(
     client: Client, audio: Audio, admin: psycopg.Connection
@@ -149,13 +174,7 @@ async def test_an_upload_ends_in_one_statement_and_its_commit(
     assert record["loudness"]["integrated"] is not None
     waveform = await client.get(f"/record/waveform?id={record['id']}&user={user[0]}", headers=basic(*user))
     assert waveform.status == 200
-    download = await client.get(f"/record?id={record['id']}&user={user[0]}")
-    mp3 = await download.read()
-    assert len(mp3) == record["size"]
-    assert download.headers["ETag"] == f'"{hashlib.sha256(mp3).hexdigest()}"'  # the digest of what is stored
-    assert len(decoded(mp3, 2)) == 5 * 44100 * 2
-    info: Any = MP3(io.BytesIO(mp3)).info  # type: ignore[no-untyped-call]
-    assert info.track_gain is not None  # the LAME tag, in the header frame
+    await stored_whole(client, f"/record?id={record['id']}&user={user[0]}", record, seconds=5)
 
 
 @pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR], indirect=True)
@@ -172,25 +191,13 @@ async def test_a_resumable_upload_sent_in_one_patch_ends_in_one_statement(
     before = {function: statements_calling(admin, function) for function in statements}
     user = await new_user(client, "far")
     wav = audio(seconds=5, rate=44100, channels=2)
-    tus = {**basic(*user), "Tus-Resumable": "1.0.0"}
-    created = await client.post("/uploads", headers={**tus, "Upload-Length": str(len(wav))})
-    assert created.status == 201, await created.text()
-    patch = {**tus, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
-    upload = local(created.headers["Location"])
-    finished = await client.patch(upload, data=wav, headers=patch)
-    assert finished.status == 204, await finished.text()
+    upload, finished = await sent_in_one_patch(client, user, wav)
     made = {function: statements_calling(admin, function) - before[function] for function in statements}
     assert made == {"api.upload_record_begin": 0, "api.record_finish": 0, "api.upload_finish": 1}
 
     record = (await (await client.get(upload, headers=basic(*user))).json())["data"]
     assert record["loudness"]["integrated"] is not None
-    download = await client.get(local(finished.headers["Record-Location"]))
-    mp3 = await download.read()
-    assert len(mp3) == record["size"]
-    assert download.headers["ETag"] == f'"{hashlib.sha256(mp3).hexdigest()}"'
-    assert len(decoded(mp3, 2)) == 5 * 44100 * 2
-    info: Any = MP3(io.BytesIO(mp3)).info  # type: ignore[no-untyped-call]
-    assert info.track_gain is not None  # the LAME tag, in the header frame
+    await stored_whole(client, local(finished.headers["Record-Location"]), record, seconds=5)
 
 
 @pytest.mark.parametrize("database_delay_s", [FAR_S], ids=[FAR], indirect=True)
@@ -207,9 +214,5 @@ async def test_a_connection_goes_back_to_the_pool_without_a_round_trip(
     wav = audio(seconds=5)
     posted = await client.post("/record", data=wav, headers={**basic(*user), "Content-Type": "audio/wav"})
     assert posted.status == 201, await posted.text()
-    tus = {**basic(*user), "Tus-Resumable": "1.0.0"}
-    created = await client.post("/uploads", headers={**tus, "Upload-Length": str(len(wav))})
-    patch = {**tus, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
-    patched = await client.patch(local(created.headers["Location"]), data=wav, headers=patch)
-    assert patched.status == 204, await patched.text()
+    await sent_in_one_patch(client, user, wav)
     assert statements_calling(admin, "pg_advisory_unlock_all") == resets
