@@ -23,8 +23,9 @@ async def spawn(command: list[str]) -> asyncio.subprocess.Process:
     """FFmpeg with pipes on all three streams, confined (see confine) before it is handed a byte."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.subprocess_exec(
-        # how far our reading of stdout may run ahead of the sink: PIPE_BUFFER
-        lambda: asyncio.subprocess.SubprocessStreamProtocol(limit=PIPE_BUFFER, loop=loop),
+        # FFmpeg's output is read into memory until PIPE_READ x 2 wait there (asyncio's
+        # StreamReader pauses at twice its limit); the rest waits in the pipe, not in us.
+        lambda: asyncio.subprocess.SubprocessStreamProtocol(limit=PIPE_READ, loop=loop),
         *command,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -80,6 +81,13 @@ async def reap(process: asyncio.subprocess.Process) -> None:
             os.kill(process.pid, signal.SIGKILL)
     if process.stdin is not None and not process.stdin.is_closing():
         process.stdin.close()
+    # wait() returns once every pipe has seen its end too: what is left of the output
+    # (nobody wants it now) is read, or a pipe whose reading is paused, its reader full (an
+    # encoder held back, converter/segments.py), never sees its end and wait() never returns.
+    for output in (process.stdout, process.stderr):
+        if output is not None:
+            with contextlib.suppress(OSError):
+                await output.read()
     await process.wait()
 
 

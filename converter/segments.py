@@ -23,8 +23,10 @@ its samples) there is one encoder and one run, and frames pass straight on: the
 same shape, with nothing to join.
 
 Memory stays bounded: at most ``READ_AHEAD_BYTES`` of samples wait for the
-encoders (the upload is read no further meanwhile), and the MP3 frames held
-are those of segments encoded ahead of their turn.
+encoders (the upload is read no further meanwhile), and at most
+``HELD_FRAME_BYTES`` of each encoder's frames wait to be handed on (its output
+is read no further meanwhile: a database slower than the encoders holds the
+upload back).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from converter.errors import ConversionError, Mp3StreamError
 from converter.mp3 import samples_per_frame
 from converter.options import ConverterConfig
 from converter.process import PIPE_READ, end_input, keep_tail, reap, write
-from converter.progress import ENCODER_INPUT, ENCODER_OUTPUT, JOINING, Changes, Progress
+from converter.progress import ENCODER_INPUT, ENCODER_OUTPUT, JOINING, STORING, Changes, Progress
 from converter.splice import Frame, FrameReader, join
 
 NEVER = 1 << 62
@@ -53,6 +55,12 @@ READ_AHEAD_BYTES = 4 << 20
 # MP3 bytes handed on at a time, at most: a helper's segment, encoded ahead and
 # joined, goes on in pieces, never as one copy of all its frames.
 EMIT_BYTES = 256 << 10
+# MP3 frames read from one encoder and not yet handed on, at most: past it the encoder's
+# output is left in its pipe, FFmpeg waits to write, stops taking samples, and the upload
+# is read no further. So a database slower than the encoders (far away, busy) holds the
+# upload back instead of filling this process with MP3. A helper's segment encoded ahead
+# (30 seconds at 320 kbit/s: 1.2 MB) fits in this and FFmpeg's 1 MiB pipe together.
+HELD_FRAME_BYTES = 1 << 20
 
 log = logging.getLogger("mp3.segments")
 
@@ -80,6 +88,7 @@ class Piece:
     end_byte: int | None = None  # where its input ends in the upload's samples (None: still open)
     final: bool = False  # it runs to the end of the upload: the encoder's last frames are its own
     frames: deque[Frame] = field(default_factory=deque)
+    held_bytes: int = 0  # the frames' size
     next_frame: int = 0  # the file's frame number of frames[0]
     complete: bool = False  # every frame of it has been read
     passed_on: bool = False  # the file has moved on to the next piece: later frames are not wanted
@@ -90,6 +99,20 @@ class Piece:
     def holds(self, frame_number: int) -> bool:
         """Frame ``frame_number`` of the file has been read, or never will be."""
         return self.complete or self.next_frame + len(self.frames) > frame_number
+
+    def hold(self, frame: Frame) -> None:
+        self.frames.append(frame)
+        self.held_bytes += len(frame.data)
+
+    def drop_first(self, count: int) -> None:
+        for _ in range(count):
+            self.held_bytes -= len(self.frames.popleft().data)
+
+    def drop_all(self) -> None:
+        """The file has moved on past it: whatever it holds, or is still read, is not wanted."""
+        self.frames.clear()
+        self.held_bytes = 0
+        self.passed_on = True
 
 
 class EncoderProcess:
@@ -166,11 +189,13 @@ class EncoderProcess:
         with self.progress.waiting_for(ENCODER_INPUT):
             await end_input(stdin)
 
-    async def read(self, changed: Changes) -> None:
-        """FFmpeg's frames, each to the piece whose samples made it."""
+    async def read(self, changed: Changes, handed_on: Changes) -> None:
+        """FFmpeg's frames, each to the piece whose samples made it; while its pieces hold
+        HELD_FRAME_BYTES, none are read until some are handed on (``handed_on``)."""
         stdout = self.process.stdout
         assert stdout is not None
         while True:
+            await self._room_for_frames(handed_on)
             with self.progress.waiting_for(ENCODER_OUTPUT):
                 chunk = await stdout.read(PIPE_READ)
             if not chunk:
@@ -184,6 +209,14 @@ class EncoderProcess:
             piece.complete = True
         changed.note()
 
+    async def _room_for_frames(self, handed_on: Changes) -> None:
+        while True:
+            seen = handed_on.seen()
+            if sum(piece.held_bytes for piece in self.pieces) < HELD_FRAME_BYTES:
+                return
+            with self.progress.waiting_for(STORING):
+                await handed_on.after(seen)
+
     def _place(self, frame: Frame) -> None:
         """Frame i of this encoder was made of its input's samples from i x samples per frame on."""
         position = self._frames_read * self.source_samples_per_frame
@@ -196,7 +229,7 @@ class EncoderProcess:
         beyond = last and piece.end_byte is not None and not piece.final and position >= self.fed_samples
         if piece.passed_on or beyond:
             return  # past the join, or LAME's last frames after a piece that does not end the file
-        piece.frames.append(frame)
+        piece.hold(frame)
 
 
 @dataclass
@@ -244,6 +277,7 @@ class SegmentedEncoder:
         self.next_decision_frame = self.segment_frames - self.pre_roll if self.most_encoders > 1 else NEVER
         self.ended = False
         self.changes = Changes()  # frames read, a join decided, the upload ended
+        self.handed_on = Changes()  # frames left their pieces: an encoder held back may read on
         self.drained = Changes()  # an encoder took queued samples
         self.joins = 0
         self.forced_joins = 0
@@ -293,7 +327,8 @@ class SegmentedEncoder:
         self.tag_sent = True
         boundary = first_frame + self.pre_roll
         earlier = Piece(first_frame=first_frame, start=0, end_byte=self.plan.bytes_before(first_frame + len(stored)))
-        earlier.frames.extend(stored)
+        for frame in stored:
+            earlier.hold(frame)
         earlier.complete = True
         self.runs.append(Run(first_frame, earlier, None))
         encoder = await self._new_encoder(borrowed=False)
@@ -361,7 +396,8 @@ class SegmentedEncoder:
         if self.read_bytes >= earlier.end_byte:
             return
         self.runs.pop()
-        later.passed_on = True  # whatever its encoder still makes is not wanted
+        later.drop_all()
+        self.handed_on.note()
         earlier.end_byte = None
 
     async def _decide(self) -> None:
@@ -433,7 +469,7 @@ class SegmentedEncoder:
 
     async def _read(self, encoder: EncoderProcess) -> None:
         try:
-            await encoder.read(self.changes)
+            await encoder.read(self.changes, self.handed_on)
             with self.progress.waiting_for(ENCODER_OUTPUT):
                 await encoder.process.wait()
         finally:
@@ -484,10 +520,16 @@ class SegmentedEncoder:
             out += piece.frames.popleft().data
             piece.next_frame += 1
             if len(out) >= EMIT_BYTES:
-                await self.emit(bytes(out))
+                await self._hand_on(piece, out)
                 out.clear()
         if out:
-            await self.emit(bytes(out))
+            await self._hand_on(piece, out)
+
+    async def _hand_on(self, piece: Piece, frames: bytearray) -> None:
+        """Frames taken from ``piece``, to ``emit``: its encoder may read on meanwhile."""
+        piece.held_bytes -= len(frames)
+        self.handed_on.note()
+        await self.emit(bytes(frames))
 
     async def _join(self, earlier: Piece, later: Piece, from_frame: int) -> bool:
         """Join once both pieces hold the frames around the boundary; False: not yet."""
@@ -505,11 +547,10 @@ class SegmentedEncoder:
             log.warning("no frame to join at near frame %d", from_frame + self.pre_roll)
             at = min(self.pre_roll, len(before), len(after))
         await self.emit(b"".join(bytes(frame.data) for frame in before[:at]))
-        earlier.frames.clear()
-        earlier.passed_on = True
-        for _ in range(at):
-            later.frames.popleft()
+        earlier.drop_all()
+        later.drop_first(at)
         later.next_frame = from_frame + at
+        self.handed_on.note()
         return True
 
     def _all_read(self) -> bool:

@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from mutagen.mp3 import MP3
 
 from converter.command import EncoderPlan
+from converter.errors import ConversionStalled
 from converter.mp3 import samples_per_frame
 from converter.options import ConverterConfig, EncodeOptions
 from converter.pipeline import Converted, choose_format, convert
-from converter.progress import Progress
+from converter.progress import STORING, Progress
 from converter.segments import POST_ROLL_FRAMES, SegmentedEncoder, segment_frames
 from converter.splice import FrameReader, pre_roll_frames
 from converter.wav import WavHeader
@@ -41,6 +42,7 @@ from tests.support import (
     samples_of,
     snr_db,
     until,
+    wav_header,
 )
 
 SECONDS = MUSIC_SECONDS
@@ -345,6 +347,38 @@ async def test_frames_that_arrive_while_the_store_is_busy_are_not_lost(tmp_path:
         await encoder.take(samples[three_seconds:])
         async with asyncio.timeout(20):  # it hung here, for ever
             await encoder.finish()
+
+
+async def test_a_store_that_takes_nothing_more_stops_the_upload_being_read() -> None:
+    """A database slower than the encoders (far away, busy) holds the upload back instead of
+    filling the service's memory with MP3: with the store stopped at its first bytes, the
+    conversion reads what its bounded buffers hold, no more, then stalls on the store. It
+    read the whole upload, holding all the MP3, before (54 MiB for an hour, 200 ms away)."""
+    silence = bytes(10 * 60 * 44100 * 4)  # LAME makes full frames of it at 320 kbit/s
+    wav = wav_header(data_size=len(silence)) + silence
+    sent = 0
+
+    async def upload() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for start in range(0, len(wav), 256 << 10):
+            sent = start + (256 << 10)
+            yield wav[start:sent]
+
+    never = asyncio.Event()
+
+    async def stopped_store(chunk: bytes) -> None:
+        await never.wait()
+
+    config = ConverterConfig(
+        ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600, parallel_segments=2, spare=Spares(), stall_timeout_s=2,
+    )  # fmt: skip
+    with pytest.raises(ConversionStalled) as stalled:
+        await convert(upload(), stopped_store, EncodeOptions(bitrate_kbps=320), config)
+    assert stalled.value.stage == STORING
+    # Held at most: the samples queued for the encoders and in their pipes, and per encoder
+    # HELD_FRAME_BYTES of frames and its output pipe's, 4.4 times as many samples at 320 kbit/s.
+    whole = len(wav)
+    assert sent < whole // 3
 
 
 # --- the end of the upload near a decision point ---------------------------------------
