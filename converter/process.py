@@ -13,7 +13,7 @@ import resource
 import signal
 
 PIPE_READ = 256 * 1024
-PIPE_BUFFER = 1024 * 1024  # FFmpeg's pipes, and how much of them we buffer
+PIPE_BUFFER = 1024 * 1024  # FFmpeg's pipes
 FFMPEG_MEMORY_LIMIT = 1 << 30  # address space; decoding PCM to MP3 needs a few tens of MiB
 STDERR_KEPT = 4096
 STDERR_READ = 4096
@@ -38,7 +38,9 @@ async def spawn(command: list[str]) -> asyncio.subprocess.Process:
         await reap(process)  # no FFmpeg is left running unconfined
         raise
     assert process.stdin is not None
-    process.stdin.transport.set_write_buffer_limits(high=PIPE_BUFFER)
+    # write() waits until its chunk is all in the pipe: samples wait in our queue
+    # (converter/segments.py), bounded there, not in a second copy in the transport.
+    process.stdin.transport.set_write_buffer_limits(high=0)
     return process
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from converter.process import FFMPEG_MEMORY_LIMIT, PIPE_BUFFER, end_input, reap, spawn
+from converter.process import FFMPEG_MEMORY_LIMIT, PIPE_BUFFER, end_input, reap, spawn, write
 from tests.support import FFMPEG, children_of, decoded
 
 # One second of 8 kHz mono silence in, MP3 out: any FFmpeg the service starts.
@@ -76,6 +76,25 @@ async def test_a_confined_ffmpeg_encodes_what_it_is_sent() -> None:
     finally:
         await reap(process)
     assert len(decoded(mp3, channels=1)) >= 8000  # the second, and the frame that pads it
+
+
+async def test_samples_ffmpeg_has_no_room_for_wait_in_one_place_not_in_a_second_copy() -> None:
+    """write() returns once its chunk is all in FFmpeg's pipe: what does not fit yet stays the
+    caller's (converter/segments.py's bounded queue). asyncio's transport took up to 1 MiB more
+    beside the pipe, a copy of each encoder's samples in memory, and write() returned at once."""
+    process = await spawn(COMMAND)
+    assert process.stdin is not None
+    try:
+        os.kill(process.pid, signal.SIGSTOP)  # it takes nothing while the pipe fills
+        writing = asyncio.ensure_future(write(process.stdin, bytes(widest_pipe() + 4096)))
+        for _ in range(10):
+            await asyncio.sleep(0)  # turns of the loop: the write is as far as it gets
+        assert not writing.done()
+        os.kill(process.pid, signal.SIGCONT)
+        async with asyncio.timeout(20):
+            assert await writing
+    finally:
+        await reap(process)
 
 
 async def test_an_ffmpeg_that_cannot_be_confined_is_killed_and_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
