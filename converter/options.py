@@ -71,4 +71,6 @@ class ConverterConfig:
     spare: SpareSlots | None = None  # where the further encoders' slots come from
     segment_seconds: float = 30.0  # a 1-minute upload: two halves, one per core
     analyse: bool = True  # the waveform's peaks and the loudness, measured as the samples pass
-    helper_backlog: int = PIPE_BUFFER  # samples queued for an encoder, in bytes, before a helper is sought
+    # Samples queued for an encoder, in bytes, before a helper is sought: besides its pipe's
+    # 1 MiB (asyncio buffers nothing beside it, converter/process.py), about 2 MiB behind.
+    helper_backlog: int = PIPE_BUFFER

@@ -89,7 +89,8 @@ async def reap(process: asyncio.subprocess.Process) -> None:
     for output in (process.stdout, process.stderr):
         if output is not None:
             with contextlib.suppress(OSError):
-                await output.read()
+                while await output.read(PIPE_READ):
+                    pass
     await process.wait()
 
 

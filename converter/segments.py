@@ -23,10 +23,9 @@ its samples) there is one encoder and one run, and frames pass straight on: the
 same shape, with nothing to join.
 
 Memory stays bounded: at most ``READ_AHEAD_BYTES`` of samples wait for the
-encoders (the upload is read no further meanwhile), and at most
-``HELD_FRAME_BYTES`` of each encoder's frames wait to be handed on (its output
-is read no further meanwhile: a database slower than the encoders holds the
-upload back).
+encoders (the upload is read no further meanwhile), and once
+``HELD_FRAME_BYTES`` of an encoder's frames wait to be handed on its output is
+read no further (a database slower than the encoders holds the upload back).
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from converter.errors import ConversionError, Mp3StreamError
 from converter.mp3 import samples_per_frame
 from converter.options import ConverterConfig
 from converter.process import PIPE_READ, end_input, keep_tail, reap, write
-from converter.progress import ENCODER_INPUT, ENCODER_OUTPUT, JOINING, STORING, Changes, Progress
+from converter.progress import ENCODER_INPUT, ENCODER_OUTPUT, JOINING, Changes, Progress
 from converter.splice import Frame, FrameReader, join
 
 NEVER = 1 << 62
@@ -55,11 +54,12 @@ READ_AHEAD_BYTES = 4 << 20
 # MP3 bytes handed on at a time, at most: a helper's segment, encoded ahead and
 # joined, goes on in pieces, never as one copy of all its frames.
 EMIT_BYTES = 256 << 10
-# MP3 frames read from one encoder and not yet handed on, at most: past it the encoder's
-# output is left in its pipe, FFmpeg waits to write, stops taking samples, and the upload
-# is read no further. So a database slower than the encoders (far away, busy) holds the
-# upload back instead of filling this process with MP3. A helper's segment encoded ahead
-# (30 seconds at 320 kbit/s: 1.2 MB) fits in this and FFmpeg's 1 MiB pipe together.
+# MP3 frames read from one encoder and not yet handed on: once they reach this (one read
+# of PIPE_READ may pass it), the encoder's output is left in its pipe, FFmpeg waits to
+# write, stops taking samples, and the upload is read no further. So a database slower
+# than the encoders (far away, busy) holds the upload back instead of filling this process
+# with MP3. A helper's segment encoded ahead (30 seconds at 320 kbit/s: 1.2 MB) fits in
+# this and FFmpeg's 1 MiB pipe together.
 HELD_FRAME_BYTES = 1 << 20
 
 log = logging.getLogger("mp3.segments")
@@ -139,6 +139,7 @@ class EncoderProcess:
         self.queued = 0  # bytes waiting to be written to its stdin
         self.stderr = bytearray()
         self.reader = FrameReader()
+        self.held_back = False  # its frames fill HELD_FRAME_BYTES: its output is not read meanwhile
         # Samples for its stdin, in order; only write() takes from it, and every feed()
         # notes _queue_changes after appending, so write() never waits on a full queue.
         self._queue: deque[bytes] = deque()
@@ -189,13 +190,13 @@ class EncoderProcess:
         with self.progress.waiting_for(ENCODER_INPUT):
             await end_input(stdin)
 
-    async def read(self, changed: Changes, handed_on: Changes) -> None:
+    async def read(self, changed: Changes, released: Changes) -> None:
         """FFmpeg's frames, each to the piece whose samples made it; while its pieces hold
-        HELD_FRAME_BYTES, none are read until some are handed on (``handed_on``)."""
+        HELD_FRAME_BYTES, none are read until some leave them (``released``)."""
         stdout = self.process.stdout
         assert stdout is not None
         while True:
-            await self._room_for_frames(handed_on)
+            await self._room_for_frames(released)
             with self.progress.waiting_for(ENCODER_OUTPUT):
                 chunk = await stdout.read(PIPE_READ)
             if not chunk:
@@ -209,13 +210,15 @@ class EncoderProcess:
             piece.complete = True
         changed.note()
 
-    async def _room_for_frames(self, handed_on: Changes) -> None:
+    async def _room_for_frames(self, released: Changes) -> None:
+        """Its frames wait for the database, or for a join with another encoder's: both are
+        named where they are waited for (the output's sink, SegmentedEncoder._assemble)."""
         while True:
-            seen = handed_on.seen()
-            if sum(piece.held_bytes for piece in self.pieces) < HELD_FRAME_BYTES:
+            seen = released.seen()
+            self.held_back = sum(piece.held_bytes for piece in self.pieces) >= HELD_FRAME_BYTES
+            if not self.held_back:
                 return
-            with self.progress.waiting_for(STORING):
-                await handed_on.after(seen)
+            await released.after(seen)
 
     def _place(self, frame: Frame) -> None:
         """Frame i of this encoder was made of its input's samples from i x samples per frame on."""
@@ -277,7 +280,7 @@ class SegmentedEncoder:
         self.next_decision_frame = self.segment_frames - self.pre_roll if self.most_encoders > 1 else NEVER
         self.ended = False
         self.changes = Changes()  # frames read, a join decided, the upload ended
-        self.handed_on = Changes()  # frames left their pieces: an encoder held back may read on
+        self.released = Changes()  # frames left their pieces (handed on, dropped): an encoder held back reads on
         self.drained = Changes()  # an encoder took queued samples
         self.joins = 0
         self.forced_joins = 0
@@ -397,7 +400,7 @@ class SegmentedEncoder:
             return
         self.runs.pop()
         later.drop_all()
-        self.handed_on.note()
+        self.released.note()
         earlier.end_byte = None
 
     async def _decide(self) -> None:
@@ -432,7 +435,14 @@ class SegmentedEncoder:
         ]
         if idle:
             return min(idle, key=lambda encoder: encoder.queued)
-        can_borrow = len(self.encoders) < self.most_encoders and self.spare is not None and not self._contended
+        # An encoder held back is behind because its frames wait (for the database, most
+        # likely): another FFmpeg would wait the same, for a slot and a join's worth of work.
+        can_borrow = (
+            len(self.encoders) < self.most_encoders
+            and self.spare is not None
+            and not self._contended
+            and not busy.held_back
+        )
         if can_borrow and self.spare is not None and await self.spare.borrow():
             return await self._new_encoder(borrowed=True)
         return None
@@ -469,7 +479,7 @@ class SegmentedEncoder:
 
     async def _read(self, encoder: EncoderProcess) -> None:
         try:
-            await encoder.read(self.changes, self.handed_on)
+            await encoder.read(self.changes, self.released)
             with self.progress.waiting_for(ENCODER_OUTPUT):
                 await encoder.process.wait()
         finally:
@@ -528,7 +538,7 @@ class SegmentedEncoder:
     async def _hand_on(self, piece: Piece, frames: bytearray) -> None:
         """Frames taken from ``piece``, to ``emit``: its encoder may read on meanwhile."""
         piece.held_bytes -= len(frames)
-        self.handed_on.note()
+        self.released.note()
         await self.emit(bytes(frames))
 
     async def _join(self, earlier: Piece, later: Piece, from_frame: int) -> bool:
@@ -550,7 +560,7 @@ class SegmentedEncoder:
         earlier.drop_all()
         later.drop_first(at)
         later.next_frame = from_frame + at
-        self.handed_on.note()
+        self.released.note()
         return True
 
     def _all_read(self) -> bool:

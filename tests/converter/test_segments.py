@@ -317,7 +317,8 @@ async def test_frames_that_arrive_while_the_store_is_busy_are_not_lost(tmp_path:
     """The interleaving that hung uploads with the database a network hop away: the
     encoders' last frames, the end of their output and the end of the upload all arrive
     while the joined frames are being stored. The store here holds its first append of
-    frames until all of that has happened; the encoder must still finish."""
+    frames until all of that has happened; the encoder must still finish. (All of the
+    music's MP3 fits in HELD_FRAME_BYTES: its encoders are never held back waiting for that.)"""
     wav = music(tmp_path, 44100, 2)
     header = WavHeader()
     samples = header.feed(wav)
@@ -379,6 +380,50 @@ async def test_a_store_that_takes_nothing_more_stops_the_upload_being_read() -> 
     # HELD_FRAME_BYTES of frames and its output pipe's, 4.4 times as many samples at 320 kbit/s.
     whole = len(wav)
     assert sent < whole // 3
+
+
+async def test_an_encoder_held_back_by_the_database_borrows_no_helper() -> None:
+    """An encoder whose frames wait for the database is behind because of it, and another
+    FFmpeg would wait the same. With the store stopped, the upload goes on arriving past a
+    decision point, its encoder's queue far past helper_backlog: no slot is borrowed for a
+    helper (one was, for nothing but another FFmpeg and a join). Once the store takes again,
+    the upload ends as any does."""
+    silence = bytes(70 * 44100 * 4)
+    wav = wav_header(data_size=len(silence)) + silence
+    header = WavHeader()
+    samples = header.feed(wav)
+    assert header.format is not None
+    plan = EncoderPlan(FFMPEG, header.format, choose_format(header, EncodeOptions(bitrate_kbps=320)))
+
+    class CountedSpares(Spares):
+        borrowed = 0
+
+        async def borrow(self) -> bool:
+            self.borrowed += 1
+            return await super().borrow()
+
+    spare = CountedSpares()
+    config = ConverterConfig(
+        ffmpeg=FFMPEG, time_limit_s=60, max_seconds=3600, parallel_segments=2, spare=spare, segment_seconds=60,
+    )  # fmt: skip
+    storing = asyncio.Event()  # set once, never cleared
+
+    async def store(chunk: bytes) -> None:
+        await storing.wait()
+
+    forty_seconds = 40 * 44100 * 4  # 1.6 MB of MP3 at 320 kbit/s: past HELD_FRAME_BYTES
+    async with SegmentedEncoder.running(plan, config, None, store, Progress(60)) as encoder:
+        await encoder.take(samples[:forty_seconds])
+        await until(lambda: encoder.encoders[0].held_back)
+        # On to 30 s more: past the decision point (60 s) with 20 s, 3.5 MB, queued.
+        taking = asyncio.ensure_future(encoder.take(samples[forty_seconds:]))
+        await until(lambda: encoder.read_bytes == len(samples))
+        assert spare.borrowed == 0
+        storing.set()
+        async with asyncio.timeout(20):
+            await taking
+            await encoder.finish()
+    assert len(encoder.encoders) == 1
 
 
 # --- the end of the upload near a decision point ---------------------------------------
