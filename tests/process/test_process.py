@@ -15,7 +15,7 @@ import signal
 import socket
 import struct
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -992,11 +992,21 @@ async def test_sigterm_ends_the_service_in_time_whatever_its_uploads_are_doing(
         abandoned.close()  # first, so the service has seen it go before the others arrive
 
         stalled = asyncio.create_task(held_upload(session, base, user, audio(seconds=30), asyncio.Event()))
-        long_wav = audio(seconds=360, rate=48000)  # 6 minutes: seconds of encoding
+        six_minutes = audio(seconds=360, rate=48000)
+        samples = six_minutes[six_minutes.index(b"data") + 8 :]
+
+        async def flat_out() -> AsyncIterator[bytes]:
+            """Half an hour, streamed: encoding far longer than SHUTDOWN_TIMEOUT_S, however many
+            encoders it gets (six minutes alone, on three, had ended within it, and was answered)."""
+            yield wav_header(rate=48000, data_size=0)  # a streamed WAV: its length unstated
+            for _ in range(5):
+                for at in range(0, len(samples), 1 << 20):
+                    yield samples[at : at + (1 << 20)]
+
         busy = asyncio.create_task(
             session.post(
                 f"{base}/record?bitrate=320",
-                data=long_wav,
+                data=flat_out(),
                 headers={**basic(*user), "Content-Type": "audio/wav"},
             )
         )
