@@ -15,24 +15,16 @@ and of the service's peak memory growth over it (VmHWM over its RSS before).
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import subprocess
-import time
 from pathlib import Path
 
-from bench.harness import at_distance, bench_database, new_user
+from bench.harness import at_distance, bench_database, new_user, side_by_side_arguments, timed_upload_to
 from bench.page_patches import started
 from tests.support import vm_hwm_kib, vm_rss_kib
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("wav", type=Path)
-    parser.add_argument("trees", type=Path, nargs="+")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--db-delay-ms", type=float, default=0.0)
-    args = parser.parse_args()
+    args = side_by_side_arguments(__doc__)
     seen: list[list[tuple[float, float]]] = [[] for _ in args.trees]
     with bench_database() as local, at_distance(local, args.db_delay_ms) as database:
         for _ in range(args.rounds):
@@ -55,16 +47,10 @@ def main() -> None:
 
 def uploaded_once(pid: int, port: int, wav: Path) -> tuple[float, float]:
     """The upload's seconds, and the service's peak RSS growth over it, MiB."""
-    user_id, token = new_user(f"http://127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    user = new_user(base)
     before = vm_rss_kib(pid)
-    start = time.perf_counter()
-    status = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-T", str(wav),
-         "-H", "Content-Type: audio/wav", "-u", f"{user_id}:{token}", f"http://127.0.0.1:{port}/record"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    took = time.perf_counter() - start
-    assert status == "201", status
+    took, _ = timed_upload_to(base, user, wav)
     return took, (vm_hwm_kib(pid) - before) / 1024
 
 

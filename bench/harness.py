@@ -7,6 +7,7 @@ helpers, as the tests and scripts/soak.py do: one place for each.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import http.client
 import json
@@ -132,6 +133,16 @@ class Service:
         subprocess.run(["psql", self.owner_url, "-qc", "CHECKPOINT"], check=True)
 
 
+def side_by_side_arguments(description: str | None) -> argparse.Namespace:
+    """A WAV and the checkouts to measure side by side (bench.page_patches, bench.fresh_memory)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("wav", type=Path)
+    parser.add_argument("trees", type=Path, nargs="+")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--db-delay-ms", type=float, default=0.0)
+    return parser.parse_args()
+
+
 def new_user(base: str) -> tuple[int, str]:
     """A new user of the service at ``base``: its id and token."""
     user = post_json(f"{base}/users", {"username": f"bench-{time.time_ns()}"})["data"]
@@ -198,10 +209,14 @@ def timed(command: list[str]) -> float:
 
 
 def upload_process(service: Service, wav: Path) -> subprocess.Popen[str]:
+    return curl_upload(service.base, (service.user_id, service.token), wav)
+
+
+def curl_upload(base: str, user: tuple[int, str], wav: Path) -> subprocess.Popen[str]:
     """POST /record with `curl -T`, as docs/api.md shows it: the file streamed."""
     return subprocess.Popen(
         ["curl", "-sS", "-o", "-", "-w", "\\n%{http_code}", "-X", "POST", "-T", str(wav),
-         "-H", "Content-Type: audio/wav", "-u", f"{service.user_id}:{service.token}", f"{service.base}/record"],
+         "-H", "Content-Type: audio/wav", "-u", f"{user[0]}:{user[1]}", f"{base}/record"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -213,8 +228,12 @@ def finish_upload(process: subprocess.Popen[str]) -> tuple[int, dict[str, object
 
 
 def timed_upload(service: Service, wav: Path) -> tuple[float, dict[str, dict[str, str]]]:
+    return timed_upload_to(service.base, (service.user_id, service.token), wav)
+
+
+def timed_upload_to(base: str, user: tuple[int, str], wav: Path) -> tuple[float, dict[str, dict[str, str]]]:
     start = time.perf_counter()
-    status, answer = finish_upload(upload_process(service, wav))
+    status, answer = finish_upload(curl_upload(base, user, wav))
     seconds = time.perf_counter() - start
     if status != 201:
         raise RuntimeError(f"upload answered {status}: {answer}")

@@ -15,7 +15,6 @@ before it, over its RSS before).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import http.client
 import statistics
@@ -25,19 +24,14 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.harness import at_distance, bench_database, new_user
+from bench.harness import at_distance, bench_database, new_user, side_by_side_arguments
 from tests.support import free_port, reset_high_water_mark, vm_hwm_kib, vm_rss_kib, wait_until
 
 PATCH_BYTES = 8 << 20  # page.js CHUNK_BYTES
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("wav", type=Path)
-    parser.add_argument("trees", type=Path, nargs="+")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--db-delay-ms", type=float, default=0.0)
-    args = parser.parse_args()
+    args = side_by_side_arguments(__doc__)
     data = args.wav.read_bytes()
     with bench_database() as local, at_distance(local, args.db_delay_ms) as database:
         services = [started(tree, database.service_url) for tree in args.trees]
